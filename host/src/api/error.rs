@@ -1,0 +1,101 @@
+//! Every failure a request can meet, mapped to a status and a JSON body in one place.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+
+/// An error answer: `{"error": "...", "field": "..."}`.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub error: String,
+    pub field: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, error: impl Into<String>) -> ApiError {
+        ApiError { status, error: error.into(), field: None }
+    }
+
+    /// 400, naming the field (`[2].time`, `viewer_list[0]`; empty for the body as a whole).
+    pub fn bad_request(field: impl Into<String>, message: impl Into<String>) -> ApiError {
+        let field = field.into();
+        let message = message.into();
+        let error = if field.is_empty() { message } else { format!("{field}: {message}") };
+        ApiError { status: StatusCode::BAD_REQUEST, error, field: Some(field) }
+    }
+
+    /// 401.
+    pub fn unauthorized(e: impl std::fmt::Display) -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, e.to_string())
+    }
+
+    /// 413.
+    pub fn too_large(limit: u64) -> ApiError {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("body is larger than {limit} bytes (vhs.max_body_bytes)"))
+    }
+
+    /// 415.
+    pub fn unsupported_encoding(encoding: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("Content-Encoding `{encoding}` is not supported (use gzip or none)"),
+        )
+    }
+
+    /// 503: storage is away; Twitch retries.
+    pub fn unavailable(e: impl std::fmt::Display) -> ApiError {
+        tracing::error!("storage unavailable: {e}");
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("storage unavailable: {e}"))
+    }
+
+    /// 404.
+    pub fn not_found(what: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, what)
+    }
+
+    /// 500.
+    pub fn internal(e: impl std::fmt::Display) -> ApiError {
+        tracing::error!("internal error: {e}");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    }
+
+    /// The metric label for this error.
+    pub fn outcome(&self) -> &'static str {
+        match self.status {
+            StatusCode::BAD_REQUEST => "bad_request",
+            StatusCode::UNAUTHORIZED => "unauthorized",
+            StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+            StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+            _ => "error",
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Body { error: &self.error, field: self.field.as_deref() };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_request_names_the_field() {
+        let e = ApiError::bad_request("[1].time", "not RFC 3339");
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert_eq!(e.error, "[1].time: not RFC 3339");
+        assert_eq!(e.field.as_deref(), Some("[1].time"));
+    }
+}

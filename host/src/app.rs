@@ -1,0 +1,116 @@
+//! Starting and stopping the whole host: one place that starts every task and
+//! one shutdown order (stop accepting, drain the engine, flush manifests).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, AppState};
+use crate::config::Settings;
+use crate::engine::Engine;
+use crate::manifests::Batcher;
+use crate::plugins::PluginRuntime;
+use crate::rules::RuleSet;
+use crate::store::Store;
+
+/// A running host.
+pub struct RunningHost {
+    /// The address the HTTP listener is bound to.
+    pub addr: SocketAddr,
+    pub store: Arc<Store>,
+    pub rules: Arc<ArcSwap<RuleSet>>,
+    stop: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningHost {
+    /// Starts everything `serve` runs.
+    pub async fn start(settings: Settings, metrics: Option<PrometheusHandle>) -> anyhow::Result<RunningHost> {
+        let store = Arc::new(Store::connect(&settings.database_url()).await?);
+        store.migrate().await?;
+        let runtime = Arc::new(PluginRuntime::new(settings.plugins.clone())?);
+        let rules = {
+            let (dir, runtime) = (settings.rules_dir.clone(), runtime.clone());
+            tokio::task::spawn_blocking(move || RuleSet::load(&dir, &runtime)).await?
+        };
+        let rules = Arc::new(ArcSwap::from_pointee(rules));
+        if settings.vhs.token.is_none() {
+            tracing::warn!("vhs.token is not set: anyone who can reach /vhs can post heartbeats");
+        }
+
+        let listener = tokio::net::TcpListener::bind(settings.listen).await?;
+        let addr = listener.local_addr()?;
+        let inbox_notify = Arc::new(Notify::new());
+        let grants_notify = Arc::new(Notify::new());
+        let state = Arc::new(AppState {
+            settings: settings.clone(),
+            store: store.clone(),
+            rules: rules.clone(),
+            inbox_notify: inbox_notify.clone(),
+            metrics: metrics.clone(),
+        });
+
+        let stop = CancellationToken::new();
+        let (engine_stop, batcher_stop) = (CancellationToken::new(), CancellationToken::new());
+        let engine = Engine {
+            store: store.clone(),
+            rules: rules.clone(),
+            runtime,
+            settings: settings.engine.clone(),
+            inbox_notify,
+            grants_notify: grants_notify.clone(),
+        };
+        let batcher = Batcher {
+            store: store.clone(),
+            dir: settings.manifest_dir(),
+            settings: settings.manifests.clone(),
+            grants_notify,
+        };
+        let engine_task = tokio::spawn(engine.run(engine_stop.clone()));
+        let batcher_task = tokio::spawn(batcher.run(batcher_stop.clone()));
+        if let Some(handle) = metrics {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                while !stop.is_cancelled() {
+                    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                    handle.run_upkeep();
+                }
+            });
+        }
+
+        let server_stop = stop.clone();
+        let server = axum::serve(listener, api::router(state))
+            .with_graceful_shutdown(async move { server_stop.cancelled().await });
+        let task_store = store.clone();
+        let task = tokio::spawn(async move {
+            let served = server.await;
+            tracing::info!("HTTP stopped; draining the engine");
+            engine_stop.cancel();
+            let engine = engine_task.await;
+            batcher_stop.cancel();
+            let _ = batcher_task.await;
+            task_store.close().await;
+            served?;
+            engine??;
+            tracing::info!("shut down cleanly");
+            Ok(())
+        });
+        tracing::info!(%addr, "drops-host serving");
+        Ok(RunningHost { addr, store, rules, stop, task })
+    }
+
+    /// Starts the ordered shutdown.
+    pub fn shutdown(&self) {
+        self.stop.cancel();
+    }
+
+    /// Waits for the host to stop.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await?
+    }
+}

@@ -1,0 +1,188 @@
+//! The `drops-host` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::app::RunningHost;
+use crate::config::Settings;
+use crate::telemetry::{self, LogFormat};
+
+/// Rewards Twitch viewers: ingests VHS heartbeats, runs WebAssembly reward
+/// rules per campaign, and writes Twitch entitlement manifests.
+#[derive(Debug, Parser)]
+#[command(name = "drops-host", version, about, long_about = None)]
+pub struct Cli {
+    /// Log line format (levels come from RUST_LOG, default info).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "DROPS_HOST_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// What to do.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve HTTP (VHS ingest, admin API, metrics) and run the engine and manifest batcher.
+    ///
+    /// Settings come from the config file, then DROPS_HOST_* environment variables
+    /// (nested keys with a double underscore: DROPS_HOST_VHS__TOKEN). Without a
+    /// config: 127.0.0.1:8080, data in ./data, SQLite at data/drops-host.db,
+    /// rules in ./rules. Stops cleanly on SIGINT or SIGTERM.
+    Serve {
+        /// Config file (default: ./drops-host.toml if it exists).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Apply database migrations and exit (serve applies them too).
+    Migrate {
+        /// Config file (default: ./drops-host.toml if it exists).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Plugin tools.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+    /// Dry run: feed recorded events (JSON lines, VHS heartbeats) through the
+    /// rules in memory and print the grants each campaign would make.
+    Replay {
+        /// Rules directory (campaigns/*.toml, plugins/*.wasm).
+        #[arg(long)]
+        rules: PathBuf,
+        /// One JSON heartbeat per line.
+        #[arg(long)]
+        events: PathBuf,
+    },
+    /// Send Twitch-like VHS traffic to a host, for demos and load tests.
+    Simulate(crate::simulate::SimulateArgs),
+    /// Run the demo: a host with the example campaigns, fed by simulated Twitch traffic.
+    Demo(crate::demo::DemoArgs),
+}
+
+/// Plugin tools.
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Load a plugin, check it implements the rules interface, and run its config check.
+    Check {
+        /// The plugin (.wasm module built with drops-plugin-sdk, or a component).
+        file: PathBuf,
+        /// Campaign config as JSON (the `[rule] config` table).
+        #[arg(long, default_value = "{}")]
+        config: String,
+        /// Reward ids of the campaign, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        rewards: Vec<String>,
+    },
+}
+
+/// Parses arguments and runs the command; errors are printed with their causes.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init_logs(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve { config } => {
+            let settings = Settings::load(config.as_deref())?;
+            serve(settings).await?;
+        }
+        Command::Migrate { config } => {
+            let settings = Settings::load(config.as_deref())?;
+            let store = crate::store::Store::connect(&settings.database_url()).await?;
+            store.migrate().await?;
+            println!("migrations applied to {}", settings.database_url());
+        }
+        Command::Plugin(PluginCommand::Check { file, config, rewards }) => {
+            return plugin_check(&file, &config, rewards)
+        }
+        Command::Replay { rules, events } => crate::replay::run(&rules, &events)?,
+        Command::Simulate(args) => {
+            let report = crate::simulate::run(&args).await?;
+            if report.failed > 0 {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Demo(args) => crate::demo::run(args).await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let metrics = telemetry::init_metrics();
+    let host = RunningHost::start(settings, metrics).await?;
+    // Tests and supervisors read this line to find the port.
+    println!("drops-host listening on http://{}", host.addr);
+    shutdown_signal().await;
+    tracing::info!("shutdown requested");
+    host.shutdown();
+    host.wait().await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+fn plugin_check(file: &std::path::Path, config: &str, rewards: Vec<String>) -> anyhow::Result<ExitCode> {
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let name = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let runtime = crate::plugins::PluginRuntime::new(Default::default())?;
+    let plugin = match runtime.load(&name, &bytes) {
+        Ok(p) => p,
+        Err(e) => {
+            println!("{}: not loadable: {e}", file.display());
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    println!(
+        "{}: implements drops:rules@{} (sha256 {})",
+        file.display(),
+        crate::plugins::INTERFACE_VERSION,
+        plugin.hash
+    );
+    let config: serde_json::Value = serde_json::from_str(config).context("--config is not JSON")?;
+    let campaign = crate::plugins::WitCampaign { id: "check".into(), rewards, config: config.to_string() };
+    match runtime.validate_config(&plugin, &campaign) {
+        Ok(()) => {
+            println!("config: ok");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            println!("config: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! Settings: defaults, then `drops-host.toml`, then `DROPS_HOST_*` environment variables.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// Everything `drops-host serve` can be told; every key is optional.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Address of the one HTTP listener.
+    pub listen: SocketAddr,
+    /// Manifests go to `<data_dir>/manifests`; the default database lives here too.
+    pub data_dir: PathBuf,
+    /// `sqlite://...` or `postgres://...`; defaults to `sqlite://<data_dir>/drops-host.db`.
+    pub database_url: Option<String>,
+    /// Holds `campaigns/*.toml` and `plugins/*.wasm`.
+    pub rules_dir: PathBuf,
+    pub vhs: VhsSettings,
+    pub admin: AdminSettings,
+    pub manifests: ManifestSettings,
+    pub engine: EngineSettings,
+    pub plugins: PluginSettings,
+}
+
+/// The VHS endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VhsSettings {
+    /// Shared secret: `/vhs/{token}` or a signature is required when set.
+    pub token: Option<String>,
+    /// Largest accepted body, after gzip decompression.
+    pub max_body_bytes: u64,
+    /// Heartbeats older than this are refused; none by default so backfills work.
+    pub max_age_secs: Option<u64>,
+    /// Heartbeats this far ahead of the host's clock are refused.
+    pub max_future_secs: u64,
+}
+
+/// The admin API under `/v1`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminSettings {
+    /// Bearer token; when unset, `/v1` is refused.
+    pub token: Option<String>,
+}
+
+/// Batching grants into manifest files.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ManifestSettings {
+    /// How often new grants are batched into manifest files.
+    pub flush_interval_secs: u64,
+    /// Flush early once this many grants wait.
+    pub flush_at_grants: u64,
+    /// Largest manifest file; a larger batch is split. Twitch takes up to 100 MB.
+    pub max_file_bytes: u64,
+}
+
+/// The engine that turns inbox events into grants.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineSettings {
+    /// How often watch-time is checkpointed with the inbox position; after a
+    /// crash at most this much inbox is replayed.
+    pub checkpoint_interval_secs: u64,
+    /// Inbox events read per step.
+    pub batch_events: u32,
+}
+
+/// Plugin sandbox limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PluginSettings {
+    /// CPU deadline of one call.
+    pub max_call_ms: u64,
+    /// Linear memory cap of one instance.
+    pub max_memory_bytes: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("data"),
+            database_url: None,
+            rules_dir: PathBuf::from("rules"),
+            vhs: VhsSettings::default(),
+            admin: AdminSettings::default(),
+            manifests: ManifestSettings::default(),
+            engine: EngineSettings::default(),
+            plugins: PluginSettings::default(),
+        }
+    }
+}
+
+impl Default for VhsSettings {
+    fn default() -> Self {
+        // The largest channel on record has about 10 million viewers: ~200 MB of ids.
+        VhsSettings { token: None, max_body_bytes: 256 << 20, max_age_secs: None, max_future_secs: 300 }
+    }
+}
+
+impl Default for ManifestSettings {
+    fn default() -> Self {
+        ManifestSettings { flush_interval_secs: 10, flush_at_grants: 100_000, max_file_bytes: 100_000_000 }
+    }
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        EngineSettings { checkpoint_interval_secs: 10, batch_events: 64 }
+    }
+}
+
+impl Default for PluginSettings {
+    fn default() -> Self {
+        PluginSettings { max_call_ms: 50, max_memory_bytes: 64 << 20 }
+    }
+}
+
+/// A setting that could not be read, naming the key and where it came from.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(#[from] Box<figment::Error>);
+
+impl Settings {
+    /// Reads defaults, then the file (if any), then `DROPS_HOST_*` variables.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        match file {
+            Some(path) => figment = figment.merge(Toml::file_exact(path)),
+            None if Path::new("drops-host.toml").exists() => {
+                figment = figment.merge(Toml::file_exact("drops-host.toml"))
+            }
+            None => {}
+        }
+        figment = figment.merge(Env::prefixed("DROPS_HOST_").split("__"));
+        figment.extract().map_err(|e| ConfigError(Box::new(e)))
+    }
+
+    /// The database URL, defaulting to a SQLite file in the data directory.
+    pub fn database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}", self.data_dir.join("drops-host.db").display()),
+        }
+    }
+
+    /// Where manifest files are written.
+    pub fn manifest_dir(&self) -> PathBuf {
+        self.data_dir.join("manifests")
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment's Jail API returns its own large error
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_environment_override_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("x.toml", "listen = \"127.0.0.1:9000\"\n[vhs]\ntoken = \"file\"\n")?;
+            jail.set_env("DROPS_HOST_VHS__TOKEN", "env");
+            jail.set_env("DROPS_HOST_MANIFESTS__FLUSH_INTERVAL_SECS", "3");
+            let s = Settings::load(Some(Path::new("x.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(s.listen.port(), 9000);
+            assert_eq!(s.vhs.token.as_deref(), Some("env"));
+            assert_eq!(s.manifests.flush_interval_secs, 3);
+            assert_eq!(s.database_url(), "sqlite://data/drops-host.db");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("x.toml", "[vhs]\ntokn = \"x\"\n")?;
+            let err = Settings::load(Some(Path::new("x.toml"))).unwrap_err().to_string();
+            assert!(err.contains("tokn"), "{err}");
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,201 @@
+//! `drops-host demo`: a host with the example campaigns and plugins on SQLite,
+//! fed by simulated Twitch traffic, showing grants and manifests as they come.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::app::RunningHost;
+use crate::config::Settings;
+use crate::manifests::ManifestFile;
+use crate::simulate::{self, SimulateArgs};
+use crate::store::GrantFilter;
+
+/// Options of `drops-host demo`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// Example campaigns to serve.
+    #[arg(long, default_value = "examples/rules/campaigns")]
+    pub campaigns: PathBuf,
+    /// Folder with the built example plugins (*.wasm).
+    #[arg(long, default_value = "target/wasm32-unknown-unknown/plugin")]
+    pub plugins: PathBuf,
+    /// Where the demo keeps its data (emptied first).
+    #[arg(long, default_value = "demo-data")]
+    pub data_dir: PathBuf,
+    /// Simulated minutes of traffic.
+    #[arg(long, default_value_t = 35)]
+    pub minutes: u32,
+    /// Simulated minutes per real minute (60: one per second).
+    #[arg(long, default_value_t = 60.0)]
+    pub speed: f64,
+    /// Keep serving on this address after the simulation, until Ctrl-C.
+    #[arg(long)]
+    pub keep_serving: Option<std::net::SocketAddr>,
+}
+
+/// Runs the demo.
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let rules_dir = prepare(&args)?;
+    let mut settings = Settings {
+        data_dir: args.data_dir.clone(),
+        rules_dir,
+        listen: args.keep_serving.unwrap_or_else(|| ([127, 0, 0, 1], 0).into()),
+        ..Settings::default()
+    };
+    settings.admin.token = Some("demo-admin-token".into());
+    settings.manifests.flush_interval_secs = 3;
+    settings.engine.checkpoint_interval_secs = 2;
+    let host = RunningHost::start(settings.clone(), crate::telemetry::init_metrics()).await?;
+    let rules = host.rules.load_full();
+    println!("\n== drops-host demo: serving on http://{} with SQLite at {}", host.addr, settings.database_url());
+    for c in rules.campaigns() {
+        println!(
+            "   campaign `{}` ({}): game {}, plugin {} ({}…), rule {}",
+            c.def.name,
+            c.def.id,
+            c.def.game,
+            c.plugin.name,
+            &c.plugin.hash.0[..12],
+            c.wit.config
+        );
+    }
+    for e in rules.errors() {
+        println!("   NOT LOADED {}: {}", e.file.display(), e.error);
+    }
+    anyhow::ensure!(!rules.campaigns().is_empty(), "no campaign loaded: build the plugins first (see README)");
+
+    let sim = SimulateArgs {
+        target: format!("http://{}", host.addr),
+        token: None,
+        channels: 3,
+        viewers: 20,
+        multi_viewers: 5,
+        minutes: args.minutes,
+        speed: args.speed,
+        game: "GameName".into(),
+        start: None,
+        broadcaster_prefix: "broadcaster-".into(),
+        redeliver_every: 7,
+        concurrency: 1,
+        timeout_secs: 15,
+        verbose: false,
+    };
+    println!(
+        "== simulating Twitch: {} channels of GameName, {} viewers each + {} watching all of them, {} minutes at {}x, every 7th report redelivered\n",
+        sim.channels, sim.viewers, sim.multi_viewers, sim.minutes, sim.speed
+    );
+    let watcher = tokio::spawn(watch_grants(host.store.clone()));
+    let report = simulate::run(&sim).await?;
+    // Let the engine catch up and the batcher write the last manifests.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    if let Some(addr) = args.keep_serving {
+        println!("\n== still serving on http://{addr} (admin token demo-admin-token); Ctrl-C to stop");
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    host.shutdown();
+    let store = host.store.clone();
+    host.wait().await?;
+    watcher.abort();
+    summary(&settings, &report).await?;
+    store.close().await;
+    Ok(())
+}
+
+/// Copies the example campaigns and built plugins into a fresh rules directory.
+fn prepare(args: &DemoArgs) -> anyhow::Result<PathBuf> {
+    if args.data_dir.exists() {
+        std::fs::remove_dir_all(&args.data_dir).with_context(|| format!("emptying {}", args.data_dir.display()))?;
+    }
+    let rules = args.data_dir.join("rules");
+    copy_files(&args.campaigns, &rules.join("campaigns"), "toml")?;
+    let copied = copy_files(&args.plugins, &rules.join("plugins"), "wasm")?;
+    anyhow::ensure!(
+        copied > 0,
+        "no plugins in {}: run `cargo build --profile plugin --target wasm32-unknown-unknown -p watch-time-tiers` first",
+        args.plugins.display()
+    );
+    Ok(rules)
+}
+
+fn copy_files(from: &Path, to: &Path, ext: &str) -> anyhow::Result<usize> {
+    std::fs::create_dir_all(to)?;
+    let mut n = 0;
+    for entry in std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == ext) {
+            // Cargo names artifacts with underscores; campaigns name plugins with dashes.
+            let name = path.file_name().map(|n| n.to_string_lossy().replace('_', "-")).unwrap_or_default();
+            std::fs::copy(&path, to.join(name))?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Prints grants as the engine stores them.
+async fn watch_grants(store: std::sync::Arc<crate::store::Store>) {
+    let mut after = 0;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let Ok(grants) = store.list_grants(&GrantFilter { after_id: Some(after), ..Default::default() }).await else {
+            continue;
+        };
+        let mut by_reward: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+        for g in &grants {
+            after = after.max(g.id);
+            by_reward.entry((g.campaign_id.clone(), g.reward_id.clone())).or_default().push(g.user_id.clone());
+        }
+        for ((campaign, reward), users) in by_reward {
+            let shown: Vec<_> = users.iter().take(4).cloned().collect();
+            let more = if users.len() > 4 { format!(" and {} more", users.len() - 4) } else { String::new() };
+            println!("grant: {campaign} / {reward} -> {}{more}", shown.join(", "));
+        }
+    }
+}
+
+async fn summary(settings: &Settings, report: &simulate::SimulateReport) -> anyhow::Result<()> {
+    let store = crate::store::Store::connect(&settings.database_url()).await?;
+    let grants = store.list_grants(&GrantFilter { limit: Some(100_000), ..Default::default() }).await?;
+    let manifests = store.list_manifests().await?;
+    let mut per_reward: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for g in &grants {
+        *per_reward.entry((g.campaign_id.clone(), g.reward_id.clone())).or_default() += 1;
+    }
+    println!("\n== summary");
+    println!(
+        "   heartbeats: {} sent, {} stored, {} duplicates recognised; {} viewer-minutes",
+        report.tries, report.accepted, report.duplicates, report.viewer_minutes
+    );
+    println!("   {:<28} {:<24} {:>7}", "campaign", "reward", "grants");
+    for ((campaign, reward), n) in &per_reward {
+        println!("   {campaign:<28} {reward:<24} {n:>7}");
+    }
+    println!("   manifests in {}: {}", settings.manifest_dir().display(), manifests.len());
+    for m in &manifests {
+        println!(
+            "     {}.json  {} / {} / {}: {} users ({})",
+            m.id, m.campaign_id, m.broadcaster_id, m.item_id, m.users, m.status
+        );
+    }
+    if let Some(path) = manifests.first().and_then(|m| m.path.clone()) {
+        let text = std::fs::read_to_string(&path)?;
+        let file: ManifestFile = serde_json::from_str(&text)?;
+        let mut shown = text.clone();
+        if shown.len() > 400 {
+            let mut cut = 400;
+            while !shown.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            shown.truncate(cut);
+            shown.push('…');
+        }
+        println!("   {path} ({} users):\n   {shown}", file.users.len());
+    }
+    let in_manifests: i64 = manifests.iter().map(|m| m.users).sum();
+    println!("   {} grants, {} of them in manifest files", grants.len(), in_manifests);
+    store.close().await;
+    Ok(())
+}

@@ -1,0 +1,209 @@
+//! The engine: reads the inbox in order, counts watch-time, asks each matching
+//! campaign's plugin for grants, and stores them.
+//!
+//! Invariants: events are evaluated in inbox order, each exactly once per
+//! state; grants are stored before the checkpoint that covers their event, and
+//! are deduplicated by key, so replaying from a checkpoint after a crash
+//! rebuilds the same state and adds no grant twice.
+
+pub mod watch_time;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::EngineSettings;
+use crate::plugins::{PluginRuntime, WitHeartbeat, WitViewer};
+use crate::rules::{LoadedCampaign, RuleSet};
+use crate::store::{InboxEvent, NewGrant, Store, StoreError};
+use watch_time::WatchTime;
+
+/// The reason Twitch shows for time-based grants.
+pub const REASON_WATCHING: &str = "watching";
+
+/// What evaluating a batch of events produced.
+#[derive(Debug, Default)]
+pub struct Evaluation {
+    pub grants: Vec<NewGrant>,
+    pub viewer_minutes: u64,
+    pub plugin_errors: u64,
+}
+
+/// Evaluates one event against the rule set, updating watch-time.
+pub fn evaluate(
+    state: &mut WatchTime,
+    rules: &RuleSet,
+    runtime: &PluginRuntime,
+    event: &InboxEvent,
+    out: &mut Evaluation,
+) {
+    let hb = &event.heartbeat;
+    let minute = hb.minute();
+    for campaign in rules.matching(hb) {
+        let campaign_id = &campaign.def.id;
+        let mut viewers = Vec::with_capacity(hb.viewer_list.len());
+        for (handle, viewer_id) in hb.viewer_list.iter().enumerate() {
+            let (progress, counted) = state.count(campaign_id, viewer_id, minute.0);
+            out.viewer_minutes += counted as u64;
+            viewers.push(WitViewer { handle: handle as u32, minutes: progress.minutes, counted });
+        }
+        let wit_hb = WitHeartbeat {
+            broadcaster: hb.broadcaster.0.clone(),
+            game: hb.game.0.clone(),
+            minute: minute.0,
+            viewers_reported: hb.viewers.min(u32::MAX as u64) as u32,
+        };
+        let span = tracing::debug_span!("evaluate", heartbeat = %hb.id, broadcaster = %hb.broadcaster, campaign = %campaign_id, plugin = %campaign.plugin.hash);
+        let _enter = span.enter();
+        match runtime.on_heartbeat(&campaign.plugin, &campaign.wit, &wit_hb, &viewers, hb.viewer_list.clone()) {
+            Ok(grants) => {
+                for g in grants {
+                    out.grants.push(new_grant(campaign, event, g.viewer, g.reward, g.key));
+                }
+            }
+            Err(err) => {
+                out.plugin_errors += 1;
+                tracing::warn!(campaign = %campaign_id, plugin = %campaign.plugin.name, "plugin call failed: {err}");
+            }
+        }
+    }
+}
+
+fn new_grant(campaign: &LoadedCampaign, event: &InboxEvent, viewer: u32, reward: u32, key: Option<String>) -> NewGrant {
+    let hb = &event.heartbeat;
+    // Both indexes were checked against the call's input by the runtime.
+    NewGrant {
+        campaign_id: campaign.def.id.clone(),
+        reward_id: campaign.wit.rewards[reward as usize].clone(),
+        user_id: hb.viewer_list.get(viewer as usize).unwrap_or_default().to_string(),
+        grant_key: key.unwrap_or_default(),
+        broadcaster_id: hb.broadcaster.0.clone(),
+        game: hb.game.0.clone(),
+        client_id: campaign.def.client_id.clone(),
+        reason: REASON_WATCHING,
+        campaign_revision: campaign.revision.clone(),
+        plugin_hash: campaign.plugin.hash.0.clone(),
+        inbox_seq: event.seq,
+        event_minute: hb.minute().0,
+    }
+}
+
+/// The engine task and what it needs.
+pub struct Engine {
+    pub store: Arc<Store>,
+    pub rules: Arc<ArcSwap<RuleSet>>,
+    pub runtime: Arc<PluginRuntime>,
+    pub settings: EngineSettings,
+    /// Woken by ingest when the inbox grows.
+    pub inbox_notify: Arc<Notify>,
+    /// Woken when grants were stored.
+    pub grants_notify: Arc<Notify>,
+}
+
+/// A failure the engine cannot go on from.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("evaluation task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+impl Engine {
+    /// Runs until `stop` is cancelled, then drains the inbox, checkpoints and returns.
+    pub async fn run(self, stop: CancellationToken) -> Result<(), EngineError> {
+        let checkpoint = retry(|| self.store.load_checkpoint(), &stop).await?;
+        let mut cursor = checkpoint.inbox_seq;
+        let mut state = WatchTime::restore(checkpoint.watch_time);
+        tracing::info!(inbox_seq = cursor, "engine resumed from checkpoint");
+        let interval = Duration::from_secs(self.settings.checkpoint_interval_secs.max(1));
+        let mut last_checkpoint = Instant::now();
+        let mut checkpointed = cursor;
+        loop {
+            let events = retry(|| self.store.inbox_after(cursor, self.settings.batch_events.max(1)), &stop).await?;
+            if events.is_empty() {
+                if cursor != checkpointed {
+                    self.checkpoint(&mut state, cursor, &stop).await?;
+                    checkpointed = cursor;
+                    last_checkpoint = Instant::now();
+                }
+                if stop.is_cancelled() {
+                    tracing::info!(inbox_seq = cursor, "engine drained and stopped");
+                    return Ok(());
+                }
+                tokio::select! {
+                    _ = self.inbox_notify.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = stop.cancelled() => {}
+                }
+                continue;
+            }
+            let last = events.last().map(|e| e.seq).unwrap_or(cursor);
+            let rules = self.rules.load_full();
+            let runtime = self.runtime.clone();
+            let (returned, evaluation) = tokio::task::spawn_blocking(move || {
+                let mut out = Evaluation::default();
+                for event in &events {
+                    evaluate(&mut state, &rules, &runtime, event, &mut out);
+                }
+                (state, out)
+            })
+            .await?;
+            state = returned;
+            let stored = retry(|| self.store.insert_grants(&evaluation.grants), &stop).await?;
+            cursor = last;
+            metrics::counter!("drops_engine_viewer_minutes_total").increment(evaluation.viewer_minutes);
+            metrics::counter!("drops_grants_total").increment(stored);
+            metrics::counter!("drops_plugin_errors_total").increment(evaluation.plugin_errors);
+            metrics::gauge!("drops_engine_inbox_seq").set(cursor as f64);
+            if stored > 0 {
+                tracing::info!(grants = stored, inbox_seq = cursor, "grants made");
+                self.grants_notify.notify_one();
+            }
+            if last_checkpoint.elapsed() >= interval {
+                self.checkpoint(&mut state, cursor, &stop).await?;
+                checkpointed = cursor;
+                last_checkpoint = Instant::now();
+            }
+        }
+    }
+
+    async fn checkpoint(
+        &self,
+        state: &mut WatchTime,
+        cursor: i64,
+        stop: &CancellationToken,
+    ) -> Result<(), EngineError> {
+        let rows = state.dirty_rows();
+        retry(|| self.store.save_checkpoint(cursor, &rows), stop).await?;
+        state.clear_dirty();
+        tracing::debug!(inbox_seq = cursor, rows = rows.len(), "checkpoint saved");
+        Ok(())
+    }
+}
+
+/// Retries a store operation with backoff while the database is away; the
+/// engine must not skip an event, so it waits rather than moves on. Gives up
+/// only when stopping.
+async fn retry<T, F, Fut>(mut op: F, stop: &CancellationToken) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(err @ StoreError::Corrupt { .. }) => return Err(err),
+            Err(err) if stop.is_cancelled() && delay >= Duration::from_secs(5) => return Err(err),
+            Err(err) => {
+                tracing::warn!("storage unavailable, retrying in {delay:?}: {err}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! `POST /vhs` and `POST /vhs/{token}`: authenticate, parse, store, acknowledge.
+
+use std::io;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap};
+use axum::Json;
+use futures_util::TryStreamExt;
+use serde::Serialize;
+use time::OffsetDateTime;
+use tokio_util::io::{StreamReader, SyncIoBridge};
+
+use super::auth::{self, SignatureHeaders};
+use super::body::{self, BodyError};
+use super::heartbeat::Heartbeat;
+use crate::api::{ApiError, AppState};
+
+/// The answer Twitch gets once the heartbeats are durably stored.
+#[derive(Debug, Serialize)]
+pub struct Accepted {
+    pub accepted: u64,
+    pub duplicates: u64,
+}
+
+/// `POST /vhs`.
+pub async fn post(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Accepted>, ApiError> {
+    ingest(app, None, headers, body).await
+}
+
+/// `POST /vhs/{token}`.
+pub async fn post_with_token(
+    State(app): State<Arc<AppState>>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Accepted>, ApiError> {
+    ingest(app, Some(token), headers, body).await
+}
+
+async fn ingest(
+    app: Arc<AppState>,
+    token: Option<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Accepted>, ApiError> {
+    let result = ingest_inner(&app, token, &headers, body).await;
+    let outcome = match &result {
+        Ok(_) => "accepted",
+        Err(e) => e.outcome(),
+    };
+    metrics::counter!("drops_vhs_requests_total", "outcome" => outcome).increment(1);
+    result
+}
+
+async fn ingest_inner(
+    app: &AppState,
+    token: Option<String>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Json<Accepted>, ApiError> {
+    let settings = &app.settings.vhs;
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let signature = SignatureHeaders {
+        id: header("drops-message-id"),
+        timestamp: header("drops-message-timestamp"),
+        signature: header("drops-message-signature"),
+    };
+    let now = OffsetDateTime::now_utc();
+    let pending =
+        auth::check(settings.token.as_deref(), token.as_deref(), &signature, now).map_err(ApiError::unauthorized)?;
+
+    let limit = settings.max_body_bytes;
+    if let Some(len) = header("content-length").and_then(|v| v.parse::<u64>().ok()) {
+        if len > limit {
+            return Err(ApiError::too_large(limit));
+        }
+    }
+    let gzip = match header(header::CONTENT_ENCODING.as_str()).map(str::trim) {
+        None | Some("identity") => false,
+        Some(e) if e.eq_ignore_ascii_case("gzip") => true,
+        Some(other) => return Err(ApiError::unsupported_encoding(other)),
+    };
+
+    let stream = body.into_data_stream().map_err(io::Error::other);
+    let reader = SyncIoBridge::new(StreamReader::new(stream));
+    let (parsed, pending) = tokio::task::spawn_blocking(move || {
+        let mut pending = pending;
+        let parsed = body::parse(reader, gzip, limit, pending.as_mut().map(|p| &mut p.signer));
+        (parsed, pending)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("parser task failed: {e}")))?;
+    let heartbeats = parsed.map_err(|e| match e {
+        BodyError::TooLarge { limit } => ApiError::too_large(limit),
+        BodyError::Invalid { field, message } => ApiError::bad_request(field, message),
+    })?;
+    if let Some(pending) = pending {
+        pending.verify().map_err(ApiError::unauthorized)?;
+    }
+    check_times(&heartbeats, now, settings.max_future_secs, settings.max_age_secs)?;
+
+    let outcome = app.store.insert_heartbeats(&heartbeats).await.map_err(ApiError::unavailable)?;
+    app.inbox_notify.notify_one();
+    metrics::counter!("drops_vhs_heartbeats_total", "outcome" => "accepted").increment(outcome.accepted);
+    metrics::counter!("drops_vhs_heartbeats_total", "outcome" => "duplicate").increment(outcome.duplicates);
+    let viewers: usize = heartbeats.iter().map(|h| h.viewer_list.len()).sum();
+    tracing::debug!(accepted = outcome.accepted, duplicates = outcome.duplicates, viewers, "vhs stored");
+    Ok(Json(Accepted { accepted: outcome.accepted, duplicates: outcome.duplicates }))
+}
+
+/// Refuses heartbeats from too far in the future (and too old, when configured).
+fn check_times(
+    heartbeats: &[Heartbeat],
+    now: OffsetDateTime,
+    max_future: u64,
+    max_age: Option<u64>,
+) -> Result<(), ApiError> {
+    let many = heartbeats.len() > 1;
+    for (i, hb) in heartbeats.iter().enumerate() {
+        let field = if many { format!("[{i}].time") } else { "time".to_string() };
+        let ahead = (hb.time.0 - now).whole_seconds();
+        if ahead > max_future as i64 {
+            return Err(ApiError::bad_request(
+                field,
+                format!("{ahead} s ahead of the host's clock (at most {max_future} s)"),
+            ));
+        }
+        if let Some(max_age) = max_age {
+            if -ahead > max_age as i64 {
+                return Err(ApiError::bad_request(field, format!("{} s old (at most {max_age} s)", -ahead)));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,179 @@
+//! A campaign file (`rules/campaigns/<name>.toml`), parsed and bound to its plugin.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Deserialize;
+use time::OffsetDateTime;
+
+use crate::ingest::heartbeat::Heartbeat;
+use crate::plugins::{Plugin, PluginRuntime, WitCampaign};
+
+/// The file format, exactly as designers write it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CampaignFile {
+    /// Twitch campaign id; goes into manifests.
+    pub id: String,
+    pub name: String,
+    /// Must equal the VHS game name exactly, case included.
+    pub game: String,
+    pub client_id: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub starts_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub ends_at: OffsetDateTime,
+    #[serde(default = "enabled_default")]
+    pub enabled: bool,
+    /// Broadcaster ids; empty means every linked channel.
+    #[serde(default)]
+    pub allowlist: Vec<String>,
+    pub rewards: Vec<RewardDef>,
+    pub rule: RuleDef,
+}
+
+fn enabled_default() -> bool {
+    true
+}
+
+/// A Twitch reward (item) the campaign gives.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewardDef {
+    pub id: String,
+    #[serde(default)]
+    pub name: String,
+}
+
+/// Which plugin decides grants, and its config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleDef {
+    /// `rules/plugins/<plugin>.wasm`.
+    pub plugin: String,
+    #[serde(default)]
+    pub config: toml::Table,
+}
+
+/// A validated campaign, ready for the engine.
+#[derive(Debug)]
+pub struct LoadedCampaign {
+    pub file: PathBuf,
+    pub def: CampaignFile,
+    /// SHA-256 of the file's bytes: which edit of the campaign made a grant.
+    pub revision: String,
+    pub plugin: Arc<Plugin>,
+    /// What the plugin is handed about the campaign on every call.
+    pub wit: WitCampaign,
+    allowlist: HashSet<String>,
+}
+
+impl LoadedCampaign {
+    /// Reads, parses and validates a campaign file; errors name the file and field.
+    pub fn load(
+        path: &Path,
+        plugins: &HashMap<String, Arc<Plugin>>,
+        runtime: &PluginRuntime,
+    ) -> Result<LoadedCampaign, String> {
+        let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+        let text = std::str::from_utf8(&bytes).map_err(|e| format!("not UTF-8: {e}"))?;
+        let def: CampaignFile = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
+        def.validate()?;
+        let plugin = plugins.get(&def.rule.plugin).cloned().ok_or_else(|| {
+            format!(
+                "field `rule.plugin`: no loaded plugin `{}` (expected plugins/{}.wasm)",
+                def.rule.plugin, def.rule.plugin
+            )
+        })?;
+        let config = serde_json::to_string(&def.rule.config).map_err(|e| format!("field `rule.config`: {e}"))?;
+        let wit =
+            WitCampaign { id: def.id.clone(), rewards: def.rewards.iter().map(|r| r.id.clone()).collect(), config };
+        runtime
+            .validate_config(&plugin, &wit)
+            .map_err(|e| format!("field `rule.config`: plugin `{}` {e}", plugin.name))?;
+        Ok(LoadedCampaign {
+            file: path.to_path_buf(),
+            revision: crate::plugins::PluginHash::of(&bytes).0,
+            allowlist: def.allowlist.iter().cloned().collect(),
+            def,
+            plugin,
+            wit,
+        })
+    }
+
+    /// Whether a heartbeat counts for this campaign (the game is matched by the caller's index).
+    pub fn matches(&self, hb: &Heartbeat) -> bool {
+        self.def.enabled
+            && hb.game.0 == self.def.game
+            && self.def.starts_at <= hb.time.0
+            && hb.time.0 < self.def.ends_at
+            && (self.allowlist.is_empty() || self.allowlist.contains(&hb.broadcaster.0))
+    }
+}
+
+impl CampaignFile {
+    fn validate(&self) -> Result<(), String> {
+        for (field, value) in [("id", &self.id), ("game", &self.game), ("client_id", &self.client_id)] {
+            if value.trim().is_empty() {
+                return Err(format!("field `{field}`: must not be empty"));
+            }
+        }
+        if self.id.len() > 64 {
+            return Err("field `id`: longer than 64 characters".into());
+        }
+        if self.ends_at <= self.starts_at {
+            return Err("field `ends_at`: must be after `starts_at`".into());
+        }
+        if self.rewards.is_empty() {
+            return Err("field `rewards`: at least one reward is needed".into());
+        }
+        let mut seen = HashSet::new();
+        for (i, reward) in self.rewards.iter().enumerate() {
+            if reward.id.trim().is_empty() {
+                return Err(format!("field `rewards[{i}].id`: must not be empty"));
+            }
+            if !seen.insert(&reward.id) {
+                return Err(format!("field `rewards[{i}].id`: `{}` appears twice", reward.id));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+id = "c-1"
+name = "Summer"
+game = "GameName"
+client_id = "client"
+starts_at = "2026-11-20T00:00:00Z"
+ends_at = "2026-11-27T00:00:00Z"
+[[rewards]]
+id = "bronze"
+[rule]
+plugin = "watch-time-tiers"
+config = { tiers = [ { minutes = 30, reward = "bronze" } ] }
+"#;
+
+    #[test]
+    fn parses_the_documented_format() {
+        let def: CampaignFile = toml::from_str(GOOD).unwrap();
+        def.validate().unwrap();
+        assert!(def.enabled);
+        assert_eq!(serde_json::to_string(&def.rule.config).unwrap(), r#"{"tiers":[{"minutes":30,"reward":"bronze"}]}"#);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let err = toml::from_str::<CampaignFile>(&GOOD.replace("game = \"GameName\"\n", "")).unwrap_err();
+        assert!(err.to_string().contains("missing field `game`"), "{err}");
+        let err = toml::from_str::<CampaignFile>(&GOOD.replace("2026-11-27T00:00:00Z", "next week")).unwrap_err();
+        assert!(err.to_string().contains("ends_at"), "{err}");
+        let def: CampaignFile = toml::from_str(&GOOD.replace("2026-11-27", "2026-11-19")).unwrap();
+        assert_eq!(def.validate().unwrap_err(), "field `ends_at`: must be after `starts_at`");
+    }
+}

@@ -1,0 +1,232 @@
+//! `drops-host simulate`: sends VHS traffic the way Twitch does.
+//!
+//! Every simulated minute, one report per live channel; a report that fails
+//! (non-2xx, error or timeout) is retried up to three times with the same `id`
+//! and `retries` counting up; after four failures the rest of that minute's
+//! reports are dropped, as Twitch does.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures_util::stream::{self, StreamExt};
+use serde::Serialize;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+/// Options of `drops-host simulate`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SimulateArgs {
+    /// Base URL of the host (reports go to <target>/vhs).
+    #[arg(long)]
+    pub target: String,
+    /// VHS shared secret (sent as /vhs/{token}).
+    #[arg(long, env = "DROPS_HOST_VHS__TOKEN")]
+    pub token: Option<String>,
+    /// Live channels.
+    #[arg(long, default_value_t = 3)]
+    pub channels: u32,
+    /// Linked viewers per channel.
+    #[arg(long, default_value_t = 20)]
+    pub viewers: u32,
+    /// Viewers watching every channel at once (multi-window farming), on top of --viewers.
+    #[arg(long, default_value_t = 5)]
+    pub multi_viewers: u32,
+    /// Simulated minutes to send.
+    #[arg(long, default_value_t = 10)]
+    pub minutes: u32,
+    /// Simulated minutes per real minute: 1 is real time, 60 sends a minute every second.
+    #[arg(long, default_value_t = 1.0)]
+    pub speed: f64,
+    /// Game name reported.
+    #[arg(long, default_value = "GameName")]
+    pub game: String,
+    /// Time of the first minute (RFC 3339); default: so that the last minute is now.
+    #[arg(long)]
+    pub start: Option<String>,
+    /// Prefix of broadcaster ids (broadcaster-0, broadcaster-1, ...).
+    #[arg(long, default_value = "broadcaster-")]
+    pub broadcaster_prefix: String,
+    /// Send every Nth report twice, as Twitch does when an answer is lost (0: never).
+    #[arg(long, default_value_t = 0)]
+    pub redeliver_every: u32,
+    /// Reports in flight at once (Twitch sends one at a time; raise it for load tests).
+    #[arg(long, default_value_t = 1)]
+    pub concurrency: usize,
+    /// Per-try timeout in seconds (Twitch's is 15).
+    #[arg(long, default_value_t = 15)]
+    pub timeout_secs: u64,
+    /// Print a line per minute.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub verbose: bool,
+}
+
+/// Totals of a run.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct SimulateReport {
+    pub reports: u64,
+    pub tries: u64,
+    pub accepted: u64,
+    pub duplicates: u64,
+    pub failed: u64,
+    pub viewer_minutes: u64,
+    pub elapsed_secs: f64,
+}
+
+#[derive(Serialize)]
+struct Report<'a> {
+    broadcaster: String,
+    broadcast_id: u64,
+    viewers: u64,
+    viewer_list: &'a [String],
+    game: &'a str,
+    version: u32,
+    id: String,
+    time: String,
+    retries: u32,
+}
+
+#[derive(serde::Deserialize)]
+struct Answer {
+    accepted: u64,
+    duplicates: u64,
+}
+
+/// The viewer ids of each simulated channel.
+pub fn channel_viewers(args: &SimulateArgs) -> Vec<Vec<String>> {
+    (0..args.channels)
+        .map(|c| {
+            (0..args.viewers)
+                .map(|v| format!("viewer-{c}-{v}"))
+                .chain((0..args.multi_viewers).map(|v| format!("viewer-multi-{v}")))
+                .collect()
+        })
+        .collect()
+}
+
+/// Runs the simulation and prints what was sent and how the host answered.
+pub async fn run(args: &SimulateArgs) -> anyhow::Result<SimulateReport> {
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(args.timeout_secs)).build()?;
+    let url = match &args.token {
+        Some(token) => format!("{}/vhs/{token}", args.target.trim_end_matches('/')),
+        None => format!("{}/vhs", args.target.trim_end_matches('/')),
+    };
+    let start = match &args.start {
+        Some(s) => OffsetDateTime::parse(s, &Rfc3339).context("--start is not an RFC 3339 time")?,
+        None => OffsetDateTime::now_utc() - time::Duration::minutes(args.minutes as i64),
+    };
+    let viewers = channel_viewers(args);
+    let tick = Duration::from_secs_f64(60.0 / args.speed.max(0.001));
+    let began = Instant::now();
+    let mut total = SimulateReport::default();
+    let run_id = uuid::Uuid::new_v4().simple().to_string();
+    for minute in 0..args.minutes {
+        let minute_began = Instant::now();
+        let at = (start + time::Duration::minutes(minute as i64)).format(&Rfc3339)?;
+        let reports = (0..args.channels as usize).map(|c| {
+            let report = Report {
+                broadcaster: format!("{}{c}", args.broadcaster_prefix),
+                broadcast_id: 27_388_295_120 + c as u64,
+                viewers: viewers[c].len() as u64 + 3,
+                viewer_list: &viewers[c],
+                game: &args.game,
+                version: 1,
+                id: format!("{run_id}-{minute}-{c}"),
+                time: at.clone(),
+                retries: 0,
+            };
+            let twice = args.redeliver_every > 0
+                && (minute as usize * args.channels as usize + c) % args.redeliver_every as usize == 0;
+            (report, twice)
+        });
+        let results: Vec<MinuteResult> = stream::iter(reports)
+            .map(|(report, twice)| send_with_retries(&client, &url, report, twice))
+            .buffer_unordered(args.concurrency.max(1))
+            .collect()
+            .await;
+        let mut line = SimulateReport::default();
+        for r in &results {
+            line.reports += 1;
+            line.tries += r.tries;
+            line.accepted += r.accepted;
+            line.duplicates += r.duplicates;
+            line.failed += r.failed as u64;
+            line.viewer_minutes += if r.failed { 0 } else { r.viewers };
+        }
+        if args.verbose {
+            println!(
+                "simulate: minute {:>3} ({at}): {} reports, {} accepted, {} duplicates, {} retries, {} failed",
+                minute + 1,
+                line.reports,
+                line.accepted,
+                line.duplicates,
+                line.tries - line.reports,
+                line.failed
+            );
+        }
+        total.reports += line.reports;
+        total.tries += line.tries;
+        total.accepted += line.accepted;
+        total.duplicates += line.duplicates;
+        total.failed += line.failed;
+        total.viewer_minutes += line.viewer_minutes;
+        if minute + 1 < args.minutes {
+            tokio::time::sleep(tick.saturating_sub(minute_began.elapsed())).await;
+        }
+    }
+    total.elapsed_secs = began.elapsed().as_secs_f64();
+    println!(
+        "simulate: sent {} reports in {:.1} s ({} tries): host accepted {}, {} duplicates, {} failed; {} viewer-minutes ({:.0}/s)",
+        total.reports,
+        total.elapsed_secs,
+        total.tries,
+        total.accepted,
+        total.duplicates,
+        total.failed,
+        total.viewer_minutes,
+        total.viewer_minutes as f64 / total.elapsed_secs.max(1e-9)
+    );
+    Ok(total)
+}
+
+#[derive(Default)]
+struct MinuteResult {
+    tries: u64,
+    accepted: u64,
+    duplicates: u64,
+    failed: bool,
+    viewers: u64,
+}
+
+async fn send_with_retries(client: &reqwest::Client, url: &str, mut report: Report<'_>, twice: bool) -> MinuteResult {
+    let mut result = MinuteResult { viewers: report.viewer_list.len() as u64, ..Default::default() };
+    let sends = if twice { 2 } else { 1 };
+    for _ in 0..sends {
+        report.retries = 0;
+        let mut delivered = false;
+        for attempt in 0..4u32 {
+            report.retries = attempt;
+            result.tries += 1;
+            match client.post(url).json(&report).send().await {
+                Ok(resp) if resp.status().is_success() => {
+                    if let Ok(answer) = resp.json::<Answer>().await {
+                        result.accepted += answer.accepted;
+                        result.duplicates += answer.duplicates;
+                    }
+                    delivered = true;
+                    break;
+                }
+                Ok(resp) => {
+                    let status = resp.status();
+                    let body = resp.text().await.unwrap_or_default();
+                    eprintln!("simulate: {} answered {status}: {body}", report.id);
+                }
+                Err(e) => eprintln!("simulate: {} failed: {e}", report.id),
+            }
+        }
+        if !delivered {
+            result.failed = true;
+            return result;
+        }
+    }
+    result
+}

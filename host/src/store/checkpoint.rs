@@ -1,0 +1,93 @@
+//! Watch-time checkpoints: the engine's in-memory state and its inbox position,
+//! committed together so a restart resumes exactly where the state left off.
+
+use sqlx::Row;
+
+use super::{now_ms, values_placeholders, Store, StoreError};
+
+/// One (campaign, viewer) watch-time entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchTimeRow {
+    pub campaign_id: String,
+    pub viewer_id: String,
+    pub minutes: u32,
+    pub last_minute: u32,
+    pub recent_mask: u64,
+}
+
+/// The engine state as of an inbox position.
+#[derive(Debug, Default)]
+pub struct Checkpoint {
+    pub inbox_seq: i64,
+    pub watch_time: Vec<WatchTimeRow>,
+}
+
+const ROWS_PER_STATEMENT: usize = 1000;
+
+impl Store {
+    /// Loads the last checkpoint (empty on a new database).
+    pub async fn load_checkpoint(&self) -> Result<Checkpoint, StoreError> {
+        let seq: Option<i64> = sqlx::query_scalar("SELECT inbox_seq FROM engine_checkpoint WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await?;
+        let rows = sqlx::query("SELECT campaign_id, viewer_id, minutes, last_minute, recent_mask FROM watch_time")
+            .fetch_all(&self.pool)
+            .await?;
+        let watch_time = rows
+            .into_iter()
+            .map(|r| {
+                Ok(WatchTimeRow {
+                    campaign_id: r.try_get("campaign_id")?,
+                    viewer_id: r.try_get("viewer_id")?,
+                    minutes: r.try_get::<i64, _>("minutes")? as u32,
+                    last_minute: r.try_get::<i64, _>("last_minute")? as u32,
+                    recent_mask: r.try_get::<i64, _>("recent_mask")? as u64,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()?;
+        Ok(Checkpoint { inbox_seq: seq.unwrap_or(0), watch_time })
+    }
+
+    /// Commits changed watch-time rows and the inbox position in one
+    /// transaction, then drops the viewer lists the checkpoint has passed.
+    pub async fn save_checkpoint(&self, inbox_seq: i64, changed: &[WatchTimeRow]) -> Result<(), StoreError> {
+        let _guard = self.write_lock().await;
+        let mut tx = self.pool.begin().await?;
+        let previous: Option<i64> =
+            sqlx::query_scalar("SELECT inbox_seq FROM engine_checkpoint WHERE id = 1").fetch_optional(&mut *tx).await?;
+        for chunk in changed.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "INSERT INTO watch_time (campaign_id, viewer_id, minutes, last_minute, recent_mask) VALUES {} \
+                 ON CONFLICT (campaign_id, viewer_id) DO UPDATE SET minutes = excluded.minutes, \
+                 last_minute = excluded.last_minute, recent_mask = excluded.recent_mask",
+                values_placeholders(chunk.len(), 5)
+            );
+            let mut q = sqlx::query(&sql);
+            for row in chunk {
+                q = q
+                    .bind(&row.campaign_id)
+                    .bind(&row.viewer_id)
+                    .bind(row.minutes as i64)
+                    .bind(row.last_minute as i64)
+                    .bind(row.recent_mask as i64);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        sqlx::query(
+            "INSERT INTO engine_checkpoint (id, inbox_seq, taken_at) VALUES (1, $1, $2) \
+             ON CONFLICT (id) DO UPDATE SET inbox_seq = excluded.inbox_seq, taken_at = excluded.taken_at",
+        )
+        .bind(inbox_seq)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        // Events behind the checkpoint are never read again; their ids stay for deduplication.
+        sqlx::query("UPDATE inbox SET viewers = NULL WHERE seq > $1 AND seq <= $2")
+            .bind(previous.unwrap_or(0))
+            .bind(inbox_seq)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,134 @@
+//! Grants, stored exactly once per (campaign, reward, user, key).
+
+use serde::Serialize;
+use sqlx::Row;
+
+use super::{now_ms, values_placeholders, Store, StoreError};
+
+/// A grant decided by a rule, before it is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewGrant {
+    pub campaign_id: String,
+    pub reward_id: String,
+    pub user_id: String,
+    /// Empty for once-only grants; the rule's key for repeatable ones.
+    pub grant_key: String,
+    pub broadcaster_id: String,
+    pub game: String,
+    pub client_id: String,
+    pub reason: &'static str,
+    pub campaign_revision: String,
+    pub plugin_hash: String,
+    pub inbox_seq: i64,
+    pub event_minute: u32,
+}
+
+/// A stored grant.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct GrantRow {
+    pub id: i64,
+    pub campaign_id: String,
+    pub reward_id: String,
+    pub user_id: String,
+    pub grant_key: String,
+    pub broadcaster_id: String,
+    pub game: String,
+    pub reason: String,
+    pub campaign_revision: String,
+    pub plugin_hash: String,
+    pub event_minute: i64,
+    pub manifest_id: Option<String>,
+}
+
+/// Which grants to list.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+pub struct GrantFilter {
+    pub campaign_id: Option<String>,
+    pub user_id: Option<String>,
+    /// Only grants with an id above this (paging).
+    pub after_id: Option<i64>,
+    pub limit: Option<u32>,
+}
+
+const ROWS_PER_STATEMENT: usize = 400;
+
+impl Store {
+    /// Stores grants, skipping any already made; returns how many were new.
+    pub async fn insert_grants(&self, grants: &[NewGrant]) -> Result<u64, StoreError> {
+        if grants.is_empty() {
+            return Ok(0);
+        }
+        let _guard = self.write_lock().await;
+        let mut tx = self.pool.begin().await?;
+        let now = now_ms();
+        let mut inserted = 0;
+        for chunk in grants.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "INSERT INTO grants (campaign_id, reward_id, user_id, grant_key, broadcaster_id, game, client_id, \
+                 reason, campaign_revision, plugin_hash, inbox_seq, event_minute, created_at) VALUES {} \
+                 ON CONFLICT (campaign_id, reward_id, user_id, grant_key) DO NOTHING",
+                values_placeholders(chunk.len(), 13)
+            );
+            let mut q = sqlx::query(&sql);
+            for g in chunk {
+                q = q
+                    .bind(&g.campaign_id)
+                    .bind(&g.reward_id)
+                    .bind(&g.user_id)
+                    .bind(&g.grant_key)
+                    .bind(&g.broadcaster_id)
+                    .bind(&g.game)
+                    .bind(&g.client_id)
+                    .bind(g.reason)
+                    .bind(&g.campaign_revision)
+                    .bind(&g.plugin_hash)
+                    .bind(g.inbox_seq)
+                    .bind(g.event_minute as i64)
+                    .bind(now);
+            }
+            inserted += q.execute(&mut *tx).await?.rows_affected();
+        }
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
+    /// Lists grants in the order they were made.
+    pub async fn list_grants(&self, filter: &GrantFilter) -> Result<Vec<GrantRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, campaign_id, reward_id, user_id, grant_key, broadcaster_id, game, reason, \
+             campaign_revision, plugin_hash, event_minute, manifest_id FROM grants \
+             WHERE ($1 = '' OR campaign_id = $1) AND ($2 = '' OR user_id = $2) AND id > $3 \
+             ORDER BY id LIMIT $4",
+        )
+        .bind(filter.campaign_id.clone().unwrap_or_default())
+        .bind(filter.user_id.clone().unwrap_or_default())
+        .bind(filter.after_id.unwrap_or(0))
+        .bind(filter.limit.unwrap_or(10_000).min(100_000) as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(GrantRow {
+                    id: r.try_get("id")?,
+                    campaign_id: r.try_get("campaign_id")?,
+                    reward_id: r.try_get("reward_id")?,
+                    user_id: r.try_get("user_id")?,
+                    grant_key: r.try_get("grant_key")?,
+                    broadcaster_id: r.try_get("broadcaster_id")?,
+                    game: r.try_get("game")?,
+                    reason: r.try_get("reason")?,
+                    campaign_revision: r.try_get("campaign_revision")?,
+                    plugin_hash: r.try_get("plugin_hash")?,
+                    event_minute: r.try_get("event_minute")?,
+                    manifest_id: r.try_get("manifest_id")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    /// Number of grants stored.
+    pub async fn grant_count(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM grants").fetch_one(&self.pool).await?)
+    }
+}

@@ -1,0 +1,197 @@
+//! Write drops-host reward rules as plain Rust functions.
+//!
+//! A rule is a type implementing [`Rule`]: a serde config type and a function
+//! from one heartbeat (with the viewers' progress in the campaign) to grants.
+//! [`export_rule!`] turns it into a plugin the host can load.
+//!
+//! ```ignore
+//! use drops_plugin_sdk::{Campaign, Grant, Heartbeat, Rule, Viewer};
+//!
+//! #[derive(serde::Deserialize)]
+//! struct Config { minutes: u32, reward: String }
+//!
+//! struct After;
+//!
+//! impl Rule for After {
+//!     type Config = Config;
+//!
+//!     fn validate(config: &Config, campaign: &Campaign) -> Result<(), String> {
+//!         campaign.reward_index(&config.reward).map(|_| ())
+//!     }
+//!
+//!     fn on_heartbeat(config: &Config, campaign: &Campaign, _: &Heartbeat, viewers: &[Viewer]) -> Vec<Grant> {
+//!         let Ok(reward) = campaign.reward_index(&config.reward) else { return Vec::new() };
+//!         viewers
+//!             .iter()
+//!             .filter(|v| v.counted && v.minutes == config.minutes)
+//!             .map(|v| Grant::once(v.handle, reward))
+//!             .collect()
+//!     }
+//! }
+//!
+//! drops_plugin_sdk::export_rule!(After);
+//! ```
+//!
+//! Build with `cargo build --release --target wasm32-unknown-unknown` and copy
+//! the `.wasm` into the host's `rules/plugins/` directory.
+
+// The generated bindings name this crate by its public path so that the
+// `export_rule!` macro works from plugin crates; this makes that path resolve here too.
+extern crate self as drops_plugin_sdk;
+
+use serde::de::DeserializeOwned;
+
+/// Generated bindings for the `drops:rules@0.1.0` world.
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "wit",
+        world: "rules",
+        pub_export_macro: true,
+        export_macro_name: "__export_rules",
+        default_bindings_module: "drops_plugin_sdk::bindings",
+        runtime_path: "drops_plugin_sdk::__wit_bindgen::rt",
+    });
+}
+
+#[doc(hidden)]
+pub use wit_bindgen as __wit_bindgen;
+
+pub use bindings::drops::rules::host::Level;
+pub use bindings::exports::drops::rules::rule::{Campaign, Grant, Heartbeat, Viewer};
+
+/// The interface version this SDK builds plugins for.
+pub const INTERFACE_VERSION: &str = "0.1.0";
+
+/// A reward rule: a config type and the decision for each heartbeat.
+pub trait Rule {
+    /// The campaign's `[rule] config` table, deserialized.
+    type Config: DeserializeOwned;
+
+    /// Checks a config beyond its shape; the error should name the field.
+    fn validate(_config: &Self::Config, _campaign: &Campaign) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Decides the grants for one heartbeat of a campaign.
+    fn on_heartbeat(
+        config: &Self::Config,
+        campaign: &Campaign,
+        heartbeat: &Heartbeat,
+        viewers: &[Viewer],
+    ) -> Vec<Grant>;
+}
+
+impl Campaign {
+    /// Builds a campaign description, mostly for native tests of rules.
+    pub fn new(id: &str, rewards: &[&str], config: &str) -> Self {
+        Campaign {
+            id: id.to_string(),
+            rewards: rewards.iter().map(|r| r.to_string()).collect(),
+            config: config.to_string(),
+        }
+    }
+
+    /// The index of a reward id, or an error naming it.
+    pub fn reward_index(&self, reward: &str) -> Result<u32, String> {
+        self.rewards
+            .iter()
+            .position(|r| r == reward)
+            .map(|i| i as u32)
+            .ok_or_else(|| format!("reward `{reward}` is not one of the campaign's rewards"))
+    }
+}
+
+impl Grant {
+    /// A grant made at most once per (campaign, reward, viewer).
+    pub fn once(viewer: u32, reward: u32) -> Self {
+        Grant { viewer, reward, key: None }
+    }
+
+    /// A repeatable grant, made once per distinct key.
+    pub fn repeatable(viewer: u32, reward: u32, key: impl Into<String>) -> Self {
+        Grant { viewer, reward, key: Some(key.into()) }
+    }
+}
+
+/// Writes a line to the host's log. Does nothing outside a host.
+pub fn log(level: Level, message: &str) {
+    #[cfg(target_arch = "wasm32")]
+    bindings::drops::rules::host::log(level, message);
+    #[cfg(not(target_arch = "wasm32"))]
+    let _ = (level, message);
+}
+
+/// The id of a viewer of the current event, fetched from the host on demand.
+pub fn viewer_id(handle: u32) -> Option<String> {
+    #[cfg(target_arch = "wasm32")]
+    return bindings::drops::rules::host::viewer_id(handle);
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let _ = handle;
+        None
+    }
+}
+
+/// Parses the campaign's config for rule `R`, naming the bad field on error.
+pub fn parse_config<R: Rule>(campaign: &Campaign) -> Result<R::Config, String> {
+    serde_json::from_str(&campaign.config).map_err(|e| format!("config: {e}"))
+}
+
+#[doc(hidden)]
+pub fn __validate<R: Rule>(campaign: Campaign) -> Result<(), String> {
+    install_panic_hook();
+    let config = parse_config::<R>(&campaign)?;
+    R::validate(&config, &campaign)
+}
+
+#[doc(hidden)]
+pub fn __on_heartbeat<R: Rule>(
+    campaign: Campaign,
+    heartbeat: Heartbeat,
+    viewers: Vec<Viewer>,
+) -> Result<Vec<Grant>, String> {
+    install_panic_hook();
+    let config = parse_config::<R>(&campaign)?;
+    Ok(R::on_heartbeat(&config, &campaign, &heartbeat, &viewers))
+}
+
+/// Panics abort a wasm32-unknown-unknown module with the message lost, so the
+/// hook sends it to the host's log first.
+fn install_panic_hook() {
+    #[cfg(target_arch = "wasm32")]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            std::panic::set_hook(Box::new(|info| log(Level::Error, &format!("panic: {info}"))));
+        });
+    }
+}
+
+/// Exports a [`Rule`] implementation as the plugin's rule.
+#[macro_export]
+macro_rules! export_rule {
+    ($rule:ty) => {
+        #[doc(hidden)]
+        pub struct __DropsRuleExport;
+
+        impl $crate::bindings::exports::drops::rules::rule::Guest for __DropsRuleExport {
+            fn validate_config(campaign: $crate::Campaign) -> ::core::result::Result<(), ::std::string::String> {
+                $crate::__validate::<$rule>(campaign)
+            }
+
+            fn on_heartbeat(
+                campaign: $crate::Campaign,
+                heartbeat: $crate::Heartbeat,
+                viewers: ::std::vec::Vec<$crate::Viewer>,
+            ) -> ::core::result::Result<::std::vec::Vec<$crate::Grant>, ::std::string::String> {
+                $crate::__on_heartbeat::<$rule>(campaign, heartbeat, viewers)
+            }
+        }
+
+        // Export names such as `drops:rules/rule@0.1.0#on-heartbeat` only link
+        // on wasm; natively the rule stays a plain, testable Rust type.
+        #[cfg(target_arch = "wasm32")]
+        $crate::bindings::__export_rules!(__DropsRuleExport with_types_in $crate::bindings);
+    };
+}
