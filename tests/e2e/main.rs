@@ -1,1 +1,6 @@
-fn main() {}
+//! End-to-end tests: the real binary, real HTTP, real SQLite files and PostgreSQL databases.
+
+mod bad_input;
+mod crash;
+mod helpers;
+mod vhs;

@@ -1,0 +1,104 @@
+//! Bad input gets a clear 4xx naming the field, and nothing of it is stored.
+
+use std::io::Write;
+
+use serde_json::{json, Value};
+
+use crate::helpers::{heartbeat, Backend, HostConfig, TestHost};
+
+const TOKEN: &str = "vhs-secret";
+
+fn good(id: &str) -> Value {
+    heartbeat(id, "b-1", "GameName", "2026-11-01T10:00:00Z", &["v1", "v2"])
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_and_nothing_is_stored() {
+    let config = HostConfig { vhs_token: Some(TOKEN.into()), max_body_bytes: Some(20_000), ..Default::default() };
+    let Some(mut host) = TestHost::spawn(Backend::Sqlite, config).await else { return };
+    let t = Some(TOKEN);
+
+    let expect_400 = |body: Value, field: &str| {
+        let field = field.to_string();
+        (body, field)
+    };
+    let mut wrong_type = good("wrong-type");
+    wrong_type["viewers"] = json!("six");
+    let mut missing = good("missing");
+    missing.as_object_mut().unwrap().remove("id");
+    let mut bad_time = good("bad-time");
+    bad_time["time"] = json!("2026-11-01 10:00");
+    let mut future = good("future");
+    future["time"] = json!((time::OffsetDateTime::now_utc() + time::Duration::hours(1))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap());
+    let mut bad_viewer = good("bad-viewer");
+    bad_viewer["viewer_list"] = json!(["v1", 7]);
+    let mut empty_game = good("empty-game");
+    empty_game["game"] = json!("");
+    let mut bad_second = good("batch-bad");
+    bad_second["broadcaster"] = json!(null);
+    let cases = vec![
+        expect_400(wrong_type, "viewers"),
+        expect_400(missing, "id"),
+        expect_400(bad_time, "time"),
+        expect_400(future, "time"),
+        expect_400(bad_viewer, "viewer_list[1]"),
+        expect_400(empty_game, "game"),
+        // One bad element rejects the whole batch, the good one included.
+        expect_400(json!([good("batch-good"), bad_second]), "[1].broadcaster"),
+    ];
+    for (body, field) in cases {
+        let (status, answer) = host.post_vhs(t, &body).await;
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert_eq!(answer["field"], json!(field), "{answer}");
+        assert!(answer["error"].as_str().unwrap().starts_with(&format!("{field}: ")), "{answer}");
+    }
+    let (status, answer) = host.post_vhs_raw(t, b"{\"broadcaster\": \"b\",".to_vec(), &[]).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer["error"].is_string());
+    let (status, _) = host.post_vhs_raw(t, b"not json".to_vec(), &[]).await;
+    assert_eq!(status, 400);
+    let (status, _) = host.post_vhs_raw(t, Vec::new(), &[]).await;
+    assert_eq!(status, 400);
+
+    // Too large: refused by Content-Length, and by counting when compressed.
+    let big = Value::Array(vec![good("big"); 200]);
+    let (status, answer) = host.post_vhs(t, &big).await;
+    assert_eq!(status, 413, "{answer}");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&serde_json::to_vec(&big).unwrap()).unwrap();
+    let packed = gz.finish().unwrap();
+    assert!(packed.len() < 20_000);
+    let (status, _) = host.post_vhs_raw(t, packed, &[("content-encoding", "gzip".into())]).await;
+    assert_eq!(status, 413);
+
+    // Secrets: wrong or missing token, bad signature.
+    assert_eq!(host.post_vhs(Some("wrong"), &good("auth")).await.0, 401);
+    assert_eq!(host.post_vhs(None, &good("auth")).await.0, 401);
+    let body = serde_json::to_vec(&good("signed")).unwrap();
+    let now = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap();
+    let signature = drops_host::ingest::auth::sign(TOKEN, "msg-1", &now, &body);
+    let signed = |sig: String| {
+        vec![
+            ("drops-message-id", "msg-1".into()),
+            ("drops-message-timestamp", now.clone()),
+            ("drops-message-signature", sig),
+        ]
+    };
+    assert_eq!(host.post_vhs_raw(None, body.clone(), &signed(signature.replace('a', "b"))).await.0, 401);
+
+    // Nothing of the above was stored: each good report is new now.
+    assert_eq!(host.post_vhs(t, &good("batch-good")).await, (200, json!({"accepted": 1, "duplicates": 0})));
+    assert_eq!(host.post_vhs(t, &good("auth")).await, (200, json!({"accepted": 1, "duplicates": 0})));
+    assert_eq!(host.post_vhs_raw(None, body, &signed(signature)).await, (200, json!({"accepted": 1, "duplicates": 0})));
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&serde_json::to_vec(&good("gzipped")).unwrap()).unwrap();
+    let packed = gz.finish().unwrap();
+    assert_eq!(
+        host.post_vhs_raw(t, packed, &[("content-encoding", "gzip".into())]).await,
+        (200, json!({"accepted": 1, "duplicates": 0}))
+    );
+    host.stop();
+    assert_eq!(host.database_totals().await.1, 4, "only the four good reports are in the inbox");
+}
