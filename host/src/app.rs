@@ -2,6 +2,7 @@
 //! one shutdown order (stop accepting, drain the engine, flush manifests).
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -47,6 +48,7 @@ impl RunningHost {
         let addr = listener.local_addr()?;
         let inbox_notify = Arc::new(Notify::new());
         let grants_notify = Arc::new(Notify::new());
+        let pending_grants = Arc::new(AtomicU64::new(0));
         let state = Arc::new(AppState {
             settings: settings.clone(),
             store: store.clone(),
@@ -64,12 +66,14 @@ impl RunningHost {
             settings: settings.engine.clone(),
             inbox_notify,
             grants_notify: grants_notify.clone(),
+            pending_grants: pending_grants.clone(),
         };
         let batcher = Batcher {
             store: store.clone(),
             dir: settings.manifest_dir(),
             settings: settings.manifests.clone(),
             grants_notify,
+            pending_grants,
         };
         let engine_task = tokio::spawn(engine.run(engine_stop.clone()));
         let batcher_task = tokio::spawn(batcher.run(batcher_stop.clone()));

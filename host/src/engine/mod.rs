@@ -8,6 +8,7 @@
 
 pub mod watch_time;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -101,6 +102,8 @@ pub struct Engine {
     pub inbox_notify: Arc<Notify>,
     /// Woken when grants were stored.
     pub grants_notify: Arc<Notify>,
+    /// Grants stored and not yet batched, for the batcher's early flush.
+    pub pending_grants: Arc<AtomicU64>,
 }
 
 /// A failure the engine cannot go on from.
@@ -161,6 +164,7 @@ impl Engine {
             metrics::gauge!("drops_engine_inbox_seq").set(cursor as f64);
             if stored > 0 {
                 tracing::info!(grants = stored, inbox_seq = cursor, "grants made");
+                self.pending_grants.fetch_add(stored, Ordering::Relaxed);
                 self.grants_notify.notify_one();
             }
             if last_checkpoint.elapsed() >= interval {

@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,23 +55,35 @@ pub struct Batcher {
     pub settings: ManifestSettings,
     /// Woken when grants were stored.
     pub grants_notify: Arc<Notify>,
+    /// Grants stored since the last flush (the engine adds, the batcher resets).
+    pub pending_grants: Arc<AtomicU64>,
 }
 
 type BatchKey = (String, String, String, String, String, String);
 
 impl Batcher {
-    /// Flushes on the interval (or when woken) until `stop`, then once more.
+    /// Flushes every interval, or early once `flush_at_grants` grants wait
+    /// (one large file is processed faster by Twitch than many small ones),
+    /// until `stop`, then once more.
     pub async fn run(self, stop: CancellationToken) {
         let interval = Duration::from_secs(self.settings.flush_interval_secs.max(1));
+        let mut next = tokio::time::Instant::now() + interval;
         loop {
             let stopping = tokio::select! {
-                _ = tokio::time::sleep(interval) => false,
-                _ = self.grants_notify.notified() => false,
+                _ = tokio::time::sleep_until(next) => false,
+                _ = self.grants_notify.notified() => {
+                    if self.pending_grants.load(Ordering::Relaxed) < self.settings.flush_at_grants {
+                        continue;
+                    }
+                    false
+                }
                 _ = stop.cancelled() => true,
             };
+            self.pending_grants.store(0, Ordering::Relaxed);
             if let Err(e) = self.flush().await {
                 tracing::error!("manifest flush failed, will retry: {e}");
             }
+            next = tokio::time::Instant::now() + interval;
             if stopping {
                 return;
             }
