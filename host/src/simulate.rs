@@ -68,6 +68,8 @@ pub struct SimulateReport {
     pub accepted: u64,
     pub duplicates: u64,
     pub failed: u64,
+    /// Reports not sent because an earlier one of the same minute failed.
+    pub skipped: u64,
     pub viewer_minutes: u64,
     pub elapsed_secs: f64,
 }
@@ -138,12 +140,28 @@ pub async fn run(args: &SimulateArgs) -> anyhow::Result<SimulateReport> {
                 && (minute as usize * args.channels as usize + c) % args.redeliver_every as usize == 0;
             (report, twice)
         });
-        let results: Vec<MinuteResult> = stream::iter(reports)
-            .map(|(report, twice)| send_with_retries(&client, &url, report, twice))
-            .buffer_unordered(args.concurrency.max(1))
-            .collect()
-            .await;
+        // Twitch stops a minute's remaining reports once one fails four times.
+        let reports: Vec<_> = reports.collect();
+        let mut results: Vec<MinuteResult> = Vec::new();
+        let mut pending = reports.into_iter();
         let mut line = SimulateReport::default();
+        loop {
+            let chunk: Vec<_> = pending.by_ref().take(args.concurrency.max(1)).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            let done: Vec<MinuteResult> = stream::iter(chunk)
+                .map(|(report, twice)| send_with_retries(&client, &url, report, twice))
+                .buffer_unordered(args.concurrency.max(1))
+                .collect()
+                .await;
+            let failed = done.iter().any(|r| r.failed);
+            results.extend(done);
+            if failed {
+                line.skipped = pending.len() as u64;
+                break;
+            }
+        }
         for r in &results {
             line.reports += 1;
             line.tries += r.tries;
@@ -154,13 +172,14 @@ pub async fn run(args: &SimulateArgs) -> anyhow::Result<SimulateReport> {
         }
         if args.verbose {
             println!(
-                "simulate: minute {:>3} ({at}): {} reports, {} accepted, {} duplicates, {} retries, {} failed",
+                "simulate: minute {:>3} ({at}): {} reports, {} accepted, {} duplicates, {} retries, {} failed, {} skipped",
                 minute + 1,
                 line.reports,
                 line.accepted,
                 line.duplicates,
                 line.tries - line.reports,
-                line.failed
+                line.failed,
+                line.skipped
             );
         }
         total.reports += line.reports;
@@ -168,6 +187,7 @@ pub async fn run(args: &SimulateArgs) -> anyhow::Result<SimulateReport> {
         total.accepted += line.accepted;
         total.duplicates += line.duplicates;
         total.failed += line.failed;
+        total.skipped += line.skipped;
         total.viewer_minutes += line.viewer_minutes;
         if minute + 1 < args.minutes {
             tokio::time::sleep(tick.saturating_sub(minute_began.elapsed())).await;
@@ -229,4 +249,90 @@ async fn send_with_retries(client: &reqwest::Client, url: &str, mut report: Repo
         }
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    use axum::extract::State;
+    use axum::http::StatusCode;
+    use axum::routing::post;
+    use axum::{Json, Router};
+
+    /// A VHS endpoint that fails the first `fail` tries of every report and records what it got.
+    async fn flaky_host(fail: u32) -> (String, Arc<Mutex<Vec<(String, u32)>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let app = Router::new()
+            .route(
+                "/vhs",
+                post(
+                    |State((seen, fail)): State<(Arc<Mutex<Vec<(String, u32)>>>, u32)>,
+                     Json(body): Json<serde_json::Value>| async move {
+                        let id = body["id"].as_str().unwrap_or_default().to_string();
+                        let retries = body["retries"].as_u64().unwrap_or(99) as u32;
+                        seen.lock().unwrap().push((id, retries));
+                        if retries < fail {
+                            (StatusCode::INTERNAL_SERVER_ERROR, Json(serde_json::json!({"error": "down"})))
+                        } else {
+                            (StatusCode::OK, Json(serde_json::json!({"accepted": 1, "duplicates": 0})))
+                        }
+                    },
+                ),
+            )
+            .with_state((seen.clone(), fail));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (format!("http://{addr}"), seen)
+    }
+
+    fn args(target: String) -> SimulateArgs {
+        SimulateArgs {
+            target,
+            token: None,
+            channels: 2,
+            viewers: 3,
+            multi_viewers: 1,
+            minutes: 2,
+            speed: 1e6,
+            game: "G".into(),
+            start: Some("2026-11-01T10:00:00Z".into()),
+            broadcaster_prefix: "b-".into(),
+            redeliver_every: 0,
+            concurrency: 1,
+            timeout_secs: 5,
+            verbose: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn retries_keep_the_id_and_count_up() {
+        let (url, seen) = flaky_host(2).await;
+        let report = run(&args(url)).await.unwrap();
+        assert_eq!((report.reports, report.tries, report.accepted, report.failed), (4, 12, 4, 0));
+        let seen = seen.lock().unwrap().clone();
+        let first: Vec<_> = seen.iter().filter(|(id, _)| id.ends_with("-0-0")).map(|(_, r)| *r).collect();
+        assert_eq!(first, vec![0, 1, 2]);
+        assert_eq!(report.viewer_minutes, 2 * 2 * 4);
+    }
+
+    #[tokio::test]
+    async fn a_report_failing_four_times_is_dropped() {
+        let (url, seen) = flaky_host(10).await;
+        let report = run(&args(url)).await.unwrap();
+        // Channel 0 fails four times each minute, so channel 1 is not sent that minute.
+        assert_eq!((report.reports, report.tries, report.failed, report.skipped), (2, 8, 2, 2));
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.iter().filter(|(id, _)| id.ends_with("-0-0")).count(), 4);
+        assert!(!seen.iter().any(|(id, _)| id.ends_with("-0-1")));
+    }
+
+    #[test]
+    fn multi_viewers_are_in_every_channel() {
+        let viewers = channel_viewers(&args(String::new()));
+        assert!(viewers.iter().all(|v| v.contains(&"viewer-multi-0".to_string())));
+        assert_eq!(viewers[0].len(), 4);
+    }
 }

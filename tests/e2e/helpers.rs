@@ -56,7 +56,6 @@ pub struct HostConfig {
     pub max_body_bytes: Option<u64>,
 }
 
-
 /// A running drops-host process and its files.
 pub struct TestHost {
     pub dir: tempfile::TempDir,
