@@ -261,25 +261,25 @@ mod tests {
     use axum::routing::post;
     use axum::{Json, Router};
 
+    /// (report id, retries) of every try received.
+    type Seen = Arc<Mutex<Vec<(String, u32)>>>;
+
     /// A VHS endpoint that fails the first `fail` tries of every report and records what it got.
-    async fn flaky_host(fail: u32) -> (String, Arc<Mutex<Vec<(String, u32)>>>) {
+    async fn flaky_host(fail: u32) -> (String, Seen) {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let app = Router::new()
             .route(
                 "/vhs",
-                post(
-                    |State((seen, fail)): State<(Arc<Mutex<Vec<(String, u32)>>>, u32)>,
-                     Json(body): Json<serde_json::Value>| async move {
-                        let id = body["id"].as_str().unwrap_or_default().to_string();
-                        let retries = body["retries"].as_u64().unwrap_or(99) as u32;
-                        seen.lock().unwrap().push((id, retries));
-                        if retries < fail {
-                            (StatusCode::INTERNAL_SERVER_ERROR, Json(serde_json::json!({"error": "down"})))
-                        } else {
-                            (StatusCode::OK, Json(serde_json::json!({"accepted": 1, "duplicates": 0})))
-                        }
-                    },
-                ),
+                post(|State((seen, fail)): State<(Seen, u32)>, Json(body): Json<serde_json::Value>| async move {
+                    let id = body["id"].as_str().unwrap_or_default().to_string();
+                    let retries = body["retries"].as_u64().unwrap_or(99) as u32;
+                    seen.lock().unwrap().push((id, retries));
+                    if retries < fail {
+                        (StatusCode::INTERNAL_SERVER_ERROR, Json(serde_json::json!({"error": "down"})))
+                    } else {
+                        (StatusCode::OK, Json(serde_json::json!({"accepted": 1, "duplicates": 0})))
+                    }
+                }),
             )
             .with_state((seen.clone(), fail));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
