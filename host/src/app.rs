@@ -16,6 +16,7 @@ use crate::config::Settings;
 use crate::engine::Engine;
 use crate::manifests::Batcher;
 use crate::plugins::PluginRuntime;
+use crate::rules::reload::Reloader;
 use crate::rules::RuleSet;
 use crate::store::Store;
 
@@ -62,7 +63,7 @@ impl RunningHost {
         let engine = Engine {
             store: store.clone(),
             rules: rules.clone(),
-            runtime,
+            runtime: runtime.clone(),
             settings: settings.engine.clone(),
             inbox_notify,
             grants_notify: grants_notify.clone(),
@@ -75,7 +76,14 @@ impl RunningHost {
             grants_notify,
             pending_grants,
         };
+        let reloader = Reloader { dir: settings.rules_dir.clone(), runtime: runtime.clone(), rules: rules.clone() };
         let engine_task = tokio::spawn(engine.run(engine_stop.clone()));
+        let reload_stop = stop.clone();
+        tokio::spawn(async move {
+            if let Err(e) = reloader.run(reload_stop).await {
+                tracing::error!("rules hot reload is off: cannot watch the rules directory: {e}");
+            }
+        });
         let batcher_task = tokio::spawn(batcher.run(batcher_stop.clone()));
         if let Some(handle) = metrics {
             let stop = stop.clone();

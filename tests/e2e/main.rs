@@ -3,4 +3,5 @@
 mod bad_input;
 mod crash;
 mod helpers;
+mod reload;
 mod vhs;

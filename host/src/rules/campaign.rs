@@ -70,31 +70,42 @@ pub struct LoadedCampaign {
 }
 
 impl LoadedCampaign {
-    /// Reads, parses and validates a campaign file; errors name the file and field.
-    pub fn load(
-        path: &Path,
-        plugins: &HashMap<String, Arc<Plugin>>,
-        runtime: &PluginRuntime,
-    ) -> Result<LoadedCampaign, String> {
+    /// Reads and parses a campaign file; errors name the field.
+    pub fn parse(path: &Path) -> Result<(CampaignFile, String), String> {
         let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
         let text = std::str::from_utf8(&bytes).map_err(|e| format!("not UTF-8: {e}"))?;
         let def: CampaignFile = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
         def.validate()?;
+        Ok((def, crate::plugins::PluginHash::of(&bytes).0))
+    }
+
+    /// What a plugin is handed about a campaign on every call.
+    pub fn wit_campaign(def: &CampaignFile) -> Result<WitCampaign, String> {
+        let config = serde_json::to_string(&def.rule.config).map_err(|e| format!("field `rule.config`: {e}"))?;
+        Ok(WitCampaign { id: def.id.clone(), rewards: def.rewards.iter().map(|r| r.id.clone()).collect(), config })
+    }
+
+    /// Binds a parsed campaign to its plugin and runs the plugin's config check.
+    pub fn bind(
+        path: &Path,
+        def: CampaignFile,
+        revision: String,
+        plugins: &HashMap<String, Arc<Plugin>>,
+        runtime: &PluginRuntime,
+    ) -> Result<LoadedCampaign, String> {
         let plugin = plugins.get(&def.rule.plugin).cloned().ok_or_else(|| {
             format!(
                 "field `rule.plugin`: no loaded plugin `{}` (expected plugins/{}.wasm)",
                 def.rule.plugin, def.rule.plugin
             )
         })?;
-        let config = serde_json::to_string(&def.rule.config).map_err(|e| format!("field `rule.config`: {e}"))?;
-        let wit =
-            WitCampaign { id: def.id.clone(), rewards: def.rewards.iter().map(|r| r.id.clone()).collect(), config };
+        let wit = Self::wit_campaign(&def)?;
         runtime
             .validate_config(&plugin, &wit)
             .map_err(|e| format!("field `rule.config`: plugin `{}` {e}", plugin.name))?;
         Ok(LoadedCampaign {
             file: path.to_path_buf(),
-            revision: crate::plugins::PluginHash::of(&bytes).0,
+            revision,
             allowlist: def.allowlist.iter().cloned().collect(),
             def,
             plugin,

@@ -4,6 +4,7 @@
 //! in whole (`arc-swap`), so the engine always sees one consistent set.
 
 mod campaign;
+pub mod reload;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -34,27 +35,63 @@ impl RuleSet {
     /// Loads `plugins/*.wasm` then `campaigns/*.toml` from a rules directory.
     /// A bad file is reported in [`RuleSet::errors`] and left out; the rest load.
     pub fn load(dir: &Path, runtime: &PluginRuntime) -> RuleSet {
+        RuleSet::reload(dir, runtime, &RuleSet::default())
+    }
+
+    /// Loads the rules directory again, keeping from `previous` what did not
+    /// change (same bytes: not recompiled) and the last good version of any
+    /// file that now fails. A new plugin version is taken only if every
+    /// campaign that uses it accepts its config under it.
+    pub fn reload(dir: &Path, runtime: &PluginRuntime, previous: &RuleSet) -> RuleSet {
         let mut set = RuleSet::default();
+        let mut parsed = Vec::new();
+        for path in files_with_extension(&dir.join("campaigns"), "toml", &mut set.errors) {
+            let result = LoadedCampaign::parse(&path);
+            parsed.push((path, result));
+        }
         for path in files_with_extension(&dir.join("plugins"), "wasm", &mut set.errors) {
             let name = file_stem(&path);
-            match std::fs::read(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|b| runtime.load(&name, &b).map_err(|e| e.to_string()))
-            {
+            let old = previous.plugins.get(&name);
+            match load_plugin(&path, &name, runtime, old, &parsed) {
                 Ok(plugin) => {
-                    tracing::info!(plugin = %name, hash = %plugin.hash, "plugin loaded");
-                    set.plugins.insert(name, Arc::new(plugin));
+                    set.plugins.insert(name, plugin);
                 }
-                Err(error) => set.errors.push(LoadError { file: path, error }),
+                Err(error) => {
+                    set.errors.push(LoadError { file: path, error });
+                    if let Some(old) = old {
+                        tracing::warn!(plugin = %name, hash = %old.hash, "keeping the last good version");
+                        set.plugins.insert(name, old.clone());
+                    }
+                }
             }
         }
-        for path in files_with_extension(&dir.join("campaigns"), "toml", &mut set.errors) {
-            match LoadedCampaign::load(&path, &set.plugins, runtime) {
+        for (path, result) in parsed {
+            let old = previous.campaigns.iter().find(|c| c.file == path);
+            let bound = result.and_then(|(def, revision)| match old {
+                // Unchanged file and plugin version: nothing to check again.
+                Some(old)
+                    if old.revision == revision
+                        && set.plugins.get(&def.rule.plugin).is_some_and(|p| Arc::ptr_eq(p, &old.plugin)) =>
+                {
+                    Ok(old.clone())
+                }
+                _ => LoadedCampaign::bind(&path, def, revision, &set.plugins, runtime).map(Arc::new),
+            });
+            match bound {
                 Ok(campaign) => {
-                    tracing::info!(campaign = %campaign.def.id, name = %campaign.def.name, file = %path.display(), "campaign loaded");
+                    if old.is_none_or(|o| !Arc::ptr_eq(o, &campaign)) {
+                        tracing::info!(campaign = %campaign.def.id, name = %campaign.def.name, revision = %&campaign.revision[..12],
+                            plugin = %campaign.plugin.name, plugin_hash = %&campaign.plugin.hash.0[..12], file = %path.display(), "campaign loaded");
+                    }
                     set.add(campaign);
                 }
-                Err(error) => set.errors.push(LoadError { file: path, error }),
+                Err(error) => {
+                    set.errors.push(LoadError { file: path.clone(), error });
+                    if let Some(old) = old {
+                        tracing::warn!(campaign = %old.def.id, file = %path.display(), "keeping the last good version");
+                        set.add(old.clone());
+                    }
+                }
             }
         }
         for err in &set.errors {
@@ -65,7 +102,16 @@ impl RuleSet {
         set
     }
 
-    fn add(&mut self, campaign: LoadedCampaign) {
+    /// A fingerprint of what is in force: plugin hashes and campaign revisions.
+    pub fn fingerprint(&self) -> Vec<String> {
+        let mut f: Vec<String> = self.plugins.iter().map(|(n, p)| format!("plugin {n} {}", p.hash)).collect();
+        f.extend(self.campaigns.iter().map(|c| format!("campaign {} {}", c.file.display(), c.revision)));
+        f.extend(self.errors.iter().map(|e| format!("error {} {}", e.file.display(), e.error)));
+        f.sort();
+        f
+    }
+
+    fn add(&mut self, campaign: Arc<LoadedCampaign>) {
         if let Some(dup) = self.campaigns.iter().find(|c| c.def.id == campaign.def.id) {
             self.errors.push(LoadError {
                 file: campaign.file.clone(),
@@ -74,7 +120,7 @@ impl RuleSet {
             return;
         }
         self.by_game.entry(campaign.def.game.clone()).or_default().push(self.campaigns.len());
-        self.campaigns.push(Arc::new(campaign));
+        self.campaigns.push(campaign);
     }
 
     /// The campaigns a heartbeat counts for: same game (exactly), enabled,
@@ -97,6 +143,34 @@ impl RuleSet {
     pub fn errors(&self) -> &[LoadError] {
         &self.errors
     }
+}
+
+/// Loads a plugin file, reusing `old` when the bytes are the same, and
+/// validating a new version against every campaign file that names it.
+fn load_plugin(
+    path: &Path,
+    name: &str,
+    runtime: &PluginRuntime,
+    old: Option<&Arc<Plugin>>,
+    campaigns: &[(PathBuf, Result<(CampaignFile, String), String>)],
+) -> Result<Arc<Plugin>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    if let Some(old) = old.filter(|o| o.hash == crate::plugins::PluginHash::of(&bytes)) {
+        return Ok(old.clone());
+    }
+    let plugin = runtime.load(name, &bytes).map_err(|e| e.to_string())?;
+    for (file, parsed) in campaigns {
+        let Ok((def, _)) = parsed else { continue };
+        if def.rule.plugin != name {
+            continue;
+        }
+        let wit = LoadedCampaign::wit_campaign(def)?;
+        runtime
+            .validate_config(&plugin, &wit)
+            .map_err(|e| format!("version {} refused: campaign {} ({}): {e}", plugin.hash, def.id, file.display()))?;
+    }
+    tracing::info!(plugin = %name, hash = %plugin.hash, "plugin loaded");
+    Ok(Arc::new(plugin))
 }
 
 fn file_stem(path: &Path) -> String {

@@ -1,0 +1,140 @@
+//! Hot reload: a new plugin version judges the next heartbeats, a broken file
+//! changes nothing but an error, and a campaign edit takes effect, all without
+//! a restart; every grant names the version that made it.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::helpers::{heartbeat, plugin_path, tiers_campaign, Backend, HostConfig, TestHost};
+
+const WINDOW: (&str, &str) = ("2026-11-05T00:00:00Z", "2026-11-06T00:00:00Z");
+
+fn campaign(tiers: &[(u32, &str)]) -> String {
+    tiers_campaign("camp-reload", "GameName", WINDOW, &[], tiers)
+}
+
+/// The same rule with a different hash: a custom section appended to the module.
+fn new_version(bytes: &[u8], tag: &str) -> Vec<u8> {
+    let mut out = bytes.to_vec();
+    let payload = tag.as_bytes();
+    out.push(0); // custom section
+    out.push((1 + "drops-test".len() + payload.len()) as u8);
+    out.push("drops-test".len() as u8);
+    out.extend_from_slice(b"drops-test");
+    out.extend_from_slice(payload);
+    out
+}
+
+fn sha(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Writes a file the way deploy tools do: to a temp name, then renamed over.
+fn write_by_rename(path: &std::path::Path, bytes: &[u8]) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+async fn wait_for(host: &TestHost, what: &str, pred: impl Fn(&Value) -> bool) -> Duration {
+    let started = Instant::now();
+    loop {
+        let view = host.admin_get("/campaigns").await;
+        if pred(&view) {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "waiting for {what}: {view}\n{}", host.log());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn grants_of(host: &TestHost, n: usize) -> Vec<Value> {
+    let started = Instant::now();
+    loop {
+        let grants = host.grants().await;
+        if grants.len() >= n {
+            return grants;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "expected {n} grants: {grants:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn rules_change_while_serving() {
+    let tiers = [(1, "t1"), (2, "t2"), (3, "t3"), (4, "t4")];
+    let config = HostConfig { campaigns: vec![("reload".into(), campaign(&tiers))], ..Default::default() };
+    let Some(mut host) = TestHost::spawn(Backend::Sqlite, config).await else { return };
+    let rules = host.dir.path().join("rules");
+    let plugin_file = rules.join("plugins/watch-time-tiers.wasm");
+    let original = std::fs::read(plugin_path("watch-time-tiers")).unwrap();
+    let minute = |m: u32| format!("2026-11-05T10:{m:02}:00Z");
+    let send = |m: u32| heartbeat(&format!("hb-{m}"), "b-1", "GameName", &minute(m), &["v1", "v2"]);
+
+    for m in 0..2 {
+        assert_eq!(host.post_vhs(None, &send(m)).await.0, 200);
+    }
+    let before = grants_of(&host, 4).await;
+    assert!(before.iter().all(|g| g["plugin_hash"] == json!(sha(&original))));
+
+    // A designer copies in a new build: the next heartbeats are judged by it.
+    let v2 = new_version(&original, "v2");
+    write_by_rename(&plugin_file, &v2);
+    let latency = wait_for(&host, "new plugin version", |v| v["campaigns"][0]["plugin_hash"] == json!(sha(&v2))).await;
+    eprintln!("reload latency (file renamed into place -> new version serving): {latency:?}");
+    assert_eq!(host.post_vhs(None, &send(2)).await.0, 200);
+    let after = grants_of(&host, 6).await;
+    let t3: Vec<&Value> = after.iter().filter(|g| g["reward_id"] == "t3").collect();
+    assert_eq!(t3.len(), 2);
+    assert!(t3.iter().all(|g| g["plugin_hash"] == json!(sha(&v2))), "{t3:?}");
+
+    // A broken build (truncated, then garbage) changes nothing but an error message.
+    std::fs::write(&plugin_file, &v2[..v2.len() / 2]).unwrap();
+    wait_for(&host, "the load error", |v| {
+        v["errors"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["file"].as_str().unwrap_or("").ends_with("watch-time-tiers.wasm")))
+    })
+    .await;
+    let view = host.admin_get("/campaigns").await;
+    assert_eq!(view["campaigns"][0]["plugin_hash"], json!(sha(&v2)), "last good version keeps serving");
+    assert_eq!(host.post_vhs(None, &send(3)).await.0, 200);
+    let grants = grants_of(&host, 8).await;
+    assert!(grants.iter().filter(|g| g["reward_id"] == "t4").all(|g| g["plugin_hash"] == json!(sha(&v2))));
+    // A plugin with a forbidden import is refused the same way, naming the import.
+    std::fs::write(&plugin_file, wat_importing_wasi()).unwrap();
+    wait_for(&host, "the import error", |v| v["errors"].to_string().contains("wasi")).await;
+
+    // Fixing the file and editing the campaign (a new tier) are both picked up.
+    write_by_rename(&plugin_file, &v2);
+    let edited = campaign(&[(1, "t1"), (2, "t2"), (3, "t3"), (4, "t4"), (5, "t5")]);
+    write_by_rename(&rules.join("campaigns/reload.toml"), edited.as_bytes());
+    wait_for(&host, "the edited campaign", |v| {
+        v["campaigns"][0]["revision"] == json!(sha(edited.as_bytes()))
+            && v["errors"].as_array().is_some_and(|e| e.is_empty())
+    })
+    .await;
+    assert_eq!(host.post_vhs(None, &send(4)).await.0, 200);
+    let grants = grants_of(&host, 10).await;
+    let t5: Vec<&Value> = grants.iter().filter(|g| g["reward_id"] == "t5").collect();
+    assert_eq!(t5.len(), 2);
+    assert!(t5.iter().all(|g| g["campaign_revision"] == json!(sha(edited.as_bytes()))));
+
+    // Every heartbeat was evaluated exactly once across the swaps: 5 minutes each.
+    host.stop();
+    assert_eq!(host.database_totals().await, (10, 5));
+    assert!(host.log().contains("rules reloaded"), "the swaps are logged");
+    if std::env::var_os("SHOW_RELOAD_LOG").is_some() {
+        eprintln!("{}", host.log());
+    }
+}
+
+/// A core module importing WASI, which the host must refuse.
+fn wat_importing_wasi() -> Vec<u8> {
+    wat::parse_str(
+        r#"(module (import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32))))"#,
+    )
+    .unwrap()
+}
