@@ -145,6 +145,9 @@ impl RuleSet {
     }
 }
 
+/// A campaign file and what parsing it gave (definition and revision, or the error).
+type ParsedCampaign = (PathBuf, Result<(CampaignFile, String), String>);
+
 /// Loads a plugin file, reusing `old` when the bytes are the same, and
 /// validating a new version against every campaign file that names it.
 fn load_plugin(
@@ -152,7 +155,7 @@ fn load_plugin(
     name: &str,
     runtime: &PluginRuntime,
     old: Option<&Arc<Plugin>>,
-    campaigns: &[(PathBuf, Result<(CampaignFile, String), String>)],
+    campaigns: &[ParsedCampaign],
 ) -> Result<Arc<Plugin>, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
     if let Some(old) = old.filter(|o| o.hash == crate::plugins::PluginHash::of(&bytes)) {
