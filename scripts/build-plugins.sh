@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the example plugins for wasm32-unknown-unknown into target/wasm32-unknown-unknown/plugin/.
+# Builds the example plugins (and the test plugins in tests/plugins) for wasm32-unknown-unknown into target/wasm32-unknown-unknown/plugin/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! rustc --print sysroot >/dev/null 2>&1 || [ ! -d "$(rustc --print sysroot)/lib/rustlib/wasm32-unknown-unknown/lib" ]; then
@@ -10,6 +10,6 @@ if ! rustc --print sysroot >/dev/null 2>&1 || [ ! -d "$(rustc --print sysroot)/l
   fi
 fi
 plugins=()
-for dir in plugins/*/; do plugins+=(-p "$(basename "$dir")"); done
+for dir in plugins/*/ tests/plugins/*/; do plugins+=(-p "$(basename "$dir")"); done
 cargo build --quiet --profile plugin --target wasm32-unknown-unknown "${plugins[@]}"
 ls target/wasm32-unknown-unknown/plugin/*.wasm

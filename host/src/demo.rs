@@ -125,7 +125,9 @@ fn copy_files(from: &Path, to: &Path, ext: &str) -> anyhow::Result<usize> {
     let mut n = 0;
     for entry in std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
         let path = entry?.path();
-        if path.extension().is_some_and(|e| e == ext) {
+        // tests/plugins/ builds land in the same folder; the demo serves only the examples.
+        let test_plugin = path.file_stem().is_some_and(|s| s == "hostile");
+        if path.extension().is_some_and(|e| e == ext) && !test_plugin {
             // Cargo names artifacts with underscores; campaigns name plugins with dashes.
             let name = path.file_name().map(|n| n.to_string_lossy().replace('_', "-")).unwrap_or_default();
             std::fs::copy(&path, to.join(name))?;

@@ -54,6 +54,8 @@ pub struct HostConfig {
     pub campaigns: Vec<(String, String)>,
     pub vhs_token: Option<String>,
     pub max_body_bytes: Option<u64>,
+    /// Test plugins (tests/plugins) to install beside watch-time-tiers.
+    pub extra_plugins: Vec<&'static str>,
 }
 
 /// A running drops-host process and its files.
@@ -84,6 +86,9 @@ impl TestHost {
         std::fs::create_dir_all(rules.join("campaigns")).unwrap();
         std::fs::create_dir_all(rules.join("plugins")).unwrap();
         std::fs::copy(plugin_path("watch-time-tiers"), rules.join("plugins/watch-time-tiers.wasm")).unwrap();
+        for name in &config.extra_plugins {
+            std::fs::copy(plugin_path(name), rules.join(format!("plugins/{name}.wasm"))).unwrap();
+        }
         for (name, text) in &config.campaigns {
             std::fs::write(rules.join("campaigns").join(format!("{name}.toml")), text).unwrap();
         }
@@ -150,6 +155,11 @@ impl TestHost {
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();
         (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// GET a path outside the admin API, as text.
+    pub async fn get_text(&self, path: &str) -> String {
+        self.client.get(format!("{}{path}", self.base)).send().await.unwrap().text().await.unwrap()
     }
 
     /// GET an admin API path.

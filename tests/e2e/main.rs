@@ -4,4 +4,5 @@ mod bad_input;
 mod crash;
 mod helpers;
 mod reload;
+mod sandbox;
 mod vhs;

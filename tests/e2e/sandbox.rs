@@ -1,0 +1,110 @@
+//! Hostile plugins: each attack is stopped, the plugin stays usable, and the
+//! host and the other campaigns carry on.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use drops_host::config::PluginSettings;
+use drops_host::plugins::{PluginError, PluginRuntime, WitCampaign, WitHeartbeat, WitViewer};
+use serde_json::json;
+
+use crate::helpers::{heartbeat, plugin_path, tiers_campaign, Backend, HostConfig, TestHost};
+
+fn call(runtime: &PluginRuntime, plugin: &drops_host::plugins::Plugin, mode: &str) -> Result<usize, PluginError> {
+    let campaign =
+        WitCampaign { id: "c".into(), rewards: vec!["r".into()], config: json!({ "mode": mode }).to_string() };
+    let hb = WitHeartbeat { broadcaster: "b".into(), game: "G".into(), minute: 1, viewers_reported: 2 };
+    let viewers =
+        [WitViewer { handle: 0, minutes: 1, counted: true }, WitViewer { handle: 1, minutes: 1, counted: true }];
+    let ids = Arc::new(["v0".to_string(), "v1".to_string()].into_iter().collect());
+    runtime.on_heartbeat(plugin, &campaign, &hb, &viewers, ids).map(|g| g.len())
+}
+
+#[test]
+fn each_attack_is_stopped_and_the_plugin_still_works() {
+    let runtime = PluginRuntime::new(PluginSettings { max_call_ms: 200, max_memory_bytes: 32 << 20 }).unwrap();
+    let plugin = runtime.load("hostile", &std::fs::read(plugin_path("hostile")).unwrap()).unwrap();
+    assert_eq!(call(&runtime, &plugin, "ok"), Ok(2));
+
+    let started = Instant::now();
+    assert_eq!(call(&runtime, &plugin, "loop"), Err(PluginError::Timeout(200)));
+    assert!(started.elapsed() < Duration::from_secs(2), "an endless loop is stopped near its deadline");
+    let bomb = call(&runtime, &plugin, "memory");
+    assert!(matches!(bomb, Err(PluginError::OutOfMemory(_))), "memory bomb: {bomb:?}");
+    match call(&runtime, &plugin, "recursion") {
+        Err(PluginError::Trap(msg)) => assert!(msg.contains("stack") || msg.contains("out of bounds"), "{msg}"),
+        other => panic!("deep recursion: {other:?}"),
+    }
+    match call(&runtime, &plugin, "flood") {
+        Err(PluginError::BadOutput(msg)) => assert!(msg.contains("cap"), "{msg}"),
+        other => panic!("flood of grants: {other:?}"),
+    }
+    assert!(matches!(call(&runtime, &plugin, "panic"), Err(PluginError::Trap(_))), "panic");
+
+    // A trap poisons only its own instance: the next call gets a fresh one.
+    assert_eq!(call(&runtime, &plugin, "ok"), Ok(2));
+}
+
+#[test]
+fn plugins_that_reach_outside_the_rules_world_are_refused() {
+    let runtime = PluginRuntime::new(PluginSettings::default()).unwrap();
+    let wasi = wat::parse_str(
+        r#"(module (import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32))))"#,
+    )
+    .unwrap();
+    let err = runtime.load("wasi", &wasi).unwrap_err();
+    assert_eq!(err, PluginError::ForbiddenImport("wasi_snapshot_preview1#fd_write".into()));
+    let future =
+        wat::parse_str(r#"(module (import "drops:rules/host@0.9.0" "log" (func (param i32 i32 i32))))"#).unwrap();
+    let err = runtime.load("future", &future).unwrap_err();
+    assert_eq!(err.to_string(), "built for interface drops:rules@0.9.0, but this host supports drops:rules@0.1.0");
+    assert_eq!(runtime.load("junk", b"not wasm").unwrap_err(), PluginError::NotWasm);
+    let bare = wat::parse_str("(module)").unwrap();
+    assert_eq!(runtime.load("bare", &bare).unwrap_err(), PluginError::MissingExport);
+}
+
+#[tokio::test]
+async fn a_hostile_campaign_does_not_stop_the_others() {
+    let window = ("2026-11-06T00:00:00Z", "2026-11-07T00:00:00Z");
+    let hostile = |mode: &str| {
+        format!(
+            "id = \"evil-{mode}\"\nname = \"evil\"\ngame = \"GameName\"\nclient_id = \"c\"\nstarts_at = \"{}\"\nends_at = \"{}\"\n\
+             [[rewards]]\nid = \"r\"\n[rule]\nplugin = \"hostile\"\nconfig = {{ mode = \"{mode}\" }}\n",
+            window.0, window.1
+        )
+    };
+    let mut campaigns = vec![("good".to_string(), tiers_campaign("good", "GameName", window, &[], &[(2, "t2")]))];
+    for mode in ["loop", "memory", "recursion", "flood", "panic"] {
+        campaigns.push((format!("evil-{mode}"), hostile(mode)));
+    }
+    let config = HostConfig { campaigns, extra_plugins: vec!["hostile"], ..Default::default() };
+    let Some(mut host) = TestHost::spawn(Backend::Sqlite, config).await else { return };
+    for m in 0..2 {
+        let hb = heartbeat(&format!("h{m}"), "b", "GameName", &format!("2026-11-06T10:0{m}:00Z"), &["v1", "v2"]);
+        assert_eq!(host.post_vhs(None, &hb).await.0, 200);
+    }
+    let started = Instant::now();
+    let grants = loop {
+        let grants = host.grants().await;
+        if grants.len() >= 2 || started.elapsed() > Duration::from_secs(20) {
+            break grants;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let rewards: Vec<(&str, &str)> =
+        grants.iter().map(|g| (g["campaign_id"].as_str().unwrap(), g["user_id"].as_str().unwrap())).collect();
+    assert_eq!(rewards, vec![("good", "v1"), ("good", "v2")], "only the good campaign grants");
+    assert_eq!(host.get_text("/healthz").await, "ok");
+    let metrics = host.get_text("/metrics").await;
+    let errors = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("drops_plugin_calls_total")
+                && l.contains("plugin=\"hostile\"")
+                && l.contains("outcome=\"error\"")
+        })
+        .unwrap_or_else(|| panic!("no error count in /metrics:\n{metrics}"));
+    assert!(errors.ends_with(" 10"), "5 hostile campaigns x 2 heartbeats: {errors}");
+    assert!(host.log().contains("panic: panicked at"), "the panic message reaches the host's log");
+    host.stop();
+}
