@@ -16,7 +16,7 @@ use crate::config::Settings;
 use crate::engine::Engine;
 use crate::manifests::Batcher;
 use crate::plugins::PluginRuntime;
-use crate::rules::reload::Reloader;
+use crate::rules::reload::{record_history, Reloader};
 use crate::rules::RuleSet;
 use crate::store::Store;
 
@@ -50,12 +50,16 @@ impl RunningHost {
         let inbox_notify = Arc::new(Notify::new());
         let grants_notify = Arc::new(Notify::new());
         let pending_grants = Arc::new(AtomicU64::new(0));
+        let reloader =
+            Arc::new(Reloader::new(settings.rules_dir.clone(), runtime.clone(), rules.clone(), store.clone()));
+        record_history(&store, &rules.load()).await;
         let state = Arc::new(AppState {
             settings: settings.clone(),
             store: store.clone(),
             rules: rules.clone(),
             inbox_notify: inbox_notify.clone(),
             metrics: metrics.clone(),
+            reloader: reloader.clone(),
         });
 
         let stop = CancellationToken::new();
@@ -76,11 +80,11 @@ impl RunningHost {
             grants_notify,
             pending_grants,
         };
-        let reloader = Reloader { dir: settings.rules_dir.clone(), runtime: runtime.clone(), rules: rules.clone() };
         let engine_task = tokio::spawn(engine.run(engine_stop.clone()));
         let reload_stop = stop.clone();
+        let watcher = reloader.clone();
         tokio::spawn(async move {
-            if let Err(e) = reloader.run(reload_stop).await {
+            if let Err(e) = watcher.run(reload_stop).await {
                 tracing::error!("rules hot reload is off: cannot watch the rules directory: {e}");
             }
         });

@@ -162,6 +162,21 @@ impl TestHost {
         self.client.get(format!("{}{path}", self.base)).send().await.unwrap().text().await.unwrap()
     }
 
+    /// Sends a request to the admin API; returns status and JSON answer.
+    pub async fn admin_send(&self, method: reqwest::Method, path: &str, body: Vec<u8>) -> (u16, Value) {
+        let resp = self
+            .client
+            .request(method, format!("{}/v1{path}", self.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
     /// GET an admin API path.
     pub async fn admin_get(&self, path: &str) -> Value {
         let resp = self.client.get(format!("{}/v1{path}", self.base)).bearer_auth(ADMIN_TOKEN).send().await.unwrap();

@@ -138,3 +138,54 @@ fn wat_importing_wasi() -> Vec<u8> {
     )
     .unwrap()
 }
+
+#[tokio::test]
+async fn plugins_are_uploaded_listed_and_rolled_back_through_the_admin_api() {
+    use reqwest::Method;
+    let config = HostConfig { campaigns: vec![("reload".into(), campaign(&[(1, "t1")]))], ..Default::default() };
+    let Some(mut host) = TestHost::spawn(Backend::Sqlite, config).await else { return };
+    let v1 = std::fs::read(plugin_path("watch-time-tiers")).unwrap();
+    let v2 = new_version(&v1, "v2");
+    let serving = |view: &Value| view["campaigns"][0]["plugin_hash"].as_str().unwrap_or_default().to_string();
+
+    // Upload: the answer comes once the version serves.
+    let (status, answer) = host.admin_send(Method::PUT, "/plugins/watch-time-tiers", v2.clone()).await;
+    assert_eq!((status, answer), (200, json!({"name": "watch-time-tiers", "hash": sha(&v2), "serving": true})));
+    assert_eq!(serving(&host.admin_get("/campaigns").await), sha(&v2));
+
+    // Refused uploads change nothing and say why.
+    let (status, answer) = host.admin_send(Method::PUT, "/plugins/watch-time-tiers", b"garbage".to_vec()).await;
+    assert_eq!(status, 422, "{answer}");
+    assert_eq!(answer["error"], json!("not a WebAssembly module or component"));
+    let hostile = std::fs::read(plugin_path("hostile")).unwrap();
+    let (status, answer) = host.admin_send(Method::PUT, "/plugins/watch-time-tiers", hostile).await;
+    assert_eq!(status, 422, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("campaign camp-reload"), "names the campaign: {answer}");
+    assert_eq!(serving(&host.admin_get("/campaigns").await), sha(&v2));
+    assert_eq!(host.admin_send(Method::PUT, "/plugins/Bad%20Name", v1.clone()).await.0, 400);
+    let anonymous = host.client.put(format!("{}/v1/plugins/x", host.base)).body(v1.clone()).send().await.unwrap();
+    assert_eq!(anonymous.status().as_u16(), 401);
+
+    // Versions and rollback.
+    let versions = host.admin_get("/plugins/watch-time-tiers/versions").await;
+    let listed: Vec<(String, bool)> = versions
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (v["hash"].as_str().unwrap().to_string(), v["serving"] == true))
+        .collect();
+    assert_eq!(listed, vec![(sha(&v1), false), (sha(&v2), true)]);
+    let rollback = serde_json::to_vec(&json!({"hash": sha(&v1)})).unwrap();
+    let (status, answer) = host.admin_send(Method::POST, "/plugins/watch-time-tiers/rollback", rollback).await;
+    assert_eq!((status, answer["hash"].clone()), (200, json!(sha(&v1))));
+    assert_eq!(serving(&host.admin_get("/campaigns").await), sha(&v1));
+    assert_eq!(std::fs::read(host.dir.path().join("rules/plugins/watch-time-tiers.wasm")).unwrap(), v1);
+    let unknown = serde_json::to_vec(&json!({"hash": "0".repeat(64)})).unwrap();
+    assert_eq!(host.admin_send(Method::POST, "/plugins/watch-time-tiers/rollback", unknown).await.0, 404);
+
+    // The history says which version served the campaign when.
+    let history = host.admin_get("/campaigns/camp-reload/history").await;
+    let hashes: Vec<&str> = history.as_array().unwrap().iter().map(|h| h["plugin_hash"].as_str().unwrap()).collect();
+    assert_eq!(hashes, vec![sha(&v1), sha(&v2), sha(&v1)]);
+    host.stop();
+}

@@ -57,6 +57,11 @@ impl ApiError {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("storage unavailable: {e}"))
     }
 
+    /// 422: well-formed, but refused (a plugin that does not validate).
+    pub fn unprocessable(field: impl Into<String>, message: impl Into<String>) -> ApiError {
+        ApiError { status: StatusCode::UNPROCESSABLE_ENTITY, error: message.into(), field: Some(field.into()) }
+    }
+
     /// 404.
     pub fn not_found(what: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, what)

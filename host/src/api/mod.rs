@@ -19,6 +19,7 @@ pub use error::ApiError;
 
 use crate::config::Settings;
 use crate::ingest::vhs;
+use crate::rules::reload::Reloader;
 use crate::rules::RuleSet;
 use crate::store::Store;
 
@@ -29,6 +30,8 @@ pub struct AppState {
     pub rules: Arc<ArcSwap<RuleSet>>,
     pub inbox_notify: Arc<Notify>,
     pub metrics: Option<PrometheusHandle>,
+    /// Installs plugin versions and reloads rules (admin API).
+    pub reloader: Arc<Reloader>,
 }
 
 /// Builds the router.

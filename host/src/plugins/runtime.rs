@@ -74,6 +74,8 @@ pub struct Plugin {
     pub name: String,
     /// SHA-256 of the bytes it was loaded from.
     pub hash: PluginHash,
+    /// The bytes, kept for the version history (plugins are tens of KB).
+    pub bytes: Arc<[u8]>,
     pre: RulesPre<CallState>,
 }
 
@@ -179,7 +181,7 @@ impl PluginRuntime {
             .instantiate_pre(&component)
             .and_then(RulesPre::new)
             .map_err(|e| PluginError::Compile(format!("{e:#}")))?;
-        Ok(Plugin { name: name.to_string(), hash, pre })
+        Ok(Plugin { name: name.to_string(), hash, bytes: Arc::from(bytes), pre })
     }
 
     /// Runs the plugin's config check for a campaign.

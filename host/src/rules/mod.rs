@@ -161,7 +161,18 @@ fn load_plugin(
     if let Some(old) = old.filter(|o| o.hash == crate::plugins::PluginHash::of(&bytes)) {
         return Ok(old.clone());
     }
-    let plugin = runtime.load(name, &bytes).map_err(|e| e.to_string())?;
+    check_plugin(name, &bytes, runtime, campaigns).map(Arc::new)
+}
+
+/// Compiles a plugin version and runs its config check for every campaign
+/// file that names it; the error says which campaign refused it.
+fn check_plugin(
+    name: &str,
+    bytes: &[u8],
+    runtime: &PluginRuntime,
+    campaigns: &[ParsedCampaign],
+) -> Result<Plugin, String> {
+    let plugin = runtime.load(name, bytes).map_err(|e| e.to_string())?;
     for (file, parsed) in campaigns {
         let Ok((def, _)) = parsed else { continue };
         if def.rule.plugin != name {
@@ -173,7 +184,21 @@ fn load_plugin(
             .map_err(|e| format!("version {} refused: campaign {} ({}): {e}", plugin.hash, def.id, file.display()))?;
     }
     tracing::info!(plugin = %name, hash = %plugin.hash, "plugin loaded");
-    Ok(Arc::new(plugin))
+    Ok(plugin)
+}
+
+/// Checks a plugin version against the campaign files in `dir` without
+/// installing it (the admin API's upload validates before writing the file).
+pub fn validate_plugin(dir: &Path, runtime: &PluginRuntime, name: &str, bytes: &[u8]) -> Result<Plugin, String> {
+    let mut errors = Vec::new();
+    let parsed: Vec<ParsedCampaign> = files_with_extension(&dir.join("campaigns"), "toml", &mut errors)
+        .into_iter()
+        .map(|path| {
+            let result = LoadedCampaign::parse(&path);
+            (path, result)
+        })
+        .collect();
+    check_plugin(name, bytes, runtime, &parsed)
 }
 
 fn file_stem(path: &Path) -> String {

@@ -6,8 +6,10 @@
 //! set is built off the request path, reusing unchanged plugins by hash, and
 //! swapped in whole; a set identical to the one in force (a touch, a rewrite
 //! of the same bytes) is not swapped. The engine takes the set once per batch
-//! of events, so every event is judged by exactly one set.
+//! of events, so every event is judged by exactly one set. Reloads (from the
+//! watcher and from the admin API) run one at a time.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,10 +17,12 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use notify::event::{AccessKind, AccessMode};
 use notify::{Event, EventKind, RecursiveMode, Watcher};
+use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use super::RuleSet;
-use crate::plugins::PluginRuntime;
+use crate::plugins::{PluginHash, PluginRuntime};
+use crate::store::{RuleHistoryEntry, Store};
 
 /// Quiet time after the last file event before reloading.
 pub const DEBOUNCE: Duration = Duration::from_millis(50);
@@ -37,11 +41,19 @@ pub struct Reloader {
     pub dir: PathBuf,
     pub runtime: Arc<PluginRuntime>,
     pub rules: Arc<ArcSwap<RuleSet>>,
+    /// Where the history of versions is recorded.
+    pub store: Arc<Store>,
+    lock: Mutex<()>,
 }
 
 impl Reloader {
+    /// A reloader for the rule set in `rules`.
+    pub fn new(dir: PathBuf, runtime: Arc<PluginRuntime>, rules: Arc<ArcSwap<RuleSet>>, store: Arc<Store>) -> Reloader {
+        Reloader { dir, runtime, rules, store, lock: Mutex::new(()) }
+    }
+
     /// Watches until `stop`. Fails only if the directory cannot be watched.
-    pub async fn run(self, stop: CancellationToken) -> notify::Result<()> {
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) -> notify::Result<()> {
         for sub in ["campaigns", "plugins"] {
             std::fs::create_dir_all(self.dir.join(sub)).map_err(notify::Error::io)?;
         }
@@ -67,6 +79,37 @@ impl Reloader {
 
     /// Reloads now; returns what happened.
     pub async fn reload_now(&self) -> ReloadOutcome {
+        let _one_at_a_time = self.lock.lock().await;
+        self.reload_locked().await
+    }
+
+    /// Validates a plugin version against every campaign that uses it, writes
+    /// it into the rules directory and reloads; returns once it is serving.
+    pub async fn install(&self, name: &str, bytes: Vec<u8>) -> Result<PluginHash, String> {
+        let _one_at_a_time = self.lock.lock().await;
+        let (dir, runtime, owned_name) = (self.dir.clone(), self.runtime.clone(), name.to_string());
+        let hash = tokio::task::spawn_blocking(move || -> Result<PluginHash, String> {
+            let plugin = super::validate_plugin(&dir, &runtime, &owned_name, &bytes)?;
+            let target = dir.join("plugins").join(format!("{owned_name}.wasm"));
+            write_atomically(&target, &bytes).map_err(|e| format!("writing {}: {e}", target.display()))?;
+            Ok(plugin.hash)
+        })
+        .await
+        .map_err(|e| format!("install task failed: {e}"))??;
+        self.reload_locked().await;
+        let rules = self.rules.load();
+        match rules.plugins().get(name) {
+            Some(p) if p.hash == hash => Ok(hash),
+            _ => Err(rules
+                .errors()
+                .iter()
+                .find(|e| e.file.file_stem().is_some_and(|s| s == name))
+                .map(|e| e.error.clone())
+                .unwrap_or_else(|| "the new version did not take effect".into())),
+        }
+    }
+
+    async fn reload_locked(&self) -> ReloadOutcome {
         let started = Instant::now();
         let previous = self.rules.load_full();
         let (dir, runtime, old) = (self.dir.clone(), self.runtime.clone(), previous.clone());
@@ -83,12 +126,36 @@ impl Reloader {
             return ReloadOutcome::Unchanged;
         }
         let errors = next.errors().len();
-        self.rules.store(Arc::new(next));
+        let next = Arc::new(next);
+        self.rules.store(next.clone());
         let ms = started.elapsed().as_secs_f64() * 1000.0;
         metrics::counter!("drops_rules_reloads_total", "outcome" => "swapped").increment(1);
         metrics::histogram!("drops_rules_reload_seconds").record(ms / 1000.0);
         tracing::info!(errors, "rules reloaded in {ms:.1} ms");
+        record_history(&self.store, &next).await;
         ReloadOutcome::Swapped
+    }
+}
+
+/// Records the plugin versions and campaign activations of a rule set.
+/// History is for people; failing to write it never stops serving.
+pub async fn record_history(store: &Store, rules: &RuleSet) {
+    for plugin in rules.plugins().values() {
+        if let Err(e) = store.record_plugin_version(&plugin.name, &plugin.hash.0, &plugin.bytes).await {
+            tracing::warn!(plugin = %plugin.name, "plugin version not recorded: {e}");
+        }
+    }
+    for c in rules.campaigns() {
+        let entry = RuleHistoryEntry {
+            campaign_id: c.def.id.clone(),
+            campaign_revision: c.revision.clone(),
+            plugin_name: c.plugin.name.clone(),
+            plugin_hash: c.plugin.hash.0.clone(),
+            activated_at: 0,
+        };
+        if let Err(e) = store.record_activation(&entry).await {
+            tracing::warn!(campaign = %c.def.id, "rule history not recorded: {e}");
+        }
     }
 }
 
@@ -100,4 +167,13 @@ fn changes_content(kind: &EventKind) -> bool {
         EventKind::Access(_) => false,
         _ => true,
     }
+}
+
+/// Writes a file so the watcher (and a crash) sees the old or the new bytes, never half.
+fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("wasm.uploading");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
 }

@@ -8,6 +8,7 @@
 
 mod checkpoint;
 mod grants;
+mod history;
 mod inbox;
 mod manifests;
 
@@ -20,6 +21,7 @@ use tokio::sync::{Mutex, MutexGuard};
 
 pub use checkpoint::{Checkpoint, WatchTimeRow};
 pub use grants::{GrantFilter, GrantRow, NewGrant};
+pub use history::{PluginVersion, RuleHistoryEntry};
 pub use inbox::{InboxEvent, InsertOutcome};
 pub use manifests::{ManifestRow, UnbatchedGrant};
 

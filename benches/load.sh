@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Host-level measurements on loopback with the release binary (docs/BENCHMARKS.md):
+#   1. ingest and engine throughput under `drops-host simulate` load;
+#   2. peak memory while taking one heartbeat of 10 million viewers (~200 MB);
+#   3. hot reload latency: plugin file renamed into place -> new version serving.
+# Usage: benches/load.sh [channels=200] [viewers=1000] [minutes=10]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+channels=${1:-200} viewers=${2:-1000} minutes=${3:-10}
+scripts/build-plugins.sh >/dev/null
+cargo build --quiet --release -p drops-host
+bin=target/release/drops-host
+work=$(mktemp -d /tmp/drops-load.XXXXXX)
+mkdir -p "$work/rules/campaigns" "$work/rules/plugins"
+cp target/wasm32-unknown-unknown/plugin/watch_time_tiers.wasm "$work/rules/plugins/watch-time-tiers.wasm"
+cp examples/rules/campaigns/summer-boss-rush.toml "$work/rules/campaigns/"
+cat > "$work/drops-host.toml" <<TOML
+listen = "127.0.0.1:0"
+data_dir = "$work/data"
+rules_dir = "$work/rules"
+[admin]
+token = "bench"
+TOML
+"$bin" serve --config "$work/drops-host.toml" > "$work/stdout" 2> "$work/host.log" &
+host=$!
+trap 'kill $host 2>/dev/null; rm -rf "$work"' EXIT
+for _ in $(seq 1 100); do grep -q listening "$work/stdout" && break; sleep 0.1; done
+url=$(sed -n 's/drops-host listening on //p' "$work/stdout")
+metric() { curl -s "$url/metrics" | awk -v m="$1" '$1==m {print $2}'; }
+
+echo "== 1. $channels channels x $viewers viewers x $minutes minutes, 4 in flight"
+"$bin" simulate --target "$url" --channels "$channels" --viewers "$viewers" --multi-viewers 0 \
+  --minutes "$minutes" --speed 1000000 --concurrency 4 --verbose false
+expected=$((channels * viewers * minutes))
+start=$(date +%s.%N)
+while [ "$(metric drops_engine_viewer_minutes_total | cut -d. -f1)" != "$expected" ]; do sleep 0.05; done
+echo "engine: all $expected viewer-minutes counted $(echo "$(date +%s.%N) - $start" | bc) s after the last acknowledgement"
+
+echo "== 2. one heartbeat of 10,000,000 viewers"
+python3 - "$work/big.json" <<'PY'
+import json, sys
+with open(sys.argv[1], "w") as f:
+    f.write('{"broadcaster":"big","viewers":10000000,"game":"GameName","id":"big-1","time":"2026-11-23T10:00:00Z","viewer_list":[')
+    f.write(",".join('"%d"' % (1000000000 + i) for i in range(10_000_000)))
+    f.write("]}")
+PY
+ls -l "$work/big.json" | awk '{printf "body: %.0f MB\n", $5/1e6}'
+before=$(awk '/VmHWM/ {print $2}' /proc/$host/status)
+curl -s -o /dev/null -w "POST: %{http_code} in %{time_total} s\n" -H 'content-type: application/json' --data-binary @"$work/big.json" "$url/vhs"
+sleep 2
+echo "host peak RSS: before $((before / 1024)) MiB, after $(( $(awk '/VmHWM/ {print $2}' /proc/$host/status) / 1024 )) MiB"
+
+echo "== 3. hot reload latency (5 swaps)"
+orig="$work/rules/plugins/watch-time-tiers.wasm"
+for i in 1 2 3 4 5; do
+  cp "$orig" "$work/next.wasm"
+  printf '\x00\x0c\x04bench%06d' "$i" >> "$work/next.wasm"   # a custom section: same rule, new hash
+  want=$(sha256sum "$work/next.wasm" | cut -c1-64)
+  start=$(date +%s%N)
+  mv "$work/next.wasm" "$orig"
+  until curl -s -H 'authorization: Bearer bench' "$url/v1/campaigns" | grep -q "$want"; do sleep 0.002; done
+  echo "swap $i: $(( ($(date +%s%N) - start) / 1000000 )) ms"
+done
+grep -o 'rules reloaded in [0-9.]* ms' "$work/host.log" | tail -5

@@ -1,0 +1,20 @@
+-- Every plugin version the host has served, kept for rollback.
+CREATE TABLE plugin_versions (
+    hash          TEXT    PRIMARY KEY,     -- SHA-256 of the bytes
+    name          TEXT    NOT NULL,
+    bytes         BYTEA   NOT NULL,
+    size          BIGINT  NOT NULL,
+    first_seen_at BIGINT  NOT NULL
+);
+CREATE INDEX plugin_versions_by_name ON plugin_versions (name, first_seen_at);
+
+-- Which campaign revision ran with which plugin version, from when.
+CREATE TABLE rule_history (
+    id                BIGSERIAL PRIMARY KEY,
+    campaign_id       TEXT    NOT NULL,
+    campaign_revision TEXT    NOT NULL,
+    plugin_name       TEXT    NOT NULL,
+    plugin_hash       TEXT    NOT NULL,
+    activated_at      BIGINT  NOT NULL
+);
+CREATE INDEX rule_history_by_campaign ON rule_history (campaign_id, id);
