@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use drops_host::engine::{evaluate, watch_time::WatchTime, Evaluation};
+use drops_host::engine::{evaluate, Evaluation, State};
 use drops_host::ingest::heartbeat::Heartbeat;
 use drops_host::plugins::{PluginRuntime, WitCampaign, WitHeartbeat, WitViewer};
 use drops_host::rules::RuleSet;
@@ -42,7 +42,10 @@ fn plugin_call(c: &mut Criterion) {
         let hb = WitHeartbeat { broadcaster: "b".into(), game: "G".into(), minute: 1, viewers_reported: n as u32 };
         let ids = Arc::new((0..n).map(|i| format!("viewer-{i}")).collect());
         group.bench_with_input(BenchmarkId::new("wasm", n), &viewers, |b, viewers| {
-            b.iter(|| runtime.on_heartbeat(&plugin, &campaign, &hb, black_box(viewers), Arc::clone(&ids)).unwrap())
+            let mut kv = Default::default();
+            b.iter(|| {
+                runtime.on_heartbeat(&plugin, &campaign, &hb, black_box(viewers), Arc::clone(&ids), &mut kv).unwrap()
+            })
         });
         let native_viewers: Vec<drops_plugin_sdk::Viewer> = viewers
             .iter()
@@ -98,7 +101,7 @@ fn engine_step(c: &mut Criterion) {
                 InboxEvent { seq: m as i64, heartbeat: serde_json::from_value::<Heartbeat>(json).unwrap() }
             })
             .collect();
-        let mut state = WatchTime::default();
+        let mut state = State::default();
         let mut i = 0;
         group.bench_function(BenchmarkId::new("count_and_decide", n), |b| {
             b.iter(|| {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use crate::engine::{evaluate, watch_time::WatchTime, Evaluation};
+use crate::engine::{evaluate, Evaluation, State};
 use crate::ingest::heartbeat::Heartbeat;
 use crate::plugins::PluginRuntime;
 use crate::rules::RuleSet;
@@ -21,7 +21,7 @@ pub fn run(rules_dir: &Path, events: &Path) -> anyhow::Result<()> {
         println!("not loaded: {}: {}", err.file.display(), err.error);
     }
     let file = std::fs::File::open(events).with_context(|| format!("opening {}", events.display()))?;
-    let mut state = WatchTime::default();
+    let mut state = State::default();
     let mut seen_ids = HashSet::new();
     let mut made = HashSet::new();
     let mut table: BTreeMap<(String, String), u64> = BTreeMap::new();

@@ -123,13 +123,93 @@ pub fn log(level: Level, message: &str) {
 }
 
 /// The id of a viewer of the current event, fetched from the host on demand.
+/// In native tests it comes from [`testing::set_viewer_ids`].
 pub fn viewer_id(handle: u32) -> Option<String> {
     #[cfg(target_arch = "wasm32")]
     return bindings::drops::rules::host::viewer_id(handle);
     #[cfg(not(target_arch = "wasm32"))]
-    {
-        let _ = handle;
-        None
+    testing::VIEWER_IDS.with(|ids| ids.borrow().get(handle as usize).cloned())
+}
+
+/// Per-campaign state the host keeps for the rule (streaks, counters).
+///
+/// State is replayed with the events it follows from, so a rule that keeps
+/// state stays deterministic. Writes of a call that fails are discarded.
+/// In native tests the state is an in-memory map per thread ([`testing::clear_state`]).
+pub mod state {
+    use serde::de::DeserializeOwned;
+    use serde::Serialize;
+
+    /// The value stored under `key`.
+    pub fn get(key: &str) -> Option<Vec<u8>> {
+        #[cfg(target_arch = "wasm32")]
+        return crate::bindings::drops::rules::host::state_get(key);
+        #[cfg(not(target_arch = "wasm32"))]
+        crate::testing::STATE.with(|s| s.borrow().get(key).cloned())
+    }
+
+    /// Stores `value` under `key` (keys up to 256 bytes, values up to 64 KiB).
+    pub fn set(key: &str, value: &[u8]) -> Result<(), String> {
+        #[cfg(target_arch = "wasm32")]
+        return crate::bindings::drops::rules::host::state_set(key, value);
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            crate::testing::STATE.with(|s| s.borrow_mut().insert(key.to_string(), value.to_vec()));
+            Ok(())
+        }
+    }
+
+    /// Removes `key`.
+    pub fn delete(key: &str) {
+        #[cfg(target_arch = "wasm32")]
+        crate::bindings::drops::rules::host::state_delete(key);
+        #[cfg(not(target_arch = "wasm32"))]
+        crate::testing::STATE.with(|s| s.borrow_mut().remove(key));
+    }
+
+    /// The JSON value stored under `key`, if present and of type `T`.
+    pub fn get_json<T: DeserializeOwned>(key: &str) -> Option<T> {
+        get(key).and_then(|bytes| serde_json::from_slice(&bytes).ok())
+    }
+
+    /// Stores `value` as JSON under `key`.
+    pub fn set_json<T: Serialize>(key: &str, value: &T) -> Result<(), String> {
+        let bytes = serde_json::to_vec(value).map_err(|e| e.to_string())?;
+        set(key, &bytes)
+    }
+}
+
+/// Helpers for testing rules natively with `cargo test`.
+#[cfg(not(target_arch = "wasm32"))]
+pub mod testing {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+
+    use crate::{Heartbeat, Viewer};
+
+    thread_local! {
+        pub(crate) static STATE: RefCell<HashMap<String, Vec<u8>>> = RefCell::new(HashMap::new());
+        pub(crate) static VIEWER_IDS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// Empties the state map of this thread.
+    pub fn clear_state() {
+        STATE.with(|s| s.borrow_mut().clear());
+    }
+
+    /// Sets the ids `viewer_id(handle)` answers with on this thread.
+    pub fn set_viewer_ids(ids: &[&str]) {
+        VIEWER_IDS.with(|v| *v.borrow_mut() = ids.iter().map(|s| s.to_string()).collect());
+    }
+
+    /// A heartbeat of `broadcaster` in `game` at unix minute `minute`.
+    pub fn heartbeat(broadcaster: &str, game: &str, minute: u32) -> Heartbeat {
+        Heartbeat { broadcaster: broadcaster.into(), game: game.into(), minute, viewers_reported: 0 }
+    }
+
+    /// Viewers with handles 0.. and the given campaign minutes, all counted.
+    pub fn viewers(minutes: &[u32]) -> Vec<Viewer> {
+        minutes.iter().enumerate().map(|(i, &m)| Viewer { handle: i as u32, minutes: m, counted: true }).collect()
     }
 }
 

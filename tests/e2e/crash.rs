@@ -36,18 +36,34 @@ fn workload() -> Vec<Value> {
 
 fn config() -> HostConfig {
     let window = ("2026-11-02T00:00:00Z", "2026-11-03T00:00:00Z");
+    // Rules' state must survive too: a daily cap of 7 on the official channel.
+    let capped = format!(
+        "id = \"camp-capped\"\nname = \"capped\"\ngame = \"GameName\"\nclient_id = \"c\"\nstarts_at = \"{}\"\n\
+         ends_at = \"{}\"\n[[rewards]]\nid = \"early\"\n[rule]\nplugin = \"official-channels-only\"\n\
+         config = {{ channels = [\"b-0\"], minutes = 5, reward = \"early\", daily_cap = 7 }}\n",
+        window.0, window.1
+    );
     HostConfig {
-        campaigns: vec![(
-            "c".into(),
-            tiers_campaign("camp-crash", "GameName", window, &[], &[(10, "r10"), (20, "r20")]),
-        )],
+        campaigns: vec![
+            ("c".into(), tiers_campaign("camp-crash", "GameName", window, &[], &[(10, "r10"), (20, "r20")])),
+            ("capped".into(), capped),
+        ],
+        extra_plugins: vec!["official-channels-only"],
         ..Default::default()
     }
 }
 
+/// What a run leaves behind.
+struct Outcome {
+    grants: BTreeSet<(String, String)>,
+    minutes: i64,
+    events: usize,
+    rule_state: Vec<(String, String, Vec<u8>)>,
+}
+
 /// Sends every report until it is acknowledged; SIGKILLs the host while the
 /// report at each kill point is in flight, and restarts it.
-async fn run(backend: Backend, kill_points: &[usize]) -> Option<(BTreeSet<(String, String)>, i64, usize)> {
+async fn run(backend: Backend, kill_points: &[usize]) -> Option<Outcome> {
     let mut host = TestHost::spawn(backend, config()).await?;
     for (i, report) in workload().iter().enumerate() {
         if kill_points.contains(&i) {
@@ -94,20 +110,26 @@ async fn run(backend: Backend, kill_points: &[usize]) -> Option<(BTreeSet<(Strin
     assert_eq!(in_files.len(), unique.len(), "a grant appears in two manifests");
     assert_eq!(unique, grants, "manifest files hold exactly the grants");
     assert_eq!(manifests.len(), host.manifest_files().len());
+    if std::env::var_os("SHOW_CRASH_LOG").is_some() {
+        eprintln!("{}", host.log());
+    }
     host.stop();
     let (minutes, events) = host.database_totals().await;
-    Some((grants, minutes, events as usize))
+    Some(Outcome { grants, minutes, events: events as usize, rule_state: host.campaign_state().await })
 }
 
 async fn crash_equals_uninterrupted(backend: Backend) {
     let Some(clean) = run(backend, &[]).await else { return };
     let Some(crashed) = run(backend, &[17, 55, 56, 90]).await else { return };
-    assert_eq!(clean.2, 120, "every report stored once");
-    assert_eq!(crashed.2, 120, "every report stored once");
-    assert_eq!(crashed.1, clean.1, "watch-time after crashes equals the uninterrupted run");
-    assert_eq!(crashed.0, clean.0, "grants after crashes equal the uninterrupted run");
-    // 4 channels x 32 viewers (each absent 6 of 30 minutes) and 10 shared: all reach 20 minutes.
-    assert_eq!(clean.0.len(), (4 * 40 + 10) * 2);
+    assert_eq!(clean.events, 120, "every report stored once");
+    assert_eq!(crashed.events, 120, "every report stored once");
+    assert_eq!(crashed.minutes, clean.minutes, "watch-time after crashes equals the uninterrupted run");
+    assert_eq!(crashed.grants, clean.grants, "grants after crashes equal the uninterrupted run");
+    assert!(!clean.rule_state.is_empty());
+    assert!(crashed.rule_state == clean.rule_state, "rules' state after crashes equals the uninterrupted run");
+    // 4 channels x 40 viewers (each absent 6 of 30 minutes) and 10 shared: all reach 20
+    // minutes; and the official channel's daily cap of 7.
+    assert_eq!(clean.grants.len(), (4 * 40 + 10) * 2 + 7);
 }
 
 #[tokio::test]

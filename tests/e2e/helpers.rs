@@ -239,6 +239,23 @@ impl TestHost {
     }
 }
 
+impl TestHost {
+    /// Rules' stored state, sorted (after the host stopped).
+    pub async fn campaign_state(&self) -> Vec<(String, String, Vec<u8>)> {
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(&self.database_url).await.unwrap();
+        let rows = sqlx::query("SELECT campaign_id, key, value FROM campaign_state ORDER BY campaign_id, key")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        pool.close().await;
+        rows
+    }
+}
+
 impl Drop for TestHost {
     fn drop(&mut self) {
         let _ = self.child.kill();

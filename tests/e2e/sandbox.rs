@@ -17,7 +17,7 @@ fn call(runtime: &PluginRuntime, plugin: &drops_host::plugins::Plugin, mode: &st
     let viewers =
         [WitViewer { handle: 0, minutes: 1, counted: true }, WitViewer { handle: 1, minutes: 1, counted: true }];
     let ids = Arc::new(["v0".to_string(), "v1".to_string()].into_iter().collect());
-    runtime.on_heartbeat(plugin, &campaign, &hb, &viewers, ids).map(|g| g.len())
+    runtime.on_heartbeat(plugin, &campaign, &hb, &viewers, ids, &mut Default::default()).map(|g| g.len())
 }
 
 #[test]

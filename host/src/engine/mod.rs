@@ -6,8 +6,10 @@
 //! are deduplicated by key, so replaying from a checkpoint after a crash
 //! rebuilds the same state and adds no grant twice.
 
+pub mod campaign_state;
 pub mod watch_time;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,8 +21,47 @@ use tokio_util::sync::CancellationToken;
 use crate::config::EngineSettings;
 use crate::plugins::{PluginRuntime, WitHeartbeat, WitViewer};
 use crate::rules::{LoadedCampaign, RuleSet};
-use crate::store::{InboxEvent, NewGrant, Store, StoreError};
+use crate::store::{Checkpoint, InboxEvent, NewGrant, Store, StoreError};
+use campaign_state::CampaignKv;
 use watch_time::WatchTime;
+
+/// Everything the engine keeps in memory between checkpoints.
+#[derive(Debug, Default)]
+pub struct State {
+    pub watch_time: WatchTime,
+    /// Rules' key-value state, per campaign id.
+    pub campaign_state: HashMap<String, CampaignKv>,
+}
+
+impl State {
+    /// Rebuilds the state from a checkpoint.
+    pub fn restore(checkpoint: Checkpoint) -> State {
+        let mut campaign_state: HashMap<String, CampaignKv> = HashMap::new();
+        for (campaign, key, value) in checkpoint.campaign_state {
+            campaign_state.entry(campaign).or_default().restore(key, value);
+        }
+        State { watch_time: WatchTime::restore(checkpoint.watch_time), campaign_state }
+    }
+
+    /// Changed rules' state: (campaign, key, value or None to delete).
+    pub fn dirty_campaign_state(&self) -> Vec<(String, String, Option<Vec<u8>>)> {
+        let mut out = Vec::new();
+        for (campaign, kv) in &self.campaign_state {
+            for (key, value) in kv.dirty() {
+                out.push((campaign.clone(), key.to_string(), value.map(<[u8]>::to_vec)));
+            }
+        }
+        out
+    }
+
+    /// Forgets what changed, after a checkpoint saved it.
+    pub fn clear_dirty(&mut self) {
+        self.watch_time.clear_dirty();
+        for kv in self.campaign_state.values_mut() {
+            kv.clear_dirty();
+        }
+    }
+}
 
 /// The reason Twitch shows for time-based grants.
 pub const REASON_WATCHING: &str = "watching";
@@ -34,20 +75,14 @@ pub struct Evaluation {
 }
 
 /// Evaluates one event against the rule set, updating watch-time.
-pub fn evaluate(
-    state: &mut WatchTime,
-    rules: &RuleSet,
-    runtime: &PluginRuntime,
-    event: &InboxEvent,
-    out: &mut Evaluation,
-) {
+pub fn evaluate(state: &mut State, rules: &RuleSet, runtime: &PluginRuntime, event: &InboxEvent, out: &mut Evaluation) {
     let hb = &event.heartbeat;
     let minute = hb.minute();
     for campaign in rules.matching(hb) {
         let campaign_id = &campaign.def.id;
         let mut viewers = Vec::with_capacity(hb.viewer_list.len());
         for (handle, viewer_id) in hb.viewer_list.iter().enumerate() {
-            let (progress, counted) = state.count(campaign_id, viewer_id, minute.0);
+            let (progress, counted) = state.watch_time.count(campaign_id, viewer_id, minute.0);
             out.viewer_minutes += counted as u64;
             viewers.push(WitViewer { handle: handle as u32, minutes: progress.minutes, counted });
         }
@@ -59,7 +94,11 @@ pub fn evaluate(
         };
         let span = tracing::debug_span!("evaluate", heartbeat = %hb.id, broadcaster = %hb.broadcaster, campaign = %campaign_id, plugin = %campaign.plugin.hash);
         let _enter = span.enter();
-        match runtime.on_heartbeat(&campaign.plugin, &campaign.wit, &wit_hb, &viewers, hb.viewer_list.clone()) {
+        let kv = match state.campaign_state.get_mut(campaign_id) {
+            Some(kv) => kv,
+            None => state.campaign_state.entry(campaign_id.clone()).or_default(),
+        };
+        match runtime.on_heartbeat(&campaign.plugin, &campaign.wit, &wit_hb, &viewers, hb.viewer_list.clone(), kv) {
             Ok(grants) => {
                 for g in grants {
                     out.grants.push(new_grant(campaign, event, g.viewer, g.reward, g.key));
@@ -120,7 +159,7 @@ impl Engine {
     pub async fn run(self, stop: CancellationToken) -> Result<(), EngineError> {
         let checkpoint = retry(|| self.store.load_checkpoint(), &stop).await?;
         let mut cursor = checkpoint.inbox_seq;
-        let mut state = WatchTime::restore(checkpoint.watch_time);
+        let mut state = State::restore(checkpoint);
         tracing::info!(inbox_seq = cursor, "engine resumed from checkpoint");
         let interval = Duration::from_secs(self.settings.checkpoint_interval_secs.max(1));
         let mut last_checkpoint = Instant::now();
@@ -175,14 +214,10 @@ impl Engine {
         }
     }
 
-    async fn checkpoint(
-        &self,
-        state: &mut WatchTime,
-        cursor: i64,
-        stop: &CancellationToken,
-    ) -> Result<(), EngineError> {
-        let rows = state.dirty_rows();
-        retry(|| self.store.save_checkpoint(cursor, &rows), stop).await?;
+    async fn checkpoint(&self, state: &mut State, cursor: i64, stop: &CancellationToken) -> Result<(), EngineError> {
+        let rows = state.watch_time.dirty_rows();
+        let kv = state.dirty_campaign_state();
+        retry(|| self.store.save_checkpoint(cursor, &rows, &kv), stop).await?;
         state.clear_dirty();
         tracing::debug!(inbox_seq = cursor, rows = rows.len(), "checkpoint saved");
         Ok(())

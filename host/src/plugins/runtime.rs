@@ -19,6 +19,7 @@ use super::bindings::{drops::rules::host, Campaign, Grant, Heartbeat, Level, Rul
 use super::limits::{self, MAX_LOG_BYTES, MAX_LOG_LINES};
 use super::{HOST_IMPORT, INTERFACE_VERSION, RULE_EXPORT};
 use crate::config::PluginSettings;
+use crate::engine::campaign_state::{CampaignKv, Overlay};
 use crate::ingest::heartbeat::ViewerList;
 
 /// How often the epoch ticks; call deadlines are counted in ticks.
@@ -89,6 +90,10 @@ impl fmt::Debug for Plugin {
 pub struct CallState {
     limits: StoreLimits,
     viewers: Arc<ViewerList>,
+    /// The campaign's state, moved in for the call and back out after it.
+    state: CampaignKv,
+    /// The call's writes, applied to `state` only if the call succeeds.
+    overlay: Overlay,
     plugin: Arc<str>,
     campaign: String,
     log_lines: u32,
@@ -119,6 +124,18 @@ impl host::Host for CallState {
 
     fn viewer_id(&mut self, handle: u32) -> Option<String> {
         self.viewers.get(handle as usize).map(String::from)
+    }
+
+    fn state_get(&mut self, key: String) -> Option<Vec<u8>> {
+        self.overlay.get(&self.state, &key)
+    }
+
+    fn state_set(&mut self, key: String, value: Vec<u8>) -> Result<(), String> {
+        self.overlay.set(key, value)
+    }
+
+    fn state_delete(&mut self, key: String) {
+        self.overlay.delete(key)
     }
 }
 
@@ -186,7 +203,7 @@ impl PluginRuntime {
 
     /// Runs the plugin's config check for a campaign.
     pub fn validate_config(&self, plugin: &Plugin, campaign: &Campaign) -> Result<(), PluginError> {
-        let mut store = self.store(plugin, &campaign.id, Arc::default());
+        let mut store = self.store(plugin, &campaign.id, Arc::default(), CampaignKv::default());
         let rules = self.instantiate(plugin, &mut store)?;
         rules
             .drops_rules_rule()
@@ -196,6 +213,7 @@ impl PluginRuntime {
     }
 
     /// Decides the grants for one heartbeat and campaign, in a fresh instance.
+    /// The campaign's state changes only if the call succeeds.
     pub fn on_heartbeat(
         &self,
         plugin: &Plugin,
@@ -203,19 +221,28 @@ impl PluginRuntime {
         heartbeat: &Heartbeat,
         viewers: &[Viewer],
         ids: Arc<ViewerList>,
+        state: &mut CampaignKv,
     ) -> Result<Vec<Grant>, PluginError> {
         let started = Instant::now();
-        let mut store = self.store(plugin, &campaign.id, ids);
-        let rules = self.instantiate(plugin, &mut store)?;
-        let result = rules
-            .drops_rules_rule()
-            .call_on_heartbeat(&mut store, campaign, heartbeat, viewers)
-            .map_err(|e| self.classify(e))
+        let mut store = self.store(plugin, &campaign.id, ids, std::mem::take(state));
+        let result = self
+            .instantiate(plugin, &mut store)
+            .and_then(|rules| {
+                rules
+                    .drops_rules_rule()
+                    .call_on_heartbeat(&mut store, campaign, heartbeat, viewers)
+                    .map_err(|e| self.classify(e))
+            })
             .and_then(|r| r.map_err(PluginError::Rejected))
             .and_then(|grants| {
                 limits::check_grants(&grants, viewers.len(), campaign.rewards.len()).map_err(PluginError::BadOutput)?;
                 Ok(grants)
             });
+        let data = store.into_data();
+        *state = data.state;
+        if result.is_ok() {
+            state.apply(data.overlay);
+        }
         let outcome = if result.is_ok() { "ok" } else { "error" };
         metrics::counter!("drops_plugin_calls_total", "plugin" => plugin.name.clone(), "outcome" => outcome)
             .increment(1);
@@ -224,10 +251,12 @@ impl PluginRuntime {
         result
     }
 
-    fn store(&self, plugin: &Plugin, campaign: &str, viewers: Arc<ViewerList>) -> Store<CallState> {
+    fn store(&self, plugin: &Plugin, campaign: &str, viewers: Arc<ViewerList>, state: CampaignKv) -> Store<CallState> {
         let state = CallState {
             limits: limits::store_limits(self.settings.max_memory_bytes),
             viewers,
+            state,
+            overlay: Overlay::default(),
             plugin: Arc::from(plugin.name.as_str()),
             campaign: campaign.to_string(),
             log_lines: 0,

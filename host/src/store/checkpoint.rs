@@ -20,6 +20,8 @@ pub struct WatchTimeRow {
 pub struct Checkpoint {
     pub inbox_seq: i64,
     pub watch_time: Vec<WatchTimeRow>,
+    /// Rules' state: (campaign, key, value).
+    pub campaign_state: Vec<(String, String, Vec<u8>)>,
 }
 
 const ROWS_PER_STATEMENT: usize = 1000;
@@ -45,12 +47,23 @@ impl Store {
                 })
             })
             .collect::<Result<_, sqlx::Error>>()?;
-        Ok(Checkpoint { inbox_seq: seq.unwrap_or(0), watch_time })
+        let campaign_state = sqlx::query("SELECT campaign_id, key, value FROM campaign_state")
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect::<Result<_, sqlx::Error>>()?;
+        Ok(Checkpoint { inbox_seq: seq.unwrap_or(0), watch_time, campaign_state })
     }
 
     /// Commits changed watch-time rows and the inbox position in one
     /// transaction, then drops the viewer lists the checkpoint has passed.
-    pub async fn save_checkpoint(&self, inbox_seq: i64, changed: &[WatchTimeRow]) -> Result<(), StoreError> {
+    pub async fn save_checkpoint(
+        &self,
+        inbox_seq: i64,
+        changed: &[WatchTimeRow],
+        campaign_state: &[(String, String, Option<Vec<u8>>)],
+    ) -> Result<(), StoreError> {
         let _guard = self.write_lock().await;
         let mut tx = self.pool.begin().await?;
         let previous: Option<i64> =
@@ -71,6 +84,21 @@ impl Store {
                     .bind(row.last_minute as i64)
                     .bind(row.recent_mask as i64);
             }
+            q.execute(&mut *tx).await?;
+        }
+        for (campaign, key, value) in campaign_state {
+            let q = match value {
+                Some(v) => sqlx::query(
+                    "INSERT INTO campaign_state (campaign_id, key, value) VALUES ($1, $2, $3) \
+                     ON CONFLICT (campaign_id, key) DO UPDATE SET value = excluded.value",
+                )
+                .bind(campaign)
+                .bind(key)
+                .bind(v.as_slice()),
+                None => sqlx::query("DELETE FROM campaign_state WHERE campaign_id = $1 AND key = $2")
+                    .bind(campaign)
+                    .bind(key),
+            };
             q.execute(&mut *tx).await?;
         }
         sqlx::query(
