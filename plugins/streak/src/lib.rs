@@ -82,7 +82,7 @@ mod tests {
         let campaign = Campaign::new("c", &["r"], r#"{"minutes_per_day":2,"days":2,"reward":"r"}"#);
         let config = drops_plugin_sdk::parse_config::<DailyStreak>(&campaign).unwrap();
         testing::set_viewer_ids(&["a", "b"]);
-        let mut run = |minute: u32, who: &[u32]| {
+        let run = |minute: u32, who: &[u32]| {
             let viewers: Vec<Viewer> = who.iter().map(|&h| Viewer { handle: h, minutes: 0, counted: true }).collect();
             DailyStreak::on_heartbeat(&config, &campaign, &testing::heartbeat("b", "G", minute), &viewers)
                 .iter()
