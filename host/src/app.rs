@@ -72,6 +72,7 @@ impl RunningHost {
             inbox_notify,
             grants_notify: grants_notify.clone(),
             pending_grants: pending_grants.clone(),
+            record_events: settings.record_events.clone(),
         };
         let batcher = Batcher {
             store: store.clone(),

@@ -64,6 +64,17 @@ pub enum Command {
 /// Plugin tools.
 #[derive(Debug, Subcommand)]
 pub enum PluginCommand {
+    /// Create a plugin crate NAME (a rule, its config type and a native test) that builds.
+    New {
+        /// Crate and plugin name: lowercase letters, digits and dashes.
+        name: String,
+        /// Folder to create it in.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Path to drops-plugin-sdk (default: the copy this binary was built from).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
     /// Load a plugin, check it implements the rules interface, and run its config check.
     Check {
         /// The plugin (.wasm module built with drops-plugin-sdk, or a component).
@@ -111,6 +122,11 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Plugin(PluginCommand::Check { file, config, rewards }) => {
             return plugin_check(&file, &config, rewards)
+        }
+        Command::Plugin(PluginCommand::New { name, dir, sdk }) => {
+            let root = crate::scaffold::new_plugin(&dir, &name, sdk)?;
+            println!("created {}: `cargo test` runs its tests natively;", root.display());
+            println!("`cargo build --release --target wasm32-unknown-unknown` builds the plugin.");
         }
         Command::Replay { rules, events } => crate::replay::run(&rules, &events)?,
         Command::Simulate(args) => {

@@ -19,6 +19,8 @@ pub struct Settings {
     pub database_url: Option<String>,
     /// Holds `campaigns/*.toml` and `plugins/*.wasm`.
     pub rules_dir: PathBuf,
+    /// Appends every event the engine evaluates to this JSON-lines file, for `replay`.
+    pub record_events: Option<PathBuf>,
     pub vhs: VhsSettings,
     pub admin: AdminSettings,
     pub manifests: ManifestSettings,
@@ -88,6 +90,7 @@ impl Default for Settings {
             data_dir: PathBuf::from("data"),
             database_url: None,
             rules_dir: PathBuf::from("rules"),
+            record_events: None,
             vhs: VhsSettings::default(),
             admin: AdminSettings::default(),
             manifests: ManifestSettings::default(),

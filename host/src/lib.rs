@@ -16,6 +16,7 @@ pub mod manifests;
 pub mod plugins;
 pub mod replay;
 pub mod rules;
+pub mod scaffold;
 pub mod simulate;
 pub mod store;
 pub mod telemetry;

@@ -21,6 +21,8 @@ pub fn run(rules_dir: &Path, events: &Path) -> anyhow::Result<()> {
         println!("not loaded: {}: {}", err.file.display(), err.error);
     }
     let file = std::fs::File::open(events).with_context(|| format!("opening {}", events.display()))?;
+    let total_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut progress = Progress::new(total_bytes);
     let mut state = State::default();
     let mut seen_ids = HashSet::new();
     let mut made = HashSet::new();
@@ -28,6 +30,7 @@ pub fn run(rules_dir: &Path, events: &Path) -> anyhow::Result<()> {
     let (mut events_read, mut duplicates, mut minutes, mut errors) = (0u64, 0u64, 0u64, 0u64);
     for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
         let line = line?;
+        progress.advance(line.len() as u64 + 1);
         if line.trim().is_empty() {
             continue;
         }
@@ -49,6 +52,7 @@ pub fn run(rules_dir: &Path, events: &Path) -> anyhow::Result<()> {
             }
         }
     }
+    progress.finish();
     println!("{:<40} {:<32} {:>10}", "campaign", "reward", "grants");
     for ((campaign, reward), n) in &table {
         println!("{campaign:<40} {reward:<32} {n:>10}");
@@ -58,4 +62,35 @@ pub fn run(rules_dir: &Path, events: &Path) -> anyhow::Result<()> {
         table.values().sum::<u64>()
     );
     Ok(())
+}
+
+/// A progress bar on stderr, drawn only when stderr is a terminal.
+struct Progress {
+    total: u64,
+    done: u64,
+    shown: u64,
+    enabled: bool,
+}
+
+impl Progress {
+    fn new(total: u64) -> Progress {
+        use std::io::IsTerminal;
+        Progress { total, done: 0, shown: 0, enabled: std::io::stderr().is_terminal() && total > 1 << 20 }
+    }
+
+    fn advance(&mut self, bytes: u64) {
+        self.done += bytes;
+        let percent = (self.done * 100).checked_div(self.total).unwrap_or(100).min(100);
+        if self.enabled && percent > self.shown {
+            self.shown = percent;
+            let bar = "#".repeat((percent / 2) as usize);
+            eprint!("\r[{bar:<50}] {percent:>3}% of {} MB", self.total >> 20);
+        }
+    }
+
+    fn finish(&self) {
+        if self.enabled {
+            eprintln!();
+        }
+    }
 }

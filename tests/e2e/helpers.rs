@@ -56,6 +56,8 @@ pub struct HostConfig {
     pub max_body_bytes: Option<u64>,
     /// Test plugins (tests/plugins) to install beside watch-time-tiers.
     pub extra_plugins: Vec<&'static str>,
+    /// Record evaluated events to `<dir>/events.jsonl`.
+    pub record_events: bool,
 }
 
 /// A running drops-host process and its files.
@@ -98,6 +100,9 @@ impl TestHost {
             dir.path().join("data").display(),
             rules.display()
         );
+        if config.record_events {
+            toml = format!("record_events = \"{}\"\n{toml}", dir.path().join("events.jsonl").display());
+        }
         toml.push_str("[vhs]\n");
         if let Some(token) = &config.vhs_token {
             toml.push_str(&format!("token = \"{token}\"\n"));
@@ -240,6 +245,15 @@ impl TestHost {
 }
 
 impl TestHost {
+    /// Reward ids of the stored grants (after the host stopped).
+    pub async fn grants_from_database(&self) -> Vec<String> {
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(&self.database_url).await.unwrap();
+        let rewards = sqlx::query_scalar("SELECT reward_id FROM grants ORDER BY id").fetch_all(&pool).await.unwrap();
+        pool.close().await;
+        rewards
+    }
+
     /// Rules' stored state, sorted (after the host stopped).
     pub async fn campaign_state(&self) -> Vec<(String, String, Vec<u8>)> {
         sqlx::any::install_default_drivers();

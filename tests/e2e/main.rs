@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod crash;
+mod designer;
 mod helpers;
 mod reload;
 mod sandbox;

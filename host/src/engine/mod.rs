@@ -143,6 +143,8 @@ pub struct Engine {
     pub grants_notify: Arc<Notify>,
     /// Grants stored and not yet batched, for the batcher's early flush.
     pub pending_grants: Arc<AtomicU64>,
+    /// Where evaluated events are recorded (JSON lines), if anywhere.
+    pub record_events: Option<std::path::PathBuf>,
 }
 
 /// A failure the engine cannot go on from.
@@ -152,6 +154,43 @@ pub enum EngineError {
     Store(#[from] StoreError),
     #[error("evaluation task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("cannot open the event recording {path}: {source}")]
+    Record { path: std::path::PathBuf, source: std::io::Error },
+}
+
+/// Appends evaluated events to a JSON-lines file in the shape `/vhs` takes.
+/// After a crash, events replayed from the checkpoint are recorded again;
+/// `replay` skips repeated ids, as the host does.
+struct Recorder {
+    path: std::path::PathBuf,
+    out: std::io::BufWriter<std::fs::File>,
+}
+
+impl Recorder {
+    fn open(path: &std::path::Path) -> Result<Recorder, EngineError> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|source| EngineError::Record { path: path.to_path_buf(), source })?;
+        Ok(Recorder { path: path.to_path_buf(), out: std::io::BufWriter::new(file) })
+    }
+
+    fn write(&mut self, events: &[InboxEvent]) {
+        use std::io::Write;
+        let result = events
+            .iter()
+            .try_for_each(|e| {
+                serde_json::to_writer(&mut self.out, &e.heartbeat)?;
+                self.out.write_all(b"\n")?;
+                Ok::<_, std::io::Error>(())
+            })
+            .and_then(|()| self.out.flush());
+        // Recording is a debugging aid: failing to write it never stops grants.
+        if let Err(e) = result {
+            tracing::warn!(path = %self.path.display(), "event recording failed: {e}");
+        }
+    }
 }
 
 impl Engine {
@@ -164,6 +203,10 @@ impl Engine {
         let interval = Duration::from_secs(self.settings.checkpoint_interval_secs.max(1));
         let mut last_checkpoint = Instant::now();
         let mut checkpointed = cursor;
+        let mut recorder = match &self.record_events {
+            Some(path) => Some(Recorder::open(path)?),
+            None => None,
+        };
         loop {
             let events = retry(|| self.store.inbox_after(cursor, self.settings.batch_events.max(1)), &stop).await?;
             if events.is_empty() {
@@ -186,15 +229,19 @@ impl Engine {
             let last = events.last().map(|e| e.seq).unwrap_or(cursor);
             let rules = self.rules.load_full();
             let runtime = self.runtime.clone();
-            let (returned, evaluation) = tokio::task::spawn_blocking(move || {
+            let (returned, evaluation, recorder_back) = tokio::task::spawn_blocking(move || {
                 let mut out = Evaluation::default();
                 for event in &events {
                     evaluate(&mut state, &rules, &runtime, event, &mut out);
                 }
-                (state, out)
+                if let Some(r) = recorder.as_mut() {
+                    r.write(&events);
+                }
+                (state, out, recorder)
             })
             .await?;
             state = returned;
+            recorder = recorder_back;
             let stored = retry(|| self.store.insert_grants(&evaluation.grants), &stop).await?;
             cursor = last;
             metrics::counter!("drops_engine_viewer_minutes_total").increment(evaluation.viewer_minutes);
