@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Config, Engine, Store, StoreLimits, Trap};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits, Trap};
 
 use super::bindings::{drops::rules::host, Campaign, Grant, Heartbeat, Level, Rules, RulesPre, Viewer};
 use super::limits::{self, MAX_LOG_BYTES, MAX_LOG_LINES};
@@ -21,6 +21,9 @@ use super::{HOST_IMPORT, INTERFACE_VERSION, RULE_EXPORT};
 use crate::config::PluginSettings;
 use crate::engine::campaign_state::{CampaignKv, Overlay};
 use crate::ingest::heartbeat::ViewerList;
+
+/// Instances alive at once: the engine's call, reload validations, `plugin check`.
+const POOL_SLOTS: u32 = 64;
 
 /// How often the epoch ticks; call deadlines are counted in ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(1);
@@ -154,6 +157,15 @@ impl PluginRuntime {
         config.wasm_component_model(true);
         config.epoch_interruption(true);
         config.max_wasm_stack(512 << 10);
+        // A fresh instance per call is affordable only from a pool: slots are
+        // reused and memory is reset copy-on-write instead of mapped anew.
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(POOL_SLOTS)
+            .total_core_instances(POOL_SLOTS)
+            .total_memories(POOL_SLOTS)
+            .total_tables(POOL_SLOTS)
+            .max_memory_size(usize::try_from(settings.max_memory_bytes).unwrap_or(usize::MAX));
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config).map_err(|e| PluginError::Compile(e.to_string()))?;
         let mut linker = Linker::new(&engine);
         Rules::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |s| s)
