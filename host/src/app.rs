@@ -50,6 +50,7 @@ impl RunningHost {
         let inbox_notify = Arc::new(Notify::new());
         let grants_notify = Arc::new(Notify::new());
         let pending_grants = Arc::new(AtomicU64::new(0));
+        let paused = Arc::new(ArcSwap::from_pointee(Default::default()));
         let reloader =
             Arc::new(Reloader::new(settings.rules_dir.clone(), runtime.clone(), rules.clone(), store.clone()));
         record_history(&store, &rules.load()).await;
@@ -60,6 +61,7 @@ impl RunningHost {
             inbox_notify: inbox_notify.clone(),
             metrics: metrics.clone(),
             reloader: reloader.clone(),
+            paused: paused.clone(),
         });
 
         let stop = CancellationToken::new();
@@ -73,6 +75,8 @@ impl RunningHost {
             grants_notify: grants_notify.clone(),
             pending_grants: pending_grants.clone(),
             record_events: settings.record_events.clone(),
+            breaker_failures: settings.plugins.breaker_failures,
+            paused: paused.clone(),
         };
         let batcher = Batcher {
             store: store.clone(),

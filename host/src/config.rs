@@ -81,6 +81,8 @@ pub struct PluginSettings {
     pub max_call_ms: u64,
     /// Linear memory cap of one instance.
     pub max_memory_bytes: u64,
+    /// Failed calls in a row that pause a campaign (its circuit breaker).
+    pub breaker_failures: u32,
 }
 
 impl Default for Settings {
@@ -121,7 +123,7 @@ impl Default for EngineSettings {
 
 impl Default for PluginSettings {
     fn default() -> Self {
-        PluginSettings { max_call_ms: 50, max_memory_bytes: 64 << 20 }
+        PluginSettings { max_call_ms: 50, max_memory_bytes: 64 << 20, breaker_failures: 5 }
     }
 }
 

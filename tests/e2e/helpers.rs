@@ -58,6 +58,8 @@ pub struct HostConfig {
     pub extra_plugins: Vec<&'static str>,
     /// Record evaluated events to `<dir>/events.jsonl`.
     pub record_events: bool,
+    /// More TOML appended to the config file.
+    pub extra_toml: String,
 }
 
 /// A running drops-host process and its files.
@@ -110,6 +112,7 @@ impl TestHost {
         if let Some(max) = config.max_body_bytes {
             toml.push_str(&format!("max_body_bytes = {max}\n"));
         }
+        toml.push_str(&config.extra_toml);
         std::fs::write(dir.path().join("drops-host.toml"), toml).unwrap();
         let (child, base) = start_process(dir.path());
         Some(TestHost { dir, database_url, base, client: reqwest::Client::new(), child })

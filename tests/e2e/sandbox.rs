@@ -22,7 +22,9 @@ fn call(runtime: &PluginRuntime, plugin: &drops_host::plugins::Plugin, mode: &st
 
 #[test]
 fn each_attack_is_stopped_and_the_plugin_still_works() {
-    let runtime = PluginRuntime::new(PluginSettings { max_call_ms: 200, max_memory_bytes: 32 << 20 }).unwrap();
+    let runtime =
+        PluginRuntime::new(PluginSettings { max_call_ms: 200, max_memory_bytes: 32 << 20, ..Default::default() })
+            .unwrap();
     let plugin = runtime.load("hostile", &std::fs::read(plugin_path("hostile")).unwrap()).unwrap();
     assert_eq!(call(&runtime, &plugin, "ok"), Ok(2));
 
@@ -106,5 +108,81 @@ async fn a_hostile_campaign_does_not_stop_the_others() {
         .unwrap_or_else(|| panic!("no error count in /metrics:\n{metrics}"));
     assert!(errors.ends_with(" 10"), "5 hostile campaigns x 2 heartbeats: {errors}");
     assert!(host.log().contains("panic: panicked at"), "the panic message reaches the host's log");
+    host.stop();
+}
+
+#[tokio::test]
+async fn a_failing_campaign_pauses_alone_and_catches_up_when_fixed() {
+    let window = ("2026-11-08T00:00:00Z", "2026-11-09T00:00:00Z");
+    let flaky = |mode: &str| {
+        format!(
+            "id = \"flaky\"\nname = \"flaky\"\ngame = \"GameName\"\nclient_id = \"c\"\nstarts_at = \"{}\"\nends_at = \"{}\"\n\
+             [[rewards]]\nid = \"r\"\n[rule]\nplugin = \"hostile\"\nconfig = {{ mode = \"{mode}\" }}\n",
+            window.0, window.1
+        )
+    };
+    let config = HostConfig {
+        campaigns: vec![
+            ("flaky".into(), flaky("panic")),
+            ("good".into(), tiers_campaign("good", "GameName", window, &[], &[(1, "t1")])),
+        ],
+        extra_plugins: vec!["hostile"],
+        extra_toml: "[plugins]\nbreaker_failures = 3\n".into(),
+        ..Default::default()
+    };
+    let Some(mut host) = TestHost::spawn(Backend::Sqlite, config).await else { return };
+    let send = |m: u32, viewer: &str| {
+        heartbeat(&format!("h{m}"), "b", "GameName", &format!("2026-11-08T10:0{m}:00Z"), &[viewer])
+    };
+    let paused = |host_view: &serde_json::Value| {
+        host_view["campaigns"].as_array().unwrap().iter().find(|c| c["id"] == "flaky").map(|c| !c["paused"].is_null())
+    };
+    async fn wait<F: Fn(&serde_json::Value) -> bool>(host: &TestHost, what: &str, pred: F) {
+        let started = Instant::now();
+        while !pred(&host.admin_get("/campaigns").await) {
+            assert!(started.elapsed() < Duration::from_secs(20), "waiting for {what}\n{}", host.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // Three failures in a row open the breaker.
+    for (m, viewer) in [(0, "a0"), (1, "a1"), (2, "a2")] {
+        assert_eq!(host.post_vhs(None, &send(m, viewer)).await.0, 200);
+    }
+    wait(&host, "the breaker to open", |v| paused(v) == Some(true)).await;
+    // While paused, events keep coming; the other campaign keeps granting.
+    for (m, viewer) in [(3, "b"), (4, "c")] {
+        assert_eq!(host.post_vhs(None, &send(m, viewer)).await.0, 200);
+    }
+    let started = Instant::now();
+    while host.grants().await.len() < 5 {
+        assert!(started.elapsed() < Duration::from_secs(20));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let metrics = host.get_text("/metrics").await;
+    assert!(metrics.lines().any(|l| l == "drops_campaigns_paused 1"), "{metrics}");
+    // The pause survives a restart.
+    host.stop();
+    host.restart();
+    wait(&host, "the breaker to be restored", |v| paused(v) == Some(true)).await;
+    // A fixed campaign resumes, and the events seen while paused are evaluated.
+    std::fs::write(host.dir.path().join("rules/campaigns/flaky.toml"), flaky("ok")).unwrap();
+    wait(&host, "the breaker to close", |v| paused(v) == Some(false)).await;
+    let started = Instant::now();
+    let flaky_grants = loop {
+        let users: Vec<String> = host
+            .grants()
+            .await
+            .iter()
+            .filter(|g| g["campaign_id"] == "flaky")
+            .map(|g| g["user_id"].as_str().unwrap().to_string())
+            .collect();
+        if users.len() >= 2 || started.elapsed() > Duration::from_secs(20) {
+            break users;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(flaky_grants, vec!["b", "c"], "the events kept while paused were evaluated once, in order");
+    let good: usize = host.grants().await.iter().filter(|g| g["campaign_id"] == "good").count();
+    assert_eq!(good, 5, "a0 a1 a2 b c");
     host.stop();
 }

@@ -14,6 +14,7 @@ use serde::Serialize;
 use subtle::ConstantTimeEq;
 
 use super::{ApiError, AppState};
+use crate::engine::breaker::Paused;
 use crate::rules::LoadError;
 use crate::store::{GrantFilter, GrantRow, ManifestRow, PluginVersion, RuleHistoryEntry};
 
@@ -70,6 +71,8 @@ struct CampaignView {
     plugin: String,
     plugin_hash: String,
     enabled: bool,
+    /// Set while the circuit breaker holds the campaign.
+    paused: Option<Paused>,
 }
 
 #[derive(Serialize)]
@@ -80,6 +83,7 @@ struct CampaignsView {
 
 async fn campaigns(State(app): State<Arc<AppState>>) -> Json<CampaignsView> {
     let rules = app.rules.load();
+    let paused = app.paused.load();
     let campaigns = rules
         .campaigns()
         .iter()
@@ -92,6 +96,7 @@ async fn campaigns(State(app): State<Arc<AppState>>) -> Json<CampaignsView> {
             plugin: c.plugin.name.clone(),
             plugin_hash: c.plugin.hash.0.clone(),
             enabled: c.def.enabled,
+            paused: paused.get(&c.def.id).cloned(),
         })
         .collect();
     Json(CampaignsView { campaigns, errors: rules.errors().to_vec() })

@@ -17,7 +17,10 @@ use tower_http::trace::TraceLayer;
 
 pub use error::ApiError;
 
+use std::collections::BTreeMap;
+
 use crate::config::Settings;
+use crate::engine::breaker::Paused;
 use crate::ingest::vhs;
 use crate::rules::reload::Reloader;
 use crate::rules::RuleSet;
@@ -32,6 +35,8 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     /// Installs plugin versions and reloads rules (admin API).
     pub reloader: Arc<Reloader>,
+    /// Campaigns paused by their circuit breaker, as the engine last published.
+    pub paused: Arc<ArcSwap<BTreeMap<String, Paused>>>,
 }
 
 /// Builds the router.

@@ -129,6 +129,11 @@ impl RuleSet {
         self.by_game.get(&hb.game.0).into_iter().flatten().map(|&i| &self.campaigns[i]).filter(move |c| c.matches(hb))
     }
 
+    /// The campaign with this id.
+    pub fn campaign(&self, id: &str) -> Option<&Arc<LoadedCampaign>> {
+        self.campaigns.iter().find(|c| c.def.id == id)
+    }
+
     /// Every loaded campaign.
     pub fn campaigns(&self) -> &[Arc<LoadedCampaign>] {
         &self.campaigns

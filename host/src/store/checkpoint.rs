@@ -4,6 +4,7 @@
 use sqlx::Row;
 
 use super::{now_ms, values_placeholders, Store, StoreError};
+use crate::engine::breaker::Paused;
 
 /// One (campaign, viewer) watch-time entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +23,22 @@ pub struct Checkpoint {
     pub watch_time: Vec<WatchTimeRow>,
     /// Rules' state: (campaign, key, value).
     pub campaign_state: Vec<(String, String, Vec<u8>)>,
+    /// Campaigns paused by their circuit breaker.
+    pub breakers: Vec<(String, Paused)>,
+}
+
+/// What a checkpoint commits.
+#[derive(Debug)]
+pub struct CheckpointWrite<'a> {
+    pub inbox_seq: i64,
+    /// Changed watch-time rows.
+    pub watch_time: &'a [WatchTimeRow],
+    /// Changed rules' state: (campaign, key, value or None to delete).
+    pub campaign_state: &'a [(String, String, Option<Vec<u8>>)],
+    /// Every paused campaign (the whole set).
+    pub breakers: &'a [(String, Paused)],
+    /// Viewer lists from this event on are still needed (a paused campaign).
+    pub keep_from_seq: Option<i64>,
 }
 
 const ROWS_PER_STATEMENT: usize = 1000;
@@ -53,21 +70,36 @@ impl Store {
             .into_iter()
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
             .collect::<Result<_, sqlx::Error>>()?;
-        Ok(Checkpoint { inbox_seq: seq.unwrap_or(0), watch_time, campaign_state })
+        let breakers = sqlx::query(
+            "SELECT campaign_id, paused_since_seq, plugin_hash, campaign_revision, reason FROM campaign_breakers",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(|r| {
+            let paused = Paused {
+                since_seq: r.try_get(1)?,
+                plugin_hash: r.try_get(2)?,
+                campaign_revision: r.try_get(3)?,
+                reason: r.try_get(4)?,
+            };
+            Ok((r.try_get(0)?, paused))
+        })
+        .collect::<Result<_, sqlx::Error>>()?;
+        Ok(Checkpoint { inbox_seq: seq.unwrap_or(0), watch_time, campaign_state, breakers })
     }
 
     /// Commits changed watch-time rows and the inbox position in one
     /// transaction, then drops the viewer lists the checkpoint has passed.
-    pub async fn save_checkpoint(
-        &self,
-        inbox_seq: i64,
-        changed: &[WatchTimeRow],
-        campaign_state: &[(String, String, Option<Vec<u8>>)],
-    ) -> Result<(), StoreError> {
+    pub async fn save_checkpoint(&self, write: &CheckpointWrite<'_>) -> Result<(), StoreError> {
+        let (inbox_seq, changed, campaign_state) = (write.inbox_seq, write.watch_time, write.campaign_state);
         let _guard = self.write_lock().await;
         let mut tx = self.pool.begin().await?;
-        let previous: Option<i64> =
-            sqlx::query_scalar("SELECT inbox_seq FROM engine_checkpoint WHERE id = 1").fetch_optional(&mut *tx).await?;
+        let pruned: Option<i64> = sqlx::query_scalar("SELECT pruned_seq FROM engine_checkpoint WHERE id = 1")
+            .fetch_optional(&mut *tx)
+            .await?;
+        let pruned = pruned.unwrap_or(0);
+        let prune_to = write.keep_from_seq.map_or(inbox_seq, |keep| inbox_seq.min(keep - 1)).max(pruned);
         for chunk in changed.chunks(ROWS_PER_STATEMENT) {
             let sql = format!(
                 "INSERT INTO watch_time (campaign_id, viewer_id, minutes, last_minute, recent_mask) VALUES {} \
@@ -101,18 +133,35 @@ impl Store {
             };
             q.execute(&mut *tx).await?;
         }
+        sqlx::query("DELETE FROM campaign_breakers").execute(&mut *tx).await?;
+        for (campaign, paused) in write.breakers {
+            sqlx::query(
+                "INSERT INTO campaign_breakers (campaign_id, paused_since_seq, plugin_hash, campaign_revision, reason) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(campaign)
+            .bind(paused.since_seq)
+            .bind(&paused.plugin_hash)
+            .bind(&paused.campaign_revision)
+            .bind(&paused.reason)
+            .execute(&mut *tx)
+            .await?;
+        }
         sqlx::query(
-            "INSERT INTO engine_checkpoint (id, inbox_seq, taken_at) VALUES (1, $1, $2) \
-             ON CONFLICT (id) DO UPDATE SET inbox_seq = excluded.inbox_seq, taken_at = excluded.taken_at",
+            "INSERT INTO engine_checkpoint (id, inbox_seq, taken_at, pruned_seq) VALUES (1, $1, $2, $3) \
+             ON CONFLICT (id) DO UPDATE SET inbox_seq = excluded.inbox_seq, taken_at = excluded.taken_at, \
+             pruned_seq = excluded.pruned_seq",
         )
         .bind(inbox_seq)
         .bind(now_ms())
+        .bind(prune_to)
         .execute(&mut *tx)
         .await?;
-        // Events behind the checkpoint are never read again; their ids stay for deduplication.
+        // Events behind the checkpoint (and behind every paused campaign) are
+        // never read again; their ids stay for deduplication.
         sqlx::query("UPDATE inbox SET viewers = NULL WHERE seq > $1 AND seq <= $2")
-            .bind(previous.unwrap_or(0))
-            .bind(inbox_seq)
+            .bind(pruned)
+            .bind(prune_to)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;

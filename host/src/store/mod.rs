@@ -19,7 +19,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 use tokio::sync::{Mutex, MutexGuard};
 
-pub use checkpoint::{Checkpoint, WatchTimeRow};
+pub use checkpoint::{Checkpoint, CheckpointWrite, WatchTimeRow};
 pub use grants::{GrantFilter, GrantRow, NewGrant};
 pub use history::{PluginVersion, RuleHistoryEntry};
 pub use inbox::{InboxEvent, InsertOutcome};
