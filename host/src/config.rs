@@ -77,8 +77,11 @@ pub struct EngineSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PluginSettings {
-    /// CPU deadline of one call.
+    /// CPU deadline of one call, before the per-viewer allowance.
     pub max_call_ms: u64,
+    /// CPU allowance per viewer in the call, in nanoseconds: a channel of ten
+    /// million viewers needs more time than one of ten, legitimately.
+    pub max_call_ns_per_viewer: u64,
     /// Linear memory cap of one instance.
     pub max_memory_bytes: u64,
     /// Failed calls in a row that pause a campaign (its circuit breaker).
@@ -123,7 +126,7 @@ impl Default for EngineSettings {
 
 impl Default for PluginSettings {
     fn default() -> Self {
-        PluginSettings { max_call_ms: 50, max_memory_bytes: 64 << 20, breaker_failures: 5 }
+        PluginSettings { max_call_ms: 5, max_call_ns_per_viewer: 500, max_memory_bytes: 64 << 20, breaker_failures: 5 }
     }
 }
 

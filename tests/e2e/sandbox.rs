@@ -45,6 +45,8 @@ fn each_attack_is_stopped_and_the_plugin_still_works() {
 
     // A trap poisons only its own instance: the next call gets a fresh one.
     assert_eq!(call(&runtime, &plugin, "ok"), Ok(2));
+    // Big channels get proportionally more time (500 ns per viewer by default).
+    assert_eq!(runtime.deadline_ms(10_000_000), 200 + 5_000);
 }
 
 #[test]

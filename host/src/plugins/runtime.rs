@@ -215,12 +215,12 @@ impl PluginRuntime {
 
     /// Runs the plugin's config check for a campaign.
     pub fn validate_config(&self, plugin: &Plugin, campaign: &Campaign) -> Result<(), PluginError> {
-        let mut store = self.store(plugin, &campaign.id, Arc::default(), CampaignKv::default());
+        let mut store = self.store(plugin, &campaign.id, Arc::default(), CampaignKv::default(), 0);
         let rules = self.instantiate(plugin, &mut store)?;
         rules
             .drops_rules_rule()
             .call_validate_config(&mut store, campaign)
-            .map_err(|e| self.classify(e))?
+            .map_err(|e| self.classify(e, 0))?
             .map_err(PluginError::Rejected)
     }
 
@@ -236,14 +236,14 @@ impl PluginRuntime {
         state: &mut CampaignKv,
     ) -> Result<Vec<Grant>, PluginError> {
         let started = Instant::now();
-        let mut store = self.store(plugin, &campaign.id, ids, std::mem::take(state));
+        let mut store = self.store(plugin, &campaign.id, ids, std::mem::take(state), viewers.len());
         let result = self
             .instantiate(plugin, &mut store)
             .and_then(|rules| {
                 rules
                     .drops_rules_rule()
                     .call_on_heartbeat(&mut store, campaign, heartbeat, viewers)
-                    .map_err(|e| self.classify(e))
+                    .map_err(|e| self.classify(e, viewers.len()))
             })
             .and_then(|r| r.map_err(PluginError::Rejected))
             .and_then(|grants| {
@@ -263,7 +263,20 @@ impl PluginRuntime {
         result
     }
 
-    fn store(&self, plugin: &Plugin, campaign: &str, viewers: Arc<ViewerList>, state: CampaignKv) -> Store<CallState> {
+    /// The deadline of a call with `viewers` viewers, in milliseconds.
+    pub fn deadline_ms(&self, viewers: usize) -> u64 {
+        let allowance = (viewers as u64).saturating_mul(self.settings.max_call_ns_per_viewer) / 1_000_000;
+        self.settings.max_call_ms.max(1).saturating_add(allowance)
+    }
+
+    fn store(
+        &self,
+        plugin: &Plugin,
+        campaign: &str,
+        viewers: Arc<ViewerList>,
+        state: CampaignKv,
+        viewer_count: usize,
+    ) -> Store<CallState> {
         let state = CallState {
             limits: limits::store_limits(self.settings.max_memory_bytes),
             viewers,
@@ -276,19 +289,19 @@ impl PluginRuntime {
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         // Without a deadline set before the first call, the store traps at once.
-        store.set_epoch_deadline(self.settings.max_call_ms.max(1) / EPOCH_TICK.as_millis() as u64 + 1);
+        store.set_epoch_deadline(self.deadline_ms(viewer_count) / EPOCH_TICK.as_millis() as u64 + 1);
         store.epoch_deadline_trap();
         store
     }
 
     fn instantiate(&self, plugin: &Plugin, store: &mut Store<CallState>) -> Result<Rules, PluginError> {
-        plugin.pre.instantiate(store).map_err(|e| self.classify(e))
+        plugin.pre.instantiate(store).map_err(|e| self.classify(e, 0))
     }
 
     /// Turns a wasmtime error into what went wrong in the plugin's terms.
-    fn classify(&self, err: wasmtime::Error) -> PluginError {
+    fn classify(&self, err: wasmtime::Error, viewers: usize) -> PluginError {
         match err.downcast_ref::<Trap>() {
-            Some(Trap::Interrupt) => PluginError::Timeout(self.settings.max_call_ms),
+            Some(Trap::Interrupt) => PluginError::Timeout(self.deadline_ms(viewers)),
             Some(trap) => PluginError::Trap(trap.to_string()),
             // With trap_on_grow_failure the limiter's refusal is a plain error, not a Trap.
             None if format!("{err:#}").contains("memory") => PluginError::OutOfMemory(format!("{err:#}")),
