@@ -77,10 +77,16 @@ pub struct EngineSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PluginSettings {
-    /// CPU deadline of one call, before the per-viewer allowance.
+    /// CPU budget of one call in fuel (about one unit per wasm instruction),
+    /// before the per-viewer allowance. Counted, not timed: the same event
+    /// gets the same verdict however loaded the machine is, so replays agree.
+    pub max_call_fuel: u64,
+    /// Fuel allowance per viewer in the call: a channel of ten million viewers
+    /// legitimately needs more than one of ten.
+    pub max_call_fuel_per_viewer: u64,
+    /// Wall-clock backstop of one call, before the per-viewer allowance.
     pub max_call_ms: u64,
-    /// CPU allowance per viewer in the call, in nanoseconds: a channel of ten
-    /// million viewers needs more time than one of ten, legitimately.
+    /// Wall-clock allowance per viewer, in nanoseconds.
     pub max_call_ns_per_viewer: u64,
     /// Linear memory cap of one instance.
     pub max_memory_bytes: u64,
@@ -126,7 +132,14 @@ impl Default for EngineSettings {
 
 impl Default for PluginSettings {
     fn default() -> Self {
-        PluginSettings { max_call_ms: 5, max_call_ns_per_viewer: 500, max_memory_bytes: 64 << 20, breaker_failures: 5 }
+        PluginSettings {
+            max_call_fuel: 20_000_000,
+            max_call_fuel_per_viewer: 5_000,
+            max_call_ms: 1_000,
+            max_call_ns_per_viewer: 1_000,
+            max_memory_bytes: 64 << 20,
+            breaker_failures: 5,
+        }
     }
 }
 

@@ -22,15 +22,15 @@ fn call(runtime: &PluginRuntime, plugin: &drops_host::plugins::Plugin, mode: &st
 
 #[test]
 fn each_attack_is_stopped_and_the_plugin_still_works() {
-    let runtime =
-        PluginRuntime::new(PluginSettings { max_call_ms: 200, max_memory_bytes: 32 << 20, ..Default::default() })
-            .unwrap();
+    let settings = PluginSettings { max_call_fuel: 200_000_000, max_memory_bytes: 32 << 20, ..Default::default() };
+    let runtime = PluginRuntime::new(settings).unwrap();
     let plugin = runtime.load("hostile", &std::fs::read(plugin_path("hostile")).unwrap()).unwrap();
     assert_eq!(call(&runtime, &plugin, "ok"), Ok(2));
 
     let started = Instant::now();
-    assert_eq!(call(&runtime, &plugin, "loop"), Err(PluginError::Timeout(200)));
-    assert!(started.elapsed() < Duration::from_secs(2), "an endless loop is stopped near its deadline");
+    // 2 viewers: 200,000,000 fuel plus 5,000 each.
+    assert_eq!(call(&runtime, &plugin, "loop"), Err(PluginError::CpuBudget(200_010_000)));
+    assert!(started.elapsed() < Duration::from_secs(2), "an endless loop is stopped by its CPU budget");
     let bomb = call(&runtime, &plugin, "memory");
     assert!(matches!(bomb, Err(PluginError::OutOfMemory(_))), "memory bomb: {bomb:?}");
     match call(&runtime, &plugin, "recursion") {
@@ -45,8 +45,15 @@ fn each_attack_is_stopped_and_the_plugin_still_works() {
 
     // A trap poisons only its own instance: the next call gets a fresh one.
     assert_eq!(call(&runtime, &plugin, "ok"), Ok(2));
-    // Big channels get proportionally more time (500 ns per viewer by default).
-    assert_eq!(runtime.deadline_ms(10_000_000), 200 + 5_000);
+    // Big channels get proportionally more CPU (and wall-clock backstop).
+    assert_eq!(runtime.fuel_budget(10_000_000), 200_000_000 + 10_000_000 * 5_000);
+    assert_eq!(runtime.deadline_ms(10_000_000), 1_000 + 10_000);
+
+    // The wall-clock backstop still stops what fuel would not (a budget set absurdly high).
+    let lax = PluginSettings { max_call_fuel: u64::MAX / 2, max_call_ms: 30, ..Default::default() };
+    let runtime = PluginRuntime::new(lax).unwrap();
+    let plugin = runtime.load("hostile", &std::fs::read(plugin_path("hostile")).unwrap()).unwrap();
+    assert_eq!(call(&runtime, &plugin, "loop"), Err(PluginError::Timeout(30)));
 }
 
 #[test]

@@ -60,7 +60,9 @@ pub enum PluginError {
     MissingExport,
     #[error("does not compile: {0}")]
     Compile(String),
-    #[error("ran past its deadline of {0} ms")]
+    #[error("used up its CPU budget of {0} fuel")]
+    CpuBudget(u64),
+    #[error("ran past its wall-clock deadline of {0} ms")]
     Timeout(u64),
     #[error("exceeded its memory limit: {0}")]
     OutOfMemory(String),
@@ -156,6 +158,7 @@ impl PluginRuntime {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
+        config.consume_fuel(true);
         config.max_wasm_stack(512 << 10);
         // A fresh instance per call is affordable only from a pool: slots are
         // reused and memory is reset copy-on-write instead of mapped anew.
@@ -263,7 +266,13 @@ impl PluginRuntime {
         result
     }
 
-    /// The deadline of a call with `viewers` viewers, in milliseconds.
+    /// The fuel budget of a call with `viewers` viewers.
+    pub fn fuel_budget(&self, viewers: usize) -> u64 {
+        let allowance = (viewers as u64).saturating_mul(self.settings.max_call_fuel_per_viewer);
+        self.settings.max_call_fuel.max(1).saturating_add(allowance)
+    }
+
+    /// The wall-clock deadline of a call with `viewers` viewers, in milliseconds.
     pub fn deadline_ms(&self, viewers: usize) -> u64 {
         let allowance = (viewers as u64).saturating_mul(self.settings.max_call_ns_per_viewer) / 1_000_000;
         self.settings.max_call_ms.max(1).saturating_add(allowance)
@@ -288,7 +297,10 @@ impl PluginRuntime {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
-        // Without a deadline set before the first call, the store traps at once.
+        // Fuel is the CPU limit that decides; the epoch deadline only backs it
+        // up in wall time. Without a deadline set before the first call, the
+        // store traps at once.
+        let _ = store.set_fuel(self.fuel_budget(viewer_count));
         store.set_epoch_deadline(self.deadline_ms(viewer_count) / EPOCH_TICK.as_millis() as u64 + 1);
         store.epoch_deadline_trap();
         store
@@ -301,6 +313,7 @@ impl PluginRuntime {
     /// Turns a wasmtime error into what went wrong in the plugin's terms.
     fn classify(&self, err: wasmtime::Error, viewers: usize) -> PluginError {
         match err.downcast_ref::<Trap>() {
+            Some(Trap::OutOfFuel) => PluginError::CpuBudget(self.fuel_budget(viewers)),
             Some(Trap::Interrupt) => PluginError::Timeout(self.deadline_ms(viewers)),
             Some(trap) => PluginError::Trap(trap.to_string()),
             // With trap_on_grow_failure the limiter's refusal is a plain error, not a Trap.
