@@ -3,10 +3,10 @@
 #   1. ingest and engine throughput under `drops-host simulate` load;
 #   2. peak memory while taking one heartbeat of 10 million viewers (~200 MB);
 #   3. hot reload latency: plugin file renamed into place -> new version serving.
-# Usage: benches/load.sh [channels=200] [viewers=1000] [minutes=10]
+# Usage: benches/load.sh [channels=200] [viewers=1000] [minutes=10] [sqlite_synchronous=full]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-channels=${1:-200} viewers=${2:-1000} minutes=${3:-10}
+channels=${1:-200} viewers=${2:-1000} minutes=${3:-10} sync=${4:-full}
 scripts/build-plugins.sh >/dev/null
 cargo build --quiet --release -p drops-host
 bin=target/release/drops-host
@@ -18,6 +18,7 @@ cat > "$work/drops-host.toml" <<TOML
 listen = "127.0.0.1:0"
 data_dir = "$work/data"
 rules_dir = "$work/rules"
+sqlite_synchronous = "$sync"
 [admin]
 token = "bench"
 TOML
@@ -28,7 +29,7 @@ for _ in $(seq 1 100); do grep -q listening "$work/stdout" && break; sleep 0.1; 
 url=$(sed -n 's/drops-host listening on //p' "$work/stdout")
 metric() { curl -s "$url/metrics" | awk -v m="$1" '$1==m {print $2}'; }
 
-echo "== 1. $channels channels x $viewers viewers x $minutes minutes, 4 in flight"
+echo "== 1. $channels channels x $viewers viewers x $minutes minutes, 4 in flight, sqlite_synchronous=$sync"
 "$bin" simulate --target "$url" --channels "$channels" --viewers "$viewers" --multi-viewers 0 \
   --minutes "$minutes" --speed 1000000 --concurrency 4 --verbose false
 expected=$((channels * viewers * minutes))

@@ -33,7 +33,7 @@ pub struct RunningHost {
 impl RunningHost {
     /// Starts everything `serve` runs.
     pub async fn start(settings: Settings, metrics: Option<PrometheusHandle>) -> anyhow::Result<RunningHost> {
-        let store = Arc::new(Store::connect(&settings.database_url()).await?);
+        let store = Arc::new(Store::connect_with(&settings.database_url(), settings.sqlite_synchronous).await?);
         store.migrate().await?;
         let runtime = Arc::new(PluginRuntime::new(settings.plugins.clone())?);
         let rules = {

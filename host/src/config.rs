@@ -21,11 +21,23 @@ pub struct Settings {
     pub rules_dir: PathBuf,
     /// Appends every event the engine evaluates to this JSON-lines file, for `replay`.
     pub record_events: Option<PathBuf>,
+    /// SQLite only: `full` (an acknowledged heartbeat survives a power cut:
+    /// one fsync per request) or `normal` (survives a crash of the process,
+    /// not of the machine; far faster on slow disks).
+    pub sqlite_synchronous: SqliteSynchronous,
     pub vhs: VhsSettings,
     pub admin: AdminSettings,
     pub manifests: ManifestSettings,
     pub engine: EngineSettings,
     pub plugins: PluginSettings,
+}
+
+/// SQLite's `synchronous` pragma, as offered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SqliteSynchronous {
+    Full,
+    Normal,
 }
 
 /// The VHS endpoint.
@@ -102,6 +114,7 @@ impl Default for Settings {
             database_url: None,
             rules_dir: PathBuf::from("rules"),
             record_events: None,
+            sqlite_synchronous: SqliteSynchronous::Full,
             vhs: VhsSettings::default(),
             admin: AdminSettings::default(),
             manifests: ManifestSettings::default(),
@@ -188,10 +201,12 @@ mod tests {
             jail.create_file("x.toml", "listen = \"127.0.0.1:9000\"\n[vhs]\ntoken = \"file\"\n")?;
             jail.set_env("DROPS_HOST_VHS__TOKEN", "env");
             jail.set_env("DROPS_HOST_MANIFESTS__FLUSH_INTERVAL_SECS", "3");
+            jail.set_env("DROPS_HOST_SQLITE_SYNCHRONOUS", "normal");
             let s = Settings::load(Some(Path::new("x.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(s.listen.port(), 9000);
             assert_eq!(s.vhs.token.as_deref(), Some("env"));
             assert_eq!(s.manifests.flush_interval_secs, 3);
+            assert_eq!(s.sqlite_synchronous, SqliteSynchronous::Normal);
             assert_eq!(s.database_url(), "sqlite://data/drops-host.db");
             Ok(())
         });

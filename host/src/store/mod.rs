@@ -19,6 +19,8 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 use tokio::sync::{Mutex, MutexGuard};
 
+use crate::config::SqliteSynchronous;
+
 pub use checkpoint::{Checkpoint, CheckpointWrite, WatchTimeRow};
 pub use grants::{GrantFilter, GrantRow, NewGrant};
 pub use history::{PluginVersion, RuleHistoryEntry};
@@ -57,8 +59,14 @@ pub struct Store {
 }
 
 impl Store {
-    /// Connects (creating a SQLite file and its folder if needed).
+    /// Connects (creating a SQLite file and its folder if needed), with
+    /// SQLite's strongest durability.
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        Store::connect_with(url, SqliteSynchronous::Full).await
+    }
+
+    /// Connects with the given SQLite durability (ignored for PostgreSQL).
+    pub async fn connect_with(url: &str, synchronous: SqliteSynchronous) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
@@ -77,10 +85,14 @@ impl Store {
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
-                        // WAL lets readers run beside the writer; FULL makes an
-                        // acknowledged heartbeat survive a power cut, not only a crash.
+                        // WAL lets readers run beside the writer; FULL (the default)
+                        // makes an acknowledged heartbeat survive a power cut, not only a crash.
                         conn.execute("PRAGMA journal_mode = WAL").await?;
-                        conn.execute("PRAGMA synchronous = FULL").await?;
+                        let pragma = match synchronous {
+                            SqliteSynchronous::Full => "PRAGMA synchronous = FULL",
+                            SqliteSynchronous::Normal => "PRAGMA synchronous = NORMAL",
+                        };
+                        conn.execute(pragma).await?;
                         conn.execute("PRAGMA busy_timeout = 10000").await?;
                     }
                     Ok(())
