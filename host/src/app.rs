@@ -87,12 +87,12 @@ impl RunningHost {
         };
         let engine_task = tokio::spawn(engine.run(engine_stop.clone()));
         let reload_stop = stop.clone();
-        let watcher = reloader.clone();
-        tokio::spawn(async move {
-            if let Err(e) = watcher.run(reload_stop).await {
-                tracing::error!("rules hot reload is off: cannot watch the rules directory: {e}");
+        match reloader.watch() {
+            Ok(watch) => {
+                tokio::spawn(reloader.clone().run(watch, reload_stop));
             }
-        });
+            Err(e) => tracing::error!("rules hot reload is off: cannot watch the rules directory: {e}"),
+        }
         let batcher_task = tokio::spawn(batcher.run(batcher_stop.clone()));
         if let Some(handle) = metrics {
             let stop = stop.clone();

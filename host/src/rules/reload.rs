@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use notify::event::{AccessKind, AccessMode};
-use notify::{Event, EventKind, RecursiveMode, Watcher};
+use notify::{Event, EventKind, RecursiveMode, Watcher as _};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
@@ -36,6 +36,12 @@ pub enum ReloadOutcome {
     Unchanged,
 }
 
+/// A live watch on the rules directory and its (undebounced) change events.
+pub struct Watch {
+    _watcher: notify::RecommendedWatcher,
+    events: tokio::sync::mpsc::UnboundedReceiver<()>,
+}
+
 /// Watches and reloads the rules directory.
 pub struct Reloader {
     pub dir: PathBuf,
@@ -52,12 +58,13 @@ impl Reloader {
         Reloader { dir, runtime, rules, store, lock: Mutex::new(()) }
     }
 
-    /// Watches until `stop`. Fails only if the directory cannot be watched.
-    pub async fn run(self: Arc<Self>, stop: CancellationToken) -> notify::Result<()> {
+    /// Starts watching the rules directory. Call it before serving, so no
+    /// change made after the first load can go unseen.
+    pub fn watch(&self) -> notify::Result<Watch> {
         for sub in ["campaigns", "plugins"] {
             std::fs::create_dir_all(self.dir.join(sub)).map_err(notify::Error::io)?;
         }
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, events) = tokio::sync::mpsc::unbounded_channel();
         let mut watcher = notify::recommended_watcher(move |event: notify::Result<Event>| match event {
             Ok(event) if changes_content(&event.kind) => {
                 let _ = tx.send(());
@@ -67,12 +74,19 @@ impl Reloader {
         })?;
         watcher.watch(&self.dir, RecursiveMode::Recursive)?;
         tracing::info!(dir = %self.dir.display(), "watching rules for changes");
+        Ok(Watch { _watcher: watcher, events })
+    }
+
+    /// Reloads on every (debounced) change until `stop`. Reloads once first:
+    /// a file written between the first load and the watch is picked up.
+    pub async fn run(self: Arc<Self>, mut watch: Watch, stop: CancellationToken) {
+        self.reload_now().await;
         loop {
             tokio::select! {
-                event = rx.recv() => if event.is_none() { return Ok(()) },
-                _ = stop.cancelled() => return Ok(()),
+                event = watch.events.recv() => if event.is_none() { return },
+                _ = stop.cancelled() => return,
             }
-            while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {}
+            while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, watch.events.recv()).await {}
             self.reload_now().await;
         }
     }
