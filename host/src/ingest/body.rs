@@ -71,6 +71,8 @@ pub fn parse(raw: impl Read, gzip: bool, limit: u64, signer: Option<&mut Signer>
         let mut inflated = Limited { inner: GzDecoder::new(&mut received), remaining: limit, exceeded: false };
         let result = parse_json(&mut inflated);
         if inflated.exceeded {
+            drop(inflated);
+            drain(&mut received.inner);
             return Err(BodyError::TooLarge { limit });
         }
         result
@@ -78,12 +80,22 @@ pub fn parse(raw: impl Read, gzip: bool, limit: u64, signer: Option<&mut Signer>
         parse_json(&mut received)
     };
     if received.exceeded {
+        drain(&mut received.inner);
         return Err(BodyError::TooLarge { limit });
     }
     let heartbeats = result?;
     // The signature covers every byte sent, trailing ones included.
     io::copy(&mut received, &mut io::sink()).map_err(|e| read_error(&e, received.exceeded, limit))?;
     Ok(heartbeats)
+}
+
+/// How much of an oversized body is read and discarded before answering 413:
+/// a sender still writing when the connection closes sees a broken pipe, not
+/// the answer. Beyond this the connection is dropped.
+pub const DRAIN_BYTES: u64 = 1 << 20;
+
+fn drain(reader: &mut impl Read) {
+    let _ = io::copy(&mut reader.take(DRAIN_BYTES), &mut io::sink());
 }
 
 fn read_error(e: &io::Error, exceeded: bool, limit: u64) -> BodyError {

@@ -7,7 +7,7 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap};
 use axum::Json;
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use time::OffsetDateTime;
 use tokio_util::io::{StreamReader, SyncIoBridge};
@@ -78,6 +78,15 @@ async fn ingest_inner(
     let limit = settings.max_body_bytes;
     if let Some(len) = header("content-length").and_then(|v| v.parse::<u64>().ok()) {
         if len > limit {
+            // Read (and drop) a little so the sender gets this answer rather than a broken pipe.
+            let mut stream = body.into_data_stream();
+            let mut drained = 0u64;
+            while let Some(Ok(chunk)) = stream.next().await {
+                drained += chunk.len() as u64;
+                if drained > body::DRAIN_BYTES {
+                    break;
+                }
+            }
             return Err(ApiError::too_large(limit));
         }
     }
