@@ -122,9 +122,17 @@ async fn rules_change_while_serving() {
     assert_eq!(t5.len(), 2);
     assert!(t5.iter().all(|g| g["campaign_revision"] == json!(sha(edited.as_bytes()))));
 
-    // Every heartbeat was evaluated exactly once across the swaps: 5 minutes each.
+    // Deleting the campaign file ends the campaign: later heartbeats grant nothing.
+    std::fs::remove_file(rules.join("campaigns/reload.toml")).unwrap();
+    wait_for(&host, "the campaign to go", |v| v["campaigns"].as_array().is_some_and(|c| c.is_empty())).await;
+    assert_eq!(host.post_vhs(None, &send(5)).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(host.grants().await.len(), 10);
+
+    // Every heartbeat was evaluated exactly once across the swaps: 5 minutes each
+    // while the campaign existed, none after.
     host.stop();
-    assert_eq!(host.database_totals().await, (10, 5));
+    assert_eq!(host.database_totals().await, (10, 6));
     assert!(host.log().contains("rules reloaded"), "the swaps are logged");
     if std::env::var_os("SHOW_RELOAD_LOG").is_some() {
         eprintln!("{}", host.log());
