@@ -14,7 +14,7 @@ use drops_host::engine::{evaluate, Evaluation, State};
 use drops_host::ingest::heartbeat::Heartbeat;
 use drops_host::plugins::{PluginRuntime, WitCampaign, WitHeartbeat, WitViewer};
 use drops_host::rules::RuleSet;
-use drops_host::store::InboxEvent;
+use drops_host::store::{Event, InboxEvent};
 use drops_plugin_sdk::Rule;
 
 const CONFIG: &str =
@@ -39,7 +39,13 @@ fn plugin_call(c: &mut Criterion) {
         group.throughput(Throughput::Elements(n as u64));
         let viewers: Vec<WitViewer> =
             (0..n).map(|i| WitViewer { handle: i as u32, minutes: (i % 40) as u32, counted: true }).collect();
-        let hb = WitHeartbeat { broadcaster: "b".into(), game: "G".into(), minute: 1, viewers_reported: n as u32 };
+        let hb = WitHeartbeat {
+            broadcaster: "b".into(),
+            game: "G".into(),
+            minute: 1,
+            viewers_reported: n as u32,
+            state_changed: None,
+        };
         let ids = Arc::new((0..n).map(|i| format!("viewer-{i}")).collect());
         group.bench_with_input(BenchmarkId::new("wasm", n), &viewers, |b, viewers| {
             let mut kv = Default::default();
@@ -56,6 +62,7 @@ fn plugin_call(c: &mut Criterion) {
             game: "G".into(),
             minute: 1,
             viewers_reported: n as u32,
+            state_changed: None,
         };
         group.bench_with_input(BenchmarkId::new("native", n), &native_viewers, |b, viewers| {
             // The wasm call parses the config each time too (a fresh instance per call).
@@ -98,7 +105,8 @@ fn engine_step(c: &mut Criterion) {
             .map(|m| {
                 let json = serde_json::json!({"id": format!("h{m}"), "broadcaster": "b", "game": "G",
                     "time": format!("2026-11-01T{:02}:{:02}:00Z", m / 60, m % 60), "viewer_list": viewers});
-                InboxEvent { seq: m as i64, heartbeat: serde_json::from_value::<Heartbeat>(json).unwrap() }
+                let heartbeat = serde_json::from_value::<Heartbeat>(json).unwrap();
+                InboxEvent { seq: m as i64, event: Event::Heartbeat(heartbeat) }
             })
             .collect();
         let mut state = State::default();

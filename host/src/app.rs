@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, AppState};
 use crate::config::Settings;
 use crate::engine::Engine;
+use crate::ingest::e2::E2Hub;
 use crate::manifests::Batcher;
 use crate::plugins::PluginRuntime;
 use crate::rules::reload::{record_history, Reloader};
@@ -54,6 +55,8 @@ impl RunningHost {
         let reloader =
             Arc::new(Reloader::new(settings.rules_dir.clone(), runtime.clone(), rules.clone(), store.clone()));
         record_history(&store, &rules.load()).await;
+        let stop = CancellationToken::new();
+        let e2 = Arc::new(E2Hub::new(settings.e2.clone(), store.clone(), inbox_notify.clone(), stop.clone()));
         let state = Arc::new(AppState {
             settings: settings.clone(),
             store: store.clone(),
@@ -62,9 +65,9 @@ impl RunningHost {
             metrics: metrics.clone(),
             reloader: reloader.clone(),
             paused: paused.clone(),
+            e2: e2.clone(),
         });
 
-        let stop = CancellationToken::new();
         let (engine_stop, batcher_stop) = (CancellationToken::new(), CancellationToken::new());
         let engine = Engine {
             store: store.clone(),
@@ -77,6 +80,7 @@ impl RunningHost {
             record_events: settings.record_events.clone(),
             breaker_failures: settings.plugins.breaker_failures,
             paused: paused.clone(),
+            watching_minutes: settings.e2.watching_window_secs.div_ceil(60).min(u32::MAX as u64) as u32,
         };
         let batcher = Batcher {
             store: store.clone(),
@@ -110,6 +114,9 @@ impl RunningHost {
         let task_store = store.clone();
         let task = tokio::spawn(async move {
             let served = server.await;
+            // Game servers were told to reconnect; wait for their last messages to be stored.
+            e2.tasks.close();
+            e2.tasks.wait().await;
             tracing::info!("HTTP stopped; draining the engine");
             engine_stop.cancel();
             let engine = engine_task.await;

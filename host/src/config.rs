@@ -30,6 +30,7 @@ pub struct Settings {
     pub manifests: ManifestSettings,
     pub engine: EngineSettings,
     pub plugins: PluginSettings,
+    pub e2: E2Settings,
 }
 
 /// SQLite's `synchronous` pragma, as offered.
@@ -85,6 +86,80 @@ pub struct EngineSettings {
     pub batch_events: u32,
 }
 
+/// The E2 game-state websocket (`GET /e2`). Limits default to the E2 guide's.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct E2Settings {
+    /// (client id, game id) pairs allowed to publish.
+    pub allowlist: Vec<E2Publisher>,
+    /// How tokens are checked: `static` (the `tokens` table, for development
+    /// and tests) or `twitch` (Twitch's validate endpoint). Unset: `static`
+    /// when `tokens` has entries, else `twitch`.
+    pub verifier: Option<TokenVerifierKind>,
+    /// Tokens the `static` verifier knows.
+    pub tokens: Vec<StaticToken>,
+    /// Base URL of Twitch's OAuth service (`<base>/oauth2/validate`).
+    pub twitch_auth_url: String,
+    /// How long a token Twitch validated is trusted before it is asked again.
+    pub token_cache_secs: u64,
+    /// Messages one connection may send per window (fixed window).
+    pub messages_per_window: u32,
+    /// The rate-limit window.
+    pub window_secs: u64,
+    /// A connection that sends nothing for this long is closed.
+    pub idle_timeout_secs: u64,
+    /// Largest connect or refresh message (full state), in bytes.
+    pub max_full_bytes: usize,
+    /// Largest delta message, in bytes.
+    pub max_delta_bytes: usize,
+    /// A heartbeat at most this old (or new) when game state changes says who
+    /// is watching the broadcaster now.
+    pub watching_window_secs: u64,
+    /// Connections held at once; beyond it new ones are told to reconnect later.
+    pub max_connections: usize,
+    /// The delay a reconnect message asks for (overload, shutdown, storage down).
+    pub reconnect_after_ms: u64,
+}
+
+/// A (client id, game id) pair allowed to publish game state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct E2Publisher {
+    pub client_id: String,
+    pub game_id: String,
+}
+
+/// Where E2 tokens are checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenVerifierKind {
+    Static,
+    Twitch,
+}
+
+/// What a token is: an app token (a game server) or a user token (a player).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenKind {
+    App,
+    User,
+}
+
+/// A token of the static table.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticToken {
+    pub token: String,
+    pub kind: TokenKind,
+    pub client_id: String,
+    /// The Twitch user a user token belongs to (its broadcaster).
+    #[serde(default)]
+    pub user_id: Option<String>,
+    /// After this the token is refused as expired.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub expires_at: Option<time::OffsetDateTime>,
+}
+
 /// Plugin sandbox limits.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -120,6 +195,27 @@ impl Default for Settings {
             manifests: ManifestSettings::default(),
             engine: EngineSettings::default(),
             plugins: PluginSettings::default(),
+            e2: E2Settings::default(),
+        }
+    }
+}
+
+impl Default for E2Settings {
+    fn default() -> Self {
+        E2Settings {
+            allowlist: Vec::new(),
+            verifier: None,
+            tokens: Vec::new(),
+            twitch_auth_url: "https://id.twitch.tv".into(),
+            token_cache_secs: 300,
+            messages_per_window: 60,
+            window_secs: 60,
+            idle_timeout_secs: 195,
+            max_full_bytes: 100_000,
+            max_delta_bytes: 20_000,
+            watching_window_secs: 120,
+            max_connections: 10_000,
+            reconnect_after_ms: 5_000,
         }
     }
 }

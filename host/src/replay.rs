@@ -7,11 +7,12 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use crate::engine::{evaluate, Evaluation, State};
+use crate::engine::{evaluate, Evaluation, RecordedGameState, State};
+use crate::ingest::game_state::GameStateEvent;
 use crate::ingest::heartbeat::Heartbeat;
 use crate::plugins::PluginRuntime;
 use crate::rules::RuleSet;
-use crate::store::InboxEvent;
+use crate::store::{Event, InboxEvent};
 
 /// Runs the replay and prints grants per campaign and reward.
 pub fn run(rules_dir: &Path, events: &Path) -> anyhow::Result<()> {
@@ -34,16 +35,18 @@ pub fn run(rules_dir: &Path, events: &Path) -> anyhow::Result<()> {
         if line.trim().is_empty() {
             continue;
         }
-        let de = &mut serde_json::Deserializer::from_str(&line);
-        let heartbeat: Heartbeat = serde_path_to_error::deserialize(de)
-            .map_err(|e| anyhow::anyhow!("line {}: {}: {}", i + 1, e.path(), e.inner()))?;
+        let event = parse_event(&line).map_err(|e| anyhow::anyhow!("line {}: {e}", i + 1))?;
         events_read += 1;
-        if !seen_ids.insert(heartbeat.id.0.clone()) {
+        let id = match &event {
+            Event::Heartbeat(hb) => hb.id.0.clone(),
+            Event::GameState(gs) => format!("e2:{}", gs.id),
+        };
+        if !seen_ids.insert(id) {
             duplicates += 1;
             continue;
         }
         let mut out = Evaluation::default();
-        evaluate(&mut state, &rules, &runtime, &InboxEvent { seq: events_read as i64, heartbeat }, &mut out);
+        evaluate(&mut state, &rules, &runtime, &InboxEvent { seq: events_read as i64, event }, &mut out);
         minutes += out.viewer_minutes;
         errors += out.plugin_errors;
         for g in out.grants {
@@ -62,6 +65,18 @@ pub fn run(rules_dir: &Path, events: &Path) -> anyhow::Result<()> {
         table.values().sum::<u64>()
     );
     Ok(())
+}
+
+/// One recorded line: a heartbeat as `/vhs` takes it, or `{"game_state": ...}`.
+fn parse_event(line: &str) -> Result<Event, String> {
+    let at = |e: serde_path_to_error::Error<serde_json::Error>| format!("{}: {}", e.path(), e.inner());
+    let de = &mut serde_json::Deserializer::from_str(line);
+    if line.trim_start().starts_with(r#"{"game_state""#) {
+        let recorded: RecordedGameState<GameStateEvent> = serde_path_to_error::deserialize(de).map_err(at)?;
+        Ok(Event::GameState(recorded.game_state))
+    } else {
+        Ok(Event::Heartbeat(serde_path_to_error::deserialize::<_, Heartbeat>(de).map_err(at)?))
+    }
 }
 
 /// A progress bar on stderr, drawn only when stderr is a terminal.

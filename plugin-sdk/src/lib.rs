@@ -41,7 +41,7 @@ extern crate self as drops_plugin_sdk;
 
 use serde::de::DeserializeOwned;
 
-/// Generated bindings for the `drops:rules@0.1.0` world.
+/// Generated bindings for the `drops:rules@0.2.0` world.
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
@@ -58,12 +58,14 @@ pub mod bindings {
 pub use wit_bindgen as __wit_bindgen;
 
 pub use bindings::drops::rules::host::Level;
-pub use bindings::exports::drops::rules::rule::{Campaign, Grant, Heartbeat, Viewer};
+pub use bindings::exports::drops::rules::rule::{Campaign, GameState, Grant, Heartbeat, HeartbeatVerdict, Viewer};
 
 /// The interface version this SDK builds plugins for.
-pub const INTERFACE_VERSION: &str = "0.1.0";
+pub const INTERFACE_VERSION: &str = "0.2.0";
 
-/// A reward rule: a config type and the decision for each heartbeat.
+/// A reward rule: a config type and its decisions for heartbeats (time-based
+/// rewards) and game-state changes (event-based rewards). Every hook but the
+/// config type has a default, so a rule implements only what it uses.
 pub trait Rule {
     /// The campaign's `[rule] config` table, deserialized.
     type Config: DeserializeOwned;
@@ -73,13 +75,50 @@ pub trait Rule {
         Ok(())
     }
 
+    /// Whether a heartbeat's new minutes count toward the campaign's
+    /// watch-time. When it says no, [`Rule::on_heartbeat`] sees every viewer's
+    /// progress as it was before the heartbeat, and the host stores that.
+    fn minutes_count(_config: &Self::Config, _campaign: &Campaign, _heartbeat: &Heartbeat) -> bool {
+        true
+    }
+
     /// Decides the grants for one heartbeat of a campaign.
     fn on_heartbeat(
-        config: &Self::Config,
-        campaign: &Campaign,
-        heartbeat: &Heartbeat,
-        viewers: &[Viewer],
-    ) -> Vec<Grant>;
+        _config: &Self::Config,
+        _campaign: &Campaign,
+        _heartbeat: &Heartbeat,
+        _viewers: &[Viewer],
+    ) -> Vec<Grant> {
+        Vec::new()
+    }
+
+    /// Decides the grants for a change of a broadcaster's game state; `viewers`
+    /// are the ones watching that broadcaster now, with their progress.
+    fn on_game_state(
+        _config: &Self::Config,
+        _campaign: &Campaign,
+        _change: &GameState,
+        _viewers: &[Viewer],
+    ) -> Vec<Grant> {
+        Vec::new()
+    }
+}
+
+impl GameState {
+    /// The state before the change (`{}` when there was none).
+    pub fn previous_value(&self) -> serde_json::Value {
+        serde_json::from_str(&self.previous).unwrap_or_default()
+    }
+
+    /// The state after the change.
+    pub fn current_value(&self) -> serde_json::Value {
+        serde_json::from_str(&self.current).unwrap_or_default()
+    }
+
+    /// Whether top-level `key` changed.
+    pub fn changed(&self, key: &str) -> bool {
+        self.changed.iter().any(|k| k == key)
+    }
 }
 
 impl Campaign {
@@ -185,7 +224,7 @@ pub mod testing {
     use std::cell::RefCell;
     use std::collections::HashMap;
 
-    use crate::{Heartbeat, Viewer};
+    use crate::{GameState, Heartbeat, Viewer};
 
     thread_local! {
         pub(crate) static STATE: RefCell<HashMap<String, Vec<u8>>> = RefCell::new(HashMap::new());
@@ -202,9 +241,42 @@ pub mod testing {
         VIEWER_IDS.with(|v| *v.borrow_mut() = ids.iter().map(|s| s.to_string()).collect());
     }
 
-    /// A heartbeat of `broadcaster` in `game` at unix minute `minute`.
+    /// A heartbeat of `broadcaster` in `game` at unix minute `minute`, with no game state.
     pub fn heartbeat(broadcaster: &str, game: &str, minute: u32) -> Heartbeat {
-        Heartbeat { broadcaster: broadcaster.into(), game: game.into(), minute, viewers_reported: 0 }
+        Heartbeat {
+            broadcaster: broadcaster.into(),
+            game: game.into(),
+            minute,
+            viewers_reported: 0,
+            state_changed: None,
+        }
+    }
+
+    /// A game-state change of `broadcaster` at unix minute `minute`, from an
+    /// app token, with the changed top-level keys worked out as the host does.
+    pub fn game_state(broadcaster: &str, minute: u32, previous: &str, current: &str) -> GameState {
+        let (before, after): (serde_json::Value, serde_json::Value) =
+            (serde_json::from_str(previous).unwrap_or_default(), serde_json::from_str(current).unwrap_or_default());
+        let empty = serde_json::Map::new();
+        let (b, a) = (before.as_object().unwrap_or(&empty), after.as_object().unwrap_or(&empty));
+        let mut changed: Vec<String> = b.keys().chain(a.keys()).filter(|k| b.get(*k) != a.get(*k)).cloned().collect();
+        changed.sort();
+        changed.dedup();
+        GameState {
+            broadcaster: broadcaster.into(),
+            twitch_user_id: format!("twitch-{broadcaster}"),
+            game_id: "game".into(),
+            minute,
+            previous: previous.into(),
+            current: current.into(),
+            changed,
+            authoritative: true,
+        }
+    }
+
+    /// Viewers watching now (handles 0..) with the given campaign minutes, as `on-game-state` gets them.
+    pub fn watching(minutes: &[u32]) -> Vec<Viewer> {
+        minutes.iter().enumerate().map(|(i, &m)| Viewer { handle: i as u32, minutes: m, counted: false }).collect()
     }
 
     /// Viewers with handles 0.. and the given campaign minutes, all counted.
@@ -225,15 +297,36 @@ pub fn __validate<R: Rule>(campaign: Campaign) -> Result<(), String> {
     R::validate(&config, &campaign)
 }
 
-#[doc(hidden)]
-pub fn __on_heartbeat<R: Rule>(
+/// Runs a rule's heartbeat hooks as the host calls them; public so that
+/// native tests see exactly what the host would get.
+pub fn decide_heartbeat<R: Rule>(
     campaign: Campaign,
     heartbeat: Heartbeat,
+    mut viewers: Vec<Viewer>,
+) -> Result<HeartbeatVerdict, String> {
+    install_panic_hook();
+    let config = parse_config::<R>(&campaign)?;
+    let count_minutes = R::minutes_count(&config, &campaign, &heartbeat);
+    if !count_minutes {
+        // The host keeps the progress from before the heartbeat; show the rule the same.
+        for v in &mut viewers {
+            v.minutes = v.minutes.saturating_sub(u32::from(v.counted));
+            v.counted = false;
+        }
+    }
+    let grants = R::on_heartbeat(&config, &campaign, &heartbeat, &viewers);
+    Ok(HeartbeatVerdict { count_minutes, grants })
+}
+
+/// Runs a rule's game-state hook as the host calls it.
+pub fn decide_game_state<R: Rule>(
+    campaign: Campaign,
+    change: GameState,
     viewers: Vec<Viewer>,
 ) -> Result<Vec<Grant>, String> {
     install_panic_hook();
     let config = parse_config::<R>(&campaign)?;
-    Ok(R::on_heartbeat(&config, &campaign, &heartbeat, &viewers))
+    Ok(R::on_game_state(&config, &campaign, &change, &viewers))
 }
 
 /// Panics abort a wasm32-unknown-unknown module with the message lost, so the
@@ -264,12 +357,20 @@ macro_rules! export_rule {
                 campaign: $crate::Campaign,
                 heartbeat: $crate::Heartbeat,
                 viewers: ::std::vec::Vec<$crate::Viewer>,
+            ) -> ::core::result::Result<$crate::HeartbeatVerdict, ::std::string::String> {
+                $crate::decide_heartbeat::<$rule>(campaign, heartbeat, viewers)
+            }
+
+            fn on_game_state(
+                campaign: $crate::Campaign,
+                change: $crate::GameState,
+                viewers: ::std::vec::Vec<$crate::Viewer>,
             ) -> ::core::result::Result<::std::vec::Vec<$crate::Grant>, ::std::string::String> {
-                $crate::__on_heartbeat::<$rule>(campaign, heartbeat, viewers)
+                $crate::decide_game_state::<$rule>(campaign, change, viewers)
             }
         }
 
-        // Export names such as `drops:rules/rule@0.1.0#on-heartbeat` only link
+        // Export names such as `drops:rules/rule@0.2.0#on-heartbeat` only link
         // on wasm; natively the rule stays a plain, testable Rust type.
         #[cfg(target_arch = "wasm32")]
         $crate::bindings::__export_rules!(__DropsRuleExport with_types_in $crate::bindings);

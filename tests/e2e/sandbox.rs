@@ -13,11 +13,12 @@ use crate::helpers::{heartbeat, plugin_path, tiers_campaign, Backend, HostConfig
 fn call(runtime: &PluginRuntime, plugin: &drops_host::plugins::Plugin, mode: &str) -> Result<usize, PluginError> {
     let campaign =
         WitCampaign { id: "c".into(), rewards: vec!["r".into()], config: json!({ "mode": mode }).to_string() };
-    let hb = WitHeartbeat { broadcaster: "b".into(), game: "G".into(), minute: 1, viewers_reported: 2 };
+    let hb =
+        WitHeartbeat { broadcaster: "b".into(), game: "G".into(), minute: 1, viewers_reported: 2, state_changed: None };
     let viewers =
         [WitViewer { handle: 0, minutes: 1, counted: true }, WitViewer { handle: 1, minutes: 1, counted: true }];
     let ids = Arc::new(["v0".to_string(), "v1".to_string()].into_iter().collect());
-    runtime.on_heartbeat(plugin, &campaign, &hb, &viewers, ids, &mut Default::default()).map(|g| g.len())
+    runtime.on_heartbeat(plugin, &campaign, &hb, &viewers, ids, &mut Default::default()).map(|v| v.grants.len())
 }
 
 #[test]
@@ -68,7 +69,7 @@ fn plugins_that_reach_outside_the_rules_world_are_refused() {
     let future =
         wat::parse_str(r#"(module (import "drops:rules/host@0.9.0" "log" (func (param i32 i32 i32))))"#).unwrap();
     let err = runtime.load("future", &future).unwrap_err();
-    assert_eq!(err.to_string(), "built for interface drops:rules@0.9.0, but this host supports drops:rules@0.1.0");
+    assert_eq!(err.to_string(), "built for interface drops:rules@0.9.0, but this host supports drops:rules@0.2.0");
     assert_eq!(runtime.load("junk", b"not wasm").unwrap_err(), PluginError::NotWasm);
     let bare = wat::parse_str("(module)").unwrap();
     assert_eq!(runtime.load("bare", &bare).unwrap_err(), PluginError::MissingExport);

@@ -16,10 +16,14 @@ use subtle::ConstantTimeEq;
 use super::{ApiError, AppState};
 use crate::engine::breaker::Paused;
 use crate::rules::LoadError;
-use crate::store::{GrantFilter, GrantRow, ManifestRow, PluginVersion, RuleHistoryEntry};
+use crate::store::{AccountLink, GrantFilter, GrantRow, ManifestRow, PluginVersion, RuleHistoryEntry};
 
 /// Largest plugin upload.
 const MAX_PLUGIN_BYTES: usize = 32 << 20;
+/// Largest bulk link upload (about half a million links).
+const MAX_LINKS_BYTES: usize = 64 << 20;
+/// Longest Twitch user id or game account id accepted.
+const MAX_ID_BYTES: usize = 256;
 
 pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
     Router::new()
@@ -31,6 +35,7 @@ pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/plugins/{name}", put(upload_plugin).layer(DefaultBodyLimit::max(MAX_PLUGIN_BYTES)))
         .route("/plugins/{name}/versions", get(plugin_versions))
         .route("/plugins/{name}/rollback", post(rollback_plugin))
+        .route("/links", put(put_links).get(get_links).layer(DefaultBodyLimit::max(MAX_LINKS_BYTES)))
         .route_layer(middleware::from_fn_with_state(state, require_token))
 }
 
@@ -55,6 +60,77 @@ async fn grants(
     Query(filter): Query<GrantFilter>,
 ) -> Result<Json<Vec<GrantRow>>, ApiError> {
     app.store.list_grants(&filter).await.map(Json).map_err(ApiError::unavailable)
+}
+
+#[derive(Serialize)]
+struct Linked {
+    linked: u64,
+}
+
+/// `PUT /v1/links`: registers one link or a JSON array of them, all or none.
+async fn put_links(State(app): State<Arc<AppState>>, body: Bytes) -> Result<Json<Linked>, ApiError> {
+    let links = parse_links(&body)?;
+    let linked = app.store.put_links(&links).await.map_err(ApiError::unavailable)?;
+    metrics::counter!("drops_links_put_total").increment(linked);
+    Ok(Json(Linked { linked }))
+}
+
+fn parse_links(body: &[u8]) -> Result<Vec<AccountLink>, ApiError> {
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| ApiError::bad_request("", format!("not JSON: {e}")))?;
+    let (links, many) = match value {
+        serde_json::Value::Array(_) => {
+            let links: Vec<AccountLink> = serde_path_to_error::deserialize(value)
+                .map_err(|e| ApiError::bad_request(e.path().to_string(), e.inner().to_string()))?;
+            (links, true)
+        }
+        _ => {
+            let link: AccountLink = serde_path_to_error::deserialize(value)
+                .map_err(|e| ApiError::bad_request(e.path().to_string(), e.inner().to_string()))?;
+            (vec![link], false)
+        }
+    };
+    let mut seen = std::collections::HashMap::new();
+    for (i, link) in links.iter().enumerate() {
+        let at = |field: &str| if many { format!("[{i}].{field}") } else { field.to_string() };
+        for (field, value) in [("twitch_user_id", &link.twitch_user_id), ("game_account_id", &link.game_account_id)] {
+            if value.trim().is_empty() {
+                return Err(ApiError::bad_request(at(field), "must not be empty"));
+            }
+            if value.len() > MAX_ID_BYTES {
+                return Err(ApiError::bad_request(at(field), format!("longer than {MAX_ID_BYTES} bytes")));
+            }
+        }
+        if let Some(other) = seen.insert(&link.twitch_user_id, &link.game_account_id) {
+            if other != &link.game_account_id {
+                return Err(ApiError::bad_request(
+                    at("twitch_user_id"),
+                    format!("`{}` is linked twice in this request, to different accounts", link.twitch_user_id),
+                ));
+            }
+        }
+    }
+    Ok(links)
+}
+
+#[derive(serde::Deserialize)]
+struct LinkQuery {
+    twitch_user_id: Option<String>,
+    game_account_id: Option<String>,
+    limit: Option<u32>,
+}
+
+/// `GET /v1/links?twitch_user_id=...` (or `game_account_id`, or neither for all, `limit` up to 10,000).
+async fn get_links(
+    State(app): State<Arc<AppState>>,
+    Query(q): Query<LinkQuery>,
+) -> Result<Json<Vec<AccountLink>>, ApiError> {
+    let limit = q.limit.unwrap_or(1000).min(10_000);
+    app.store
+        .links(q.twitch_user_id.as_deref(), q.game_account_id.as_deref(), limit)
+        .await
+        .map(Json)
+        .map_err(ApiError::unavailable)
 }
 
 async fn manifests(State(app): State<Arc<AppState>>) -> Result<Json<Vec<ManifestRow>>, ApiError> {

@@ -1,4 +1,4 @@
-//! The HTTP surface: VHS ingest, health, metrics and the admin API.
+//! The HTTP surface: VHS and E2 ingest, health, metrics and the admin API.
 
 mod admin;
 mod error;
@@ -21,6 +21,7 @@ use std::collections::BTreeMap;
 
 use crate::config::Settings;
 use crate::engine::breaker::Paused;
+use crate::ingest::e2::{self, E2Hub};
 use crate::ingest::vhs;
 use crate::rules::reload::Reloader;
 use crate::rules::RuleSet;
@@ -37,6 +38,8 @@ pub struct AppState {
     pub reloader: Arc<Reloader>,
     /// Campaigns paused by their circuit breaker, as the engine last published.
     pub paused: Arc<ArcSwap<BTreeMap<String, Paused>>>,
+    /// The E2 game-state endpoint.
+    pub e2: Arc<E2Hub>,
 }
 
 /// Builds the router.
@@ -46,6 +49,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/vhs/{token}", post(vhs::post_with_token))
         // The VHS handler streams and bounds the body itself (vhs.max_body_bytes).
         .layer(DefaultBodyLimit::disable())
+        .route("/e2", get(e2::upgrade))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

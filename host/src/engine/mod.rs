@@ -7,6 +7,7 @@
 //! rebuilds the same state and adds no grant twice.
 
 pub mod breaker;
+pub mod broadcasters;
 pub mod campaign_state;
 pub mod watch_time;
 
@@ -20,10 +21,13 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::EngineSettings;
-use crate::plugins::{PluginRuntime, WitHeartbeat, WitViewer};
+use crate::ingest::game_state::GameStateEvent;
+use crate::ingest::heartbeat::{Heartbeat, ViewerList};
+use crate::plugins::{PluginError, PluginRuntime, WitGameState, WitGrant, WitHeartbeat, WitViewer};
 use crate::rules::{LoadedCampaign, RuleSet};
-use crate::store::{Checkpoint, CheckpointWrite, InboxEvent, NewGrant, Store, StoreError};
+use crate::store::{Checkpoint, CheckpointWrite, Event, InboxEvent, NewGrant, Store, StoreError};
 use breaker::{Breakers, Paused};
+use broadcasters::Broadcasters;
 use campaign_state::CampaignKv;
 use watch_time::WatchTime;
 
@@ -35,6 +39,8 @@ pub struct State {
     pub campaign_state: HashMap<String, CampaignKv>,
     /// Campaigns paused by failing plugins.
     pub breakers: Breakers,
+    /// Game state and viewers per broadcaster.
+    pub broadcasters: Broadcasters,
 }
 
 impl State {
@@ -48,7 +54,12 @@ impl State {
         for (campaign, paused) in checkpoint.breakers {
             breakers.restore(campaign, paused);
         }
-        State { watch_time: WatchTime::restore(checkpoint.watch_time), campaign_state, breakers }
+        State {
+            watch_time: WatchTime::restore(checkpoint.watch_time),
+            campaign_state,
+            breakers,
+            broadcasters: Broadcasters::restore(checkpoint.game_state, checkpoint.watchers),
+        }
     }
 
     /// Changed rules' state: (campaign, key, value or None to delete).
@@ -65,6 +76,7 @@ impl State {
     /// Forgets what changed, after a checkpoint saved it.
     pub fn clear_dirty(&mut self) {
         self.watch_time.clear_dirty();
+        self.broadcasters.clear_dirty();
         for kv in self.campaign_state.values_mut() {
             kv.clear_dirty();
         }
@@ -80,59 +92,163 @@ pub struct Evaluation {
     pub grants: Vec<NewGrant>,
     pub viewer_minutes: u64,
     pub plugin_errors: u64,
+    /// Game-state changes evaluated (per campaign).
+    pub state_changes: u64,
 }
 
-/// Evaluates one event against the rule set, updating watch-time.
+/// Evaluates one event against the rule set, updating the engine's state.
 pub fn evaluate(state: &mut State, rules: &RuleSet, runtime: &PluginRuntime, event: &InboxEvent, out: &mut Evaluation) {
-    for campaign in rules.matching(&event.heartbeat) {
-        if !state.breakers.is_paused(&campaign.def.id) {
-            evaluate_campaign(state, campaign, runtime, event, out);
+    match &event.event {
+        Event::Heartbeat(hb) => {
+            state.broadcasters.saw_heartbeat(event.seq, hb);
+            for campaign in rules.matching(hb) {
+                if !state.breakers.is_paused(&campaign.def.id) {
+                    evaluate_heartbeat(state, campaign, runtime, event.seq, hb, out);
+                }
+            }
         }
+        Event::GameState(change) => evaluate_game_state(state, rules, runtime, event.seq, change, out),
     }
 }
 
-/// Evaluates one event for one campaign: counts watch-time, calls the plugin,
-/// and feeds the outcome to the campaign's circuit breaker.
-pub fn evaluate_campaign(
+/// Evaluates one event for one campaign alone (a campaign catching up after
+/// a pause). Game-state changes are not evaluated again: the state before
+/// them is gone by then.
+pub fn evaluate_for(
     state: &mut State,
     campaign: &LoadedCampaign,
     runtime: &PluginRuntime,
     event: &InboxEvent,
     out: &mut Evaluation,
 ) {
-    let hb = &event.heartbeat;
+    if let Event::Heartbeat(hb) = &event.event {
+        if campaign.matches(hb) {
+            evaluate_heartbeat(state, campaign, runtime, event.seq, hb, out);
+        }
+    }
+}
+
+/// Evaluates one heartbeat for one campaign: the plugin decides, on the
+/// viewers' progress as it would be, whether the minutes count and what to
+/// grant; the outcome also feeds the campaign's circuit breaker.
+fn evaluate_heartbeat(
+    state: &mut State,
+    campaign: &LoadedCampaign,
+    runtime: &PluginRuntime,
+    seq: i64,
+    hb: &Heartbeat,
+    out: &mut Evaluation,
+) {
     let minute = hb.minute();
     let campaign_id = &campaign.def.id;
-    let mut viewers = Vec::with_capacity(hb.viewer_list.len());
-    for (handle, viewer_id) in hb.viewer_list.iter().enumerate() {
-        let (progress, counted) = state.watch_time.count(campaign_id, viewer_id, minute.0);
-        out.viewer_minutes += counted as u64;
-        viewers.push(WitViewer { handle: handle as u32, minutes: progress.minutes, counted });
-    }
+    let tentative = state.watch_time.tentative(campaign_id, hb.viewer_list.iter(), minute.0);
+    let viewers: Vec<WitViewer> = tentative
+        .iter()
+        .enumerate()
+        .map(|(handle, (progress, counted))| WitViewer { handle: handle as u32, minutes: progress.minutes, counted })
+        .collect();
     let wit_hb = WitHeartbeat {
         broadcaster: hb.broadcaster.0.clone(),
         game: hb.game.0.clone(),
         minute: minute.0,
         viewers_reported: hb.viewers.min(u32::MAX as u64) as u32,
+        state_changed: state.broadcasters.state_changed(&hb.broadcaster.0),
     };
     let span = tracing::debug_span!("evaluate", heartbeat = %hb.id, broadcaster = %hb.broadcaster, campaign = %campaign_id, plugin = %campaign.plugin.hash);
     let _enter = span.enter();
-    let kv = match state.campaign_state.get_mut(campaign_id) {
-        Some(kv) => kv,
-        None => state.campaign_state.entry(campaign_id.clone()).or_default(),
-    };
-    match runtime.on_heartbeat(&campaign.plugin, &campaign.wit, &wit_hb, &viewers, hb.viewer_list.clone(), kv) {
+    let kv = campaign_kv(&mut state.campaign_state, campaign_id);
+    let verdict = runtime.on_heartbeat(&campaign.plugin, &campaign.wit, &wit_hb, &viewers, hb.viewer_list.clone(), kv);
+    let grants = verdict.map(|verdict| {
+        if verdict.count_minutes {
+            out.viewer_minutes += state.watch_time.commit(campaign_id, &tentative);
+        }
+        verdict.grants
+    });
+    let made = Made { seq, broadcaster: &hb.broadcaster.0, minute: minute.0, viewers: &hb.viewer_list };
+    settle(state, campaign, made, grants, out);
+}
+
+/// Evaluates a game-state message: applies it to each broadcaster's state
+/// and, where it changed something, asks every campaign it concerns.
+fn evaluate_game_state(
+    state: &mut State,
+    rules: &RuleSet,
+    runtime: &PluginRuntime,
+    seq: i64,
+    event: &GameStateEvent,
+    out: &mut Evaluation,
+) {
+    let minute = event.minute();
+    for publisher in &event.broadcasters {
+        let Some(change) = state.broadcasters.apply(publisher, event) else { continue };
+        let broadcaster = &publisher.account_id;
+        let watching = state.broadcasters.watching_now(broadcaster, minute).unwrap_or_default();
+        let wit_change = WitGameState {
+            broadcaster: broadcaster.clone(),
+            twitch_user_id: publisher.twitch_user_id.clone(),
+            game_id: event.game_id.clone(),
+            minute,
+            previous: change.previous.to_string(),
+            current: change.current.to_string(),
+            changed: change.changed,
+            authoritative: event.authoritative,
+        };
+        for campaign in rules.matching_game_state(event, broadcaster) {
+            let campaign_id = &campaign.def.id;
+            if state.breakers.is_paused(campaign_id) {
+                continue;
+            }
+            let viewers: Vec<WitViewer> = watching
+                .iter()
+                .enumerate()
+                .map(|(handle, id)| {
+                    let minutes = state.watch_time.progress(campaign_id, id).minutes;
+                    WitViewer { handle: handle as u32, minutes, counted: false }
+                })
+                .collect();
+            let span = tracing::debug_span!("evaluate", game_state = %event.id, broadcaster = %broadcaster, campaign = %campaign_id, plugin = %campaign.plugin.hash);
+            let _enter = span.enter();
+            let kv = campaign_kv(&mut state.campaign_state, campaign_id);
+            let grants =
+                runtime.on_game_state(&campaign.plugin, &campaign.wit, &wit_change, &viewers, watching.clone(), kv);
+            out.state_changes += 1;
+            let made = Made { seq, broadcaster, minute, viewers: &watching };
+            settle(state, campaign, made, grants, out);
+        }
+    }
+}
+
+fn campaign_kv<'a>(states: &'a mut HashMap<String, CampaignKv>, campaign_id: &str) -> &'a mut CampaignKv {
+    states.entry(campaign_id.to_string()).or_default()
+}
+
+/// The event a call's grants come from.
+struct Made<'a> {
+    seq: i64,
+    broadcaster: &'a str,
+    minute: u32,
+    viewers: &'a ViewerList,
+}
+
+/// Records a call's grants, or its failure, and tells the circuit breaker.
+fn settle(
+    state: &mut State,
+    campaign: &LoadedCampaign,
+    made: Made<'_>,
+    grants: Result<Vec<WitGrant>, PluginError>,
+    out: &mut Evaluation,
+) {
+    let campaign_id = &campaign.def.id;
+    match grants {
         Ok(grants) => {
             state.breakers.success(campaign_id);
-            for g in grants {
-                out.grants.push(new_grant(campaign, event, g.viewer, g.reward, g.key));
-            }
+            out.grants.extend(grants.into_iter().map(|g| new_grant(campaign, &made, g)));
         }
         Err(err) => {
             out.plugin_errors += 1;
             tracing::warn!(campaign = %campaign_id, plugin = %campaign.plugin.name, "plugin call failed: {err}");
             let (hash, revision) = (&campaign.plugin.hash.0, &campaign.revision);
-            if state.breakers.failure(campaign_id, event.seq, hash, revision, err.to_string()) {
+            if state.breakers.failure(campaign_id, made.seq, hash, revision, err.to_string()) {
                 metrics::counter!("drops_breaker_opened_total", "campaign" => campaign_id.clone()).increment(1);
                 tracing::error!(campaign = %campaign_id, plugin = %campaign.plugin.name, plugin_hash = %hash,
                     "circuit breaker open: campaign paused until a new plugin version or campaign revision; its events are kept");
@@ -141,22 +257,22 @@ pub fn evaluate_campaign(
     }
 }
 
-fn new_grant(campaign: &LoadedCampaign, event: &InboxEvent, viewer: u32, reward: u32, key: Option<String>) -> NewGrant {
-    let hb = &event.heartbeat;
+fn new_grant(campaign: &LoadedCampaign, made: &Made<'_>, g: WitGrant) -> NewGrant {
     // Both indexes were checked against the call's input by the runtime.
     NewGrant {
         campaign_id: campaign.def.id.clone(),
-        reward_id: campaign.wit.rewards[reward as usize].clone(),
-        user_id: hb.viewer_list.get(viewer as usize).unwrap_or_default().to_string(),
-        grant_key: key.unwrap_or_default(),
-        broadcaster_id: hb.broadcaster.0.clone(),
-        game: hb.game.0.clone(),
+        reward_id: campaign.wit.rewards[g.reward as usize].clone(),
+        user_id: made.viewers.get(g.viewer as usize).unwrap_or_default().to_string(),
+        grant_key: g.key.unwrap_or_default(),
+        broadcaster_id: made.broadcaster.to_string(),
+        // Twitch's manifests name the game as VHS reports it.
+        game: campaign.def.game.clone(),
         client_id: campaign.def.client_id.clone(),
         reason: REASON_WATCHING,
         campaign_revision: campaign.revision.clone(),
         plugin_hash: campaign.plugin.hash.0.clone(),
-        inbox_seq: event.seq,
-        event_minute: hb.minute().0,
+        inbox_seq: made.seq,
+        event_minute: made.minute,
     }
 }
 
@@ -178,6 +294,8 @@ pub struct Engine {
     pub breaker_failures: u32,
     /// The paused campaigns, published for the admin API.
     pub paused: Arc<ArcSwap<BTreeMap<String, Paused>>>,
+    /// A heartbeat this many minutes from a game-state change says who watches.
+    pub watching_minutes: u32,
 }
 
 /// A failure the engine cannot go on from.
@@ -191,7 +309,14 @@ pub enum EngineError {
     Record { path: std::path::PathBuf, source: std::io::Error },
 }
 
-/// Appends evaluated events to a JSON-lines file in the shape `/vhs` takes.
+/// How a game-state event is recorded: beside heartbeats, told apart by its key.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct RecordedGameState<T> {
+    pub game_state: T,
+}
+
+/// Appends evaluated events to a JSON-lines file: heartbeats in the shape
+/// `/vhs` takes, game-state messages as `{"game_state": ...}`.
 /// After a crash, events replayed from the checkpoint are recorded again;
 /// `replay` skips repeated ids, as the host does.
 struct Recorder {
@@ -214,7 +339,12 @@ impl Recorder {
         let result = events
             .iter()
             .try_for_each(|e| {
-                serde_json::to_writer(&mut self.out, &e.heartbeat)?;
+                match &e.event {
+                    Event::Heartbeat(hb) => serde_json::to_writer(&mut self.out, hb)?,
+                    Event::GameState(gs) => {
+                        serde_json::to_writer(&mut self.out, &RecordedGameState { game_state: gs })?
+                    }
+                }
                 self.out.write_all(b"\n")?;
                 Ok::<_, std::io::Error>(())
             })
@@ -232,6 +362,7 @@ impl Engine {
         let checkpoint = retry(|| self.store.load_checkpoint(), &stop).await?;
         let mut cursor = checkpoint.inbox_seq;
         let mut state = State::restore(checkpoint, self.breaker_failures);
+        state.broadcasters.watching_minutes = self.watching_minutes;
         tracing::info!(inbox_seq = cursor, paused = state.breakers.paused().len(), "engine resumed from checkpoint");
         let interval = Duration::from_secs(self.settings.checkpoint_interval_secs.max(1));
         let mut last_checkpoint = Instant::now();
@@ -332,9 +463,7 @@ impl Engine {
                         if state.breakers.is_paused(&campaign.def.id) {
                             break;
                         }
-                        if campaign.matches(&event.heartbeat) {
-                            evaluate_campaign(&mut state, &campaign, &runtime, event, &mut out);
-                        }
+                        evaluate_for(&mut state, &campaign, &runtime, event, &mut out);
                     }
                     (state, out)
                 })
@@ -358,6 +487,7 @@ impl Engine {
     async fn checkpoint(&self, state: &mut State, cursor: i64, stop: &CancellationToken) -> Result<(), EngineError> {
         let rows = state.watch_time.dirty_rows();
         let kv = state.dirty_campaign_state();
+        let (game_state, watchers) = state.broadcasters.dirty_rows();
         let breakers: Vec<(String, Paused)> =
             state.breakers.paused().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let write = CheckpointWrite {
@@ -366,6 +496,8 @@ impl Engine {
             campaign_state: &kv,
             breakers: &breakers,
             keep_from_seq: state.breakers.oldest_needed(),
+            game_state: &game_state,
+            watchers: &watchers,
         };
         retry(|| self.store.save_checkpoint(&write), stop).await?;
         state.clear_dirty();

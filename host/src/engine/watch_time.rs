@@ -81,6 +81,19 @@ impl Interner {
     }
 }
 
+/// Each viewer's progress were a minute counted, in the order given.
+#[derive(Debug, Default)]
+pub struct Tentative {
+    rows: Vec<(u32, Progress, bool)>,
+}
+
+impl Tentative {
+    /// (progress after the minute, whether the minute is new), per viewer.
+    pub fn iter(&self) -> impl Iterator<Item = (Progress, bool)> + '_ {
+        self.rows.iter().map(|&(_, p, new)| (p, new))
+    }
+}
+
 #[derive(Debug, Default)]
 struct CampaignProgress {
     viewers: HashMap<u32, Progress>,
@@ -105,6 +118,43 @@ impl WatchTime {
             state.campaigns.entry(row.campaign_id).or_default().viewers.insert(viewer, progress);
         }
         state
+    }
+
+    /// What counting `minute` would make of each viewer's progress, without
+    /// counting it: a rule decides first whether the minutes count.
+    pub fn tentative<'a>(
+        &mut self,
+        campaign: &str,
+        viewer_ids: impl Iterator<Item = &'a str>,
+        minute: u32,
+    ) -> Tentative {
+        let progress = self.campaigns.get(campaign);
+        let mut rows = Vec::with_capacity(viewer_ids.size_hint().0);
+        for id in viewer_ids {
+            let viewer = self.interner.intern(id);
+            let mut p = progress.and_then(|c| c.viewers.get(&viewer)).copied().unwrap_or_default();
+            let counted = p.count(minute);
+            rows.push((viewer, p, counted));
+        }
+        Tentative { rows }
+    }
+
+    /// Stores the minutes of a [`WatchTime::tentative`]; returns how many were new.
+    pub fn commit(&mut self, campaign: &str, tentative: &Tentative) -> u64 {
+        let progress = match self.campaigns.get_mut(campaign) {
+            Some(p) => p,
+            None => self.campaigns.entry(campaign.to_string()).or_default(),
+        };
+        let mut counted = 0;
+        for &(viewer, p, new) in &tentative.rows {
+            // A viewer listed twice in one heartbeat is one minute.
+            if new && progress.viewers.get(&viewer) != Some(&p) {
+                progress.viewers.insert(viewer, p);
+                progress.dirty.insert(viewer);
+                counted += 1;
+            }
+        }
+        counted
     }
 
     /// Counts a minute for a viewer in a campaign; returns the progress after it
@@ -192,6 +242,19 @@ mod tests {
         assert_eq!(restored.progress("d", "v1").minutes, 1);
         state.clear_dirty();
         assert!(state.dirty_rows().is_empty());
+    }
+
+    #[test]
+    fn tentative_minutes_count_only_when_committed() {
+        let mut state = WatchTime::default();
+        state.count("c", "v1", 10);
+        let t = state.tentative("c", ["v1", "v2", "v1"].into_iter(), 11);
+        let seen: Vec<_> = t.iter().map(|(p, new)| (p.minutes, new)).collect();
+        assert_eq!(seen, [(2, true), (1, true), (2, true)]);
+        assert_eq!(state.progress("c", "v1").minutes, 1, "nothing stored before the commit");
+        assert_eq!(state.commit("c", &t), 2, "v1 listed twice is one minute");
+        assert_eq!(state.progress("c", "v1").minutes, 2);
+        assert_eq!(state.progress("c", "v2").minutes, 1);
     }
 
     #[test]

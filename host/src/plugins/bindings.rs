@@ -1,4 +1,4 @@
-//! Host bindings for the `drops:rules@0.1.0` world (plugin-sdk/wit/rules.wit).
+//! Host bindings for the `drops:rules@0.2.0` world (plugin-sdk/wit/rules.wit).
 
 wasmtime::component::bindgen!({
     path: "../plugin-sdk/wit",
@@ -6,4 +6,4 @@ wasmtime::component::bindgen!({
 });
 
 pub use drops::rules::host::Level;
-pub use exports::drops::rules::rule::{Campaign, Grant, Heartbeat, Viewer};
+pub use exports::drops::rules::rule::{Campaign, GameState, Grant, Heartbeat, HeartbeatVerdict, Viewer};

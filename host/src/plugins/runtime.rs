@@ -15,7 +15,9 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits, Trap};
 
-use super::bindings::{drops::rules::host, Campaign, Grant, Heartbeat, Level, Rules, RulesPre, Viewer};
+use super::bindings::{
+    drops::rules::host, Campaign, GameState, Grant, Heartbeat, HeartbeatVerdict, Level, Rules, RulesPre, Viewer,
+};
 use super::limits::{self, MAX_LOG_BYTES, MAX_LOG_LINES};
 use super::{HOST_IMPORT, INTERFACE_VERSION, RULE_EXPORT};
 use crate::config::PluginSettings;
@@ -144,6 +146,23 @@ impl host::Host for CallState {
     }
 }
 
+/// A hook's answer, whose grants the host checks.
+trait Answer {
+    fn grants(&self) -> &[Grant];
+}
+
+impl Answer for HeartbeatVerdict {
+    fn grants(&self) -> &[Grant] {
+        &self.grants
+    }
+}
+
+impl Answer for Vec<Grant> {
+    fn grants(&self) -> &[Grant] {
+        self
+    }
+}
+
 /// Compiles and runs plugins; one per host.
 pub struct PluginRuntime {
     engine: Engine,
@@ -227,8 +246,8 @@ impl PluginRuntime {
             .map_err(PluginError::Rejected)
     }
 
-    /// Decides the grants for one heartbeat and campaign, in a fresh instance.
-    /// The campaign's state changes only if the call succeeds.
+    /// Decides one heartbeat for a campaign, in a fresh instance. The
+    /// campaign's state changes only if the call succeeds.
     pub fn on_heartbeat(
         &self,
         plugin: &Plugin,
@@ -237,21 +256,48 @@ impl PluginRuntime {
         viewers: &[Viewer],
         ids: Arc<ViewerList>,
         state: &mut CampaignKv,
+    ) -> Result<HeartbeatVerdict, PluginError> {
+        self.call(plugin, campaign, viewers.len(), ids, state, |rules, store| {
+            rules.drops_rules_rule().call_on_heartbeat(store, campaign, heartbeat, viewers)
+        })
+    }
+
+    /// Decides the grants for a game-state change and campaign, in a fresh instance.
+    pub fn on_game_state(
+        &self,
+        plugin: &Plugin,
+        campaign: &Campaign,
+        change: &GameState,
+        viewers: &[Viewer],
+        ids: Arc<ViewerList>,
+        state: &mut CampaignKv,
     ) -> Result<Vec<Grant>, PluginError> {
+        self.call(plugin, campaign, viewers.len(), ids, state, |rules, store| {
+            rules.drops_rules_rule().call_on_game_state(store, campaign, change, viewers)
+        })
+    }
+
+    /// One limited call in a fresh instance: checks the grants in its answer
+    /// and keeps its state writes only if it succeeds.
+    fn call<T: Answer>(
+        &self,
+        plugin: &Plugin,
+        campaign: &Campaign,
+        viewer_count: usize,
+        ids: Arc<ViewerList>,
+        state: &mut CampaignKv,
+        invoke: impl FnOnce(&Rules, &mut Store<CallState>) -> wasmtime::Result<Result<T, String>>,
+    ) -> Result<T, PluginError> {
         let started = Instant::now();
-        let mut store = self.store(plugin, &campaign.id, ids, std::mem::take(state), viewers.len());
+        let mut store = self.store(plugin, &campaign.id, ids, std::mem::take(state), viewer_count);
         let result = self
             .instantiate(plugin, &mut store)
-            .and_then(|rules| {
-                rules
-                    .drops_rules_rule()
-                    .call_on_heartbeat(&mut store, campaign, heartbeat, viewers)
-                    .map_err(|e| self.classify(e, viewers.len()))
-            })
+            .and_then(|rules| invoke(&rules, &mut store).map_err(|e| self.classify(e, viewer_count)))
             .and_then(|r| r.map_err(PluginError::Rejected))
-            .and_then(|grants| {
-                limits::check_grants(&grants, viewers.len(), campaign.rewards.len()).map_err(PluginError::BadOutput)?;
-                Ok(grants)
+            .and_then(|answer| {
+                limits::check_grants(answer.grants(), viewer_count, campaign.rewards.len())
+                    .map_err(PluginError::BadOutput)?;
+                Ok(answer)
             });
         let data = store.into_data();
         *state = data.state;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use time::OffsetDateTime;
 
+use crate::ingest::game_state::GameStateEvent;
 use crate::ingest::heartbeat::Heartbeat;
 use crate::plugins::{Plugin, PluginRuntime, WitCampaign};
 
@@ -19,6 +20,10 @@ pub struct CampaignFile {
     pub name: String,
     /// Must equal the VHS game name exactly, case included.
     pub game: String,
+    /// Twitch game (category) id that E2 game state is published for; a
+    /// campaign without one gets no game-state events.
+    #[serde(default)]
+    pub game_id: Option<String>,
     pub client_id: String,
     #[serde(with = "time::serde::rfc3339")]
     pub starts_at: OffsetDateTime,
@@ -120,6 +125,19 @@ impl LoadedCampaign {
             && self.def.starts_at <= hb.time.0
             && hb.time.0 < self.def.ends_at
             && (self.allowlist.is_empty() || self.allowlist.contains(&hb.broadcaster.0))
+    }
+
+    /// Whether a game-state change of `broadcaster` (a game account id)
+    /// concerns this campaign: published by its client for its game id,
+    /// inside the window, the broadcaster allowlisted when a list is set.
+    pub fn matches_game_state(&self, event: &GameStateEvent, broadcaster: &str) -> bool {
+        let at = event.time();
+        self.def.enabled
+            && self.def.client_id == event.client_id
+            && self.def.game_id.as_deref() == Some(event.game_id.as_str())
+            && self.def.starts_at <= at
+            && at < self.def.ends_at
+            && (self.allowlist.is_empty() || self.allowlist.contains(broadcaster))
     }
 }
 

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 pub use campaign::{CampaignFile, LoadedCampaign, RewardDef, RuleDef};
 
+use crate::ingest::game_state::GameStateEvent;
 use crate::ingest::heartbeat::Heartbeat;
 use crate::plugins::{Plugin, PluginRuntime};
 
@@ -127,6 +128,15 @@ impl RuleSet {
     /// inside the window, and the broadcaster allowlisted when a list is set.
     pub fn matching<'a>(&'a self, hb: &'a Heartbeat) -> impl Iterator<Item = &'a Arc<LoadedCampaign>> + 'a {
         self.by_game.get(&hb.game.0).into_iter().flatten().map(|&i| &self.campaigns[i]).filter(move |c| c.matches(hb))
+    }
+
+    /// The campaigns a game-state change of `broadcaster` (game account id) concerns.
+    pub fn matching_game_state<'a>(
+        &'a self,
+        event: &'a GameStateEvent,
+        broadcaster: &'a str,
+    ) -> impl Iterator<Item = &'a Arc<LoadedCampaign>> + 'a {
+        self.campaigns.iter().filter(move |c| c.matches_game_state(event, broadcaster))
     }
 
     /// The campaign with this id.

@@ -5,6 +5,7 @@ use sqlx::Row;
 
 use super::{now_ms, values_placeholders, Store, StoreError};
 use crate::engine::breaker::Paused;
+use crate::ingest::heartbeat::Heartbeat;
 
 /// One (campaign, viewer) watch-time entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,6 +17,26 @@ pub struct WatchTimeRow {
     pub recent_mask: u64,
 }
 
+/// A broadcaster's latest E2 game state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GameStateRow {
+    /// Game account id.
+    pub broadcaster_id: String,
+    pub twitch_user_id: String,
+    /// JSON.
+    pub state: String,
+    /// Unix minute of the last change.
+    pub changed_minute: u32,
+}
+
+/// Which heartbeat says who is watching a broadcaster now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatcherRow {
+    pub broadcaster_id: String,
+    pub inbox_seq: i64,
+    pub minute: u32,
+}
+
 /// The engine state as of an inbox position.
 #[derive(Debug, Default)]
 pub struct Checkpoint {
@@ -25,6 +46,9 @@ pub struct Checkpoint {
     pub campaign_state: Vec<(String, String, Vec<u8>)>,
     /// Campaigns paused by their circuit breaker.
     pub breakers: Vec<(String, Paused)>,
+    pub game_state: Vec<GameStateRow>,
+    /// The latest heartbeat of each broadcaster, viewers included.
+    pub watchers: Vec<(WatcherRow, Heartbeat)>,
 }
 
 /// What a checkpoint commits.
@@ -39,6 +63,10 @@ pub struct CheckpointWrite<'a> {
     pub breakers: &'a [(String, Paused)],
     /// Viewer lists from this event on are still needed (a paused campaign).
     pub keep_from_seq: Option<i64>,
+    /// Changed game states.
+    pub game_state: &'a [GameStateRow],
+    /// Broadcasters whose latest heartbeat changed.
+    pub watchers: &'a [WatcherRow],
 }
 
 const ROWS_PER_STATEMENT: usize = 1000;
@@ -86,7 +114,38 @@ impl Store {
             Ok((r.try_get(0)?, paused))
         })
         .collect::<Result<_, sqlx::Error>>()?;
-        Ok(Checkpoint { inbox_seq: seq.unwrap_or(0), watch_time, campaign_state, breakers })
+        let game_state = sqlx::query("SELECT broadcaster_id, twitch_user_id, state, changed_minute FROM game_state")
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(|r| {
+                Ok(GameStateRow {
+                    broadcaster_id: r.try_get(0)?,
+                    twitch_user_id: r.try_get(1)?,
+                    state: r.try_get(2)?,
+                    changed_minute: r.try_get::<i64, _>(3)? as u32,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()?;
+        let mut watchers = Vec::new();
+        let rows = sqlx::query(
+            "SELECT w.broadcaster_id, w.inbox_seq, w.minute, i.header, i.viewers \
+             FROM watchers w JOIN inbox i ON i.seq = w.inbox_seq",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for r in rows {
+            let row = WatcherRow {
+                broadcaster_id: r.try_get(0)?,
+                inbox_seq: r.try_get(1)?,
+                minute: r.try_get::<i64, _>(2)? as u32,
+            };
+            let (header, viewers): (String, Option<Vec<u8>>) = (r.try_get(3)?, r.try_get(4)?);
+            let heartbeat = Heartbeat::from_stored(&header, viewers.unwrap_or_default())
+                .map_err(|reason| StoreError::Corrupt { seq: row.inbox_seq, reason })?;
+            watchers.push((row, heartbeat));
+        }
+        Ok(Checkpoint { inbox_seq: seq.unwrap_or(0), watch_time, campaign_state, breakers, game_state, watchers })
     }
 
     /// Commits changed watch-time rows and the inbox position in one
@@ -147,6 +206,41 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
+        for row in write.game_state {
+            sqlx::query(
+                "INSERT INTO game_state (broadcaster_id, twitch_user_id, state, changed_minute) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (broadcaster_id) DO UPDATE SET twitch_user_id = excluded.twitch_user_id, \
+                 state = excluded.state, changed_minute = excluded.changed_minute",
+            )
+            .bind(&row.broadcaster_id)
+            .bind(&row.twitch_user_id)
+            .bind(&row.state)
+            .bind(row.changed_minute as i64)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for row in write.watchers {
+            // The heartbeat this one replaces was kept back from pruning for
+            // its viewers; behind the checkpoint they are no longer needed.
+            sqlx::query(
+                "UPDATE inbox SET viewers = NULL WHERE seq <= $1 AND seq <> $2 AND seq IN \
+                 (SELECT inbox_seq FROM watchers WHERE broadcaster_id = $3)",
+            )
+            .bind(prune_to)
+            .bind(row.inbox_seq)
+            .bind(&row.broadcaster_id)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO watchers (broadcaster_id, inbox_seq, minute) VALUES ($1, $2, $3) \
+                 ON CONFLICT (broadcaster_id) DO UPDATE SET inbox_seq = excluded.inbox_seq, minute = excluded.minute",
+            )
+            .bind(&row.broadcaster_id)
+            .bind(row.inbox_seq)
+            .bind(row.minute as i64)
+            .execute(&mut *tx)
+            .await?;
+        }
         sqlx::query(
             "INSERT INTO engine_checkpoint (id, inbox_seq, taken_at, pruned_seq) VALUES (1, $1, $2, $3) \
              ON CONFLICT (id) DO UPDATE SET inbox_seq = excluded.inbox_seq, taken_at = excluded.taken_at, \
@@ -158,12 +252,16 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         // Events behind the checkpoint (and behind every paused campaign) are
-        // never read again; their ids stay for deduplication.
-        sqlx::query("UPDATE inbox SET viewers = NULL WHERE seq > $1 AND seq <= $2")
-            .bind(pruned)
-            .bind(prune_to)
-            .execute(&mut *tx)
-            .await?;
+        // never read again; their ids stay for deduplication. Each
+        // broadcaster's latest heartbeat keeps its viewers: who watches now.
+        sqlx::query(
+            "UPDATE inbox SET viewers = NULL WHERE seq > $1 AND seq <= $2 \
+             AND seq NOT IN (SELECT inbox_seq FROM watchers)",
+        )
+        .bind(pruned)
+        .bind(prune_to)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(())
     }

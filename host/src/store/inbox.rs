@@ -3,6 +3,7 @@
 use sqlx::Row;
 
 use super::{now_ms, Store, StoreError};
+use crate::ingest::game_state::GameStateEvent;
 use crate::ingest::heartbeat::Heartbeat;
 
 /// How a batch of heartbeats was taken.
@@ -18,7 +19,14 @@ pub struct InsertOutcome {
 #[derive(Debug)]
 pub struct InboxEvent {
     pub seq: i64,
-    pub heartbeat: Heartbeat,
+    pub event: Event,
+}
+
+/// What the inbox holds: who watches (VHS) and what happens in the game (E2).
+#[derive(Debug)]
+pub enum Event {
+    Heartbeat(Heartbeat),
+    GameState(GameStateEvent),
 }
 
 impl Store {
@@ -50,9 +58,27 @@ impl Store {
         Ok(outcome)
     }
 
+    /// Stores one accepted E2 message. Its id is unique per message, so a
+    /// client's resend after a reconnect is a new event; applying the same
+    /// state again changes nothing, which is what makes it harmless.
+    pub async fn insert_game_state(&self, event: &GameStateEvent) -> Result<(), StoreError> {
+        let header = serde_json::to_string(event).map_err(|e| StoreError::Encode(e.to_string()))?;
+        let _guard = self.write_lock().await;
+        sqlx::query(
+            "INSERT INTO inbox (source, dedup_key, header, viewers, received_at) \
+             VALUES ('e2', $1, $2, NULL, $3) ON CONFLICT (dedup_key) DO NOTHING",
+        )
+        .bind(format!("e2:{}", event.id))
+        .bind(header)
+        .bind(event.received_at_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Up to `limit` events after `seq`, in order.
     pub async fn inbox_after(&self, seq: i64, limit: u32) -> Result<Vec<InboxEvent>, StoreError> {
-        let rows = sqlx::query("SELECT seq, header, viewers FROM inbox WHERE seq > $1 ORDER BY seq LIMIT $2")
+        let rows = sqlx::query("SELECT seq, source, header, viewers FROM inbox WHERE seq > $1 ORDER BY seq LIMIT $2")
             .bind(seq)
             .bind(limit as i64)
             .fetch_all(&self.pool)
@@ -60,11 +86,19 @@ impl Store {
         rows.into_iter()
             .map(|row| {
                 let seq: i64 = row.try_get("seq")?;
+                let source: String = row.try_get("source")?;
                 let header: String = row.try_get("header")?;
-                let viewers: Option<Vec<u8>> = row.try_get("viewers")?;
-                let heartbeat = Heartbeat::from_stored(&header, viewers.unwrap_or_default())
-                    .map_err(|reason| StoreError::Corrupt { seq, reason })?;
-                Ok(InboxEvent { seq, heartbeat })
+                let event = if source == "e2" {
+                    let event = serde_json::from_str(&header)
+                        .map_err(|e| StoreError::Corrupt { seq, reason: format!("game state: {e}") })?;
+                    Event::GameState(event)
+                } else {
+                    let viewers: Option<Vec<u8>> = row.try_get("viewers")?;
+                    let heartbeat = Heartbeat::from_stored(&header, viewers.unwrap_or_default())
+                        .map_err(|reason| StoreError::Corrupt { seq, reason })?;
+                    Event::Heartbeat(heartbeat)
+                };
+                Ok(InboxEvent { seq, event })
             })
             .collect()
     }

@@ -10,6 +10,7 @@ mod checkpoint;
 mod grants;
 mod history;
 mod inbox;
+mod links;
 mod manifests;
 
 use std::path::Path;
@@ -21,10 +22,11 @@ use tokio::sync::{Mutex, MutexGuard};
 
 use crate::config::SqliteSynchronous;
 
-pub use checkpoint::{Checkpoint, CheckpointWrite, WatchTimeRow};
+pub use checkpoint::{Checkpoint, CheckpointWrite, GameStateRow, WatchTimeRow, WatcherRow};
 pub use grants::{GrantFilter, GrantRow, NewGrant};
 pub use history::{PluginVersion, RuleHistoryEntry};
-pub use inbox::{InboxEvent, InsertOutcome};
+pub use inbox::{Event, InboxEvent, InsertOutcome};
+pub use links::AccountLink;
 pub use manifests::{ManifestRow, UnbatchedGrant};
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -48,6 +50,8 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored event {seq} is corrupt: {reason}")]
     Corrupt { seq: i64, reason: String },
+    #[error("cannot encode for storage: {0}")]
+    Encode(String),
 }
 
 /// The database behind drops-host.

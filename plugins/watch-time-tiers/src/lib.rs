@@ -72,7 +72,7 @@ mod tests {
     }
 
     fn heartbeat() -> Heartbeat {
-        Heartbeat { broadcaster: "b".into(), game: "G".into(), minute: 1, viewers_reported: 3 }
+        Heartbeat { broadcaster: "b".into(), game: "G".into(), minute: 1, viewers_reported: 3, state_changed: None }
     }
 
     fn viewer(handle: u32, minutes: u32, counted: bool) -> Viewer {

@@ -1,0 +1,215 @@
+//! What the engine knows about each broadcaster (by game account id): the
+//! latest E2 game state and when it last changed, and who is watching now
+//! (the linked viewers of the latest heartbeat). Checkpointed like
+//! watch-time, so both survive a restart.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::ingest::game_state::{changed_keys, GameStateEvent, Publisher};
+use crate::ingest::heartbeat::{Heartbeat, ViewerList};
+use crate::store::{GameStateRow, WatcherRow};
+
+/// How recent a heartbeat must be for its viewers to count as watching now,
+/// unless configured.
+pub const DEFAULT_WATCHING_MINUTES: u32 = 2;
+
+#[derive(Debug, Clone)]
+struct GameState {
+    twitch_user_id: String,
+    state: Value,
+    changed_minute: u32,
+}
+
+#[derive(Debug, Clone)]
+struct Watching {
+    seq: i64,
+    minute: u32,
+    viewers: Arc<ViewerList>,
+}
+
+/// A change a message made to a broadcaster's game state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub previous: Value,
+    pub current: Value,
+    /// Top-level keys that differ; never empty.
+    pub changed: Vec<String>,
+}
+
+/// Per-broadcaster game state and viewers.
+#[derive(Debug)]
+pub struct Broadcasters {
+    game: HashMap<String, GameState>,
+    watching: HashMap<String, Watching>,
+    dirty_game: HashSet<String>,
+    dirty_watching: HashSet<String>,
+    /// A heartbeat at most this many minutes from a change counts as watching now.
+    pub watching_minutes: u32,
+}
+
+impl Default for Broadcasters {
+    fn default() -> Self {
+        Broadcasters {
+            game: HashMap::new(),
+            watching: HashMap::new(),
+            dirty_game: HashSet::new(),
+            dirty_watching: HashSet::new(),
+            watching_minutes: DEFAULT_WATCHING_MINUTES,
+        }
+    }
+}
+
+impl Broadcasters {
+    /// Rebuilds from checkpoint rows; a state that no longer parses starts empty.
+    pub fn restore(game: Vec<GameStateRow>, watchers: Vec<(WatcherRow, Heartbeat)>) -> Broadcasters {
+        let mut out = Broadcasters::default();
+        for row in game {
+            let state = serde_json::from_str(&row.state).unwrap_or_else(|_| Value::Object(Default::default()));
+            let entry = GameState { twitch_user_id: row.twitch_user_id, state, changed_minute: row.changed_minute };
+            out.game.insert(row.broadcaster_id, entry);
+        }
+        for (row, heartbeat) in watchers {
+            let watching = Watching { seq: row.inbox_seq, minute: row.minute, viewers: heartbeat.viewer_list };
+            out.watching.insert(row.broadcaster_id, watching);
+        }
+        out
+    }
+
+    /// Notes a heartbeat: its viewers are who watches the broadcaster now,
+    /// unless a newer minute is known already (a late report).
+    pub fn saw_heartbeat(&mut self, seq: i64, heartbeat: &Heartbeat) {
+        let minute = heartbeat.minute().0;
+        let broadcaster = &heartbeat.broadcaster.0;
+        if self.watching.get(broadcaster).is_some_and(|w| w.minute > minute) {
+            return;
+        }
+        let watching = Watching { seq, minute, viewers: heartbeat.viewer_list.clone() };
+        self.watching.insert(broadcaster.clone(), watching);
+        self.dirty_watching.insert(broadcaster.clone());
+    }
+
+    /// The minute the broadcaster's game state last changed, if it has any.
+    pub fn state_changed(&self, broadcaster: &str) -> Option<u32> {
+        self.game.get(broadcaster).map(|g| g.changed_minute)
+    }
+
+    /// The broadcaster's current game state, if any.
+    pub fn state(&self, broadcaster: &str) -> Option<&Value> {
+        self.game.get(broadcaster).map(|g| &g.state)
+    }
+
+    /// Applies a message to one broadcaster's state; `None` when nothing changed
+    /// (a redelivered delta, the same full state sent again after a reconnect).
+    pub fn apply(&mut self, publisher: &Publisher, event: &GameStateEvent) -> Option<Change> {
+        let empty = Value::Object(Default::default());
+        let previous = self.game.get(&publisher.account_id).map_or(empty, |g| g.state.clone());
+        let current = event.apply(&previous);
+        let changed = changed_keys(&previous, &current);
+        if changed.is_empty() && previous == current {
+            return None;
+        }
+        let entry = GameState {
+            twitch_user_id: publisher.twitch_user_id.clone(),
+            state: current.clone(),
+            changed_minute: event.minute(),
+        };
+        self.game.insert(publisher.account_id.clone(), entry);
+        self.dirty_game.insert(publisher.account_id.clone());
+        Some(Change { previous, current, changed })
+    }
+
+    /// Who is watching the broadcaster at `minute`: the latest heartbeat's
+    /// viewers, if that heartbeat is within the watching window of `minute`.
+    pub fn watching_now(&self, broadcaster: &str, minute: u32) -> Option<Arc<ViewerList>> {
+        let w = self.watching.get(broadcaster)?;
+        (w.minute.abs_diff(minute) <= self.watching_minutes).then(|| w.viewers.clone())
+    }
+
+    /// Rows changed since the last [`Broadcasters::clear_dirty`].
+    pub fn dirty_rows(&self) -> (Vec<GameStateRow>, Vec<WatcherRow>) {
+        let game = self
+            .dirty_game
+            .iter()
+            .filter_map(|b| {
+                let g = self.game.get(b)?;
+                Some(GameStateRow {
+                    broadcaster_id: b.clone(),
+                    twitch_user_id: g.twitch_user_id.clone(),
+                    state: g.state.to_string(),
+                    changed_minute: g.changed_minute,
+                })
+            })
+            .collect();
+        let watching = self
+            .dirty_watching
+            .iter()
+            .filter_map(|b| {
+                let w = self.watching.get(b)?;
+                Some(WatcherRow { broadcaster_id: b.clone(), inbox_seq: w.seq, minute: w.minute })
+            })
+            .collect();
+        (game, watching)
+    }
+
+    /// Forgets what changed, after a checkpoint saved it.
+    pub fn clear_dirty(&mut self) {
+        self.dirty_game.clear();
+        self.dirty_watching.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::game_state::Update;
+    use serde_json::json;
+
+    fn event(update: Update, data: Value, minute: i64) -> GameStateEvent {
+        GameStateEvent {
+            id: format!("c:{minute}"),
+            broadcasters: vec![publisher()],
+            client_id: "client".into(),
+            game_id: "game".into(),
+            update,
+            data,
+            received_at_ms: minute * 60_000,
+            authoritative: true,
+        }
+    }
+
+    fn publisher() -> Publisher {
+        Publisher { twitch_user_id: "t-1".into(), account_id: "b-1".into() }
+    }
+
+    #[test]
+    fn only_real_changes_are_changes() {
+        let mut b = Broadcasters::default();
+        let full = event(Update::Full, json!({"level": 1, "boss_defeated": false}), 100);
+        let change = b.apply(&publisher(), &full).unwrap();
+        assert_eq!(change.changed, ["boss_defeated", "level"]);
+        assert_eq!(b.state_changed("b-1"), Some(100));
+        assert!(b.apply(&publisher(), &event(Update::Full, full.data.clone(), 105)).is_none(), "reconnect, same state");
+        assert_eq!(b.state_changed("b-1"), Some(100));
+        let kill = event(Update::Patch, json!({"boss_defeated": true}), 106);
+        assert_eq!(b.apply(&publisher(), &kill).unwrap().changed, ["boss_defeated"]);
+        assert!(b.apply(&publisher(), &kill).is_none(), "a redelivered delta changes nothing");
+        assert_eq!(b.state("b-1"), Some(&json!({"level": 1, "boss_defeated": true})));
+    }
+
+    #[test]
+    fn dirty_rows_round_trip_through_restore() {
+        let mut b = Broadcasters::default();
+        b.apply(&publisher(), &event(Update::Full, json!({"level": 2}), 7));
+        let (game, watchers) = b.dirty_rows();
+        assert_eq!(game.len(), 1);
+        assert!(watchers.is_empty());
+        let restored = Broadcasters::restore(game, Vec::new());
+        assert_eq!(restored.state("b-1"), Some(&json!({"level": 2})));
+        assert_eq!(restored.state_changed("b-1"), Some(7));
+        b.clear_dirty();
+        assert!(b.dirty_rows().0.is_empty());
+    }
+}

@@ -1,0 +1,69 @@
+//! Account links: which game account a Twitch user is. E2 names broadcasters
+//! by Twitch user id; heartbeats and manifests by game account id.
+
+use sqlx::Row;
+
+use super::{now_ms, Store, StoreError};
+
+/// One registered link.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountLink {
+    pub twitch_user_id: String,
+    pub game_account_id: String,
+}
+
+impl Store {
+    /// Registers links in one transaction (all or none); a Twitch user linked
+    /// again points at the new game account. Returns how many were written.
+    pub async fn put_links(&self, links: &[AccountLink]) -> Result<u64, StoreError> {
+        let _guard = self.write_lock().await;
+        let mut tx = self.pool.begin().await?;
+        let now = now_ms();
+        for link in links {
+            sqlx::query(
+                "INSERT INTO account_links (twitch_user_id, game_account_id, updated_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (twitch_user_id) DO UPDATE SET game_account_id = excluded.game_account_id, \
+                 updated_at = excluded.updated_at",
+            )
+            .bind(&link.twitch_user_id)
+            .bind(&link.game_account_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(links.len() as u64)
+    }
+
+    /// The game account linked to a Twitch user, if any.
+    pub async fn link_of(&self, twitch_user_id: &str) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT game_account_id FROM account_links WHERE twitch_user_id = $1")
+            .bind(twitch_user_id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// Links, optionally of one Twitch user or one game account, ordered by Twitch user id.
+    pub async fn links(
+        &self,
+        twitch_user_id: Option<&str>,
+        game_account_id: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<AccountLink>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT twitch_user_id, game_account_id FROM account_links \
+             WHERE ($1 = '' OR twitch_user_id = $1) AND ($2 = '' OR game_account_id = $2) \
+             ORDER BY twitch_user_id LIMIT $3",
+        )
+        .bind(twitch_user_id.unwrap_or_default())
+        .bind(game_account_id.unwrap_or_default())
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| Ok(AccountLink { twitch_user_id: r.try_get(0)?, game_account_id: r.try_get(1)? }))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+}
