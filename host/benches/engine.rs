@@ -106,7 +106,7 @@ fn engine_step(c: &mut Criterion) {
                 let json = serde_json::json!({"id": format!("h{m}"), "broadcaster": "b", "game": "G",
                     "time": format!("2026-11-01T{:02}:{:02}:00Z", m / 60, m % 60), "viewer_list": viewers});
                 let heartbeat = serde_json::from_value::<Heartbeat>(json).unwrap();
-                InboxEvent { seq: m as i64, event: Event::Heartbeat(heartbeat) }
+                InboxEvent { seq: m as i64, received_at_ms: 0, event: Event::Heartbeat(heartbeat) }
             })
             .collect();
         let mut state = State::default();

@@ -80,7 +80,8 @@ impl RunningHost {
             record_events: settings.record_events.clone(),
             breaker_failures: settings.plugins.breaker_failures,
             paused: paused.clone(),
-            watching_minutes: settings.e2.watching_window_secs.div_ceil(60).min(u32::MAX as u64) as u32,
+            watching_window_ms: i64::try_from(settings.e2.watching_window_secs.saturating_mul(1000))
+                .unwrap_or(i64::MAX),
         };
         let batcher = Batcher {
             store: store.clone(),

@@ -8,10 +8,15 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::app::RunningHost;
-use crate::config::Settings;
+use crate::config::{E2Publisher, Settings, StaticToken, TokenKind};
 use crate::manifests::ManifestFile;
 use crate::simulate::{self, SimulateArgs};
 use crate::store::GrantFilter;
+
+const DEMO_ADMIN_TOKEN: &str = "demo-admin-token";
+const DEMO_E2_TOKEN: &str = "demo-e2-app-token";
+const DEMO_CLIENT_ID: &str = "demo-client-id";
+const DEMO_GAME_ID: &str = "demo-game-id";
 
 /// Options of `drops-host demo`.
 #[derive(Debug, Clone, clap::Args)]
@@ -45,7 +50,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         listen: args.keep_serving.unwrap_or_else(|| ([127, 0, 0, 1], 0).into()),
         ..Settings::default()
     };
-    settings.admin.token = Some("demo-admin-token".into());
+    settings.admin.token = Some(DEMO_ADMIN_TOKEN.into());
+    settings.e2.allowlist = vec![E2Publisher { client_id: DEMO_CLIENT_ID.into(), game_id: DEMO_GAME_ID.into() }];
+    settings.e2.tokens = vec![StaticToken {
+        token: DEMO_E2_TOKEN.into(),
+        kind: TokenKind::App,
+        client_id: DEMO_CLIENT_ID.into(),
+        user_id: None,
+        expires_at: None,
+    }];
     settings.manifests.flush_interval_secs = 3;
     settings.engine.checkpoint_interval_secs = 2;
     let host = RunningHost::start(settings.clone(), crate::telemetry::init_metrics()).await?;
@@ -82,10 +95,23 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         concurrency: 1,
         timeout_secs: 15,
         verbose: false,
+        e2_token: Some(DEMO_E2_TOKEN.into()),
+        e2_client_id: DEMO_CLIENT_ID.into(),
+        e2_game_id: DEMO_GAME_ID.into(),
+        boss_every: 10,
+        idle_channels: 1,
+        e2_messages_per_window: settings.e2.messages_per_window,
+        e2_window_secs: settings.e2.window_secs,
+        admin_token: Some(DEMO_ADMIN_TOKEN.into()),
     };
     println!(
-        "== simulating Twitch: {} channels of GameName, {} viewers each + {} watching all of them, {} minutes at {}x, every 7th report redelivered\n",
+        "== simulating Twitch: {} channels of GameName, {} viewers each + {} watching all of them, {} minutes at {}x, every 7th report redelivered",
         sim.channels, sim.viewers, sim.multi_viewers, sim.minutes, sim.speed
+    );
+    println!(
+        "== simulating game servers over E2: one per broadcaster, a boss falls every {} minutes; broadcaster-{} sits idle on a menu\n",
+        sim.boss_every,
+        sim.channels - 1
     );
     let watcher = tokio::spawn(watch_grants(host.store.clone()));
     let report = simulate::run(&sim).await?;
@@ -170,6 +196,10 @@ async fn summary(settings: &Settings, report: &simulate::SimulateReport) -> anyh
     println!(
         "   heartbeats: {} sent, {} stored, {} duplicates recognised; {} viewer-minutes",
         report.tries, report.accepted, report.duplicates, report.viewer_minutes
+    );
+    println!(
+        "   game state: {} E2 messages, {} acknowledged, {} boss kills",
+        report.e2.messages, report.e2.acks, report.boss_kills
     );
     println!("   {:<28} {:<24} {:>7}", "campaign", "reward", "grants");
     for ((campaign, reward), n) in &per_reward {

@@ -37,16 +37,23 @@ pub fn run(rules_dir: &Path, events: &Path) -> anyhow::Result<()> {
         }
         let event = parse_event(&line).map_err(|e| anyhow::anyhow!("line {}: {e}", i + 1))?;
         events_read += 1;
-        let id = match &event {
-            Event::Heartbeat(hb) => hb.id.0.clone(),
-            Event::GameState(gs) => format!("e2:{}", gs.id),
+        // Recorded heartbeats keep no arrival time; their own time stands in.
+        let (id, received_at_ms) = match &event {
+            Event::Heartbeat(hb) => (hb.id.0.clone(), (hb.time.0.unix_timestamp_nanos() / 1_000_000) as i64),
+            Event::GameState(gs) => (format!("e2:{}", gs.id), gs.received_at_ms),
         };
         if !seen_ids.insert(id) {
             duplicates += 1;
             continue;
         }
         let mut out = Evaluation::default();
-        evaluate(&mut state, &rules, &runtime, &InboxEvent { seq: events_read as i64, event }, &mut out);
+        evaluate(
+            &mut state,
+            &rules,
+            &runtime,
+            &InboxEvent { seq: events_read as i64, received_at_ms, event },
+            &mut out,
+        );
         minutes += out.viewer_minutes;
         errors += out.plugin_errors;
         for g in out.grants {

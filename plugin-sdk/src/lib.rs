@@ -51,6 +51,8 @@ pub mod bindings {
         export_macro_name: "__export_rules",
         default_bindings_module: "drops_plugin_sdk::bindings",
         runtime_path: "drops_plugin_sdk::__wit_bindgen::rt",
+        // Rules compare grants in their tests.
+        additional_derives: [PartialEq],
     });
 }
 
@@ -102,6 +104,22 @@ pub trait Rule {
     ) -> Vec<Grant> {
         Vec::new()
     }
+}
+
+/// Time-based tiers: grants `reward` the first time a viewer's watch-time
+/// reaches `minutes`, for each `(minutes, reward)`. A tier is reached by the
+/// minute that crosses it; earlier minutes were judged by earlier calls, so
+/// each tier is granted once.
+pub fn tier_grants(tiers: &[(u32, u32)], viewers: &[Viewer]) -> Vec<Grant> {
+    let mut grants = Vec::new();
+    for viewer in viewers.iter().filter(|v| v.counted) {
+        for &(minutes, reward) in tiers {
+            if viewer.minutes == minutes {
+                grants.push(Grant::once(viewer.handle, reward));
+            }
+        }
+    }
+    grants
 }
 
 impl GameState {

@@ -12,9 +12,9 @@ use crate::ingest::game_state::{changed_keys, GameStateEvent, Publisher};
 use crate::ingest::heartbeat::{Heartbeat, ViewerList};
 use crate::store::{GameStateRow, WatcherRow};
 
-/// How recent a heartbeat must be for its viewers to count as watching now,
-/// unless configured.
-pub const DEFAULT_WATCHING_MINUTES: u32 = 2;
+/// How recently a heartbeat must have arrived for its viewers to count as
+/// watching now, unless configured.
+pub const DEFAULT_WATCHING_WINDOW_MS: i64 = 120_000;
 
 #[derive(Debug, Clone)]
 struct GameState {
@@ -27,6 +27,7 @@ struct GameState {
 struct Watching {
     seq: i64,
     minute: u32,
+    arrived_ms: i64,
     viewers: Arc<ViewerList>,
 }
 
@@ -46,8 +47,8 @@ pub struct Broadcasters {
     watching: HashMap<String, Watching>,
     dirty_game: HashSet<String>,
     dirty_watching: HashSet<String>,
-    /// A heartbeat at most this many minutes from a change counts as watching now.
-    pub watching_minutes: u32,
+    /// A heartbeat that arrived at most this long before a change says who watches.
+    pub watching_window_ms: i64,
 }
 
 impl Default for Broadcasters {
@@ -57,7 +58,7 @@ impl Default for Broadcasters {
             watching: HashMap::new(),
             dirty_game: HashSet::new(),
             dirty_watching: HashSet::new(),
-            watching_minutes: DEFAULT_WATCHING_MINUTES,
+            watching_window_ms: DEFAULT_WATCHING_WINDOW_MS,
         }
     }
 }
@@ -72,7 +73,12 @@ impl Broadcasters {
             out.game.insert(row.broadcaster_id, entry);
         }
         for (row, heartbeat) in watchers {
-            let watching = Watching { seq: row.inbox_seq, minute: row.minute, viewers: heartbeat.viewer_list };
+            let watching = Watching {
+                seq: row.inbox_seq,
+                minute: row.minute,
+                arrived_ms: row.received_at_ms,
+                viewers: heartbeat.viewer_list,
+            };
             out.watching.insert(row.broadcaster_id, watching);
         }
         out
@@ -80,13 +86,13 @@ impl Broadcasters {
 
     /// Notes a heartbeat: its viewers are who watches the broadcaster now,
     /// unless a newer minute is known already (a late report).
-    pub fn saw_heartbeat(&mut self, seq: i64, heartbeat: &Heartbeat) {
+    pub fn saw_heartbeat(&mut self, seq: i64, arrived_ms: i64, heartbeat: &Heartbeat) {
         let minute = heartbeat.minute().0;
         let broadcaster = &heartbeat.broadcaster.0;
         if self.watching.get(broadcaster).is_some_and(|w| w.minute > minute) {
             return;
         }
-        let watching = Watching { seq, minute, viewers: heartbeat.viewer_list.clone() };
+        let watching = Watching { seq, minute, arrived_ms, viewers: heartbeat.viewer_list.clone() };
         self.watching.insert(broadcaster.clone(), watching);
         self.dirty_watching.insert(broadcaster.clone());
     }
@@ -101,9 +107,27 @@ impl Broadcasters {
         self.game.get(broadcaster).map(|g| &g.state)
     }
 
-    /// Applies a message to one broadcaster's state; `None` when nothing changed
-    /// (a redelivered delta, the same full state sent again after a reconnect).
-    pub fn apply(&mut self, publisher: &Publisher, event: &GameStateEvent) -> Option<Change> {
+    /// Where a game-state message that arrived at `arrived_ms` falls on the
+    /// broadcast's own timeline: E2 messages carry no time, and heartbeats
+    /// name the minute watched, which may lag the host's clock (Twitch's
+    /// delivery, retries, a simulation running faster than real time). So a
+    /// change is placed at the minute of the broadcaster's latest heartbeat
+    /// when that arrived within the watching window, else at its arrival.
+    pub fn broadcast_minute(&self, broadcaster: &str, arrived_ms: i64) -> u32 {
+        match self.recent(broadcaster, arrived_ms) {
+            Some(w) => w.minute,
+            None => (arrived_ms.max(0) / 60_000).min(u32::MAX as i64) as u32,
+        }
+    }
+
+    fn recent(&self, broadcaster: &str, at_ms: i64) -> Option<&Watching> {
+        self.watching.get(broadcaster).filter(|w| (at_ms - w.arrived_ms).abs() <= self.watching_window_ms)
+    }
+
+    /// Applies a message to one broadcaster's state at `minute` (see
+    /// [`Broadcasters::broadcast_minute`]); `None` when nothing changed (a
+    /// redelivered delta, the same full state sent again after a reconnect).
+    pub fn apply(&mut self, publisher: &Publisher, event: &GameStateEvent, minute: u32) -> Option<Change> {
         let empty = Value::Object(Default::default());
         let previous = self.game.get(&publisher.account_id).map_or(empty, |g| g.state.clone());
         let current = event.apply(&previous);
@@ -114,18 +138,17 @@ impl Broadcasters {
         let entry = GameState {
             twitch_user_id: publisher.twitch_user_id.clone(),
             state: current.clone(),
-            changed_minute: event.minute(),
+            changed_minute: minute,
         };
         self.game.insert(publisher.account_id.clone(), entry);
         self.dirty_game.insert(publisher.account_id.clone());
         Some(Change { previous, current, changed })
     }
 
-    /// Who is watching the broadcaster at `minute`: the latest heartbeat's
-    /// viewers, if that heartbeat is within the watching window of `minute`.
-    pub fn watching_now(&self, broadcaster: &str, minute: u32) -> Option<Arc<ViewerList>> {
-        let w = self.watching.get(broadcaster)?;
-        (w.minute.abs_diff(minute) <= self.watching_minutes).then(|| w.viewers.clone())
+    /// Who is watching the broadcaster at `at_ms` (host clock): the latest
+    /// heartbeat's viewers, if it arrived within the watching window.
+    pub fn watching_now(&self, broadcaster: &str, at_ms: i64) -> Option<Arc<ViewerList>> {
+        self.recent(broadcaster, at_ms).map(|w| w.viewers.clone())
     }
 
     /// Rows changed since the last [`Broadcasters::clear_dirty`].
@@ -148,7 +171,12 @@ impl Broadcasters {
             .iter()
             .filter_map(|b| {
                 let w = self.watching.get(b)?;
-                Some(WatcherRow { broadcaster_id: b.clone(), inbox_seq: w.seq, minute: w.minute })
+                Some(WatcherRow {
+                    broadcaster_id: b.clone(),
+                    inbox_seq: w.seq,
+                    minute: w.minute,
+                    received_at_ms: w.arrived_ms,
+                })
             })
             .collect();
         (game, watching)
@@ -188,21 +216,37 @@ mod tests {
     fn only_real_changes_are_changes() {
         let mut b = Broadcasters::default();
         let full = event(Update::Full, json!({"level": 1, "boss_defeated": false}), 100);
-        let change = b.apply(&publisher(), &full).unwrap();
+        let change = b.apply(&publisher(), &full, 100).unwrap();
         assert_eq!(change.changed, ["boss_defeated", "level"]);
         assert_eq!(b.state_changed("b-1"), Some(100));
-        assert!(b.apply(&publisher(), &event(Update::Full, full.data.clone(), 105)).is_none(), "reconnect, same state");
+        assert!(b.apply(&publisher(), &event(Update::Full, full.data.clone(), 105), 105).is_none(), "reconnect");
         assert_eq!(b.state_changed("b-1"), Some(100));
         let kill = event(Update::Patch, json!({"boss_defeated": true}), 106);
-        assert_eq!(b.apply(&publisher(), &kill).unwrap().changed, ["boss_defeated"]);
-        assert!(b.apply(&publisher(), &kill).is_none(), "a redelivered delta changes nothing");
+        assert_eq!(b.apply(&publisher(), &kill, 106).unwrap().changed, ["boss_defeated"]);
+        assert!(b.apply(&publisher(), &kill, 106).is_none(), "a redelivered delta changes nothing");
         assert_eq!(b.state("b-1"), Some(&json!({"level": 1, "boss_defeated": true})));
+    }
+
+    #[test]
+    fn changes_fall_on_the_broadcast_timeline_and_see_recent_viewers() {
+        let mut b = Broadcasters::default();
+        let hb: Heartbeat = serde_json::from_value(json!({"id": "h", "broadcaster": "b-1", "game": "G",
+            "time": "2026-11-01T10:00:00Z", "viewer_list": ["v1", "v2"]}))
+        .unwrap();
+        let arrived = 1_900_000_000_000;
+        b.saw_heartbeat(1, arrived, &hb);
+        // The heartbeat names a minute long before it arrived (a backfill, a fast simulation).
+        assert_eq!(b.broadcast_minute("b-1", arrived + 60_000), hb.minute().0);
+        assert_eq!(b.watching_now("b-1", arrived + 60_000).map(|v| v.len()), Some(2));
+        assert!(b.watching_now("b-1", arrived + 121_000).is_none(), "older than the window");
+        assert_eq!(b.broadcast_minute("b-1", arrived + 121_000), ((arrived + 121_000) / 60_000) as u32);
+        assert!(b.watching_now("b-2", arrived).is_none());
     }
 
     #[test]
     fn dirty_rows_round_trip_through_restore() {
         let mut b = Broadcasters::default();
-        b.apply(&publisher(), &event(Update::Full, json!({"level": 2}), 7));
+        b.apply(&publisher(), &event(Update::Full, json!({"level": 2}), 7), 7);
         let (game, watchers) = b.dirty_rows();
         assert_eq!(game.len(), 1);
         assert!(watchers.is_empty());

@@ -100,14 +100,16 @@ pub struct Evaluation {
 pub fn evaluate(state: &mut State, rules: &RuleSet, runtime: &PluginRuntime, event: &InboxEvent, out: &mut Evaluation) {
     match &event.event {
         Event::Heartbeat(hb) => {
-            state.broadcasters.saw_heartbeat(event.seq, hb);
+            state.broadcasters.saw_heartbeat(event.seq, event.received_at_ms, hb);
             for campaign in rules.matching(hb) {
                 if !state.breakers.is_paused(&campaign.def.id) {
                     evaluate_heartbeat(state, campaign, runtime, event.seq, hb, out);
                 }
             }
         }
-        Event::GameState(change) => evaluate_game_state(state, rules, runtime, event.seq, change, out),
+        Event::GameState(change) => {
+            evaluate_game_state(state, rules, runtime, event.seq, event.received_at_ms, change, out)
+        }
     }
 }
 
@@ -175,14 +177,15 @@ fn evaluate_game_state(
     rules: &RuleSet,
     runtime: &PluginRuntime,
     seq: i64,
+    arrived_ms: i64,
     event: &GameStateEvent,
     out: &mut Evaluation,
 ) {
-    let minute = event.minute();
     for publisher in &event.broadcasters {
-        let Some(change) = state.broadcasters.apply(publisher, event) else { continue };
         let broadcaster = &publisher.account_id;
-        let watching = state.broadcasters.watching_now(broadcaster, minute).unwrap_or_default();
+        let minute = state.broadcasters.broadcast_minute(broadcaster, arrived_ms);
+        let Some(change) = state.broadcasters.apply(publisher, event, minute) else { continue };
+        let watching = state.broadcasters.watching_now(broadcaster, arrived_ms).unwrap_or_default();
         let wit_change = WitGameState {
             broadcaster: broadcaster.clone(),
             twitch_user_id: publisher.twitch_user_id.clone(),
@@ -294,8 +297,8 @@ pub struct Engine {
     pub breaker_failures: u32,
     /// The paused campaigns, published for the admin API.
     pub paused: Arc<ArcSwap<BTreeMap<String, Paused>>>,
-    /// A heartbeat this many minutes from a game-state change says who watches.
-    pub watching_minutes: u32,
+    /// A heartbeat that arrived this long before a game-state change says who watches.
+    pub watching_window_ms: i64,
 }
 
 /// A failure the engine cannot go on from.
@@ -362,7 +365,7 @@ impl Engine {
         let checkpoint = retry(|| self.store.load_checkpoint(), &stop).await?;
         let mut cursor = checkpoint.inbox_seq;
         let mut state = State::restore(checkpoint, self.breaker_failures);
-        state.broadcasters.watching_minutes = self.watching_minutes;
+        state.broadcasters.watching_window_ms = self.watching_window_ms;
         tracing::info!(inbox_seq = cursor, paused = state.breakers.paused().len(), "engine resumed from checkpoint");
         let interval = Duration::from_secs(self.settings.checkpoint_interval_secs.max(1));
         let mut last_checkpoint = Instant::now();

@@ -35,6 +35,8 @@ pub struct WatcherRow {
     pub broadcaster_id: String,
     pub inbox_seq: i64,
     pub minute: u32,
+    /// When the heartbeat arrived (read from the inbox, not stored here).
+    pub received_at_ms: i64,
 }
 
 /// The engine state as of an inbox position.
@@ -129,7 +131,7 @@ impl Store {
             .collect::<Result<_, sqlx::Error>>()?;
         let mut watchers = Vec::new();
         let rows = sqlx::query(
-            "SELECT w.broadcaster_id, w.inbox_seq, w.minute, i.header, i.viewers \
+            "SELECT w.broadcaster_id, w.inbox_seq, w.minute, i.header, i.viewers, i.received_at \
              FROM watchers w JOIN inbox i ON i.seq = w.inbox_seq",
         )
         .fetch_all(&self.pool)
@@ -139,6 +141,7 @@ impl Store {
                 broadcaster_id: r.try_get(0)?,
                 inbox_seq: r.try_get(1)?,
                 minute: r.try_get::<i64, _>(2)? as u32,
+                received_at_ms: r.try_get(5)?,
             };
             let (header, viewers): (String, Option<Vec<u8>>) = (r.try_get(3)?, r.try_get(4)?);
             let heartbeat = Heartbeat::from_stored(&header, viewers.unwrap_or_default())

@@ -19,6 +19,8 @@ pub struct InsertOutcome {
 #[derive(Debug)]
 pub struct InboxEvent {
     pub seq: i64,
+    /// When the host stored it, in unix milliseconds (the host's clock).
+    pub received_at_ms: i64,
     pub event: Event,
 }
 
@@ -78,15 +80,18 @@ impl Store {
 
     /// Up to `limit` events after `seq`, in order.
     pub async fn inbox_after(&self, seq: i64, limit: u32) -> Result<Vec<InboxEvent>, StoreError> {
-        let rows = sqlx::query("SELECT seq, source, header, viewers FROM inbox WHERE seq > $1 ORDER BY seq LIMIT $2")
-            .bind(seq)
-            .bind(limit as i64)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT seq, source, header, viewers, received_at FROM inbox WHERE seq > $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(seq)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
         rows.into_iter()
             .map(|row| {
                 let seq: i64 = row.try_get("seq")?;
                 let source: String = row.try_get("source")?;
+                let received_at_ms: i64 = row.try_get("received_at")?;
                 let header: String = row.try_get("header")?;
                 let event = if source == "e2" {
                     let event = serde_json::from_str(&header)
@@ -98,7 +103,7 @@ impl Store {
                         .map_err(|reason| StoreError::Corrupt { seq, reason })?;
                     Event::Heartbeat(heartbeat)
                 };
-                Ok(InboxEvent { seq, event })
+                Ok(InboxEvent { seq, received_at_ms, event })
             })
             .collect()
     }

@@ -43,17 +43,7 @@ impl Rule for WatchTimeTiers {
     fn on_heartbeat(config: &Config, campaign: &Campaign, _: &Heartbeat, viewers: &[Viewer]) -> Vec<Grant> {
         let tiers: Vec<(u32, u32)> =
             config.tiers.iter().filter_map(|t| campaign.reward_index(&t.reward).ok().map(|r| (t.minutes, r))).collect();
-        let mut grants = Vec::new();
-        for viewer in viewers.iter().filter(|v| v.counted) {
-            // A tier is reached by the minute that crosses it; earlier minutes were
-            // judged by earlier calls, so each tier is granted exactly once.
-            for &(minutes, reward) in &tiers {
-                if viewer.minutes == minutes {
-                    grants.push(Grant::once(viewer.handle, reward));
-                }
-            }
-        }
-        grants
+        drops_plugin_sdk::tier_grants(&tiers, viewers)
     }
 }
 

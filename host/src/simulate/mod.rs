@@ -1,15 +1,22 @@
-//! `drops-host simulate`: sends VHS traffic the way Twitch does.
+//! `drops-host simulate`: sends VHS traffic the way Twitch does, and E2
+//! game state the way game servers do.
 //!
 //! Every simulated minute, one report per live channel; a report that fails
 //! (non-2xx, error or timeout) is retried up to three times with the same `id`
 //! and `retries` counting up; after four failures the rest of that minute's
-//! reports are dropped, as Twitch does.
+//! reports are dropped, as Twitch does. With `--e2-token`, each channel's
+//! broadcaster also has a game server publishing its state ([`game_server`]).
+
+pub mod game_server;
 
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use futures_util::stream::{self, StreamExt};
 use serde::Serialize;
+use tokio::sync::mpsc;
+
+use game_server::{GameServer, GameServerReport};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
@@ -58,6 +65,37 @@ pub struct SimulateArgs {
     /// Print a line per minute.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub verbose: bool,
+    /// E2 app token: when set, each channel's broadcaster gets a game server
+    /// publishing its game state over `<target>/e2`.
+    #[arg(long)]
+    pub e2_token: Option<String>,
+    /// Client id the game servers publish as.
+    #[arg(long, default_value = "demo-client-id")]
+    pub e2_client_id: String,
+    /// Twitch game id the game servers publish for.
+    #[arg(long, default_value = "demo-game-id")]
+    pub e2_game_id: String,
+    /// The last N channels' games sit idle on a menu: connected, but their
+    /// state never changes (the farming trick `active-play-only` defeats).
+    #[arg(long, default_value_t = 0)]
+    pub idle_channels: u32,
+    /// A boss falls in each broadcaster's game every this many minutes (0: never).
+    #[arg(long, default_value_t = 10)]
+    pub boss_every: u32,
+    /// E2 messages per window and window length in seconds (the host's limits).
+    #[arg(long, default_value_t = 60)]
+    pub e2_messages_per_window: u32,
+    #[arg(long, default_value_t = 60)]
+    pub e2_window_secs: u64,
+    /// Admin token: registers the account links of the simulated broadcasters
+    /// (Twitch user `twitch-<broadcaster>` is game account `<broadcaster>`) first.
+    #[arg(long, env = "DROPS_HOST_ADMIN__TOKEN")]
+    pub admin_token: Option<String>,
+}
+
+/// The Twitch user id simulated for a broadcaster's game account.
+pub fn twitch_user_of(broadcaster: &str) -> String {
+    format!("twitch-{broadcaster}")
 }
 
 /// Totals of a run.
@@ -72,6 +110,10 @@ pub struct SimulateReport {
     pub skipped: u64,
     pub viewer_minutes: u64,
     pub elapsed_secs: f64,
+    /// What the game servers saw, summed.
+    pub e2: GameServerReport,
+    /// Boss kills the game servers published.
+    pub boss_kills: u64,
 }
 
 #[derive(Serialize)]
@@ -117,6 +159,12 @@ pub async fn run(args: &SimulateArgs) -> anyhow::Result<SimulateReport> {
         None => OffsetDateTime::now_utc() - time::Duration::minutes(args.minutes as i64),
     };
     let viewers = channel_viewers(args);
+    let broadcasters: Vec<String> = (0..args.channels).map(|c| format!("{}{c}", args.broadcaster_prefix)).collect();
+    if let Some(admin) = &args.admin_token {
+        register_links(&client, &args.target, admin, &broadcasters).await?;
+    }
+    let (game_servers, servers) = start_game_servers(args, &broadcasters);
+    let mut kills = vec![0u32; broadcasters.len()];
     let tick = Duration::from_secs_f64(60.0 / args.speed.max(0.001));
     let began = Instant::now();
     let mut total = SimulateReport::default();
@@ -189,11 +237,37 @@ pub async fn run(args: &SimulateArgs) -> anyhow::Result<SimulateReport> {
         total.failed += line.failed;
         total.skipped += line.skipped;
         total.viewer_minutes += line.viewer_minutes;
+        // Game state follows the minute's heartbeats, so the viewers are known when a boss falls.
+        let active = args.channels.saturating_sub(args.idle_channels) as usize;
+        for (c, server) in game_servers.iter().enumerate().take(active) {
+            let delta = game_server::delta_for(minute, c as u32, args.boss_every, kills[c]);
+            if delta.get("boss_kills").is_some() {
+                kills[c] += 1;
+                total.boss_kills += 1;
+            }
+            let _ = server.send(delta).await;
+        }
         if minute + 1 < args.minutes {
             tokio::time::sleep(tick.saturating_sub(minute_began.elapsed())).await;
         }
     }
+    drop(game_servers);
+    for server in servers {
+        if let Ok(r) = server.await {
+            total.e2.messages += r.messages;
+            total.e2.acks += r.acks;
+            total.e2.errors += r.errors;
+            total.e2.reconnects += r.reconnects;
+            total.e2.coalesced += r.coalesced;
+        }
+    }
     total.elapsed_secs = began.elapsed().as_secs_f64();
+    if args.e2_token.is_some() {
+        println!(
+            "simulate: game servers sent {} E2 messages ({} boss kills): {} acknowledged, {} errors, {} reconnects, {} merged to stay within the rate limit",
+            total.e2.messages, total.boss_kills, total.e2.acks, total.e2.errors, total.e2.reconnects, total.e2.coalesced
+        );
+    }
     println!(
         "simulate: sent {} reports in {:.1} s ({} tries): host accepted {}, {} duplicates, {} failed; {} viewer-minutes ({:.0}/s)",
         total.reports,
@@ -206,6 +280,54 @@ pub async fn run(args: &SimulateArgs) -> anyhow::Result<SimulateReport> {
         total.viewer_minutes as f64 / total.elapsed_secs.max(1e-9)
     );
     Ok(total)
+}
+
+/// Registers `twitch-<broadcaster>` → `<broadcaster>` links through the admin API.
+async fn register_links(
+    client: &reqwest::Client,
+    target: &str,
+    admin_token: &str,
+    broadcasters: &[String],
+) -> anyhow::Result<()> {
+    let links: Vec<serde_json::Value> = broadcasters
+        .iter()
+        .map(|b| serde_json::json!({"twitch_user_id": twitch_user_of(b), "game_account_id": b}))
+        .collect();
+    let resp = client
+        .put(format!("{}/v1/links", target.trim_end_matches('/')))
+        .bearer_auth(admin_token)
+        .json(&links)
+        .send()
+        .await
+        .context("registering account links")?;
+    anyhow::ensure!(resp.status().is_success(), "registering account links: {}", resp.text().await?);
+    Ok(())
+}
+
+/// One game server per broadcaster when `--e2-token` is set: a sender for
+/// its deltas and its task.
+fn start_game_servers(
+    args: &SimulateArgs,
+    broadcasters: &[String],
+) -> (Vec<mpsc::Sender<serde_json::Value>>, Vec<tokio::task::JoinHandle<GameServerReport>>) {
+    let Some(token) = &args.e2_token else { return (Vec::new(), Vec::new()) };
+    let ws_base = args.target.trim_end_matches('/').replacen("http", "ws", 1);
+    broadcasters
+        .iter()
+        .map(|b| {
+            let (tx, rx) = mpsc::channel(1024);
+            let server = GameServer {
+                url: format!("{ws_base}/e2"),
+                token: token.clone(),
+                client_id: args.e2_client_id.clone(),
+                game_id: args.e2_game_id.clone(),
+                broadcaster: twitch_user_of(b),
+                messages_per_window: args.e2_messages_per_window,
+                window: Duration::from_secs(args.e2_window_secs),
+            };
+            (tx, tokio::spawn(server.run(rx)))
+        })
+        .unzip()
 }
 
 #[derive(Default)]
@@ -304,6 +426,14 @@ mod tests {
             concurrency: 1,
             timeout_secs: 5,
             verbose: false,
+            e2_token: None,
+            e2_client_id: "client".into(),
+            e2_game_id: "game".into(),
+            boss_every: 0,
+            idle_channels: 0,
+            e2_messages_per_window: 60,
+            e2_window_secs: 60,
+            admin_token: None,
         }
     }
 
