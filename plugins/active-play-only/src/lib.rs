@@ -48,10 +48,10 @@ impl Rule for ActivePlayOnly {
     }
 
     fn minutes_count(config: &Config, _: &Campaign, heartbeat: &Heartbeat) -> bool {
-        // No game state at all: nothing shows the broadcaster is playing.
-        heartbeat
-            .state_changed
-            .is_some_and(|changed| heartbeat.minute.saturating_sub(changed) < config.active_within_minutes)
+        // No game state at all: nothing shows the broadcaster is playing. A
+        // change far from the heartbeat's minute, before or after, says
+        // nothing about that minute either.
+        heartbeat.state_changed.is_some_and(|changed| heartbeat.minute.abs_diff(changed) < config.active_within_minutes)
     }
 
     fn on_heartbeat(config: &Config, campaign: &Campaign, _: &Heartbeat, viewers: &[Viewer]) -> Vec<Grant> {
