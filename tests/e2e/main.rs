@@ -3,6 +3,7 @@
 mod bad_input;
 mod crash;
 mod designer;
+mod e2;
 mod helpers;
 mod reload;
 mod sandbox;
