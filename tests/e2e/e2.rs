@@ -269,3 +269,75 @@ async fn every_e2_rule_violation_gets_its_error() {
     assert_eq!(answer["code"], "idle_timeout", "{answer}");
     assert_eq!(recv(&mut ws).await["closed"], 4008);
 }
+
+#[tokio::test]
+async fn game_servers_are_told_to_reconnect_when_the_host_is_full_or_stopping() {
+    let Some(mut host) = host(Backend::Sqlite, "max_connections = 1\nreconnect_after_ms = 250\n").await else { return };
+    let mut first = connect(&host).await;
+    send(&mut first, connect_message("app-token", Some(&["twitch-b1"]), json!({"level": 1}))).await;
+    assert_eq!(recv(&mut first).await["type"], "ack");
+    // Over the connection limit: come back later.
+    let mut second = connect(&host).await;
+    assert_eq!(recv(&mut second).await, json!({"type": "reconnect", "reconnect_after_ms": 250}));
+    assert_eq!(recv(&mut second).await["closed"], 1013);
+    // Shutting down: every connection is told to reconnect, after its acked messages are stored.
+    host.stop();
+    assert_eq!(recv(&mut first).await, json!({"type": "reconnect", "reconnect_after_ms": 250}));
+    assert_eq!(recv(&mut first).await["closed"], 1012);
+    // Back up, the game server sends its full state again; the state was kept, so it is no change.
+    host.restart();
+    let mut again = connect(&host).await;
+    send(&mut again, connect_message("app-token", Some(&["twitch-b1"]), json!({"level": 1}))).await;
+    assert_eq!(recv(&mut again).await["type"], "ack");
+}
+
+fn active_play_campaign() -> (String, String) {
+    let text = r#"
+id = "camp-active"
+name = "Active"
+game = "GameName"
+game_id = "game-1"
+client_id = "client-e2e"
+starts_at = "2025-01-01T00:00:00Z"
+ends_at = "2030-01-01T00:00:00Z"
+[[rewards]]
+id = "badge"
+[rule]
+plugin = "active-play-only"
+config = { active_within_minutes = 3, tiers = [ { minutes = 2, reward = "badge" } ] }
+"#;
+    ("active".into(), text.into())
+}
+
+#[tokio::test]
+async fn minutes_of_a_stream_whose_game_does_not_move_do_not_count() {
+    let config = HostConfig {
+        campaigns: vec![active_play_campaign()],
+        extra_plugins: vec!["active-play-only"],
+        extra_toml: format!("{E2_ALLOWLIST}{E2_TOKENS}"),
+        ..Default::default()
+    };
+    let Some(host) = TestHost::spawn(Backend::Sqlite, config).await else { return };
+    let links = json!({"twitch_user_id": "twitch-b1", "game_account_id": "b-1"});
+    assert_eq!(host.admin_send(reqwest::Method::PUT, "/links", links.to_string().into_bytes()).await.0, 200);
+    let minute = |m: i64| {
+        let t = time::OffsetDateTime::now_utc() - time::Duration::minutes(3 - m);
+        t.format(&time::format_description::well_known::Rfc3339).unwrap()
+    };
+    // b-1 plays (its game server publishes state); b-2's game never reports any.
+    assert_eq!(host.post_vhs(None, &heartbeat("a0", "b-1", "GameName", &minute(0), &["v1"])).await.0, 200);
+    assert_eq!(host.post_vhs(None, &heartbeat("i0", "b-2", "GameName", &minute(0), &["v2"])).await.0, 200);
+    let mut ws = connect(&host).await;
+    send(&mut ws, connect_message("app-token", Some(&["twitch-b1"]), json!({"level": 1}))).await;
+    assert_eq!(recv(&mut ws).await["type"], "ack");
+    for m in 1..3 {
+        for (id, b, v) in [("a", "b-1", "v1"), ("i", "b-2", "v2")] {
+            let hb = heartbeat(&format!("{id}{m}"), b, "GameName", &minute(m), &[v]);
+            assert_eq!(host.post_vhs(None, &hb).await.0, 200);
+        }
+    }
+    let grants = wait_for_grants(&host, 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let users: Vec<Value> = host.grants().await.iter().map(|g| g["user_id"].clone()).collect();
+    assert_eq!(users, [json!("v1")], "{grants:?}");
+}

@@ -396,6 +396,8 @@ impl Engine {
                 continue;
             }
             let last = events.last().map(|e| e.seq).unwrap_or(cursor);
+            let e2_arrivals: Vec<i64> =
+                events.iter().filter(|e| matches!(e.event, Event::GameState(_))).map(|e| e.received_at_ms).collect();
             let rules = self.rules.load_full();
             let runtime = self.runtime.clone();
             let (returned, evaluation, recorder_back) = tokio::task::spawn_blocking(move || {
@@ -412,6 +414,11 @@ impl Engine {
             state = returned;
             recorder = recorder_back;
             self.store_grants(&evaluation, &stop).await?;
+            // From a game-state message's arrival to its grants being stored.
+            let now = crate::store::now_ms();
+            for arrived in e2_arrivals {
+                metrics::histogram!("drops_e2_decision_seconds").record((now - arrived).max(0) as f64 / 1000.0);
+            }
             cursor = last;
             metrics::gauge!("drops_engine_inbox_seq").set(cursor as f64);
             if last_checkpoint.elapsed() >= interval {

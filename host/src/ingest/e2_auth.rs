@@ -131,3 +131,79 @@ impl TwitchVerifier {
         Ok(TokenInfo { kind, client_id: v.client_id, user_id: v.user_id.filter(|u| !u.is_empty()) })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::routing::get;
+    use axum::{Json, Router};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    /// A fake of Twitch's `GET /oauth2/validate`, counting the questions it gets.
+    async fn fake_twitch() -> (String, Arc<AtomicUsize>) {
+        let asked = Arc::new(AtomicUsize::new(0));
+        let counter = asked.clone();
+        let app = Router::new().route(
+            "/oauth2/validate",
+            get(move |headers: HeaderMap| {
+                counter.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default();
+                    match auth {
+                        "OAuth app-token" => (
+                            StatusCode::OK,
+                            Json(serde_json::json!({"client_id": "c1", "scopes": [], "expires_in": 5000})),
+                        ),
+                        "OAuth user-token" => (
+                            StatusCode::OK,
+                            Json(
+                                serde_json::json!({"client_id": "c1", "login": "x", "user_id": "42", "expires_in": 60}),
+                            ),
+                        ),
+                        "OAuth spent-token" => {
+                            (StatusCode::OK, Json(serde_json::json!({"client_id": "c1", "expires_in": 0})))
+                        }
+                        _ => (
+                            StatusCode::UNAUTHORIZED,
+                            Json(serde_json::json!({"status": 401, "message": "invalid access token"})),
+                        ),
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (format!("http://{addr}"), asked)
+    }
+
+    #[tokio::test]
+    async fn twitch_says_what_a_token_is_and_answers_are_cached() {
+        let (url, asked) = fake_twitch().await;
+        let settings =
+            E2Settings { verifier: Some(TokenVerifierKind::Twitch), twitch_auth_url: url, ..Default::default() };
+        let verifier = TokenVerifier::from_settings(&settings);
+        let app = verifier.verify("app-token").await.unwrap();
+        assert_eq!(app, TokenInfo { kind: TokenKind::App, client_id: "c1".into(), user_id: None });
+        let user = verifier.verify("user-token").await.unwrap();
+        assert_eq!((user.kind, user.user_id.as_deref()), (TokenKind::User, Some("42")));
+        assert_eq!(verifier.verify("spent-token").await, Err(TokenError::Expired));
+        assert_eq!(verifier.verify("made-up").await, Err(TokenError::Invalid));
+        let before = asked.load(Ordering::SeqCst);
+        verifier.verify("app-token").await.unwrap();
+        assert_eq!(asked.load(Ordering::SeqCst), before, "asked again within the cache time");
+    }
+
+    #[tokio::test]
+    async fn twitch_unreachable_is_not_an_invalid_token() {
+        let settings = E2Settings {
+            verifier: Some(TokenVerifierKind::Twitch),
+            twitch_auth_url: "http://127.0.0.1:9".into(),
+            ..Default::default()
+        };
+        let err = TokenVerifier::from_settings(&settings).verify("app-token").await.unwrap_err();
+        assert!(matches!(err, TokenError::Unavailable(_)), "{err:?}");
+    }
+}
