@@ -33,7 +33,7 @@ TOML
 ulimit -n 65536 2>/dev/null || true
 "$bin" serve --config "$work/drops-host.toml" > "$work/stdout" 2> "$work/host.log" &
 host=$!
-trap 'kill $host 2>/dev/null; rm -rf "$work"' EXIT
+trap 'kill $host 2>/dev/null; wait $host 2>/dev/null; rm -rf "$work"' EXIT
 for _ in $(seq 1 100); do grep -q listening "$work/stdout" && break; sleep 0.1; done
 url=$(sed -n 's/drops-host listening on //p' "$work/stdout")
 metric() { curl -s "$url/metrics" | awk -v m="$1" '$1==m {print $2}'; }

@@ -264,8 +264,14 @@ pub async fn run(args: &SimulateArgs) -> anyhow::Result<SimulateReport> {
     total.elapsed_secs = began.elapsed().as_secs_f64();
     if args.e2_token.is_some() {
         println!(
-            "simulate: game servers sent {} E2 messages ({} boss kills): {} acknowledged, {} errors, {} reconnects, {} merged to stay within the rate limit",
-            total.e2.messages, total.boss_kills, total.e2.acks, total.e2.errors, total.e2.reconnects, total.e2.coalesced
+            "simulate: game servers sent {} E2 messages ({:.0}/s, {} boss kills): {} acknowledged, {} errors, {} reconnects, {} merged to stay within the rate limit",
+            total.e2.messages,
+            total.e2.messages as f64 / total.elapsed_secs.max(1e-9),
+            total.boss_kills,
+            total.e2.acks,
+            total.e2.errors,
+            total.e2.reconnects,
+            total.e2.coalesced
         );
     }
     println!(
