@@ -221,6 +221,15 @@ async fn refused(host: &TestHost, message: Value) -> (String, Value) {
 async fn every_e2_rule_violation_gets_its_error() {
     let limits = "messages_per_window = 3\nmax_delta_bytes = 200\nidle_timeout_secs = 2\n";
     let Some(host) = host(Backend::Sqlite, limits).await else { return };
+    // Bad links are refused naming the field, and nothing of the request is stored.
+    let bad = json!([{"twitch_user_id": "twitch-b9", "game_account_id": "b-9"}, {"twitch_user_id": "twitch-b8", "game_account_id": " "}]);
+    let (status, body) = host.admin_send(reqwest::Method::PUT, "/links", bad.to_string().into_bytes()).await;
+    assert_eq!((status, &body["field"]), (400, &json!("[1].game_account_id")), "{body}");
+    let typo = json!({"twitch_user": "twitch-b9", "game_account_id": "b-9"});
+    let (status, body) = host.admin_send(reqwest::Method::PUT, "/links", typo.to_string().into_bytes()).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("twitch_user"), "{body}");
+    assert_eq!(host.admin_get("/links?twitch_user_id=twitch-b9").await, json!([]));
     let state = json!({"level": 1});
     let cases = [
         (connect_message("Bearer app-token", Some(&["twitch-b1"]), state.clone()), "token_prefix", 4001),
