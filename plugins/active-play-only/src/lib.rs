@@ -4,6 +4,7 @@
 //!
 //! Config: `{ active_within_minutes = 5, tiers = [ { minutes = 30, reward = "reward-id" }, ... ] }`.
 
+use drops_plugin_sdk::tiers::{self, Tier};
 use drops_plugin_sdk::{Campaign, Grant, Heartbeat, Rule, Viewer};
 use serde::Deserialize;
 
@@ -17,14 +18,6 @@ pub struct Config {
     pub tiers: Vec<Tier>,
 }
 
-/// One tier: `minutes` of active watch-time earns `reward`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Tier {
-    pub minutes: u32,
-    pub reward: String,
-}
-
 /// The rule.
 pub struct ActivePlayOnly;
 
@@ -35,16 +28,7 @@ impl Rule for ActivePlayOnly {
         if config.active_within_minutes == 0 {
             return Err("config.active_within_minutes: must be at least 1".into());
         }
-        if config.tiers.is_empty() {
-            return Err("config.tiers: at least one tier is needed".into());
-        }
-        for (i, tier) in config.tiers.iter().enumerate() {
-            if tier.minutes == 0 {
-                return Err(format!("config.tiers[{i}].minutes: must be at least 1"));
-            }
-            campaign.reward_index(&tier.reward).map_err(|e| format!("config.tiers[{i}].reward: {e}"))?;
-        }
-        Ok(())
+        tiers::validate(&config.tiers, campaign)
     }
 
     fn minutes_count(config: &Config, _: &Campaign, heartbeat: &Heartbeat) -> bool {
@@ -55,9 +39,7 @@ impl Rule for ActivePlayOnly {
     }
 
     fn on_heartbeat(config: &Config, campaign: &Campaign, _: &Heartbeat, viewers: &[Viewer]) -> Vec<Grant> {
-        let tiers: Vec<(u32, u32)> =
-            config.tiers.iter().filter_map(|t| campaign.reward_index(&t.reward).ok().map(|r| (t.minutes, r))).collect();
-        drops_plugin_sdk::tier_grants(&tiers, viewers)
+        tiers::grants(&config.tiers, campaign, viewers)
     }
 }
 

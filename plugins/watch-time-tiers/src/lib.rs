@@ -2,6 +2,7 @@
 //!
 //! Config: `{ tiers = [ { minutes = 30, reward = "reward-id" }, ... ] }`.
 
+use drops_plugin_sdk::tiers::{self, Tier};
 use drops_plugin_sdk::{Campaign, Grant, Heartbeat, Rule, Viewer};
 use serde::Deserialize;
 
@@ -13,14 +14,6 @@ pub struct Config {
     pub tiers: Vec<Tier>,
 }
 
-/// One tier: watching `minutes` in the campaign earns `reward`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Tier {
-    pub minutes: u32,
-    pub reward: String,
-}
-
 /// The rule.
 pub struct WatchTimeTiers;
 
@@ -28,22 +21,11 @@ impl Rule for WatchTimeTiers {
     type Config = Config;
 
     fn validate(config: &Config, campaign: &Campaign) -> Result<(), String> {
-        if config.tiers.is_empty() {
-            return Err("config.tiers: at least one tier is needed".into());
-        }
-        for (i, tier) in config.tiers.iter().enumerate() {
-            if tier.minutes == 0 {
-                return Err(format!("config.tiers[{i}].minutes: must be at least 1"));
-            }
-            campaign.reward_index(&tier.reward).map_err(|e| format!("config.tiers[{i}].reward: {e}"))?;
-        }
-        Ok(())
+        tiers::validate(&config.tiers, campaign)
     }
 
     fn on_heartbeat(config: &Config, campaign: &Campaign, _: &Heartbeat, viewers: &[Viewer]) -> Vec<Grant> {
-        let tiers: Vec<(u32, u32)> =
-            config.tiers.iter().filter_map(|t| campaign.reward_index(&t.reward).ok().map(|r| (t.minutes, r))).collect();
-        drops_plugin_sdk::tier_grants(&tiers, viewers)
+        tiers::grants(&config.tiers, campaign, viewers)
     }
 }
 
