@@ -151,6 +151,10 @@ async fn boss_kill(backend: Backend) {
     // so nothing is granted twice, and it kept who is watching b-1.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     host.kill();
+    let (states, e2_rows) = host.game_state_from_database().await;
+    let state: Value = serde_json::from_str(&states[0].1).unwrap();
+    assert_eq!((states.len(), states[0].0.as_str(), &state["boss_defeated"]), (1, "b-1", &json!(true)));
+    assert_eq!(e2_rows, 0, "messages behind the checkpoint are dropped; the state holds them");
     host.restart();
     let mut ws = connect(&host).await;
     send(

@@ -257,6 +257,23 @@ impl TestHost {
         rewards
     }
 
+    /// Checkpointed game state per broadcaster, and game-state messages still in the inbox.
+    pub async fn game_state_from_database(&self) -> (Vec<(String, String)>, i64) {
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(&self.database_url).await.unwrap();
+        let states = sqlx::query("SELECT broadcaster_id, state FROM game_state ORDER BY broadcaster_id")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.get::<String, _>(0), r.get::<String, _>(1)))
+            .collect();
+        let e2_rows =
+            sqlx::query_scalar("SELECT COUNT(*) FROM inbox WHERE source = 'e2'").fetch_one(&pool).await.unwrap();
+        pool.close().await;
+        (states, e2_rows)
+    }
+
     /// Rules' stored state, sorted (after the host stopped).
     pub async fn campaign_state(&self) -> Vec<(String, String, Vec<u8>)> {
         sqlx::any::install_default_drivers();

@@ -265,6 +265,14 @@ impl Store {
         .bind(prune_to)
         .execute(&mut *tx)
         .await?;
+        // Game-state messages behind the checkpoint live on in the checkpointed
+        // state, and their ids are per message (never resent), so nothing
+        // needs them again; unlike heartbeat ids, they are not kept.
+        sqlx::query("DELETE FROM inbox WHERE source = 'e2' AND seq > $1 AND seq <= $2")
+            .bind(pruned)
+            .bind(prune_to)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
