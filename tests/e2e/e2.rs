@@ -183,6 +183,24 @@ async fn boss_kill(backend: Backend) {
         ("v2", "b-1:boss_kills=2"),
     ];
     assert_eq!(keys, want);
+    // One connection publishing shared state for two broadcasters: a kill in
+    // it is a kill in both games, granted to each one's own viewers.
+    send(&mut ws, json!({"type": "disconnect"})).await;
+    assert_eq!(recv(&mut ws).await["type"], "ack");
+    let mut shared = connect(&host).await;
+    let arena = json!({"boss_defeated": false, "boss_kills": 2});
+    send(&mut shared, connect_message("app-token", Some(&["twitch-b1", "twitch-b2"]), arena)).await;
+    assert_eq!(recv(&mut shared).await["type"], "ack");
+    send(&mut shared, json!({"type": "delta", "data": {"boss_defeated": true, "boss_kills": 3}})).await;
+    assert_eq!(recv(&mut shared).await["type"], "ack");
+    let grants = wait_for_grants(&host, 7).await;
+    let mut third: Vec<(&str, &str)> = grants
+        .iter()
+        .filter(|g| g["grant_key"].as_str().unwrap().ends_with("=3"))
+        .map(|g| (g["user_id"].as_str().unwrap(), g["broadcaster_id"].as_str().unwrap()))
+        .collect();
+    third.sort();
+    assert_eq!(third, [("v1", "b-1"), ("v2", "b-1"), ("v3", "b-2")]);
     // Event-based grants reach the manifest files like time-based ones.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let users = loop {
@@ -192,12 +210,12 @@ async fn boss_kill(backend: Backend) {
             .flat_map(|(_, m)| m["users"].as_array().unwrap().iter().map(|u| u.as_str().unwrap().to_string()))
             .collect();
         users.sort();
-        if users.len() >= 4 || std::time::Instant::now() > deadline {
+        if users.len() >= 7 || std::time::Instant::now() > deadline {
             break users;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert_eq!(users, ["v1", "v1", "v2", "v2"]);
+    assert_eq!(users, ["v1", "v1", "v1", "v2", "v2", "v2", "v3"]);
 }
 
 #[tokio::test]
