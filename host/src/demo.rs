@@ -205,6 +205,19 @@ async fn summary(settings: &Settings, report: &simulate::SimulateReport) -> anyh
     for ((campaign, reward), n) in &per_reward {
         println!("   {campaign:<28} {reward:<24} {n:>7}");
     }
+    // Per campaign and broadcaster: shows the idle broadcaster earning time-based
+    // crates but no active-play badge, and boss trophies only where bosses fell.
+    let broadcasters: std::collections::BTreeSet<&str> = grants.iter().map(|g| g.broadcaster_id.as_str()).collect();
+    let mut per_broadcaster: BTreeMap<&str, BTreeMap<&str, usize>> = BTreeMap::new();
+    for g in &grants {
+        *per_broadcaster.entry(&g.campaign_id).or_default().entry(&g.broadcaster_id).or_default() += 1;
+    }
+    println!("   grants per broadcaster:");
+    for (campaign, counts) in &per_broadcaster {
+        let line: Vec<String> =
+            broadcasters.iter().map(|b| format!("{b} {}", counts.get(b).copied().unwrap_or(0))).collect();
+        println!("     {campaign:<28} {}", line.join(", "));
+    }
     println!("   manifests in {}: {}", settings.manifest_dir().display(), manifests.len());
     for m in &manifests {
         println!(
