@@ -25,7 +25,7 @@ pub struct Cli {
 /// What to do.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve HTTP (VHS ingest, admin API, metrics) and run the engine and manifest batcher.
+    /// Serve HTTP (VHS and E2 ingest, admin API, metrics) and run the engine and manifest batcher.
     ///
     /// Settings come from the config file, then DROPS_HOST_* environment variables
     /// (nested keys with a double underscore: DROPS_HOST_VHS__TOKEN). Without a
@@ -55,7 +55,7 @@ pub enum Command {
         #[arg(long)]
         events: PathBuf,
     },
-    /// Send Twitch-like VHS traffic to a host, for demos and load tests.
+    /// Send Twitch-like VHS traffic and, with --e2-token, game-server E2 traffic to a host, for demos and load tests.
     Simulate(crate::simulate::SimulateArgs),
     /// Run the demo: a host with the example campaigns, fed by simulated Twitch traffic.
     Demo(crate::demo::DemoArgs),
