@@ -131,8 +131,10 @@ impl Broadcasters {
         let empty = Value::Object(Default::default());
         let previous = self.game.get(&publisher.account_id).map_or(empty, |g| g.state.clone());
         let current = event.apply(&previous);
+        // States are JSON objects (ingest refuses anything else), so equal
+        // top-level values mean equal states.
         let changed = changed_keys(&previous, &current);
-        if changed.is_empty() && previous == current {
+        if changed.is_empty() {
             return None;
         }
         let entry = GameState {

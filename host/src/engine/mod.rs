@@ -92,8 +92,6 @@ pub struct Evaluation {
     pub grants: Vec<NewGrant>,
     pub viewer_minutes: u64,
     pub plugin_errors: u64,
-    /// Game-state changes evaluated (per campaign).
-    pub state_changes: u64,
 }
 
 /// Evaluates one event against the rule set, updating the engine's state.
@@ -214,7 +212,6 @@ fn evaluate_game_state(
             let kv = campaign_kv(&mut state.campaign_state, campaign_id);
             let grants =
                 runtime.on_game_state(&campaign.plugin, &campaign.wit, &wit_change, &viewers, watching.clone(), kv);
-            out.state_changes += 1;
             let made = Made { seq, broadcaster, minute, viewers: &watching };
             settle(state, campaign, made, grants, out);
         }

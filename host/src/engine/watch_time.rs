@@ -157,23 +157,6 @@ impl WatchTime {
         counted
     }
 
-    /// Counts a minute for a viewer in a campaign; returns the progress after it
-    /// and whether the minute was new.
-    pub fn count(&mut self, campaign: &str, viewer_id: &str, minute: u32) -> (Progress, bool) {
-        let viewer = self.interner.intern(viewer_id);
-        let progress = match self.campaigns.get_mut(campaign) {
-            Some(p) => p,
-            None => self.campaigns.entry(campaign.to_string()).or_default(),
-        };
-        let entry = progress.viewers.entry(viewer).or_default();
-        let counted = entry.count(minute);
-        let after = *entry;
-        if counted {
-            progress.dirty.insert(viewer);
-        }
-        (after, counted)
-    }
-
     /// A viewer's progress in a campaign.
     pub fn progress(&self, campaign: &str, viewer_id: &str) -> Progress {
         let Some(&viewer) = self.interner.index.get(viewer_id) else { return Progress::default() };
@@ -214,6 +197,14 @@ impl WatchTime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl WatchTime {
+        /// Counts one viewer's minute, as the engine does when a rule lets it count.
+        fn count(&mut self, campaign: &str, viewer_id: &str, minute: u32) {
+            let tentative = self.tentative(campaign, std::iter::once(viewer_id), minute);
+            self.commit(campaign, &tentative);
+        }
+    }
 
     #[test]
     fn a_minute_counts_once_in_any_order() {

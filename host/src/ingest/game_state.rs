@@ -42,11 +42,6 @@ pub struct GameStateEvent {
 }
 
 impl GameStateEvent {
-    /// The minute of arrival, in unix minutes.
-    pub fn minute(&self) -> u32 {
-        (self.received_at_ms.max(0) / 60_000).min(u32::MAX as i64) as u32
-    }
-
     /// The event's time.
     pub fn time(&self) -> time::OffsetDateTime {
         let nanos = i128::from(self.received_at_ms) * 1_000_000;
