@@ -251,6 +251,11 @@ async fn every_e2_rule_violation_gets_its_error() {
     let (status, body) = host.admin_send(reqwest::Method::PUT, "/links", typo.to_string().into_bytes()).await;
     assert_eq!(status, 400, "{body}");
     assert!(body["error"].as_str().unwrap().contains("twitch_user"), "{body}");
+    let missing = json!({"twitch_user_id": "twitch-b9"});
+    let (status, body) = host.admin_send(reqwest::Method::PUT, "/links", missing.to_string().into_bytes()).await;
+    assert_eq!((status, &body["field"]), (400, &json!("game_account_id")), "{body}");
+    let (status, body) = host.admin_send(reqwest::Method::GET, "/links?limit=many", Vec::new()).await;
+    assert_eq!((status, &body["field"]), (400, &json!("limit")), "a bad query is JSON naming it too: {body}");
     assert_eq!(host.admin_get("/links?twitch_user_id=twitch-b9").await, json!([]));
     let state = json!({"level": 1});
     let cases = [

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path};
-use axum::extract::{Query, Request, State};
+use axum::extract::{Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::{self, Next};
 use axum::response::Response;
@@ -13,7 +13,7 @@ use axum::{Json, Router};
 use serde::Serialize;
 use subtle::ConstantTimeEq;
 
-use super::{ApiError, AppState};
+use super::{ApiError, ApiQuery, AppState};
 use crate::engine::breaker::Paused;
 use crate::rules::LoadError;
 use crate::store::{AccountLink, GrantFilter, GrantRow, ManifestRow, PluginVersion, RuleHistoryEntry};
@@ -57,7 +57,7 @@ async fn require_token(State(app): State<Arc<AppState>>, request: Request, next:
 
 async fn grants(
     State(app): State<Arc<AppState>>,
-    Query(filter): Query<GrantFilter>,
+    ApiQuery(filter): ApiQuery<GrantFilter>,
 ) -> Result<Json<Vec<GrantRow>>, ApiError> {
     app.store.list_grants(&filter).await.map(Json).map_err(ApiError::unavailable)
 }
@@ -80,13 +80,11 @@ fn parse_links(body: &[u8]) -> Result<Vec<AccountLink>, ApiError> {
         serde_json::from_slice(body).map_err(|e| ApiError::bad_request("", format!("not JSON: {e}")))?;
     let (links, many) = match value {
         serde_json::Value::Array(_) => {
-            let links: Vec<AccountLink> = serde_path_to_error::deserialize(value)
-                .map_err(|e| ApiError::bad_request(e.path().to_string(), e.inner().to_string()))?;
+            let links: Vec<AccountLink> = serde_path_to_error::deserialize(value).map_err(ApiError::bad_json)?;
             (links, true)
         }
         _ => {
-            let link: AccountLink = serde_path_to_error::deserialize(value)
-                .map_err(|e| ApiError::bad_request(e.path().to_string(), e.inner().to_string()))?;
+            let link: AccountLink = serde_path_to_error::deserialize(value).map_err(ApiError::bad_json)?;
             (vec![link], false)
         }
     };
@@ -123,7 +121,7 @@ struct LinkQuery {
 /// `GET /v1/links?twitch_user_id=...` (or `game_account_id`, or neither for all, `limit` up to 10,000).
 async fn get_links(
     State(app): State<Arc<AppState>>,
-    Query(q): Query<LinkQuery>,
+    ApiQuery(q): ApiQuery<LinkQuery>,
 ) -> Result<Json<Vec<AccountLink>>, ApiError> {
     let limit = q.limit.unwrap_or(1000).min(10_000);
     app.store

@@ -5,6 +5,27 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 
+/// A query string parsed into `T`; a bad one is a JSON 400 naming the
+/// parameter, like every other bad input, instead of axum's plain text.
+pub struct ApiQuery<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for ApiQuery<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, ApiError> {
+        let query = parts.uri.query().unwrap_or_default();
+        let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(de).map(ApiQuery).map_err(|e| {
+            let field = e.path().to_string();
+            ApiError::bad_request(if field == "." { String::new() } else { field }, e.inner().to_string())
+        })
+    }
+}
+
 /// An error answer: `{"error": "...", "field": "..."}`.
 #[derive(Debug)]
 pub struct ApiError {
@@ -23,6 +44,11 @@ struct Body<'a> {
 impl ApiError {
     fn new(status: StatusCode, error: impl Into<String>) -> ApiError {
         ApiError { status, error: error.into(), field: None }
+    }
+
+    /// 400 for a JSON document that does not parse into what was expected, naming the field.
+    pub fn bad_json(err: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+        ApiError::bad_request(crate::ingest::body::json_field(&err), err.into_inner().to_string())
     }
 
     /// 400, naming the field (`[2].time`, `viewer_list[0]`; empty for the body as a whole).

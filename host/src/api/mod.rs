@@ -15,7 +15,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::Notify;
 use tower_http::trace::TraceLayer;
 
-pub use error::ApiError;
+pub use error::{ApiError, ApiQuery};
 
 use std::collections::BTreeMap;
 

@@ -131,17 +131,24 @@ fn parse_json(reader: impl Read) -> Result<Vec<Heartbeat>, BodyError> {
     Ok(heartbeats)
 }
 
-/// Names the field a JSON error is about: the path, plus the missing field's name.
-fn json_error(err: serde_path_to_error::Error<serde_json::Error>) -> BodyError {
+/// Names the field a JSON error is about: the path, plus the missing field's
+/// name (`[1].time`, `viewer_list[0]`; empty for the document as a whole).
+pub fn json_field(err: &serde_path_to_error::Error<serde_json::Error>) -> String {
     let mut field = err.path().to_string();
     if field == "." {
         field.clear();
     }
-    let inner = err.into_inner();
-    let message = inner.to_string();
+    let message = err.inner().to_string();
     if let Some(name) = message.strip_prefix("missing field `").and_then(|m| m.split('`').next()) {
         field = if field.is_empty() { name.to_string() } else { format!("{field}.{name}") };
     }
+    field
+}
+
+fn json_error(err: serde_path_to_error::Error<serde_json::Error>) -> BodyError {
+    let field = json_field(&err);
+    let inner = err.into_inner();
+    let message = inner.to_string();
     if inner.is_io() {
         return BodyError::invalid("", format!("the body could not be read: {message}"));
     }

@@ -308,8 +308,8 @@ impl<'a> Connection<'a> {
         }
         let de = &mut serde_json::Deserializer::from_str(text);
         let msg: ClientMessage = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let field = if path == "." { String::new() } else { format!("field `{path}`: ") };
+            let field = super::body::json_field(&e);
+            let field = if field.is_empty() { field } else { format!("field `{field}`: ") };
             (None, Violation::drop("malformed", format!("{field}{}", e.inner())))
         })?;
         let seq = msg.seq;
