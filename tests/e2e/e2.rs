@@ -386,3 +386,21 @@ async fn minutes_of_a_stream_whose_game_does_not_move_do_not_count() {
     let users: Vec<Value> = host.grants().await.iter().map(|g| g["user_id"].clone()).collect();
     assert_eq!(users, [json!("v1")], "{grants:?}");
 }
+
+#[tokio::test]
+async fn an_acknowledged_message_survives_sigkill_before_any_checkpoint() {
+    let Some(mut host) = host(Backend::Sqlite, "").await else { return };
+    assert_eq!(host.post_vhs(None, &heartbeat("h1", "b-1", "GameName", &now(), &["v1"])).await.0, 200);
+    let mut ws = connect(&host).await;
+    send(&mut ws, connect_message("app-token", Some(&["twitch-b1"]), json!({"boss_defeated": false}))).await;
+    assert_eq!(recv(&mut ws).await["type"], "ack");
+    send(&mut ws, json!({"type": "delta", "seq": 2, "data": {"boss_defeated": true, "boss_kills": 1}})).await;
+    assert_eq!(recv(&mut ws).await, json!({"type": "ack", "seq": 2}));
+    // Killed the moment the kill is acked: the engine may not even have read it.
+    host.kill();
+    host.restart();
+    let grants = wait_for_grants(&host, 1).await;
+    let got: Vec<(&str, &str)> =
+        grants.iter().map(|g| (g["user_id"].as_str().unwrap(), g["grant_key"].as_str().unwrap())).collect();
+    assert_eq!(got, [("v1", "b-1:boss_kills=1")]);
+}
