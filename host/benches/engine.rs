@@ -10,11 +10,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use drops_host::engine::{evaluate, Evaluation, State};
-use drops_host::ingest::heartbeat::Heartbeat;
+use drops_host::domain::{Event, Heartbeat, InboxEvent};
+use drops_host::engine::{evaluate, Evaluation, Judgement, State};
 use drops_host::plugins::{PluginRuntime, WitCampaign, WitHeartbeat, WitViewer};
 use drops_host::rules::RuleSet;
-use drops_host::store::{Event, InboxEvent};
 use drops_plugin_sdk::Rule;
 
 const CONFIG: &str =
@@ -109,7 +108,7 @@ fn engine_step(c: &mut Criterion) {
                 InboxEvent { seq: m as i64, received_at_ms: 0, event: Event::Heartbeat(heartbeat) }
             })
             .collect();
-        let mut state = State::default();
+        let mut state = State::new(&Judgement::default());
         let mut i = 0;
         group.bench_function(BenchmarkId::new("count_and_decide", n), |b| {
             b.iter(|| {

@@ -2,19 +2,18 @@
 //! one shutdown order (stop accepting, drain the engine, flush manifests).
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{self, AppState};
+use crate::api::{self, Admin, AppState, Health};
 use crate::config::Settings;
-use crate::engine::Engine;
+use crate::engine::{Engine, EngineOptions, PausedCampaigns};
 use crate::ingest::e2::E2Hub;
+use crate::ingest::vhs::VhsIngest;
 use crate::manifests::Batcher;
 use crate::plugins::PluginRuntime;
 use crate::rules::reload::{record_history, Reloader};
@@ -48,48 +47,29 @@ impl RunningHost {
 
         let listener = tokio::net::TcpListener::bind(settings.listen).await?;
         let addr = listener.local_addr()?;
-        let inbox_notify = Arc::new(Notify::new());
-        let grants_notify = Arc::new(Notify::new());
-        let pending_grants = Arc::new(AtomicU64::new(0));
-        let paused = Arc::new(ArcSwap::from_pointee(Default::default()));
+        let paused: Arc<PausedCampaigns> = Arc::new(ArcSwap::from_pointee(Default::default()));
         let reloader =
             Arc::new(Reloader::new(settings.rules_dir.clone(), runtime.clone(), rules.clone(), store.clone()));
         record_history(&store, &rules.load()).await;
         let stop = CancellationToken::new();
-        let e2 = Arc::new(E2Hub::new(settings.e2.clone(), store.clone(), inbox_notify.clone(), stop.clone()));
-        let state = Arc::new(AppState {
-            settings: settings.clone(),
-            store: store.clone(),
-            rules: rules.clone(),
-            inbox_notify: inbox_notify.clone(),
-            metrics: metrics.clone(),
-            reloader: reloader.clone(),
-            paused: paused.clone(),
+        let e2 = Arc::new(E2Hub::new(settings.e2.clone(), store.clone(), stop.clone()));
+        let state = AppState {
+            vhs: Arc::new(VhsIngest { settings: settings.vhs.clone(), store: store.clone() }),
             e2: e2.clone(),
-        });
+            admin: Arc::new(Admin {
+                settings: settings.admin.clone(),
+                store: store.clone(),
+                rules: rules.clone(),
+                reloader: reloader.clone(),
+                paused: paused.clone(),
+            }),
+            health: Arc::new(Health { store: store.clone(), metrics: metrics.clone() }),
+        };
 
         let (engine_stop, batcher_stop) = (CancellationToken::new(), CancellationToken::new());
-        let engine = Engine {
-            store: store.clone(),
-            rules: rules.clone(),
-            runtime: runtime.clone(),
-            settings: settings.engine.clone(),
-            inbox_notify,
-            grants_notify: grants_notify.clone(),
-            pending_grants: pending_grants.clone(),
-            record_events: settings.record_events.clone(),
-            breaker_failures: settings.plugins.breaker_failures,
-            paused: paused.clone(),
-            watching_window_ms: i64::try_from(settings.e2.watching_window_secs.saturating_mul(1000))
-                .unwrap_or(i64::MAX),
-        };
-        let batcher = Batcher {
-            store: store.clone(),
-            dir: settings.manifest_dir(),
-            settings: settings.manifests.clone(),
-            grants_notify,
-            pending_grants,
-        };
+        let options = EngineOptions::from_settings(&settings);
+        let engine = Engine::new(store.clone(), rules.clone(), runtime.clone(), options, paused);
+        let batcher = Batcher::new(store.clone(), settings.manifest_dir(), settings.manifests.clone());
         let engine_task = tokio::spawn(engine.run(engine_stop.clone()));
         let reload_stop = stop.clone();
         match reloader.watch() {

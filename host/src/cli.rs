@@ -45,15 +45,22 @@ pub enum Command {
     /// Plugin tools.
     #[command(subcommand)]
     Plugin(PluginCommand),
-    /// Dry run: feed recorded events (JSON lines, VHS heartbeats) through the
-    /// rules in memory and print the grants each campaign would make.
+    /// Dry run: feed recorded events (JSON lines: VHS heartbeats and E2
+    /// game-state messages, as `record_events` writes them) through the rules
+    /// in memory and print the grants each campaign would make.
+    ///
+    /// Give the host's --config so the replay uses its plugin limits, circuit
+    /// breaker and watching window, and decides as the host did.
     Replay {
         /// Rules directory (campaigns/*.toml, plugins/*.wasm).
         #[arg(long)]
         rules: PathBuf,
-        /// One JSON heartbeat per line.
+        /// The recording: one event per line.
         #[arg(long)]
         events: PathBuf,
+        /// Config file of the host whose traffic this is (default: ./drops-host.toml if it exists).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Send Twitch-like VHS traffic and, with --e2-token, game-server E2 traffic to a host, for demos and load tests.
     Simulate(crate::simulate::SimulateArgs),
@@ -128,7 +135,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             println!("created {}: `cargo test` runs its tests natively;", root.display());
             println!("`cargo build --release --target wasm32-unknown-unknown` builds the plugin.");
         }
-        Command::Replay { rules, events } => crate::replay::run(&rules, &events)?,
+        Command::Replay { rules, events, config } => {
+            let settings = Settings::load(config.as_deref())?;
+            crate::replay::run(&settings, &rules, &events)?
+        }
         Command::Simulate(args) => {
             let report = crate::simulate::run(&args).await?;
             if report.failed > 0 {

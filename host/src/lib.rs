@@ -1,16 +1,32 @@
 //! drops-host: Twitch Drops rewards decided by WebAssembly rule plugins.
 //!
-//! The data's path is the module layout: [`ingest`] (VHS heartbeats in) →
-//! [`engine`] (watch-time, campaign matching) → [`plugins`] (the rules) →
-//! [`store`] (inbox, grants) → [`manifests`] (Twitch's grant files), with
-//! [`api`] beside them and [`app`] starting it all.
+//! The module layout follows the data's path, and every module imports only
+//! the layers below it (`docs/architecture.md` draws them):
+//!
+//! | layer | modules | what they own |
+//! | --- | --- | --- |
+//! | commands | [`cli`], [`app`], [`demo`], [`simulate`], [`replay`], [`scaffold`] | starting things |
+//! | routers | [`api`] | one router: ingest, health, metrics, the admin API |
+//! | edges and tasks | [`ingest`] (VHS, E2), [`engine`], [`manifests`] | events in, judgement, files out |
+//! | rules | [`rules`] | campaign files bound to plugins, hot reload |
+//! | services | [`plugins`], [`store`], [`http`] | the sandbox, the database, HTTP errors |
+//! | bottom | [`domain`], [`config`], [`files`], [`telemetry`] | what it is about; settings |
+//!
+//! Data flows: [`ingest`] stores VHS heartbeats and E2 game state in the
+//! [`store`]'s inbox → the [`engine`] reads it in order, counts watch-time
+//! and keeps each broadcaster's game state → it asks each campaign's
+//! [`plugins`] rule (bound by [`rules`]) for grants → the [`store`] keeps
+//! each grant once → [`manifests`] batches them into Twitch's files.
 
 pub mod api;
 pub mod app;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod domain;
 pub mod engine;
+pub mod files;
+pub mod http;
 pub mod ingest;
 pub mod manifests;
 pub mod plugins;

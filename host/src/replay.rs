@@ -7,16 +7,18 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use crate::engine::{evaluate, Evaluation, RecordedGameState, State};
-use crate::ingest::game_state::GameStateEvent;
-use crate::ingest::heartbeat::Heartbeat;
+use crate::config::Settings;
+use crate::domain::InboxEvent;
+use crate::engine::recording::parse_line;
+use crate::engine::{evaluate, Evaluation, Judgement, State};
 use crate::plugins::PluginRuntime;
 use crate::rules::RuleSet;
-use crate::store::{Event, InboxEvent};
 
-/// Runs the replay and prints grants per campaign and reward.
-pub fn run(rules_dir: &Path, events: &Path) -> anyhow::Result<()> {
-    let runtime = Arc::new(PluginRuntime::new(Default::default())?);
+/// Runs the replay and prints grants per campaign and reward. The plugin
+/// limits, circuit breaker and watching window come from `settings`, as in
+/// the host whose traffic is replayed, so the replay decides as it did.
+pub fn run(settings: &Settings, rules_dir: &Path, events: &Path) -> anyhow::Result<()> {
+    let runtime = Arc::new(PluginRuntime::new(settings.plugins.clone())?);
     let rules = RuleSet::load(rules_dir, &runtime);
     for err in rules.errors() {
         println!("not loaded: {}: {}", err.file.display(), err.error);
@@ -24,7 +26,7 @@ pub fn run(rules_dir: &Path, events: &Path) -> anyhow::Result<()> {
     let file = std::fs::File::open(events).with_context(|| format!("opening {}", events.display()))?;
     let total_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
     let mut progress = Progress::new(total_bytes);
-    let mut state = State::default();
+    let mut state = State::new(&Judgement::from_settings(settings));
     let mut seen_ids = HashSet::new();
     let mut made = HashSet::new();
     let mut table: BTreeMap<(String, String), u64> = BTreeMap::new();
@@ -35,14 +37,9 @@ pub fn run(rules_dir: &Path, events: &Path) -> anyhow::Result<()> {
         if line.trim().is_empty() {
             continue;
         }
-        let event = parse_event(&line).map_err(|e| anyhow::anyhow!("line {}: {e}", i + 1))?;
+        let recorded = parse_line(&line).map_err(|e| anyhow::anyhow!("line {}: {e}", i + 1))?;
         events_read += 1;
-        // Recorded heartbeats keep no arrival time; their own time stands in.
-        let (id, received_at_ms) = match &event {
-            Event::Heartbeat(hb) => (hb.id.0.clone(), (hb.time.0.unix_timestamp_nanos() / 1_000_000) as i64),
-            Event::GameState(gs) => (format!("e2:{}", gs.id), gs.received_at_ms),
-        };
-        if !seen_ids.insert(id) {
+        if !seen_ids.insert(recorded.dedup_id) {
             duplicates += 1;
             continue;
         }
@@ -51,7 +48,7 @@ pub fn run(rules_dir: &Path, events: &Path) -> anyhow::Result<()> {
             &mut state,
             &rules,
             &runtime,
-            &InboxEvent { seq: events_read as i64, received_at_ms, event },
+            &InboxEvent { seq: events_read as i64, received_at_ms: recorded.received_at_ms, event: recorded.event },
             &mut out,
         );
         minutes += out.viewer_minutes;
@@ -72,18 +69,6 @@ pub fn run(rules_dir: &Path, events: &Path) -> anyhow::Result<()> {
         table.values().sum::<u64>()
     );
     Ok(())
-}
-
-/// One recorded line: a heartbeat as `/vhs` takes it, or `{"game_state": ...}`.
-fn parse_event(line: &str) -> Result<Event, String> {
-    let at = |e: serde_path_to_error::Error<serde_json::Error>| format!("{}: {}", e.path(), e.inner());
-    let de = &mut serde_json::Deserializer::from_str(line);
-    if line.trim_start().starts_with(r#"{"game_state""#) {
-        let recorded: RecordedGameState<GameStateEvent> = serde_path_to_error::deserialize(de).map_err(at)?;
-        Ok(Event::GameState(recorded.game_state))
-    } else {
-        Ok(Event::Heartbeat(serde_path_to_error::deserialize::<_, Heartbeat>(de).map_err(at)?))
-    }
 }
 
 /// A progress bar on stderr, drawn only when stderr is a terminal.

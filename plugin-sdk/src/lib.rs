@@ -41,7 +41,7 @@ extern crate self as drops_plugin_sdk;
 
 use serde::de::DeserializeOwned;
 
-/// Generated bindings for the `drops:rules@0.2.0` world.
+/// Generated bindings for the rules world (`wit/rules.wit`).
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
@@ -62,8 +62,15 @@ pub use wit_bindgen as __wit_bindgen;
 pub use bindings::drops::rules::host::Level;
 pub use bindings::exports::drops::rules::rule::{Campaign, GameState, Grant, Heartbeat, HeartbeatVerdict, Viewer};
 
-/// The interface version this SDK builds plugins for.
+/// The interface version this SDK builds plugins for: the one place the SDK
+/// writes it (a test checks it against `wit/rules.wit`).
 pub const INTERFACE_VERSION: &str = "0.2.0";
+
+pub mod state;
+mod sys;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod testing;
+pub mod tiers;
 
 /// A reward rule: a config type and its decisions for heartbeats (time-based
 /// rewards) and game-state changes (event-based rewards). Every hook but the
@@ -103,52 +110,6 @@ pub trait Rule {
         _viewers: &[Viewer],
     ) -> Vec<Grant> {
         Vec::new()
-    }
-}
-
-/// Time-based tiers, shared by rules that grant on watch-time.
-pub mod tiers {
-    use serde::Deserialize;
-
-    use crate::{Campaign, Grant, Viewer};
-
-    /// One tier: `minutes` of campaign watch-time earns `reward`.
-    #[derive(Debug, Deserialize)]
-    #[serde(deny_unknown_fields)]
-    pub struct Tier {
-        pub minutes: u32,
-        pub reward: String,
-    }
-
-    /// Checks `config.tiers`: at least one, each at least a minute, each reward the campaign's.
-    pub fn validate(tiers: &[Tier], campaign: &Campaign) -> Result<(), String> {
-        if tiers.is_empty() {
-            return Err("config.tiers: at least one tier is needed".into());
-        }
-        for (i, tier) in tiers.iter().enumerate() {
-            if tier.minutes == 0 {
-                return Err(format!("config.tiers[{i}].minutes: must be at least 1"));
-            }
-            campaign.reward_index(&tier.reward).map_err(|e| format!("config.tiers[{i}].reward: {e}"))?;
-        }
-        Ok(())
-    }
-
-    /// Grants each tier's reward the first time a viewer's watch-time reaches
-    /// it. A tier is reached by the minute that crosses it; earlier minutes
-    /// were judged by earlier calls, so each tier is granted once.
-    pub fn grants(tiers: &[Tier], campaign: &Campaign, viewers: &[Viewer]) -> Vec<Grant> {
-        let tiers: Vec<(u32, u32)> =
-            tiers.iter().filter_map(|t| campaign.reward_index(&t.reward).ok().map(|r| (t.minutes, r))).collect();
-        let mut grants = Vec::new();
-        for viewer in viewers.iter().filter(|v| v.counted) {
-            for &(minutes, reward) in &tiers {
-                if viewer.minutes == minutes {
-                    grants.push(Grant::once(viewer.handle, reward));
-                }
-            }
-        }
-        grants
     }
 }
 
@@ -203,134 +164,13 @@ impl Grant {
 
 /// Writes a line to the host's log. Does nothing outside a host.
 pub fn log(level: Level, message: &str) {
-    #[cfg(target_arch = "wasm32")]
-    bindings::drops::rules::host::log(level, message);
-    #[cfg(not(target_arch = "wasm32"))]
-    let _ = (level, message);
+    sys::log(level, message)
 }
 
 /// The id of a viewer of the current event, fetched from the host on demand.
 /// In native tests it comes from [`testing::set_viewer_ids`].
 pub fn viewer_id(handle: u32) -> Option<String> {
-    #[cfg(target_arch = "wasm32")]
-    return bindings::drops::rules::host::viewer_id(handle);
-    #[cfg(not(target_arch = "wasm32"))]
-    testing::VIEWER_IDS.with(|ids| ids.borrow().get(handle as usize).cloned())
-}
-
-/// Per-campaign state the host keeps for the rule (streaks, counters).
-///
-/// State is replayed with the events it follows from, so a rule that keeps
-/// state stays deterministic. Writes of a call that fails are discarded.
-/// In native tests the state is an in-memory map per thread ([`testing::clear_state`]).
-pub mod state {
-    use serde::de::DeserializeOwned;
-    use serde::Serialize;
-
-    /// The value stored under `key`.
-    pub fn get(key: &str) -> Option<Vec<u8>> {
-        #[cfg(target_arch = "wasm32")]
-        return crate::bindings::drops::rules::host::state_get(key);
-        #[cfg(not(target_arch = "wasm32"))]
-        crate::testing::STATE.with(|s| s.borrow().get(key).cloned())
-    }
-
-    /// Stores `value` under `key` (keys up to 256 bytes, values up to 64 KiB).
-    pub fn set(key: &str, value: &[u8]) -> Result<(), String> {
-        #[cfg(target_arch = "wasm32")]
-        return crate::bindings::drops::rules::host::state_set(key, value);
-        #[cfg(not(target_arch = "wasm32"))]
-        {
-            crate::testing::STATE.with(|s| s.borrow_mut().insert(key.to_string(), value.to_vec()));
-            Ok(())
-        }
-    }
-
-    /// Removes `key`.
-    pub fn delete(key: &str) {
-        #[cfg(target_arch = "wasm32")]
-        crate::bindings::drops::rules::host::state_delete(key);
-        #[cfg(not(target_arch = "wasm32"))]
-        crate::testing::STATE.with(|s| s.borrow_mut().remove(key));
-    }
-
-    /// The JSON value stored under `key`, if present and of type `T`.
-    pub fn get_json<T: DeserializeOwned>(key: &str) -> Option<T> {
-        get(key).and_then(|bytes| serde_json::from_slice(&bytes).ok())
-    }
-
-    /// Stores `value` as JSON under `key`.
-    pub fn set_json<T: Serialize>(key: &str, value: &T) -> Result<(), String> {
-        let bytes = serde_json::to_vec(value).map_err(|e| e.to_string())?;
-        set(key, &bytes)
-    }
-}
-
-/// Helpers for testing rules natively with `cargo test`.
-#[cfg(not(target_arch = "wasm32"))]
-pub mod testing {
-    use std::cell::RefCell;
-    use std::collections::HashMap;
-
-    use crate::{GameState, Heartbeat, Viewer};
-
-    thread_local! {
-        pub(crate) static STATE: RefCell<HashMap<String, Vec<u8>>> = RefCell::new(HashMap::new());
-        pub(crate) static VIEWER_IDS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
-    }
-
-    /// Empties the state map of this thread.
-    pub fn clear_state() {
-        STATE.with(|s| s.borrow_mut().clear());
-    }
-
-    /// Sets the ids `viewer_id(handle)` answers with on this thread.
-    pub fn set_viewer_ids(ids: &[&str]) {
-        VIEWER_IDS.with(|v| *v.borrow_mut() = ids.iter().map(|s| s.to_string()).collect());
-    }
-
-    /// A heartbeat of `broadcaster` in `game` at unix minute `minute`, with no game state.
-    pub fn heartbeat(broadcaster: &str, game: &str, minute: u32) -> Heartbeat {
-        Heartbeat {
-            broadcaster: broadcaster.into(),
-            game: game.into(),
-            minute,
-            viewers_reported: 0,
-            state_changed: None,
-        }
-    }
-
-    /// A game-state change of `broadcaster` at unix minute `minute`, from an
-    /// app token, with the changed top-level keys worked out as the host does.
-    pub fn game_state(broadcaster: &str, minute: u32, previous: &str, current: &str) -> GameState {
-        let (before, after): (serde_json::Value, serde_json::Value) =
-            (serde_json::from_str(previous).unwrap_or_default(), serde_json::from_str(current).unwrap_or_default());
-        let empty = serde_json::Map::new();
-        let (b, a) = (before.as_object().unwrap_or(&empty), after.as_object().unwrap_or(&empty));
-        let mut changed: Vec<String> = b.keys().chain(a.keys()).filter(|k| b.get(*k) != a.get(*k)).cloned().collect();
-        changed.sort();
-        changed.dedup();
-        GameState {
-            broadcaster: broadcaster.into(),
-            twitch_user_id: format!("twitch-{broadcaster}"),
-            game_id: "game".into(),
-            minute,
-            previous: previous.into(),
-            current: current.into(),
-            changed,
-            authoritative: true,
-        }
-    }
-
-    /// Viewers watching now (handles 0..) with the given campaign minutes, as `on-game-state` gets them.
-    pub fn watching(minutes: &[u32]) -> Vec<Viewer> {
-        minutes.iter().enumerate().map(|(i, &m)| Viewer { handle: i as u32, minutes: m, counted: false }).collect()
-    }
-
-    /// Viewers with handles 0.. and the given campaign minutes, all counted.
-    pub fn viewers(minutes: &[u32]) -> Vec<Viewer> {
-        minutes.iter().enumerate().map(|(i, &m)| Viewer { handle: i as u32, minutes: m, counted: true }).collect()
-    }
+    sys::viewer_id(handle)
 }
 
 /// Parses the campaign's config for rule `R`, naming the bad field on error.
@@ -340,7 +180,7 @@ pub fn parse_config<R: Rule>(campaign: &Campaign) -> Result<R::Config, String> {
 
 #[doc(hidden)]
 pub fn __validate<R: Rule>(campaign: Campaign) -> Result<(), String> {
-    install_panic_hook();
+    sys::install_panic_hook();
     let config = parse_config::<R>(&campaign)?;
     R::validate(&config, &campaign)
 }
@@ -352,7 +192,7 @@ pub fn decide_heartbeat<R: Rule>(
     heartbeat: Heartbeat,
     mut viewers: Vec<Viewer>,
 ) -> Result<HeartbeatVerdict, String> {
-    install_panic_hook();
+    sys::install_panic_hook();
     let config = parse_config::<R>(&campaign)?;
     let count_minutes = R::minutes_count(&config, &campaign, &heartbeat);
     if !count_minutes {
@@ -372,21 +212,9 @@ pub fn decide_game_state<R: Rule>(
     change: GameState,
     viewers: Vec<Viewer>,
 ) -> Result<Vec<Grant>, String> {
-    install_panic_hook();
+    sys::install_panic_hook();
     let config = parse_config::<R>(&campaign)?;
     Ok(R::on_game_state(&config, &campaign, &change, &viewers))
-}
-
-/// Panics abort a wasm32-unknown-unknown module with the message lost, so the
-/// hook sends it to the host's log first.
-fn install_panic_hook() {
-    #[cfg(target_arch = "wasm32")]
-    {
-        static ONCE: std::sync::Once = std::sync::Once::new();
-        ONCE.call_once(|| {
-            std::panic::set_hook(Box::new(|info| log(Level::Error, &format!("panic: {info}"))));
-        });
-    }
 }
 
 /// Exports a [`Rule`] implementation as the plugin's rule.
@@ -418,9 +246,18 @@ macro_rules! export_rule {
             }
         }
 
-        // Export names such as `drops:rules/rule@0.2.0#on-heartbeat` only link
-        // on wasm; natively the rule stays a plain, testable Rust type.
+        // The interface's export names only link on wasm; natively the rule
+        // stays a plain, testable Rust type.
         #[cfg(target_arch = "wasm32")]
         $crate::bindings::__export_rules!(__DropsRuleExport with_types_in $crate::bindings);
     };
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_wit_file_declares_this_version() {
+        let wit = include_str!("../wit/rules.wit");
+        assert!(wit.contains(&format!("package drops:rules@{};", super::INTERFACE_VERSION)));
+    }
 }

@@ -78,7 +78,7 @@ async fn bad_input_is_refused_and_nothing_is_stored() {
     assert_eq!(host.post_vhs(None, &good("auth")).await.0, 401);
     let body = serde_json::to_vec(&good("signed")).unwrap();
     let now = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap();
-    let signature = drops_host::ingest::auth::sign(TOKEN, "msg-1", &now, &body);
+    let signature = drops_host::ingest::vhs::auth::sign(TOKEN, "msg-1", &now, &body);
     let signed = |sig: String| {
         vec![
             ("drops-message-id", "msg-1".into()),

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path};
 use axum::extract::{Request, State};
@@ -13,19 +14,32 @@ use axum::{Json, Router};
 use serde::Serialize;
 use subtle::ConstantTimeEq;
 
-use super::{ApiError, ApiQuery, AppState};
-use crate::engine::breaker::Paused;
-use crate::rules::LoadError;
-use crate::store::{AccountLink, GrantFilter, GrantRow, ManifestRow, PluginVersion, RuleHistoryEntry};
+use super::AppState;
+use crate::config::AdminSettings;
+use crate::domain::{AccountLink, Paused};
+use crate::engine::PausedCampaigns;
+use crate::http::{ApiError, ApiQuery};
+use crate::rules::reload::Reloader;
+use crate::rules::{LoadError, RuleSet, RulesError};
+use crate::store::{GrantFilter, GrantRow, ManifestRow, PluginVersion, RuleHistoryEntry, Store};
+
+/// What the admin handlers need.
+pub struct Admin {
+    pub settings: AdminSettings,
+    pub store: Arc<Store>,
+    pub rules: Arc<ArcSwap<RuleSet>>,
+    /// Installs plugin versions and reloads rules.
+    pub reloader: Arc<Reloader>,
+    /// Campaigns paused by their circuit breaker, as the engine last published.
+    pub paused: Arc<PausedCampaigns>,
+}
 
 /// Largest plugin upload.
 const MAX_PLUGIN_BYTES: usize = 32 << 20;
 /// Largest bulk link upload (about half a million links).
 const MAX_LINKS_BYTES: usize = 64 << 20;
-/// Longest Twitch user id or game account id accepted.
-const MAX_ID_BYTES: usize = 256;
-
-pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
+/// The admin routes, behind the bearer token.
+pub fn router(state: Arc<Admin>) -> Router<AppState> {
     Router::new()
         .route("/grants", get(grants))
         .route("/manifests", get(manifests))
@@ -39,8 +53,8 @@ pub fn router(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route_layer(middleware::from_fn_with_state(state, require_token))
 }
 
-async fn require_token(State(app): State<Arc<AppState>>, request: Request, next: Next) -> Result<Response, ApiError> {
-    let Some(expected) = app.settings.admin.token.as_deref() else {
+async fn require_token(State(app): State<Arc<Admin>>, request: Request, next: Next) -> Result<Response, ApiError> {
+    let Some(expected) = app.settings.token.as_deref() else {
         return Err(ApiError::unauthorized("the admin API is disabled: set admin.token"));
     };
     let given = request
@@ -56,10 +70,10 @@ async fn require_token(State(app): State<Arc<AppState>>, request: Request, next:
 }
 
 async fn grants(
-    State(app): State<Arc<AppState>>,
+    State(app): State<Arc<Admin>>,
     ApiQuery(filter): ApiQuery<GrantFilter>,
 ) -> Result<Json<Vec<GrantRow>>, ApiError> {
-    app.store.list_grants(&filter).await.map(Json).map_err(ApiError::unavailable)
+    app.store.list_grants(&filter).await.map(Json).map_err(ApiError::from)
 }
 
 #[derive(Serialize)]
@@ -68,9 +82,9 @@ struct Linked {
 }
 
 /// `PUT /v1/links`: registers one link or a JSON array of them, all or none.
-async fn put_links(State(app): State<Arc<AppState>>, body: Bytes) -> Result<Json<Linked>, ApiError> {
+async fn put_links(State(app): State<Arc<Admin>>, body: Bytes) -> Result<Json<Linked>, ApiError> {
     let links = parse_links(&body)?;
-    let linked = app.store.put_links(&links).await.map_err(ApiError::unavailable)?;
+    let linked = app.store.put_links(&links).await?;
     metrics::counter!("drops_links_put_total").increment(linked);
     Ok(Json(Linked { linked }))
 }
@@ -88,21 +102,14 @@ fn parse_links(body: &[u8]) -> Result<Vec<AccountLink>, ApiError> {
             (vec![link], false)
         }
     };
+    // Each id was checked by the domain's id rule while it was parsed.
     let mut seen = std::collections::HashMap::new();
     for (i, link) in links.iter().enumerate() {
-        let at = |field: &str| if many { format!("[{i}].{field}") } else { field.to_string() };
-        for (field, value) in [("twitch_user_id", &link.twitch_user_id), ("game_account_id", &link.game_account_id)] {
-            if value.trim().is_empty() {
-                return Err(ApiError::bad_request(at(field), "must not be empty"));
-            }
-            if value.len() > MAX_ID_BYTES {
-                return Err(ApiError::bad_request(at(field), format!("longer than {MAX_ID_BYTES} bytes")));
-            }
-        }
         if let Some(other) = seen.insert(&link.twitch_user_id, &link.game_account_id) {
             if other != &link.game_account_id {
+                let field = if many { format!("[{i}].twitch_user_id") } else { "twitch_user_id".to_string() };
                 return Err(ApiError::bad_request(
-                    at("twitch_user_id"),
+                    field,
                     format!("`{}` is linked twice in this request, to different accounts", link.twitch_user_id),
                 ));
             }
@@ -120,7 +127,7 @@ struct LinkQuery {
 
 /// `GET /v1/links?twitch_user_id=...` (or `game_account_id`, or neither for all, `limit` up to 10,000).
 async fn get_links(
-    State(app): State<Arc<AppState>>,
+    State(app): State<Arc<Admin>>,
     ApiQuery(q): ApiQuery<LinkQuery>,
 ) -> Result<Json<Vec<AccountLink>>, ApiError> {
     let limit = q.limit.unwrap_or(1000).min(10_000);
@@ -128,11 +135,11 @@ async fn get_links(
         .links(q.twitch_user_id.as_deref(), q.game_account_id.as_deref(), limit)
         .await
         .map(Json)
-        .map_err(ApiError::unavailable)
+        .map_err(ApiError::from)
 }
 
-async fn manifests(State(app): State<Arc<AppState>>) -> Result<Json<Vec<ManifestRow>>, ApiError> {
-    app.store.list_manifests().await.map(Json).map_err(ApiError::unavailable)
+async fn manifests(State(app): State<Arc<Admin>>) -> Result<Json<Vec<ManifestRow>>, ApiError> {
+    app.store.list_manifests().await.map(Json).map_err(ApiError::from)
 }
 
 #[derive(Serialize)]
@@ -155,7 +162,7 @@ struct CampaignsView {
     errors: Vec<LoadError>,
 }
 
-async fn campaigns(State(app): State<Arc<AppState>>) -> Json<CampaignsView> {
+async fn campaigns(State(app): State<Arc<Admin>>) -> Json<CampaignsView> {
     let rules = app.rules.load();
     let paused = app.paused.load();
     let campaigns = rules
@@ -177,10 +184,10 @@ async fn campaigns(State(app): State<Arc<AppState>>) -> Json<CampaignsView> {
 }
 
 async fn campaign_history(
-    State(app): State<Arc<AppState>>,
+    State(app): State<Arc<Admin>>,
     Path(id): Path<String>,
 ) -> Result<Json<Vec<RuleHistoryEntry>>, ApiError> {
-    let history = app.store.rule_history(&id).await.map_err(ApiError::unavailable)?;
+    let history = app.store.rule_history(&id).await?;
     if history.is_empty() {
         return Err(ApiError::not_found(format!("no campaign `{id}` has run on this host")));
     }
@@ -194,7 +201,7 @@ struct PluginView {
     campaigns: Vec<String>,
 }
 
-async fn plugins(State(app): State<Arc<AppState>>) -> Json<Vec<PluginView>> {
+async fn plugins(State(app): State<Arc<Admin>>) -> Json<Vec<PluginView>> {
     let rules = app.rules.load();
     let mut list: Vec<PluginView> = rules
         .plugins()
@@ -233,7 +240,7 @@ struct Installed {
 }
 
 async fn upload_plugin(
-    State(app): State<Arc<AppState>>,
+    State(app): State<Arc<Admin>>,
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Json<Installed>, ApiError> {
@@ -241,7 +248,7 @@ async fn upload_plugin(
     if body.is_empty() {
         return Err(ApiError::bad_request("body", "the body must be the plugin's .wasm bytes"));
     }
-    let hash = app.reloader.install(&name, body.to_vec()).await.map_err(|e| ApiError::unprocessable("body", e))?;
+    let hash = app.reloader.install(&name, body.to_vec()).await.map_err(|e| install_error("body", e))?;
     tracing::info!(plugin = %name, %hash, "plugin installed through the admin API");
     Ok(Json(Installed { name, hash: hash.0, serving: true }))
 }
@@ -254,12 +261,12 @@ struct VersionView {
 }
 
 async fn plugin_versions(
-    State(app): State<Arc<AppState>>,
+    State(app): State<Arc<Admin>>,
     Path(name): Path<String>,
 ) -> Result<Json<Vec<VersionView>>, ApiError> {
     check_name(&name)?;
     let serving = app.rules.load().plugins().get(&name).map(|p| p.hash.0.clone());
-    let versions = app.store.plugin_versions(&name).await.map_err(ApiError::unavailable)?;
+    let versions = app.store.plugin_versions(&name).await?;
     if versions.is_empty() {
         return Err(ApiError::not_found(format!("no plugin `{name}` has been loaded on this host")));
     }
@@ -278,7 +285,7 @@ struct RollbackRequest {
 
 /// Puts an earlier version of a plugin back in force, for every campaign that uses it.
 async fn rollback_plugin(
-    State(app): State<Arc<AppState>>,
+    State(app): State<Arc<Admin>>,
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Json<Installed>, ApiError> {
@@ -288,10 +295,20 @@ async fn rollback_plugin(
     let bytes = app
         .store
         .plugin_bytes(&name, &request.hash)
-        .await
-        .map_err(ApiError::unavailable)?
+        .await?
         .ok_or_else(|| ApiError::not_found(format!("plugin `{name}` has no version {}", request.hash)))?;
-    let hash = app.reloader.install(&name, bytes).await.map_err(|e| ApiError::unprocessable("hash", e))?;
+    let hash = app.reloader.install(&name, bytes).await.map_err(|e| install_error("hash", e))?;
     tracing::info!(plugin = %name, %hash, "plugin rolled back through the admin API");
     Ok(Json(Installed { name, hash: hash.0, serving: true }))
+}
+
+/// A refused plugin is the uploader's to fix (422, naming `field`); the
+/// host failing to write or compile it is not (500, or 503 when the task was
+/// cancelled by a shutdown).
+fn install_error(field: &str, e: RulesError) -> ApiError {
+    match e {
+        e if e.is_refusal() => ApiError::unprocessable(field, e.to_string()),
+        RulesError::Task(join) if join.is_cancelled() => ApiError::unavailable(join),
+        e => ApiError::internal(e),
+    }
 }

@@ -9,25 +9,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use serde::Serialize;
-
+use crate::domain::Paused;
 use crate::rules::RuleSet;
-
-/// Consecutive failures that open the breaker, unless configured.
-pub const DEFAULT_THRESHOLD: u32 = 5;
-
-/// Why and since when a campaign is paused.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Paused {
-    /// First inbox event not evaluated for the campaign.
-    pub since_seq: i64,
-    /// The plugin version that failed.
-    pub plugin_hash: String,
-    /// The campaign revision that failed.
-    pub campaign_revision: String,
-    /// The last failure.
-    pub reason: String,
-}
 
 /// Failure counts and paused campaigns.
 #[derive(Debug, Clone)]
@@ -35,12 +18,6 @@ pub struct Breakers {
     threshold: u32,
     failures: HashMap<String, u32>,
     paused: BTreeMap<String, Paused>,
-}
-
-impl Default for Breakers {
-    fn default() -> Self {
-        Breakers::new(DEFAULT_THRESHOLD)
-    }
 }
 
 impl Breakers {

@@ -8,13 +8,8 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::ingest::game_state::{changed_keys, GameStateEvent, Publisher};
-use crate::ingest::heartbeat::{Heartbeat, ViewerList};
+use crate::domain::{changed_keys, GameStateEvent, Heartbeat, Minute, Publisher, ViewerList};
 use crate::store::{GameStateRow, WatcherRow};
-
-/// How recently a heartbeat must have arrived for its viewers to count as
-/// watching now, unless configured.
-pub const DEFAULT_WATCHING_WINDOW_MS: i64 = 120_000;
 
 #[derive(Debug, Clone)]
 struct GameState {
@@ -48,25 +43,28 @@ pub struct Broadcasters {
     dirty_game: HashSet<String>,
     dirty_watching: HashSet<String>,
     /// A heartbeat that arrived at most this long before a change says who watches.
-    pub watching_window_ms: i64,
+    watching_window_ms: i64,
 }
 
-impl Default for Broadcasters {
-    fn default() -> Self {
+impl Broadcasters {
+    /// No broadcasters yet; a heartbeat says who watches for `watching_window_ms`.
+    pub fn new(watching_window_ms: i64) -> Broadcasters {
         Broadcasters {
             game: HashMap::new(),
             watching: HashMap::new(),
             dirty_game: HashSet::new(),
             dirty_watching: HashSet::new(),
-            watching_window_ms: DEFAULT_WATCHING_WINDOW_MS,
+            watching_window_ms,
         }
     }
-}
 
-impl Broadcasters {
     /// Rebuilds from checkpoint rows; a state that no longer parses starts empty.
-    pub fn restore(game: Vec<GameStateRow>, watchers: Vec<(WatcherRow, Heartbeat)>) -> Broadcasters {
-        let mut out = Broadcasters::default();
+    pub fn restore(
+        watching_window_ms: i64,
+        game: Vec<GameStateRow>,
+        watchers: Vec<(WatcherRow, Heartbeat)>,
+    ) -> Broadcasters {
+        let mut out = Broadcasters::new(watching_window_ms);
         for row in game {
             let state = serde_json::from_str(&row.state).unwrap_or_else(|_| Value::Object(Default::default()));
             let entry = GameState { twitch_user_id: row.twitch_user_id, state, changed_minute: row.changed_minute };
@@ -116,7 +114,7 @@ impl Broadcasters {
     pub fn broadcast_minute(&self, broadcaster: &str, arrived_ms: i64) -> u32 {
         match self.recent(broadcaster, arrived_ms) {
             Some(w) => w.minute,
-            None => (arrived_ms.max(0) / 60_000).min(u32::MAX as i64) as u32,
+            None => Minute::of_ms(arrived_ms).0,
         }
     }
 
@@ -194,8 +192,10 @@ impl Broadcasters {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ingest::game_state::Update;
+    use crate::domain::Update;
     use serde_json::json;
+
+    const WINDOW_MS: i64 = 120_000;
 
     fn event(update: Update, data: Value, minute: i64) -> GameStateEvent {
         GameStateEvent {
@@ -216,7 +216,7 @@ mod tests {
 
     #[test]
     fn only_real_changes_are_changes() {
-        let mut b = Broadcasters::default();
+        let mut b = Broadcasters::new(WINDOW_MS);
         let full = event(Update::Full, json!({"level": 1, "boss_defeated": false}), 100);
         let change = b.apply(&publisher(), &full, 100).unwrap();
         assert_eq!(change.changed, ["boss_defeated", "level"]);
@@ -231,7 +231,7 @@ mod tests {
 
     #[test]
     fn changes_fall_on_the_broadcast_timeline_and_see_recent_viewers() {
-        let mut b = Broadcasters::default();
+        let mut b = Broadcasters::new(WINDOW_MS);
         let hb: Heartbeat = serde_json::from_value(json!({"id": "h", "broadcaster": "b-1", "game": "G",
             "time": "2026-11-01T10:00:00Z", "viewer_list": ["v1", "v2"]}))
         .unwrap();
@@ -247,12 +247,12 @@ mod tests {
 
     #[test]
     fn dirty_rows_round_trip_through_restore() {
-        let mut b = Broadcasters::default();
+        let mut b = Broadcasters::new(WINDOW_MS);
         b.apply(&publisher(), &event(Update::Full, json!({"level": 2}), 7), 7);
         let (game, watchers) = b.dirty_rows();
         assert_eq!(game.len(), 1);
         assert!(watchers.is_empty());
-        let restored = Broadcasters::restore(game, Vec::new());
+        let restored = Broadcasters::restore(WINDOW_MS, game, Vec::new());
         assert_eq!(restored.state("b-1"), Some(&json!({"level": 2})));
         assert_eq!(restored.state_changed("b-1"), Some(7));
         b.clear_dirty();

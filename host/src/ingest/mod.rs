@@ -1,9 +1,6 @@
-//! Where events enter: VHS heartbeats over HTTP, E2 game state over a websocket.
+//! Where events enter: VHS heartbeats over HTTP ([`vhs`]), E2 game state
+//! over a websocket ([`e2`]). Both check what they are sent against the
+//! domain's rules and store it in the inbox before they acknowledge it.
 
-pub mod auth;
-pub mod body;
 pub mod e2;
-pub mod e2_auth;
-pub mod game_state;
-pub mod heartbeat;
 pub mod vhs;

@@ -7,17 +7,15 @@
 //! up in exactly one manifest file.
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ManifestSettings;
+use crate::files::write_atomically_with;
 use crate::store::{ManifestRow, Store, StoreError, UnbatchedGrant};
 
 /// Grants read per step.
@@ -48,20 +46,21 @@ pub enum ManifestError {
     Join(#[from] tokio::task::JoinError),
 }
 
-/// The batcher task.
+/// The batcher task: woken by the store when grants commit.
 pub struct Batcher {
-    pub store: Arc<Store>,
-    pub dir: PathBuf,
-    pub settings: ManifestSettings,
-    /// Woken when grants were stored.
-    pub grants_notify: Arc<Notify>,
-    /// Grants stored since the last flush (the engine adds, the batcher resets).
-    pub pending_grants: Arc<AtomicU64>,
+    store: Arc<Store>,
+    dir: PathBuf,
+    settings: ManifestSettings,
 }
 
 type BatchKey = (String, String, String, String, String, String);
 
 impl Batcher {
+    /// A batcher writing manifest files into `dir`.
+    pub fn new(store: Arc<Store>, dir: PathBuf, settings: ManifestSettings) -> Batcher {
+        Batcher { store, dir, settings }
+    }
+
     /// Flushes every interval, or early once `flush_at_grants` grants wait
     /// (one large file is processed faster by Twitch than many small ones),
     /// until `stop`, then once more.
@@ -71,15 +70,15 @@ impl Batcher {
         loop {
             let stopping = tokio::select! {
                 _ = tokio::time::sleep_until(next) => false,
-                _ = self.grants_notify.notified() => {
-                    if self.pending_grants.load(Ordering::Relaxed) < self.settings.flush_at_grants {
+                _ = self.store.signals().grants_committed() => {
+                    if self.store.signals().grants_waiting() < self.settings.flush_at_grants {
                         continue;
                     }
                     false
                 }
                 _ = stop.cancelled() => true,
             };
-            self.pending_grants.store(0, Ordering::Relaxed);
+            self.store.signals().take_grants_waiting();
             if let Err(e) = self.flush().await {
                 tracing::error!("manifest flush failed, will retry: {e}");
             }
@@ -126,9 +125,11 @@ impl Batcher {
         };
         let path = self.dir.join(format!("{}.json", row.id));
         let target = path.clone();
-        tokio::task::spawn_blocking(move || write_atomically(&target, &file))
-            .await?
-            .map_err(|source| ManifestError::Io { path: path.clone(), source })?;
+        tokio::task::spawn_blocking(move || {
+            write_atomically_with(&target, |out| serde_json::to_writer(out, &file).map_err(std::io::Error::from))
+        })
+        .await?
+        .map_err(|source| ManifestError::Io { path: path.clone(), source })?;
         self.store.mark_manifest_written(&row.id, &path.display().to_string()).await?;
         metrics::counter!("drops_manifests_written_total").increment(1);
         metrics::counter!("drops_manifest_users_total").increment(count as u64);
@@ -141,26 +142,35 @@ impl Batcher {
 /// Groups grants by (campaign, client, game, broadcaster, reward, reason),
 /// splitting a group whose file would pass `max_bytes`.
 fn batches(grants: Vec<UnbatchedGrant>, max_bytes: u64) -> Vec<(ManifestRow, Vec<i64>)> {
+    /// The parts of one group so far; the last one's users take `last_bytes`.
+    #[derive(Default)]
+    struct Parts {
+        parts: Vec<Vec<i64>>,
+        last_bytes: u64,
+    }
     let mut order: Vec<BatchKey> = Vec::new();
-    let mut groups: HashMap<BatchKey, Vec<Vec<(i64, usize)>>> = HashMap::new();
+    let mut groups: HashMap<BatchKey, Parts> = HashMap::new();
     for g in grants {
         let key = (g.campaign_id, g.client_id, g.game, g.broadcaster_id, g.reward_id, g.reason);
-        let parts = groups.entry(key.clone()).or_insert_with(|| {
+        let group = groups.entry(key.clone()).or_insert_with(|| {
             order.push(key);
-            vec![Vec::new()]
+            Parts { parts: vec![Vec::new()], last_bytes: 0 }
         });
-        let user_bytes = g.user_id.len() + 3;
-        let current = parts.last_mut().map(|p| p.iter().map(|(_, b)| *b as u64).sum::<u64>()).unwrap_or(0);
-        if current + user_bytes as u64 + FIXED_BYTES > max_bytes && parts.last().is_some_and(|p| !p.is_empty()) {
-            parts.push(Vec::new());
+        // The user id, its quotes and its comma.
+        let user_bytes = g.user_id.len() as u64 + 3;
+        let last_is_empty = group.parts.last().is_none_or(Vec::is_empty);
+        if group.last_bytes + user_bytes + FIXED_BYTES > max_bytes && !last_is_empty {
+            group.parts.push(Vec::new());
+            group.last_bytes = 0;
         }
-        if let Some(part) = parts.last_mut() {
-            part.push((g.id, user_bytes));
+        group.last_bytes += user_bytes;
+        if let Some(part) = group.parts.last_mut() {
+            part.push(g.id);
         }
     }
     let mut out = Vec::new();
     for key in order {
-        for part in groups.remove(&key).unwrap_or_default() {
+        for part in groups.remove(&key).map(|g| g.parts).unwrap_or_default() {
             let (campaign_id, client_id, game, broadcaster_id, item_id, reason) = key.clone();
             let row = ManifestRow {
                 id: uuid::Uuid::new_v4().to_string(),
@@ -174,25 +184,10 @@ fn batches(grants: Vec<UnbatchedGrant>, max_bytes: u64) -> Vec<(ManifestRow, Vec
                 status: "pending".into(),
                 path: None,
             };
-            out.push((row, part.into_iter().map(|(id, _)| id).collect()));
+            out.push((row, part));
         }
     }
     out
-}
-
-/// Writes `file` so that a reader sees the whole file or none of it.
-fn write_atomically(path: &Path, file: &ManifestFile) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = path.with_extension("json.tmp");
-    {
-        let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-        serde_json::to_writer(&mut out, file)?;
-        out.flush()?;
-        out.get_ref().sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]

@@ -1,10 +1,10 @@
-//! Per-call sandbox limits: memory through wasmtime's `StoreLimits` (a
-//! `ResourceLimiter`), CPU through epoch interruption, output by checking
-//! what a rule returns.
+//! Per-call sandbox limits: memory and instance counts through a
+//! `ResourceLimiter`, CPU through fuel (with an epoch deadline as the
+//! wall-clock backstop, set in `call.rs`), output by checking what a rule returns.
 
-use wasmtime::{StoreLimits, StoreLimitsBuilder};
+use wasmtime::ResourceLimiter;
 
-use super::bindings::Grant;
+use super::wit::Grant;
 
 /// Longest repeatable-grant key a rule may return.
 pub const MAX_KEY_BYTES: usize = 256;
@@ -13,17 +13,53 @@ pub const MAX_LOG_LINES: u32 = 32;
 /// Longest log line kept.
 pub const MAX_LOG_BYTES: usize = 2048;
 
-/// The memory limiter of one call.
-pub fn store_limits(max_memory_bytes: u64) -> StoreLimits {
-    StoreLimitsBuilder::new()
-        .memory_size(usize::try_from(max_memory_bytes).unwrap_or(usize::MAX))
-        .instances(16)
-        .tables(16)
-        .memories(4)
-        // A plain error instead of -1 from memory.grow: a guest that ignores
-        // the failure would otherwise go on with corrupt state.
-        .trap_on_grow_failure(true)
-        .build()
+/// A plugin tried to grow its memory past the cap. A type of its own, so a
+/// failed call is recognised as out of memory by its error, not by its text.
+#[derive(Debug, thiserror::Error)]
+#[error("memory would grow to {desired} bytes, past the cap of {limit} bytes")]
+pub struct MemoryLimitExceeded {
+    pub desired: usize,
+    pub limit: usize,
+}
+
+/// The resource limiter of one call.
+#[derive(Debug)]
+pub struct CallLimits {
+    max_memory_bytes: usize,
+}
+
+impl CallLimits {
+    /// Limits for a call whose memory may grow to `max_memory_bytes`.
+    pub fn new(max_memory_bytes: u64) -> CallLimits {
+        CallLimits { max_memory_bytes: usize::try_from(max_memory_bytes).unwrap_or(usize::MAX) }
+    }
+}
+
+impl ResourceLimiter for CallLimits {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.max_memory_bytes {
+            // An error rather than -1 from memory.grow: a guest that ignores
+            // the failure would otherwise go on with corrupt state.
+            return Err(wasmtime::Error::new(MemoryLimitExceeded { desired, limit: self.max_memory_bytes }));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, _desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(true)
+    }
+
+    fn instances(&self) -> usize {
+        16
+    }
+
+    fn tables(&self) -> usize {
+        16
+    }
+
+    fn memories(&self) -> usize {
+        4
+    }
 }
 
 /// Checks a rule's answer against what it was given.
@@ -71,5 +107,13 @@ mod tests {
     fn a_flood_of_grants_is_refused() {
         let flood: Vec<Grant> = (0..100).map(|_| grant(0, 0, None)).collect();
         assert!(check_grants(&flood, 1, 1).unwrap_err().contains("cap"));
+    }
+
+    #[test]
+    fn memory_growth_past_the_cap_is_a_typed_error() {
+        let mut limits = CallLimits::new(1 << 20);
+        assert!(limits.memory_growing(0, 1 << 20, None).unwrap());
+        let err = limits.memory_growing(0, (1 << 20) + 1, None).unwrap_err();
+        assert!(err.downcast_ref::<MemoryLimitExceeded>().is_some());
     }
 }

@@ -1,18 +1,24 @@
-//! WebAssembly rule plugins: loading, sandbox limits and calls.
+//! WebAssembly rule plugins: a self-contained host for the rules interface.
+//!
+//! [`wit`] binds the interface (one module per version), [`load`] turns bytes
+//! into a checked plugin, [`host`] implements the imports a plugin may use
+//! over the per-call [`state`], [`call`] runs one sandboxed, limited call,
+//! [`limits`] holds the limits, and [`runtime`] the one wasmtime engine.
 
-pub mod bindings;
+pub mod call;
+pub mod error;
+pub mod host;
 pub mod limits;
+pub mod load;
 pub mod runtime;
+pub mod state;
+pub mod wit;
 
-pub use bindings::{
+pub use error::PluginError;
+pub use load::{Plugin, PluginHash};
+pub use runtime::PluginRuntime;
+pub use state::CampaignKv;
+pub use wit::{
     Campaign as WitCampaign, GameState as WitGameState, Grant as WitGrant, Heartbeat as WitHeartbeat,
-    HeartbeatVerdict as WitVerdict, Viewer as WitViewer,
+    Viewer as WitViewer, VERSION as INTERFACE_VERSION,
 };
-pub use runtime::{Plugin, PluginError, PluginHash, PluginRuntime};
-
-/// The interface version this host implements.
-pub const INTERFACE_VERSION: &str = "0.2.0";
-/// The interface a plugin must export.
-pub const RULE_EXPORT: &str = "drops:rules/rule@0.2.0";
-/// The only interface a plugin may import.
-pub const HOST_IMPORT: &str = "drops:rules/host@0.2.0";

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use serde::Deserialize;
 use time::OffsetDateTime;
 
-use crate::ingest::game_state::GameStateEvent;
-use crate::ingest::heartbeat::Heartbeat;
-use crate::plugins::{Plugin, PluginRuntime, WitCampaign};
+use super::RulesError;
+use crate::domain::{GameStateEvent, Heartbeat};
+use crate::plugins::{Plugin, PluginHash, PluginRuntime, WitCampaign};
 
 /// The file format, exactly as designers write it.
 #[derive(Debug, Clone, Deserialize)]
@@ -76,17 +76,19 @@ pub struct LoadedCampaign {
 
 impl LoadedCampaign {
     /// Reads and parses a campaign file; errors name the field.
-    pub fn parse(path: &Path) -> Result<(CampaignFile, String), String> {
-        let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
-        let text = std::str::from_utf8(&bytes).map_err(|e| format!("not UTF-8: {e}"))?;
-        let def: CampaignFile = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
-        def.validate()?;
-        Ok((def, crate::plugins::PluginHash::of(&bytes).0))
+    pub fn parse(path: &Path) -> Result<(CampaignFile, String), RulesError> {
+        let bytes = std::fs::read(path).map_err(|e| RulesError::read(path, e))?;
+        let text = std::str::from_utf8(&bytes).map_err(|e| RulesError::Campaign(format!("not UTF-8: {e}")))?;
+        let def: CampaignFile =
+            toml::from_str(text).map_err(|e| RulesError::Campaign(e.to_string().trim_end().to_string()))?;
+        def.validate().map_err(RulesError::Campaign)?;
+        Ok((def, PluginHash::of(&bytes).0))
     }
 
     /// What a plugin is handed about a campaign on every call.
-    pub fn wit_campaign(def: &CampaignFile) -> Result<WitCampaign, String> {
-        let config = serde_json::to_string(&def.rule.config).map_err(|e| format!("field `rule.config`: {e}"))?;
+    pub fn wit_campaign(def: &CampaignFile) -> Result<WitCampaign, RulesError> {
+        let config = serde_json::to_string(&def.rule.config)
+            .map_err(|e| RulesError::Campaign(format!("field `rule.config`: {e}")))?;
         Ok(WitCampaign { id: def.id.clone(), rewards: def.rewards.iter().map(|r| r.id.clone()).collect(), config })
     }
 
@@ -97,17 +99,17 @@ impl LoadedCampaign {
         revision: String,
         plugins: &HashMap<String, Arc<Plugin>>,
         runtime: &PluginRuntime,
-    ) -> Result<LoadedCampaign, String> {
+    ) -> Result<LoadedCampaign, RulesError> {
         let plugin = plugins.get(&def.rule.plugin).cloned().ok_or_else(|| {
-            format!(
+            RulesError::Campaign(format!(
                 "field `rule.plugin`: no loaded plugin `{}` (expected plugins/{}.wasm)",
                 def.rule.plugin, def.rule.plugin
-            )
+            ))
         })?;
         let wit = Self::wit_campaign(&def)?;
         runtime
             .validate_config(&plugin, &wit)
-            .map_err(|e| format!("field `rule.config`: plugin `{}` {e}", plugin.name))?;
+            .map_err(|source| RulesError::ConfigRefused { plugin: plugin.name.clone(), source })?;
         Ok(LoadedCampaign {
             file: path.to_path_buf(),
             revision,

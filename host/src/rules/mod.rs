@@ -4,6 +4,7 @@
 //! in whole (`arc-swap`), so the engine always sees one consistent set.
 
 mod campaign;
+mod error;
 pub mod reload;
 
 use std::collections::HashMap;
@@ -11,10 +12,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use campaign::{CampaignFile, LoadedCampaign, RewardDef, RuleDef};
+pub use error::RulesError;
 
-use crate::ingest::game_state::GameStateEvent;
-use crate::ingest::heartbeat::Heartbeat;
-use crate::plugins::{Plugin, PluginRuntime};
+use crate::domain::{GameStateEvent, Heartbeat};
+use crate::plugins::{Plugin, PluginHash, PluginRuntime};
 
 /// A file that could not be loaded, and why.
 #[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
@@ -58,7 +59,7 @@ impl RuleSet {
                     set.plugins.insert(name, plugin);
                 }
                 Err(error) => {
-                    set.errors.push(LoadError { file: path, error });
+                    set.errors.push(LoadError { file: path, error: error.to_string() });
                     if let Some(old) = old {
                         tracing::warn!(plugin = %name, hash = %old.hash, "keeping the last good version");
                         set.plugins.insert(name, old.clone());
@@ -87,7 +88,7 @@ impl RuleSet {
                     set.add(campaign);
                 }
                 Err(error) => {
-                    set.errors.push(LoadError { file: path.clone(), error });
+                    set.errors.push(LoadError { file: path.clone(), error: error.to_string() });
                     if let Some(old) = old {
                         tracing::warn!(campaign = %old.def.id, file = %path.display(), "keeping the last good version");
                         set.add(old.clone());
@@ -161,7 +162,7 @@ impl RuleSet {
 }
 
 /// A campaign file and what parsing it gave (definition and revision, or the error).
-type ParsedCampaign = (PathBuf, Result<(CampaignFile, String), String>);
+type ParsedCampaign = (PathBuf, Result<(CampaignFile, String), RulesError>);
 
 /// Loads a plugin file, reusing `old` when the bytes are the same, and
 /// validating a new version against every campaign file that names it.
@@ -171,9 +172,9 @@ fn load_plugin(
     runtime: &PluginRuntime,
     old: Option<&Arc<Plugin>>,
     campaigns: &[ParsedCampaign],
-) -> Result<Arc<Plugin>, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
-    if let Some(old) = old.filter(|o| o.hash == crate::plugins::PluginHash::of(&bytes)) {
+) -> Result<Arc<Plugin>, RulesError> {
+    let bytes = std::fs::read(path).map_err(|e| RulesError::read(path, e))?;
+    if let Some(old) = old.filter(|o| o.hash == PluginHash::of(&bytes)) {
         return Ok(old.clone());
     }
     check_plugin(name, &bytes, runtime, campaigns).map(Arc::new)
@@ -186,17 +187,20 @@ fn check_plugin(
     bytes: &[u8],
     runtime: &PluginRuntime,
     campaigns: &[ParsedCampaign],
-) -> Result<Plugin, String> {
-    let plugin = runtime.load(name, bytes).map_err(|e| e.to_string())?;
+) -> Result<Plugin, RulesError> {
+    let plugin = runtime.load(name, bytes)?;
     for (file, parsed) in campaigns {
         let Ok((def, _)) = parsed else { continue };
         if def.rule.plugin != name {
             continue;
         }
         let wit = LoadedCampaign::wit_campaign(def)?;
-        runtime
-            .validate_config(&plugin, &wit)
-            .map_err(|e| format!("version {} refused: campaign {} ({}): {e}", plugin.hash, def.id, file.display()))?;
+        runtime.validate_config(&plugin, &wit).map_err(|source| RulesError::VersionRefused {
+            hash: plugin.hash.0.clone(),
+            campaign: def.id.clone(),
+            file: file.display().to_string(),
+            source,
+        })?;
     }
     tracing::info!(plugin = %name, hash = %plugin.hash, "plugin loaded");
     Ok(plugin)
@@ -204,7 +208,7 @@ fn check_plugin(
 
 /// Checks a plugin version against the campaign files in `dir` without
 /// installing it (the admin API's upload validates before writing the file).
-pub fn validate_plugin(dir: &Path, runtime: &PluginRuntime, name: &str, bytes: &[u8]) -> Result<Plugin, String> {
+pub fn validate_plugin(dir: &Path, runtime: &PluginRuntime, name: &str, bytes: &[u8]) -> Result<Plugin, RulesError> {
     let mut errors = Vec::new();
     let parsed: Vec<ParsedCampaign> = files_with_extension(&dir.join("campaigns"), "toml", &mut errors)
         .into_iter()

@@ -9,7 +9,6 @@
 //! of events, so every event is judged by exactly one set. Reloads (from the
 //! watcher and from the admin API) run one at a time.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,21 +19,13 @@ use notify::{Event, EventKind, RecursiveMode, Watcher as _};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use super::RuleSet;
+use super::{RuleSet, RulesError};
+use crate::files::write_atomically;
 use crate::plugins::{PluginHash, PluginRuntime};
 use crate::store::{RuleHistoryEntry, Store};
 
 /// Quiet time after the last file event before reloading.
 pub const DEBOUNCE: Duration = Duration::from_millis(50);
-
-/// What a reload did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReloadOutcome {
-    /// A new set is in force.
-    Swapped,
-    /// The files hold what is already in force.
-    Unchanged,
-}
 
 /// A live watch on the rules directory and its (undebounced) change events.
 pub struct Watch {
@@ -91,39 +82,44 @@ impl Reloader {
         }
     }
 
-    /// Reloads now; returns what happened.
-    pub async fn reload_now(&self) -> ReloadOutcome {
+    /// Reloads now.
+    pub async fn reload_now(&self) {
         let _one_at_a_time = self.lock.lock().await;
         self.reload_locked().await
     }
 
     /// Validates a plugin version against every campaign that uses it, writes
     /// it into the rules directory and reloads; returns once it is serving.
-    pub async fn install(&self, name: &str, bytes: Vec<u8>) -> Result<PluginHash, String> {
+    pub async fn install(&self, name: &str, bytes: Vec<u8>) -> Result<PluginHash, RulesError> {
         let _one_at_a_time = self.lock.lock().await;
         let (dir, runtime, owned_name) = (self.dir.clone(), self.runtime.clone(), name.to_string());
-        let hash = tokio::task::spawn_blocking(move || -> Result<PluginHash, String> {
+        let hash = tokio::task::spawn_blocking(move || -> Result<PluginHash, RulesError> {
             let plugin = super::validate_plugin(&dir, &runtime, &owned_name, &bytes)?;
             let target = dir.join("plugins").join(format!("{owned_name}.wasm"));
-            write_atomically(&target, &bytes).map_err(|e| format!("writing {}: {e}", target.display()))?;
+            write_atomically(&target, &bytes).map_err(|source| RulesError::Io {
+                what: "writing",
+                path: target.clone(),
+                source,
+            })?;
             Ok(plugin.hash)
         })
-        .await
-        .map_err(|e| format!("install task failed: {e}"))??;
+        .await??;
         self.reload_locked().await;
         let rules = self.rules.load();
         match rules.plugins().get(name) {
             Some(p) if p.hash == hash => Ok(hash),
-            _ => Err(rules
-                .errors()
-                .iter()
-                .find(|e| e.file.file_stem().is_some_and(|s| s == name))
-                .map(|e| e.error.clone())
-                .unwrap_or_else(|| "the new version did not take effect".into())),
+            _ => Err(RulesError::NotServing(
+                rules
+                    .errors()
+                    .iter()
+                    .find(|e| e.file.file_stem().is_some_and(|s| s == name))
+                    .map(|e| e.error.clone())
+                    .unwrap_or_else(|| "the new version did not take effect".into()),
+            )),
         }
     }
 
-    async fn reload_locked(&self) -> ReloadOutcome {
+    async fn reload_locked(&self) {
         let started = Instant::now();
         let previous = self.rules.load_full();
         let (dir, runtime, old) = (self.dir.clone(), self.runtime.clone(), previous.clone());
@@ -132,12 +128,12 @@ impl Reloader {
             Err(e) => {
                 tracing::error!("rules reload task failed: {e}");
                 metrics::counter!("drops_rules_reloads_total", "outcome" => "failed").increment(1);
-                return ReloadOutcome::Unchanged;
+                return;
             }
         };
         if next.fingerprint() == previous.fingerprint() {
             metrics::counter!("drops_rules_reloads_total", "outcome" => "unchanged").increment(1);
-            return ReloadOutcome::Unchanged;
+            return;
         }
         let errors = next.errors().len();
         let next = Arc::new(next);
@@ -147,7 +143,6 @@ impl Reloader {
         metrics::histogram!("drops_rules_reload_seconds").record(ms / 1000.0);
         tracing::info!(errors, "rules reloaded in {ms:.1} ms");
         record_history(&self.store, &next).await;
-        ReloadOutcome::Swapped
     }
 }
 
@@ -181,13 +176,4 @@ fn changes_content(kind: &EventKind) -> bool {
         EventKind::Access(_) => false,
         _ => true,
     }
-}
-
-/// Writes a file so the watcher (and a crash) sees the old or the new bytes, never half.
-fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("wasm.uploading");
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
 }

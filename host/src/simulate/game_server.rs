@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::ingest::game_state::merge_patch;
+use crate::domain::merge_patch;
 
 /// What a game server needs to connect.
 #[derive(Debug, Clone)]

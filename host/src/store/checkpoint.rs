@@ -1,11 +1,9 @@
 //! Watch-time checkpoints: the engine's in-memory state and its inbox position,
 //! committed together so a restart resumes exactly where the state left off.
 
-use sqlx::Row;
-
-use super::{now_ms, values_placeholders, Store, StoreError};
-use crate::engine::breaker::Paused;
-use crate::ingest::heartbeat::Heartbeat;
+use super::encoding::decode_heartbeat;
+use super::{values_placeholders, Store, StoreError};
+use crate::domain::{now_ms, Heartbeat, Paused};
 
 /// One (campaign, viewer) watch-time entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,7 +16,7 @@ pub struct WatchTimeRow {
 }
 
 /// A broadcaster's latest E2 game state.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct GameStateRow {
     /// Game account id.
     pub broadcaster_id: String,
@@ -26,6 +24,7 @@ pub struct GameStateRow {
     /// JSON.
     pub state: String,
     /// Unix minute of the last change.
+    #[sqlx(try_from = "i64")]
     pub changed_minute: u32,
 }
 
@@ -79,76 +78,34 @@ impl Store {
         let seq: Option<i64> = sqlx::query_scalar("SELECT inbox_seq FROM engine_checkpoint WHERE id = 1")
             .fetch_optional(&self.pool)
             .await?;
-        let rows = sqlx::query("SELECT campaign_id, viewer_id, minutes, last_minute, recent_mask FROM watch_time")
-            .fetch_all(&self.pool)
-            .await?;
-        let watch_time = rows
-            .into_iter()
-            .map(|r| {
-                Ok(WatchTimeRow {
-                    campaign_id: r.try_get("campaign_id")?,
-                    viewer_id: r.try_get("viewer_id")?,
-                    minutes: r.try_get::<i64, _>("minutes")? as u32,
-                    last_minute: r.try_get::<i64, _>("last_minute")? as u32,
-                    recent_mask: r.try_get::<i64, _>("recent_mask")? as u64,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()?;
-        let campaign_state = sqlx::query("SELECT campaign_id, key, value FROM campaign_state")
-            .fetch_all(&self.pool)
-            .await?
-            .into_iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
-            .collect::<Result<_, sqlx::Error>>()?;
-        let breakers = sqlx::query(
+        let watch_time: Vec<StoredWatchTime> =
+            sqlx::query_as("SELECT campaign_id, viewer_id, minutes, last_minute, recent_mask FROM watch_time")
+                .fetch_all(&self.pool)
+                .await?;
+        let campaign_state =
+            sqlx::query_as("SELECT campaign_id, key, value FROM campaign_state").fetch_all(&self.pool).await?;
+        let breakers: Vec<StoredBreaker> = sqlx::query_as(
             "SELECT campaign_id, paused_since_seq, plugin_hash, campaign_revision, reason FROM campaign_breakers",
         )
         .fetch_all(&self.pool)
-        .await?
-        .into_iter()
-        .map(|r| {
-            let paused = Paused {
-                since_seq: r.try_get(1)?,
-                plugin_hash: r.try_get(2)?,
-                campaign_revision: r.try_get(3)?,
-                reason: r.try_get(4)?,
-            };
-            Ok((r.try_get(0)?, paused))
-        })
-        .collect::<Result<_, sqlx::Error>>()?;
-        let game_state = sqlx::query("SELECT broadcaster_id, twitch_user_id, state, changed_minute FROM game_state")
+        .await?;
+        let game_state = sqlx::query_as("SELECT broadcaster_id, twitch_user_id, state, changed_minute FROM game_state")
             .fetch_all(&self.pool)
-            .await?
-            .into_iter()
-            .map(|r| {
-                Ok(GameStateRow {
-                    broadcaster_id: r.try_get(0)?,
-                    twitch_user_id: r.try_get(1)?,
-                    state: r.try_get(2)?,
-                    changed_minute: r.try_get::<i64, _>(3)? as u32,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()?;
-        let mut watchers = Vec::new();
-        let rows = sqlx::query(
+            .await?;
+        let watchers: Vec<StoredWatcher> = sqlx::query_as(
             "SELECT w.broadcaster_id, w.inbox_seq, w.minute, i.header, i.viewers, i.received_at \
              FROM watchers w JOIN inbox i ON i.seq = w.inbox_seq",
         )
         .fetch_all(&self.pool)
         .await?;
-        for r in rows {
-            let row = WatcherRow {
-                broadcaster_id: r.try_get(0)?,
-                inbox_seq: r.try_get(1)?,
-                minute: r.try_get::<i64, _>(2)? as u32,
-                received_at_ms: r.try_get(5)?,
-            };
-            let (header, viewers): (String, Option<Vec<u8>>) = (r.try_get(3)?, r.try_get(4)?);
-            let heartbeat = Heartbeat::from_stored(&header, viewers.unwrap_or_default())
-                .map_err(|reason| StoreError::Corrupt { seq: row.inbox_seq, reason })?;
-            watchers.push((row, heartbeat));
-        }
-        Ok(Checkpoint { inbox_seq: seq.unwrap_or(0), watch_time, campaign_state, breakers, game_state, watchers })
+        Ok(Checkpoint {
+            inbox_seq: seq.unwrap_or(0),
+            watch_time: watch_time.into_iter().map(StoredWatchTime::into_row).collect(),
+            campaign_state,
+            breakers: breakers.into_iter().map(StoredBreaker::into_pause).collect(),
+            game_state,
+            watchers: watchers.into_iter().map(StoredWatcher::decode).collect::<Result<_, _>>()?,
+        })
     }
 
     /// Commits changed watch-time rows and the inbox position in one
@@ -275,5 +232,74 @@ impl Store {
             .await?;
         tx.commit().await?;
         Ok(())
+    }
+}
+
+/// A watch-time row as stored: SQL has no unsigned integers, so the mask's
+/// 64 bits are kept as the bit pattern of an `i64`.
+#[derive(sqlx::FromRow)]
+struct StoredWatchTime {
+    campaign_id: String,
+    viewer_id: String,
+    minutes: i64,
+    last_minute: i64,
+    recent_mask: i64,
+}
+
+impl StoredWatchTime {
+    fn into_row(self) -> WatchTimeRow {
+        WatchTimeRow {
+            campaign_id: self.campaign_id,
+            viewer_id: self.viewer_id,
+            minutes: self.minutes.clamp(0, u32::MAX as i64) as u32,
+            last_minute: self.last_minute.clamp(0, u32::MAX as i64) as u32,
+            recent_mask: self.recent_mask as u64,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct StoredBreaker {
+    campaign_id: String,
+    paused_since_seq: i64,
+    plugin_hash: String,
+    campaign_revision: String,
+    reason: String,
+}
+
+impl StoredBreaker {
+    fn into_pause(self) -> (String, Paused) {
+        let paused = Paused {
+            since_seq: self.paused_since_seq,
+            plugin_hash: self.plugin_hash,
+            campaign_revision: self.campaign_revision,
+            reason: self.reason,
+        };
+        (self.campaign_id, paused)
+    }
+}
+
+/// A broadcaster's latest heartbeat, joined with its inbox row.
+#[derive(sqlx::FromRow)]
+struct StoredWatcher {
+    broadcaster_id: String,
+    inbox_seq: i64,
+    minute: i64,
+    header: String,
+    viewers: Option<Vec<u8>>,
+    received_at: i64,
+}
+
+impl StoredWatcher {
+    fn decode(self) -> Result<(WatcherRow, Heartbeat), StoreError> {
+        let heartbeat = decode_heartbeat(&self.header, self.viewers.unwrap_or_default())
+            .map_err(|reason| StoreError::Corrupt { seq: self.inbox_seq, reason })?;
+        let row = WatcherRow {
+            broadcaster_id: self.broadcaster_id,
+            inbox_seq: self.inbox_seq,
+            minute: self.minute.clamp(0, u32::MAX as i64) as u32,
+            received_at_ms: self.received_at,
+        };
+        Ok((row, heartbeat))
     }
 }

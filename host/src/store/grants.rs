@@ -1,30 +1,12 @@
 //! Grants, stored exactly once per (campaign, reward, user, key).
 
 use serde::Serialize;
-use sqlx::Row;
 
-use super::{now_ms, values_placeholders, Store, StoreError};
-
-/// A grant decided by a rule, before it is stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewGrant {
-    pub campaign_id: String,
-    pub reward_id: String,
-    pub user_id: String,
-    /// Empty for once-only grants; the rule's key for repeatable ones.
-    pub grant_key: String,
-    pub broadcaster_id: String,
-    pub game: String,
-    pub client_id: String,
-    pub reason: &'static str,
-    pub campaign_revision: String,
-    pub plugin_hash: String,
-    pub inbox_seq: i64,
-    pub event_minute: u32,
-}
+use super::{values_placeholders, Store, StoreError};
+use crate::domain::{now_ms, NewGrant};
 
 /// A stored grant.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, sqlx::FromRow)]
 pub struct GrantRow {
     pub id: i64,
     pub campaign_id: String,
@@ -53,7 +35,8 @@ pub struct GrantFilter {
 const ROWS_PER_STATEMENT: usize = 400;
 
 impl Store {
-    /// Stores grants, skipping any already made; returns how many were new.
+    /// Stores grants, skipping any already made; returns how many were new
+    /// (and wakes the manifest batcher for them).
     pub async fn insert_grants(&self, grants: &[NewGrant]) -> Result<u64, StoreError> {
         if grants.is_empty() {
             return Ok(0);
@@ -89,12 +72,13 @@ impl Store {
             inserted += q.execute(&mut *tx).await?.rows_affected();
         }
         tx.commit().await?;
+        self.signals.grants_stored(inserted);
         Ok(inserted)
     }
 
     /// Lists grants in the order they were made.
     pub async fn list_grants(&self, filter: &GrantFilter) -> Result<Vec<GrantRow>, StoreError> {
-        let rows = sqlx::query(
+        let rows = sqlx::query_as(
             "SELECT id, campaign_id, reward_id, user_id, grant_key, broadcaster_id, game, reason, \
              campaign_revision, plugin_hash, event_minute, manifest_id FROM grants \
              WHERE ($1 = '' OR campaign_id = $1) AND ($2 = '' OR user_id = $2) AND id > $3 \
@@ -106,29 +90,6 @@ impl Store {
         .bind(filter.limit.unwrap_or(10_000).min(100_000) as i64)
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(GrantRow {
-                    id: r.try_get("id")?,
-                    campaign_id: r.try_get("campaign_id")?,
-                    reward_id: r.try_get("reward_id")?,
-                    user_id: r.try_get("user_id")?,
-                    grant_key: r.try_get("grant_key")?,
-                    broadcaster_id: r.try_get("broadcaster_id")?,
-                    game: r.try_get("game")?,
-                    reason: r.try_get("reason")?,
-                    campaign_revision: r.try_get("campaign_revision")?,
-                    plugin_hash: r.try_get("plugin_hash")?,
-                    event_minute: r.try_get("event_minute")?,
-                    manifest_id: r.try_get("manifest_id")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(StoreError::from)
-    }
-
-    /// Number of grants stored.
-    pub async fn grant_count(&self) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM grants").fetch_one(&self.pool).await?)
+        Ok(rows)
     }
 }

@@ -1,12 +1,11 @@
 //! Plugin versions and rule history: which version served which campaign when.
 
+use super::{Store, StoreError};
+use crate::domain::now_ms;
 use serde::Serialize;
-use sqlx::Row;
-
-use super::{now_ms, Store, StoreError};
 
 /// A stored plugin version (without its bytes).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, sqlx::FromRow)]
 pub struct PluginVersion {
     pub name: String,
     pub hash: String,
@@ -15,7 +14,7 @@ pub struct PluginVersion {
 }
 
 /// One entry of a campaign's history.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, sqlx::FromRow)]
 pub struct RuleHistoryEntry {
     pub campaign_id: String,
     pub campaign_revision: String,
@@ -46,17 +45,14 @@ impl Store {
     /// unless that is already its latest entry.
     pub async fn record_activation(&self, entry: &RuleHistoryEntry) -> Result<(), StoreError> {
         let _guard = self.write_lock().await;
-        let latest = sqlx::query(
+        let latest: Option<(String, String)> = sqlx::query_as(
             "SELECT campaign_revision, plugin_hash FROM rule_history WHERE campaign_id = $1 ORDER BY id DESC LIMIT 1",
         )
         .bind(&entry.campaign_id)
         .fetch_optional(&self.pool)
         .await?;
-        if let Some(row) = latest {
-            let (revision, hash): (String, String) = (row.try_get(0)?, row.try_get(1)?);
-            if revision == entry.campaign_revision && hash == entry.plugin_hash {
-                return Ok(());
-            }
+        if latest.is_some_and(|(revision, hash)| revision == entry.campaign_revision && hash == entry.plugin_hash) {
+            return Ok(());
         }
         sqlx::query(
             "INSERT INTO rule_history (campaign_id, campaign_revision, plugin_name, plugin_hash, activated_at) \
@@ -74,23 +70,12 @@ impl Store {
 
     /// A plugin's versions, oldest first.
     pub async fn plugin_versions(&self, name: &str) -> Result<Vec<PluginVersion>, StoreError> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_as(
             "SELECT name, hash, size, first_seen_at FROM plugin_versions WHERE name = $1 ORDER BY first_seen_at, hash",
         )
         .bind(name)
         .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(PluginVersion {
-                    name: r.try_get("name")?,
-                    hash: r.try_get("hash")?,
-                    size: r.try_get("size")?,
-                    first_seen_at: r.try_get("first_seen_at")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(StoreError::from)
+        .await?)
     }
 
     /// The bytes of a stored plugin version.
@@ -104,24 +89,12 @@ impl Store {
 
     /// A campaign's history, oldest first.
     pub async fn rule_history(&self, campaign_id: &str) -> Result<Vec<RuleHistoryEntry>, StoreError> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_as(
             "SELECT campaign_id, campaign_revision, plugin_name, plugin_hash, activated_at FROM rule_history \
              WHERE campaign_id = $1 ORDER BY id",
         )
         .bind(campaign_id)
         .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(RuleHistoryEntry {
-                    campaign_id: r.try_get("campaign_id")?,
-                    campaign_revision: r.try_get("campaign_revision")?,
-                    plugin_name: r.try_get("plugin_name")?,
-                    plugin_hash: r.try_get("plugin_hash")?,
-                    activated_at: r.try_get("activated_at")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(StoreError::from)
+        .await?)
     }
 }

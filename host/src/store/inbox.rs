@@ -1,10 +1,8 @@
 //! The durable inbox: ingest appends, the engine reads in order.
 
-use sqlx::Row;
-
-use super::{now_ms, Store, StoreError};
-use crate::ingest::game_state::GameStateEvent;
-use crate::ingest::heartbeat::Heartbeat;
+use super::encoding::{decode_game_state, decode_heartbeat, encode_game_state, encode_heartbeat};
+use super::{Store, StoreError};
+use crate::domain::{now_ms, Event, GameStateEvent, Heartbeat, InboxEvent};
 
 /// How a batch of heartbeats was taken.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -15,31 +13,15 @@ pub struct InsertOutcome {
     pub duplicates: u64,
 }
 
-/// An event read back from the inbox.
-#[derive(Debug)]
-pub struct InboxEvent {
-    pub seq: i64,
-    /// When the host stored it, in unix milliseconds (the host's clock).
-    pub received_at_ms: i64,
-    pub event: Event,
-}
-
-/// What the inbox holds: who watches (VHS) and what happens in the game (E2).
-#[derive(Debug)]
-pub enum Event {
-    Heartbeat(Heartbeat),
-    GameState(GameStateEvent),
-}
-
 impl Store {
     /// Stores heartbeats in one transaction: all of them or none.
     pub async fn insert_heartbeats(&self, heartbeats: &[Heartbeat]) -> Result<InsertOutcome, StoreError> {
+        let encoded = heartbeats.iter().map(encode_heartbeat).collect::<Result<Vec<_>, _>>()?;
         let _guard = self.write_lock().await;
         let mut tx = self.pool.begin().await?;
         let mut outcome = InsertOutcome::default();
         let now = now_ms();
-        for hb in heartbeats {
-            let (header, viewers) = hb.to_stored();
+        for (hb, (header, viewers)) in heartbeats.iter().zip(encoded) {
             let done = sqlx::query(
                 "INSERT INTO inbox (source, dedup_key, header, viewers, received_at) \
                  VALUES ('vhs', $1, $2, $3, $4) ON CONFLICT (dedup_key) DO NOTHING",
@@ -57,6 +39,7 @@ impl Store {
             }
         }
         tx.commit().await?;
+        self.signals.inbox_grew();
         Ok(outcome)
     }
 
@@ -64,7 +47,7 @@ impl Store {
     /// client's resend after a reconnect is a new event; applying the same
     /// state again changes nothing, which is what makes it harmless.
     pub async fn insert_game_state(&self, event: &GameStateEvent) -> Result<(), StoreError> {
-        let header = serde_json::to_string(event).map_err(|e| StoreError::Encode(e.to_string()))?;
+        let header = encode_game_state(event)?;
         let _guard = self.write_lock().await;
         sqlx::query(
             "INSERT INTO inbox (source, dedup_key, header, viewers, received_at) \
@@ -75,47 +58,42 @@ impl Store {
         .bind(event.received_at_ms)
         .execute(&self.pool)
         .await?;
+        self.signals.inbox_grew();
         Ok(())
     }
 
     /// Up to `limit` events after `seq`, in order.
     pub async fn inbox_after(&self, seq: i64, limit: u32) -> Result<Vec<InboxEvent>, StoreError> {
-        let rows = sqlx::query(
+        let rows: Vec<InboxRow> = sqlx::query_as(
             "SELECT seq, source, header, viewers, received_at FROM inbox WHERE seq > $1 ORDER BY seq LIMIT $2",
         )
         .bind(seq)
         .bind(limit as i64)
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter()
-            .map(|row| {
-                let seq: i64 = row.try_get("seq")?;
-                let source: String = row.try_get("source")?;
-                let received_at_ms: i64 = row.try_get("received_at")?;
-                let header: String = row.try_get("header")?;
-                let event = if source == "e2" {
-                    let event = serde_json::from_str(&header)
-                        .map_err(|e| StoreError::Corrupt { seq, reason: format!("game state: {e}") })?;
-                    Event::GameState(event)
-                } else {
-                    let viewers: Option<Vec<u8>> = row.try_get("viewers")?;
-                    let heartbeat = Heartbeat::from_stored(&header, viewers.unwrap_or_default())
-                        .map_err(|reason| StoreError::Corrupt { seq, reason })?;
-                    Event::Heartbeat(heartbeat)
-                };
-                Ok(InboxEvent { seq, received_at_ms, event })
-            })
-            .collect()
+        rows.into_iter().map(InboxRow::decode).collect()
     }
+}
 
-    /// The newest sequence number in the inbox (0 when empty).
-    pub async fn inbox_head(&self) -> Result<i64, StoreError> {
-        let head: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM inbox").fetch_one(&self.pool).await?;
-        Ok(head.unwrap_or(0))
-    }
+/// An inbox row as stored.
+#[derive(sqlx::FromRow)]
+struct InboxRow {
+    seq: i64,
+    source: String,
+    header: String,
+    viewers: Option<Vec<u8>>,
+    received_at: i64,
+}
 
-    /// Number of heartbeats stored.
-    pub async fn inbox_count(&self) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM inbox").fetch_one(&self.pool).await?)
+impl InboxRow {
+    fn decode(self) -> Result<InboxEvent, StoreError> {
+        let seq = self.seq;
+        let corrupt = |reason| StoreError::Corrupt { seq, reason };
+        let event = if self.source == "e2" {
+            Event::GameState(decode_game_state(&self.header).map_err(corrupt)?)
+        } else {
+            Event::Heartbeat(decode_heartbeat(&self.header, self.viewers.unwrap_or_default()).map_err(corrupt)?)
+        };
+        Ok(InboxEvent { seq, received_at_ms: self.received_at, event })
     }
 }

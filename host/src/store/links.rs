@@ -1,17 +1,7 @@
-//! Account links: which game account a Twitch user is. E2 names broadcasters
-//! by Twitch user id; heartbeats and manifests by game account id.
+//! Account links: which game account a Twitch user is.
 
-use sqlx::Row;
-
-use super::{now_ms, Store, StoreError};
-
-/// One registered link.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AccountLink {
-    pub twitch_user_id: String,
-    pub game_account_id: String,
-}
+use super::{Store, StoreError};
+use crate::domain::{now_ms, AccountLink, Id};
 
 impl Store {
     /// Registers links in one transaction (all or none); a Twitch user linked
@@ -26,8 +16,8 @@ impl Store {
                  ON CONFLICT (twitch_user_id) DO UPDATE SET game_account_id = excluded.game_account_id, \
                  updated_at = excluded.updated_at",
             )
-            .bind(&link.twitch_user_id)
-            .bind(&link.game_account_id)
+            .bind(&link.twitch_user_id.0)
+            .bind(&link.game_account_id.0)
             .bind(now)
             .execute(&mut *tx)
             .await?;
@@ -51,7 +41,7 @@ impl Store {
         game_account_id: Option<&str>,
         limit: u32,
     ) -> Result<Vec<AccountLink>, StoreError> {
-        let rows = sqlx::query(
+        let rows: Vec<(String, String)> = sqlx::query_as(
             "SELECT twitch_user_id, game_account_id FROM account_links \
              WHERE ($1 = '' OR twitch_user_id = $1) AND ($2 = '' OR game_account_id = $2) \
              ORDER BY twitch_user_id LIMIT $3",
@@ -61,9 +51,12 @@ impl Store {
         .bind(limit as i64)
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter()
-            .map(|r| Ok(AccountLink { twitch_user_id: r.try_get(0)?, game_account_id: r.try_get(1)? }))
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(StoreError::from)
+        Ok(rows
+            .into_iter()
+            .map(|(twitch_user_id, game_account_id)| AccountLink {
+                twitch_user_id: Id(twitch_user_id),
+                game_account_id: Id(game_account_id),
+            })
+            .collect())
     }
 }

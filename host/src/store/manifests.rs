@@ -3,12 +3,12 @@
 //! afterwards and can always be rebuilt from the grants that name it.
 
 use serde::Serialize;
-use sqlx::Row;
 
-use super::{list_placeholders, now_ms, Store, StoreError};
+use super::{list_placeholders, Store, StoreError};
+use crate::domain::now_ms;
 
 /// A grant not yet in any manifest.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct UnbatchedGrant {
     pub id: i64,
     pub campaign_id: String,
@@ -21,7 +21,7 @@ pub struct UnbatchedGrant {
 }
 
 /// A manifest as recorded in the database.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, sqlx::FromRow)]
 pub struct ManifestRow {
     pub id: String,
     pub campaign_id: String,
@@ -42,28 +42,13 @@ const MANIFEST_COLUMNS: &str = "id, campaign_id, client_id, game, broadcaster_id
 impl Store {
     /// Up to `limit` grants not yet in a manifest, oldest first.
     pub async fn unbatched_grants(&self, limit: u32) -> Result<Vec<UnbatchedGrant>, StoreError> {
-        let rows = sqlx::query(
+        Ok(sqlx::query_as(
             "SELECT id, campaign_id, client_id, game, broadcaster_id, reward_id, reason, user_id FROM grants \
              WHERE manifest_id IS NULL ORDER BY id LIMIT $1",
         )
         .bind(limit as i64)
         .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(UnbatchedGrant {
-                    id: r.try_get("id")?,
-                    campaign_id: r.try_get("campaign_id")?,
-                    client_id: r.try_get("client_id")?,
-                    game: r.try_get("game")?,
-                    broadcaster_id: r.try_get("broadcaster_id")?,
-                    reward_id: r.try_get("reward_id")?,
-                    reason: r.try_get("reason")?,
-                    user_id: r.try_get("user_id")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(StoreError::from)
+        .await?)
     }
 
     /// Records a pending manifest and assigns the grants to it, atomically.
@@ -134,23 +119,6 @@ impl Store {
     }
 
     async fn query_manifests(&self, sql: &str) -> Result<Vec<ManifestRow>, StoreError> {
-        let rows = sqlx::query(sql).fetch_all(&self.pool).await?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(ManifestRow {
-                    id: r.try_get("id")?,
-                    campaign_id: r.try_get("campaign_id")?,
-                    client_id: r.try_get("client_id")?,
-                    game: r.try_get("game")?,
-                    broadcaster_id: r.try_get("broadcaster_id")?,
-                    item_id: r.try_get("item_id")?,
-                    reason: r.try_get("reason")?,
-                    users: r.try_get("users")?,
-                    status: r.try_get("status")?,
-                    path: r.try_get("path")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(StoreError::from)
+        Ok(sqlx::query_as(sql).fetch_all(&self.pool).await?)
     }
 }

@@ -1,4 +1,6 @@
-//! Durable state: the inbox, watch-time checkpoints, grants and manifests.
+//! Durable state: the inbox, watch-time checkpoints, grants, manifests,
+//! account links and the history of rule versions. Owns how each domain
+//! value is stored ([`encoding`]) and wakes readers after commits ([`Signals`]).
 //!
 //! One SQL text serves SQLite and PostgreSQL through sqlx's `Any` driver
 //! (`$N` placeholders, `ON CONFLICT`, `RETURNING` work in both); only the
@@ -7,11 +9,13 @@
 //! sequence numbers committing in order, so the engine never skips one.
 
 mod checkpoint;
+mod encoding;
 mod grants;
 mod history;
 mod inbox;
 mod links;
 mod manifests;
+mod signals;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -23,11 +27,11 @@ use tokio::sync::{Mutex, MutexGuard};
 use crate::config::SqliteSynchronous;
 
 pub use checkpoint::{Checkpoint, CheckpointWrite, GameStateRow, WatchTimeRow, WatcherRow};
-pub use grants::{GrantFilter, GrantRow, NewGrant};
+pub use grants::{GrantFilter, GrantRow};
 pub use history::{PluginVersion, RuleHistoryEntry};
-pub use inbox::{Event, InboxEvent, InsertOutcome};
-pub use links::AccountLink;
+pub use inbox::InsertOutcome;
 pub use manifests::{ManifestRow, UnbatchedGrant};
+pub use signals::Signals;
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
@@ -60,6 +64,7 @@ pub struct Store {
     pool: AnyPool,
     backend: Backend,
     writer: Mutex<()>,
+    signals: Signals,
 }
 
 impl Store {
@@ -104,7 +109,7 @@ impl Store {
             })
             .connect_with(options)
             .await?;
-        Ok(Store { pool, backend, writer: Mutex::new(()) })
+        Ok(Store { pool, backend, writer: Mutex::new(()), signals: Signals::default() })
     }
 
     /// Applies the backend's migrations.
@@ -116,9 +121,9 @@ impl Store {
         Ok(())
     }
 
-    /// Which backend this is.
-    pub fn backend(&self) -> Backend {
-        self.backend
+    /// The wake-ups this store raises after its commits.
+    pub fn signals(&self) -> &Signals {
+        &self.signals
     }
 
     /// Whether the database answers.
@@ -180,13 +185,8 @@ fn list_placeholders(first: usize, n: usize) -> String {
     (first..first + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(",")
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
-}
-
 #[cfg(test)]
-mod tests {
+mod unit {
     use super::*;
 
     #[test]

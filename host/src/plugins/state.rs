@@ -1,4 +1,6 @@
-//! Per-campaign key-value state for rules (the `state-*` host imports).
+//! Per-campaign key-value state for rules, served to a call through the
+//! `state-*` host imports: the campaign's state plus the call's own writes
+//! (an overlay applied only when the call succeeds).
 //!
 //! Like watch-time it lives in memory and is checkpointed (changed keys only)
 //! with the inbox position, so a replay after a crash starts from the state

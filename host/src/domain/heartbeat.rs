@@ -1,87 +1,22 @@
-//! A VHS heartbeat parsed at the edge: nothing past here sees raw JSON.
+//! A VHS heartbeat: who watched a broadcaster's channel during one minute.
 //!
 //! Each field checks itself while it is deserialized, so a bad value fails
 //! with the path of the field it came from (`[2].time`), which is what the
-//! 400 answer names.
+//! 400 answer names. Nothing past ingest sees raw JSON.
 
 use std::fmt;
 use std::sync::Arc;
 
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
-use time::format_description::well_known::Rfc3339;
-use time::OffsetDateTime;
 
-/// Longest id (heartbeat, broadcaster, viewer) accepted.
-const MAX_ID_LEN: usize = 256;
-
-/// A minute of event time, in minutes since the Unix epoch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Minute(pub u32);
-
-impl Minute {
-    /// The minute a point in time falls in.
-    pub fn of(t: OffsetDateTime) -> Minute {
-        Minute(t.unix_timestamp().div_euclid(60).clamp(0, u32::MAX as i64) as u32)
-    }
-}
-
-/// The time a heartbeat reports, RFC 3339 on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EventTime(pub OffsetDateTime);
-
-impl<'de> Deserialize<'de> for EventTime {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        OffsetDateTime::parse(&s, &Rfc3339)
-            .map(EventTime)
-            .map_err(|e| de::Error::custom(format!("`{s}` is not an RFC 3339 time: {e}")))
-    }
-}
-
-impl Serialize for EventTime {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let text = self.0.format(&Rfc3339).map_err(serde::ser::Error::custom)?;
-        s.serialize_str(&text)
-    }
-}
-
-/// An id from Twitch: non-empty, at most 256 bytes, no control characters.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
-#[serde(transparent)]
-pub struct Id(pub String);
-
-fn check_id(s: &str) -> Result<(), String> {
-    if s.is_empty() {
-        return Err("must not be empty".into());
-    }
-    if s.len() > MAX_ID_LEN {
-        return Err(format!("is longer than {MAX_ID_LEN} bytes"));
-    }
-    if s.chars().any(char::is_control) {
-        return Err("must not contain control characters".into());
-    }
-    Ok(())
-}
-
-impl<'de> Deserialize<'de> for Id {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        check_id(&s).map_err(de::Error::custom)?;
-        Ok(Id(s))
-    }
-}
-
-impl fmt::Display for Id {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+use super::event_time::{EventTime, Minute};
+use super::ids::{check_id, Id};
 
 /// The linked viewers of a heartbeat, kept as one buffer of `\n`-separated ids.
 ///
 /// A channel can have ten million viewers: one `String` each would cost three
-/// times the ids themselves. The buffer is also the inbox's stored form.
+/// times the ids themselves.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ViewerList {
     buf: String,
@@ -112,7 +47,7 @@ impl ViewerList {
         (0..self.len()).filter_map(move |i| self.get(i))
     }
 
-    /// Appends an id, which must already be valid.
+    /// Appends an id, checking it.
     fn push_checked(&mut self, id: &str) -> Result<(), String> {
         check_id(id)?;
         if !self.buf.is_empty() || !self.ends.is_empty() {
@@ -124,22 +59,23 @@ impl ViewerList {
         Ok(())
     }
 
-    /// The stored form: ids joined by `\n`.
-    pub fn as_bytes(&self) -> &[u8] {
+    /// The ids joined by `\n`: one buffer, no copy.
+    pub fn joined(&self) -> &[u8] {
         self.buf.as_bytes()
     }
 
-    /// Rebuilds a list from its stored form.
-    pub fn from_stored(bytes: Vec<u8>) -> Result<ViewerList, String> {
+    /// Rebuilds a list from ids joined by `\n` (as [`ViewerList::joined`] gives them).
+    pub fn from_joined(bytes: Vec<u8>) -> Result<ViewerList, String> {
         let buf = String::from_utf8(bytes).map_err(|e| e.to_string())?;
+        let too_big = || "viewer list is larger than 4 GiB".to_string();
         let mut ends = Vec::new();
         if !buf.is_empty() {
             for (i, b) in buf.bytes().enumerate() {
                 if b == b'\n' {
-                    ends.push(i as u32);
+                    ends.push(u32::try_from(i).map_err(|_| too_big())?);
                 }
             }
-            ends.push(buf.len() as u32);
+            ends.push(u32::try_from(buf.len()).map_err(|_| too_big())?);
         }
         Ok(ViewerList { buf, ends })
     }
@@ -166,7 +102,8 @@ impl<'de> Deserialize<'de> for ViewerList {
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ViewerList, A::Error> {
                 let mut list = ViewerList::default();
-                while let Some(id) = seq.next_element::<IdStr>()? {
+                // Each element is checked as an `Id`, so the error path names its index.
+                while let Some(id) = seq.next_element::<Id>()? {
                     list.push_checked(&id.0).map_err(de::Error::custom)?;
                 }
                 Ok(list)
@@ -179,17 +116,6 @@ impl<'de> Deserialize<'de> for ViewerList {
 impl Serialize for ViewerList {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_seq(self.iter())
-    }
-}
-
-/// An element of `viewer_list`, checked so the error path names its index.
-struct IdStr(String);
-
-impl<'de> Deserialize<'de> for IdStr {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        check_id(&s).map_err(de::Error::custom)?;
-        Ok(IdStr(s))
     }
 }
 
@@ -229,59 +155,11 @@ impl Heartbeat {
     }
 }
 
-/// What the inbox stores beside the viewer buffer: the heartbeat minus its viewers.
-#[derive(Serialize, Deserialize)]
-pub struct StoredHeader {
-    pub id: Id,
-    pub broadcaster: Id,
-    pub broadcast_id: Option<u64>,
-    pub viewers: u64,
-    pub game: Id,
-    pub version: u32,
-    pub time: EventTime,
-    pub retries: u32,
-}
-
-impl Heartbeat {
-    /// Splits a heartbeat into its stored header (JSON) and viewer buffer.
-    pub fn to_stored(&self) -> (String, &[u8]) {
-        let header = StoredHeader {
-            id: self.id.clone(),
-            broadcaster: self.broadcaster.clone(),
-            broadcast_id: self.broadcast_id,
-            viewers: self.viewers,
-            game: self.game.clone(),
-            version: self.version,
-            time: self.time,
-            retries: self.retries,
-        };
-        // Serializing plain strings and numbers cannot fail.
-        let json = serde_json::to_string(&header).unwrap_or_default();
-        (json, self.viewer_list.as_bytes())
-    }
-
-    /// Rebuilds a heartbeat from the inbox's stored form.
-    pub fn from_stored(header: &str, viewers: Vec<u8>) -> Result<Heartbeat, String> {
-        let h: StoredHeader = serde_json::from_str(header).map_err(|e| e.to_string())?;
-        Ok(Heartbeat {
-            id: h.id,
-            broadcaster: h.broadcaster,
-            broadcast_id: h.broadcast_id,
-            viewers: h.viewers,
-            viewer_list: Arc::new(ViewerList::from_stored(viewers)?),
-            game: h.game,
-            version: h.version,
-            time: h.time,
-            retries: h.retries,
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const GOOD: &str = r#"{"broadcaster":"b-1","broadcast_id":27388295120,"viewers":6,
+    pub(crate) const GOOD: &str = r#"{"broadcaster":"b-1","broadcast_id":27388295120,"viewers":6,
         "viewer_list":["v-0","v-1"],"game":"GameName","version":1,
         "id":"f0bacda2","time":"2026-11-23T15:04:05Z","retries":0}"#;
 
@@ -294,12 +172,11 @@ mod tests {
     }
 
     #[test]
-    fn stored_form_round_trips() {
+    fn joined_form_round_trips() {
         let hb: Heartbeat = serde_json::from_str(GOOD).unwrap();
-        let (header, viewers) = hb.to_stored();
-        assert_eq!(Heartbeat::from_stored(&header, viewers.to_vec()).unwrap(), hb);
-        let empty = ViewerList::from_stored(Vec::new()).unwrap();
-        assert!(empty.is_empty());
+        let list = ViewerList::from_joined(hb.viewer_list.joined().to_vec()).unwrap();
+        assert_eq!(&list, &*hb.viewer_list);
+        assert!(ViewerList::from_joined(Vec::new()).unwrap().is_empty());
     }
 
     #[test]

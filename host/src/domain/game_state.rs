@@ -1,6 +1,6 @@
-//! E2 game state as the engine sees it: one accepted websocket message, with
-//! the broadcasters it is for resolved to their game accounts, and the JSON
-//! merge patch (RFC 7396) that applies a delta.
+//! E2 game state: one accepted websocket message, with the broadcasters it
+//! is for resolved to their game accounts, and the JSON merge patch
+//! (RFC 7396) that applies a delta.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};

@@ -1,9 +1,12 @@
-//! Every failure a request can meet, mapped to a status and a JSON body in one place.
+//! Every failure a request can meet, mapped to a status and a JSON body in
+//! one place, for every router (ingest and admin alike).
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
+
+use crate::store::StoreError;
 
 /// A query string parsed into `T`; a bad one is a JSON 400 naming the
 /// parameter, like every other bad input, instead of axum's plain text.
@@ -48,7 +51,7 @@ impl ApiError {
 
     /// 400 for a JSON document that does not parse into what was expected, naming the field.
     pub fn bad_json(err: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
-        ApiError::bad_request(crate::ingest::body::json_field(&err), err.into_inner().to_string())
+        ApiError::bad_request(json_field(&err), err.into_inner().to_string())
     }
 
     /// 400, naming the field (`[2].time`, `viewer_list[0]`; empty for the body as a whole).
@@ -109,6 +112,27 @@ impl ApiError {
             _ => "error",
         }
     }
+}
+
+impl From<StoreError> for ApiError {
+    /// Storage trouble is 503: Twitch and game servers retry.
+    fn from(e: StoreError) -> ApiError {
+        ApiError::unavailable(e)
+    }
+}
+
+/// Names the field a JSON error is about: the path, plus the missing field's
+/// name (`[1].time`, `viewer_list[0]`; empty for the document as a whole).
+pub fn json_field(err: &serde_path_to_error::Error<serde_json::Error>) -> String {
+    let mut field = err.path().to_string();
+    if field == "." {
+        field.clear();
+    }
+    let message = err.inner().to_string();
+    if let Some(name) = message.strip_prefix("missing field `").and_then(|m| m.split('`').next()) {
+        field = if field.is_empty() { name.to_string() } else { format!("{field}.{name}") };
+    }
+    field
 }
 
 impl IntoResponse for ApiError {

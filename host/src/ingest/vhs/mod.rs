@@ -1,4 +1,10 @@
 //! `POST /vhs` and `POST /vhs/{token}`: authenticate, parse, store, acknowledge.
+//!
+//! [`auth`] checks the path token or the signature, [`body`] streams and
+//! parses the body; this module ties them to the store.
+
+pub mod auth;
+pub mod body;
 
 use std::io;
 use std::sync::Arc;
@@ -12,10 +18,19 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
-use super::auth::{self, SignatureHeaders};
-use super::body::{self, BodyError};
-use super::heartbeat::Heartbeat;
-use crate::api::{ApiError, AppState};
+use auth::SignatureHeaders;
+use body::BodyError;
+
+use crate::config::VhsSettings;
+use crate::domain::Heartbeat;
+use crate::http::ApiError;
+use crate::store::Store;
+
+/// What the VHS handlers need.
+pub struct VhsIngest {
+    pub settings: VhsSettings,
+    pub store: Arc<Store>,
+}
 
 /// The answer Twitch gets once the heartbeats are durably stored.
 #[derive(Debug, Serialize)]
@@ -26,30 +41,30 @@ pub struct Accepted {
 
 /// `POST /vhs`.
 pub async fn post(
-    State(app): State<Arc<AppState>>,
+    State(vhs): State<Arc<VhsIngest>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Accepted>, ApiError> {
-    ingest(app, None, headers, body).await
+    ingest(&vhs, None, headers, body).await
 }
 
 /// `POST /vhs/{token}`.
 pub async fn post_with_token(
-    State(app): State<Arc<AppState>>,
+    State(vhs): State<Arc<VhsIngest>>,
     Path(token): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Accepted>, ApiError> {
-    ingest(app, Some(token), headers, body).await
+    ingest(&vhs, Some(token), headers, body).await
 }
 
 async fn ingest(
-    app: Arc<AppState>,
+    vhs: &VhsIngest,
     token: Option<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Accepted>, ApiError> {
-    let result = ingest_inner(&app, token, &headers, body).await;
+    let result = ingest_inner(vhs, token, &headers, body).await;
     let outcome = match &result {
         Ok(_) => "accepted",
         Err(e) => e.outcome(),
@@ -59,12 +74,12 @@ async fn ingest(
 }
 
 async fn ingest_inner(
-    app: &AppState,
+    vhs: &VhsIngest,
     token: Option<String>,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Json<Accepted>, ApiError> {
-    let settings = &app.settings.vhs;
+    let settings = &vhs.settings;
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let signature = SignatureHeaders {
         id: header("drops-message-id"),
@@ -114,8 +129,7 @@ async fn ingest_inner(
     }
     check_times(&heartbeats, now, settings.max_future_secs, settings.max_age_secs)?;
 
-    let outcome = app.store.insert_heartbeats(&heartbeats).await.map_err(ApiError::unavailable)?;
-    app.inbox_notify.notify_one();
+    let outcome = vhs.store.insert_heartbeats(&heartbeats).await?;
     metrics::counter!("drops_vhs_heartbeats_total", "outcome" => "accepted").increment(outcome.accepted);
     metrics::counter!("drops_vhs_heartbeats_total", "outcome" => "duplicate").increment(outcome.duplicates);
     let viewers: usize = heartbeats.iter().map(|h| h.viewer_list.len()).sum();

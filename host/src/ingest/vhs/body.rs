@@ -8,7 +8,8 @@ use flate2::read::GzDecoder;
 use hmac::Mac;
 
 use super::auth::Signer;
-use super::heartbeat::Heartbeat;
+use crate::domain::Heartbeat;
+use crate::http::json_field;
 
 /// Why a body was refused.
 #[derive(Debug, thiserror::Error)]
@@ -129,20 +130,6 @@ fn parse_json(reader: impl Read) -> Result<Vec<Heartbeat>, BodyError> {
     };
     de.end().map_err(|e| BodyError::invalid("", format!("trailing data after the JSON value: {e}")))?;
     Ok(heartbeats)
-}
-
-/// Names the field a JSON error is about: the path, plus the missing field's
-/// name (`[1].time`, `viewer_list[0]`; empty for the document as a whole).
-pub fn json_field(err: &serde_path_to_error::Error<serde_json::Error>) -> String {
-    let mut field = err.path().to_string();
-    if field == "." {
-        field.clear();
-    }
-    let message = err.inner().to_string();
-    if let Some(name) = message.strip_prefix("missing field `").and_then(|m| m.split('`').next()) {
-        field = if field.is_empty() { name.to_string() } else { format!("{field}.{name}") };
-    }
-    field
 }
 
 fn json_error(err: serde_path_to_error::Error<serde_json::Error>) -> BodyError {

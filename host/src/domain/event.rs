@@ -1,0 +1,20 @@
+//! What the inbox holds, in the order the engine evaluates it.
+
+use super::game_state::GameStateEvent;
+use super::heartbeat::Heartbeat;
+
+/// Who watches (VHS) and what happens in the game (E2).
+#[derive(Debug)]
+pub enum Event {
+    Heartbeat(Heartbeat),
+    GameState(GameStateEvent),
+}
+
+/// An event with its place in the inbox.
+#[derive(Debug)]
+pub struct InboxEvent {
+    pub seq: i64,
+    /// When the host stored it, in unix milliseconds (the host's clock).
+    pub received_at_ms: i64,
+    pub event: Event,
+}

@@ -1,0 +1,14 @@
+//! Account links: which game account a Twitch user is. E2 names broadcasters
+//! by Twitch user id; heartbeats and manifests by game account id.
+
+use serde::{Deserialize, Serialize};
+
+use super::ids::Id;
+
+/// One link; both ids follow the rule every id follows ([`super::check_id`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountLink {
+    pub twitch_user_id: Id,
+    pub game_account_id: Id,
+}

@@ -1,0 +1,23 @@
+//! The bottom layer: what drops-host is about, with no I/O and no imports
+//! from the rest of the crate. Ids and times, heartbeats and their viewer
+//! lists, game state and its merge patch, inbox events, grants, account links
+//! and the circuit breaker's pause record. Every other module builds on these;
+//! none of these knows how it is stored, sent or evaluated.
+
+pub mod event;
+pub mod event_time;
+pub mod game_state;
+pub mod grant;
+pub mod heartbeat;
+pub mod ids;
+pub mod link;
+pub mod pause;
+
+pub use event::{Event, InboxEvent};
+pub use event_time::{now_ms, EventTime, Minute};
+pub use game_state::{changed_keys, merge_patch, GameStateEvent, Publisher, Update};
+pub use grant::{NewGrant, REASON_WATCHING};
+pub use heartbeat::{Heartbeat, ViewerList};
+pub use ids::{check_id, Id, MAX_ID_LEN};
+pub use link::AccountLink;
+pub use pause::Paused;

@@ -1,0 +1,195 @@
+//! Judging one event: count watch-time, ask each matching campaign's plugin,
+//! turn its answer into grants or into a failure for the circuit breaker.
+//! Pure apart from the plugin calls: the same events from the same state
+//! give the same grants, which is what crash recovery and `replay` rely on.
+
+use super::state::State;
+use crate::domain::{Event, GameStateEvent, Heartbeat, InboxEvent, NewGrant, ViewerList, REASON_WATCHING};
+use crate::plugins::{PluginError, PluginRuntime, WitGameState, WitGrant, WitHeartbeat, WitViewer};
+use crate::rules::{LoadedCampaign, RuleSet};
+
+/// What evaluating a batch of events produced.
+#[derive(Debug, Default)]
+pub struct Evaluation {
+    pub grants: Vec<NewGrant>,
+    pub viewer_minutes: u64,
+    pub plugin_errors: u64,
+}
+
+/// Evaluates one event against the rule set, updating the engine's state.
+pub fn evaluate(state: &mut State, rules: &RuleSet, runtime: &PluginRuntime, event: &InboxEvent, out: &mut Evaluation) {
+    match &event.event {
+        Event::Heartbeat(hb) => {
+            state.broadcasters.saw_heartbeat(event.seq, event.received_at_ms, hb);
+            for campaign in rules.matching(hb) {
+                if !state.breakers.is_paused(&campaign.def.id) {
+                    evaluate_heartbeat(state, campaign, runtime, event.seq, hb, out);
+                }
+            }
+        }
+        Event::GameState(change) => {
+            evaluate_game_state(state, rules, runtime, event.seq, event.received_at_ms, change, out)
+        }
+    }
+}
+
+/// Evaluates one event for one campaign alone (a campaign catching up after
+/// a pause). Game-state changes are not evaluated again: the state before
+/// them is gone by then.
+pub fn evaluate_for(
+    state: &mut State,
+    campaign: &LoadedCampaign,
+    runtime: &PluginRuntime,
+    event: &InboxEvent,
+    out: &mut Evaluation,
+) {
+    if let Event::Heartbeat(hb) = &event.event {
+        if campaign.matches(hb) {
+            evaluate_heartbeat(state, campaign, runtime, event.seq, hb, out);
+        }
+    }
+}
+
+/// Evaluates one heartbeat for one campaign: the plugin decides, on the
+/// viewers' progress as it would be, whether the minutes count and what to
+/// grant; the outcome also feeds the campaign's circuit breaker.
+fn evaluate_heartbeat(
+    state: &mut State,
+    campaign: &LoadedCampaign,
+    runtime: &PluginRuntime,
+    seq: i64,
+    hb: &Heartbeat,
+    out: &mut Evaluation,
+) {
+    let minute = hb.minute();
+    let campaign_id = &campaign.def.id;
+    let tentative = state.watch_time.tentative(campaign_id, hb.viewer_list.iter(), minute.0);
+    let viewers: Vec<WitViewer> = tentative
+        .iter()
+        .enumerate()
+        .map(|(handle, (progress, counted))| WitViewer { handle: handle as u32, minutes: progress.minutes, counted })
+        .collect();
+    let wit_hb = WitHeartbeat {
+        broadcaster: hb.broadcaster.0.clone(),
+        game: hb.game.0.clone(),
+        minute: minute.0,
+        viewers_reported: hb.viewers.min(u32::MAX as u64) as u32,
+        state_changed: state.broadcasters.state_changed(&hb.broadcaster.0),
+    };
+    let span = tracing::debug_span!("evaluate", heartbeat = %hb.id, broadcaster = %hb.broadcaster, campaign = %campaign_id, plugin = %campaign.plugin.hash);
+    let _enter = span.enter();
+    let kv = state.campaign_kv(campaign_id);
+    let verdict = runtime.on_heartbeat(&campaign.plugin, &campaign.wit, &wit_hb, &viewers, hb.viewer_list.clone(), kv);
+    let grants = verdict.map(|verdict| {
+        if verdict.count_minutes {
+            out.viewer_minutes += state.watch_time.commit(campaign_id, &tentative);
+        }
+        verdict.grants
+    });
+    let made = Made { seq, broadcaster: &hb.broadcaster.0, minute: minute.0, viewers: &hb.viewer_list };
+    settle(state, campaign, made, grants, out);
+}
+
+/// Evaluates a game-state message: applies it to each broadcaster's state
+/// and, where it changed something, asks every campaign it concerns.
+fn evaluate_game_state(
+    state: &mut State,
+    rules: &RuleSet,
+    runtime: &PluginRuntime,
+    seq: i64,
+    arrived_ms: i64,
+    event: &GameStateEvent,
+    out: &mut Evaluation,
+) {
+    for publisher in &event.broadcasters {
+        let broadcaster = &publisher.account_id;
+        let minute = state.broadcasters.broadcast_minute(broadcaster, arrived_ms);
+        let Some(change) = state.broadcasters.apply(publisher, event, minute) else { continue };
+        let watching = state.broadcasters.watching_now(broadcaster, arrived_ms).unwrap_or_default();
+        let wit_change = WitGameState {
+            broadcaster: broadcaster.clone(),
+            twitch_user_id: publisher.twitch_user_id.clone(),
+            game_id: event.game_id.clone(),
+            minute,
+            previous: change.previous.to_string(),
+            current: change.current.to_string(),
+            changed: change.changed,
+            authoritative: event.authoritative,
+        };
+        for campaign in rules.matching_game_state(event, broadcaster) {
+            let campaign_id = &campaign.def.id;
+            if state.breakers.is_paused(campaign_id) {
+                continue;
+            }
+            let viewers: Vec<WitViewer> = watching
+                .iter()
+                .enumerate()
+                .map(|(handle, id)| {
+                    let minutes = state.watch_time.progress(campaign_id, id).minutes;
+                    WitViewer { handle: handle as u32, minutes, counted: false }
+                })
+                .collect();
+            let span = tracing::debug_span!("evaluate", game_state = %event.id, broadcaster = %broadcaster, campaign = %campaign_id, plugin = %campaign.plugin.hash);
+            let _enter = span.enter();
+            let kv = state.campaign_kv(campaign_id);
+            let grants =
+                runtime.on_game_state(&campaign.plugin, &campaign.wit, &wit_change, &viewers, watching.clone(), kv);
+            let made = Made { seq, broadcaster, minute, viewers: &watching };
+            settle(state, campaign, made, grants, out);
+        }
+    }
+}
+
+/// The event a call's grants come from.
+struct Made<'a> {
+    seq: i64,
+    broadcaster: &'a str,
+    minute: u32,
+    viewers: &'a ViewerList,
+}
+
+/// Records a call's grants, or its failure, and tells the circuit breaker.
+fn settle(
+    state: &mut State,
+    campaign: &LoadedCampaign,
+    made: Made<'_>,
+    grants: Result<Vec<WitGrant>, PluginError>,
+    out: &mut Evaluation,
+) {
+    let campaign_id = &campaign.def.id;
+    match grants {
+        Ok(grants) => {
+            state.breakers.success(campaign_id);
+            out.grants.extend(grants.into_iter().map(|g| new_grant(campaign, &made, g)));
+        }
+        Err(err) => {
+            out.plugin_errors += 1;
+            tracing::warn!(campaign = %campaign_id, plugin = %campaign.plugin.name, "plugin call failed: {err}");
+            let (hash, revision) = (&campaign.plugin.hash.0, &campaign.revision);
+            if state.breakers.failure(campaign_id, made.seq, hash, revision, err.to_string()) {
+                metrics::counter!("drops_breaker_opened_total", "campaign" => campaign_id.clone()).increment(1);
+                tracing::error!(campaign = %campaign_id, plugin = %campaign.plugin.name, plugin_hash = %hash,
+                    "circuit breaker open: campaign paused until a new plugin version or campaign revision; its events are kept");
+            }
+        }
+    }
+}
+
+fn new_grant(campaign: &LoadedCampaign, made: &Made<'_>, g: WitGrant) -> NewGrant {
+    // Both indexes were checked against the call's input by the runtime.
+    NewGrant {
+        campaign_id: campaign.def.id.clone(),
+        reward_id: campaign.wit.rewards[g.reward as usize].clone(),
+        user_id: made.viewers.get(g.viewer as usize).unwrap_or_default().to_string(),
+        grant_key: g.key.unwrap_or_default(),
+        broadcaster_id: made.broadcaster.to_string(),
+        // Twitch's manifests name the game as VHS reports it.
+        game: campaign.def.game.clone(),
+        client_id: campaign.def.client_id.clone(),
+        reason: REASON_WATCHING,
+        campaign_revision: campaign.revision.clone(),
+        plugin_hash: campaign.plugin.hash.0.clone(),
+        inbox_seq: made.seq,
+        event_minute: made.minute,
+    }
+}

@@ -1,0 +1,113 @@
+//! The event recording: what `serve` writes with `record_events` and what
+//! `replay` reads, in one place so the two cannot drift. JSON lines:
+//! heartbeats in the shape `/vhs` takes, game-state messages as
+//! `{"game_state": ...}`. After a crash, events replayed from the checkpoint
+//! are recorded again; readers skip repeated ids, as the host does.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{Event, GameStateEvent, Heartbeat, InboxEvent};
+
+/// How a game-state event is recorded: beside heartbeats, told apart by its key.
+#[derive(Serialize, Deserialize)]
+struct RecordedGameState<T> {
+    game_state: T,
+}
+
+/// Appends evaluated events to a recording.
+pub struct Recorder {
+    path: PathBuf,
+    out: std::io::BufWriter<std::fs::File>,
+}
+
+impl Recorder {
+    /// Opens (or creates) the recording for appending.
+    pub fn open(path: &Path) -> std::io::Result<Recorder> {
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(Recorder { path: path.to_path_buf(), out: std::io::BufWriter::new(file) })
+    }
+
+    /// Appends events. Recording is a debugging aid: a failed write is
+    /// logged and never stops grants.
+    pub fn write(&mut self, events: &[InboxEvent]) {
+        let result = events
+            .iter()
+            .try_for_each(|e| {
+                match &e.event {
+                    Event::Heartbeat(hb) => serde_json::to_writer(&mut self.out, hb)?,
+                    Event::GameState(gs) => {
+                        serde_json::to_writer(&mut self.out, &RecordedGameState { game_state: gs })?
+                    }
+                }
+                self.out.write_all(b"\n")?;
+                Ok::<_, std::io::Error>(())
+            })
+            .and_then(|()| self.out.flush());
+        if let Err(e) = result {
+            tracing::warn!(path = %self.path.display(), "event recording failed: {e}");
+        }
+    }
+}
+
+/// A recorded event as `replay` reads it.
+#[derive(Debug)]
+pub struct Recorded {
+    /// The id the host deduplicates it by.
+    pub dedup_id: String,
+    /// When it arrived: recorded heartbeats keep no arrival time, so their own time stands in.
+    pub received_at_ms: i64,
+    pub event: Event,
+}
+
+/// Parses one recorded line; the error names the field.
+pub fn parse_line(line: &str) -> Result<Recorded, String> {
+    let at = |e: serde_path_to_error::Error<serde_json::Error>| format!("{}: {}", e.path(), e.inner());
+    let de = &mut serde_json::Deserializer::from_str(line);
+    if line.trim_start().starts_with(r#"{"game_state""#) {
+        let recorded: RecordedGameState<GameStateEvent> = serde_path_to_error::deserialize(de).map_err(at)?;
+        let gs = recorded.game_state;
+        Ok(Recorded {
+            dedup_id: format!("e2:{}", gs.id),
+            received_at_ms: gs.received_at_ms,
+            event: Event::GameState(gs),
+        })
+    } else {
+        let hb: Heartbeat = serde_path_to_error::deserialize(de).map_err(at)?;
+        Ok(Recorded { dedup_id: hb.id.0.clone(), received_at_ms: hb.time.unix_ms(), event: Event::Heartbeat(hb) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_is_written_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let hb: Heartbeat = serde_json::from_str(
+            r#"{"id":"h-1","broadcaster":"b-1","game":"G","time":"2026-11-23T10:00:00Z","viewer_list":["v-1"]}"#,
+        )
+        .unwrap();
+        let gs: GameStateEvent = serde_json::from_value(serde_json::json!({"id": "c:1", "broadcasters": [],
+            "client_id": "c", "game_id": "g", "update": "full", "data": {"level": 1},
+            "received_at_ms": 5, "authoritative": true}))
+        .unwrap();
+        let mut recorder = Recorder::open(&path).unwrap();
+        recorder.write(&[
+            InboxEvent { seq: 1, received_at_ms: 9, event: Event::Heartbeat(hb.clone()) },
+            InboxEvent { seq: 2, received_at_ms: 9, event: Event::GameState(gs.clone()) },
+        ]);
+        drop(recorder);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<Recorded> = text.lines().map(|l| parse_line(l).unwrap()).collect();
+        assert!(matches!(&lines[0].event, Event::Heartbeat(h) if *h == hb));
+        assert_eq!(lines[0].dedup_id, "h-1");
+        assert!(matches!(&lines[1].event, Event::GameState(g) if *g == gs));
+        assert_eq!((lines[1].dedup_id.as_str(), lines[1].received_at_ms), ("e2:c:1", 5));
+        assert!(parse_line(r#"{"id":"h"}"#).unwrap_err().contains("broadcaster"));
+    }
+}

@@ -1,0 +1,256 @@
+//! The engine task: reads the inbox in order, evaluates events off the async
+//! executor, stores grants, checkpoints its state with the inbox position,
+//! resumes paused campaigns, and retries while the database is away.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
+
+use super::evaluate::{evaluate, evaluate_for, Evaluation};
+use super::recording::Recorder;
+use super::state::{Judgement, State};
+use crate::config::{EngineSettings, Settings};
+use crate::domain::{Event, InboxEvent, Paused};
+use crate::plugins::PluginRuntime;
+use crate::rules::RuleSet;
+use crate::store::{CheckpointWrite, Store, StoreError};
+
+/// The campaigns paused by their circuit breaker, as the engine last published them.
+pub type PausedCampaigns = ArcSwap<BTreeMap<String, Paused>>;
+
+/// Everything the engine task takes from the settings, as one value.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    pub engine: EngineSettings,
+    pub judgement: Judgement,
+    /// Where evaluated events are recorded (JSON lines), if anywhere.
+    pub record_events: Option<PathBuf>,
+}
+
+impl EngineOptions {
+    /// What the settings say.
+    pub fn from_settings(settings: &Settings) -> EngineOptions {
+        EngineOptions {
+            engine: settings.engine.clone(),
+            judgement: Judgement::from_settings(settings),
+            record_events: settings.record_events.clone(),
+        }
+    }
+}
+
+/// The engine task.
+pub struct Engine {
+    store: Arc<Store>,
+    rules: Arc<ArcSwap<RuleSet>>,
+    runtime: Arc<PluginRuntime>,
+    options: EngineOptions,
+    /// The paused campaigns, published for the admin API.
+    paused: Arc<PausedCampaigns>,
+}
+
+/// A failure the engine cannot go on from.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("evaluation task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+    #[error("cannot open the event recording {path}: {source}")]
+    Record { path: PathBuf, source: std::io::Error },
+}
+
+impl Engine {
+    /// An engine over the store's inbox, judging by the rules in force.
+    pub fn new(
+        store: Arc<Store>,
+        rules: Arc<ArcSwap<RuleSet>>,
+        runtime: Arc<PluginRuntime>,
+        options: EngineOptions,
+        paused: Arc<PausedCampaigns>,
+    ) -> Engine {
+        Engine { store, rules, runtime, options, paused }
+    }
+
+    /// Runs until `stop` is cancelled, then drains the inbox, checkpoints and returns.
+    pub async fn run(self, stop: CancellationToken) -> Result<(), EngineError> {
+        let checkpoint = retry(|| self.store.load_checkpoint(), &stop).await?;
+        let mut cursor = checkpoint.inbox_seq;
+        let mut state = State::restore(checkpoint, &self.options.judgement);
+        tracing::info!(inbox_seq = cursor, paused = state.breakers.paused().len(), "engine resumed from checkpoint");
+        let interval = Duration::from_secs(self.options.engine.checkpoint_interval_secs.max(1));
+        let mut last_checkpoint = Instant::now();
+        let mut checkpointed = cursor;
+        let mut recorder = match &self.options.record_events {
+            Some(path) => {
+                Some(Recorder::open(path).map_err(|source| EngineError::Record { path: path.clone(), source })?)
+            }
+            None => None,
+        };
+        loop {
+            state = self.resume_campaigns(state, cursor, &stop).await?;
+            self.publish_breakers(&state);
+            let events =
+                retry(|| self.store.inbox_after(cursor, self.options.engine.batch_events.max(1)), &stop).await?;
+            if events.is_empty() {
+                if cursor != checkpointed {
+                    self.checkpoint(&mut state, cursor, &stop).await?;
+                    checkpointed = cursor;
+                    last_checkpoint = Instant::now();
+                }
+                if stop.is_cancelled() {
+                    tracing::info!(inbox_seq = cursor, "engine drained and stopped");
+                    return Ok(());
+                }
+                tokio::select! {
+                    _ = self.store.signals().inbox_grown() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = stop.cancelled() => {}
+                }
+                continue;
+            }
+            let last = events.last().map(|e| e.seq).unwrap_or(cursor);
+            let e2_arrivals: Vec<i64> =
+                events.iter().filter(|e| matches!(e.event, Event::GameState(_))).map(|e| e.received_at_ms).collect();
+            let rules = self.rules.load_full();
+            let runtime = self.runtime.clone();
+            let (returned, evaluation, recorder_back) = tokio::task::spawn_blocking(move || {
+                let mut out = Evaluation::default();
+                for event in &events {
+                    evaluate(&mut state, &rules, &runtime, event, &mut out);
+                }
+                if let Some(r) = recorder.as_mut() {
+                    r.write(&events);
+                }
+                (state, out, recorder)
+            })
+            .await?;
+            state = returned;
+            recorder = recorder_back;
+            self.store_grants(&evaluation, &stop).await?;
+            // From a game-state message's arrival to its grants being stored.
+            let now = crate::domain::now_ms();
+            for arrived in e2_arrivals {
+                metrics::histogram!("drops_e2_decision_seconds").record((now - arrived).max(0) as f64 / 1000.0);
+            }
+            cursor = last;
+            metrics::gauge!("drops_engine_inbox_seq").set(cursor as f64);
+            if last_checkpoint.elapsed() >= interval {
+                self.checkpoint(&mut state, cursor, &stop).await?;
+                checkpointed = cursor;
+                last_checkpoint = Instant::now();
+            }
+        }
+    }
+
+    async fn store_grants(&self, evaluation: &Evaluation, stop: &CancellationToken) -> Result<(), EngineError> {
+        let stored = retry(|| self.store.insert_grants(&evaluation.grants), stop).await?;
+        metrics::counter!("drops_engine_viewer_minutes_total").increment(evaluation.viewer_minutes);
+        metrics::counter!("drops_grants_total").increment(stored);
+        metrics::counter!("drops_plugin_errors_total").increment(evaluation.plugin_errors);
+        if stored > 0 {
+            tracing::info!(grants = stored, "grants made");
+        }
+        Ok(())
+    }
+
+    /// Resumes paused campaigns that a new plugin version or campaign revision
+    /// serves: evaluates, for that campaign alone and in order, the events it
+    /// missed up to `cursor`, so it rejoins where everyone else is.
+    async fn resume_campaigns(
+        &self,
+        mut state: State,
+        cursor: i64,
+        stop: &CancellationToken,
+    ) -> Result<State, EngineError> {
+        let rules = self.rules.load_full();
+        for (id, paused) in state.breakers.resumable(&rules) {
+            state.breakers.resume(&id);
+            let Some(campaign) = rules.campaign(&id).cloned() else {
+                tracing::info!(campaign = %id, "paused campaign is gone from the rules: dropped");
+                continue;
+            };
+            tracing::info!(campaign = %id, plugin_hash = %campaign.plugin.hash, from_seq = paused.since_seq, to_seq = cursor,
+                "circuit breaker closed: evaluating the events kept while paused");
+            let mut from = paused.since_seq - 1;
+            while from < cursor && !state.breakers.is_paused(&id) {
+                let batch =
+                    retry(|| self.store.inbox_after(from, self.options.engine.batch_events.max(1)), stop).await?;
+                let events: Vec<InboxEvent> = batch.into_iter().filter(|e| e.seq <= cursor).collect();
+                let Some(last) = events.last().map(|e| e.seq) else { break };
+                from = last;
+                let (campaign, runtime) = (campaign.clone(), self.runtime.clone());
+                let (returned, evaluation) = tokio::task::spawn_blocking(move || {
+                    let mut out = Evaluation::default();
+                    for event in &events {
+                        if state.breakers.is_paused(&campaign.def.id) {
+                            break;
+                        }
+                        evaluate_for(&mut state, &campaign, &runtime, event, &mut out);
+                    }
+                    (state, out)
+                })
+                .await?;
+                state = returned;
+                self.store_grants(&evaluation, stop).await?;
+            }
+        }
+        Ok(state)
+    }
+
+    /// Makes the paused campaigns visible to the admin API and metrics.
+    fn publish_breakers(&self, state: &State) {
+        let paused = state.breakers.paused();
+        if **self.paused.load() != *paused {
+            metrics::gauge!("drops_campaigns_paused").set(paused.len() as f64);
+            self.paused.store(Arc::new(paused.clone()));
+        }
+    }
+
+    async fn checkpoint(&self, state: &mut State, cursor: i64, stop: &CancellationToken) -> Result<(), EngineError> {
+        let rows = state.watch_time.dirty_rows();
+        let kv = state.dirty_campaign_state();
+        let (game_state, watchers) = state.broadcasters.dirty_rows();
+        let breakers: Vec<(String, Paused)> =
+            state.breakers.paused().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let write = CheckpointWrite {
+            inbox_seq: cursor,
+            watch_time: &rows,
+            campaign_state: &kv,
+            breakers: &breakers,
+            keep_from_seq: state.breakers.oldest_needed(),
+            game_state: &game_state,
+            watchers: &watchers,
+        };
+        retry(|| self.store.save_checkpoint(&write), stop).await?;
+        state.clear_dirty();
+        tracing::debug!(inbox_seq = cursor, rows = rows.len(), "checkpoint saved");
+        Ok(())
+    }
+}
+
+/// Retries a store operation with backoff while the database is away; the
+/// engine must not skip an event, so it waits rather than moves on. Gives up
+/// only when stopping.
+async fn retry<T, F, Fut>(mut op: F, stop: &CancellationToken) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(err @ StoreError::Corrupt { .. }) => return Err(err),
+            Err(err) if stop.is_cancelled() && delay >= Duration::from_secs(5) => return Err(err),
+            Err(err) => {
+                tracing::warn!("storage unavailable, retrying in {delay:?}: {err}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

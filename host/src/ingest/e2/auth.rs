@@ -1,0 +1,117 @@
+//! Who a `connect` may publish for, as the E2 guide says: the token alone
+//! (no `Bearer`/`OAuth` prefix), an app token naming its broadcasters, a user
+//! token publishing for its own user, an allowlisted (client, game) pair, and
+//! every broadcaster linked to a game account.
+
+use super::protocol::{close, ClientMessage, Violation};
+use super::tokens::TokenError;
+use super::E2Hub;
+use crate::config::TokenKind;
+use crate::domain::Publisher;
+
+/// Who an authenticated connection publishes for.
+pub struct Session {
+    pub publishers: Vec<Publisher>,
+    pub client_id: String,
+    pub game_id: String,
+    /// Published with an app token (a game server) rather than a user token.
+    pub authoritative: bool,
+}
+
+/// Checks a `connect` message and resolves the broadcasters it publishes for.
+pub async fn authenticate(hub: &E2Hub, msg: &ClientMessage) -> Result<Session, Violation> {
+    let unauthorized = |code, message: String| Violation::close(code, message, close::UNAUTHORIZED);
+    let forbidden = |code, message: String| Violation::close(code, message, close::FORBIDDEN);
+    let token = msg.token.as_deref().unwrap_or_default();
+    if token.is_empty() {
+        return Err(unauthorized("invalid_token", "field `token`: missing".into()));
+    }
+    for prefix in ["bearer ", "oauth "] {
+        if token.len() >= prefix.len() && token[..prefix.len()].eq_ignore_ascii_case(prefix) {
+            let prefix = &token[..prefix.len() - 1];
+            return Err(unauthorized(
+                "token_prefix",
+                format!("field `token`: send the token alone, without the `{prefix}` prefix"),
+            ));
+        }
+    }
+    let client_id = required(&msg.client_id, "client_id")?;
+    let game_id = required(&msg.game_id, "game_id")?;
+    let info = match hub.verifier.verify(token).await {
+        Ok(info) => info,
+        Err(TokenError::Unavailable(e)) => {
+            tracing::warn!("e2 token check failed: {e}");
+            return Err(Violation::close(
+                "unavailable",
+                "cannot check tokens right now; reconnect later",
+                close::TRY_AGAIN_LATER,
+            ));
+        }
+        Err(e) => return Err(unauthorized("invalid_token", format!("field `token`: {e}"))),
+    };
+    if info.client_id != client_id {
+        return Err(unauthorized(
+            "invalid_token",
+            format!("field `token`: issued to client `{}`, not `{client_id}`", info.client_id),
+        ));
+    }
+    let allowed = hub.settings.allowlist.iter().any(|p| p.client_id == client_id && p.game_id == game_id);
+    if !allowed {
+        return Err(forbidden(
+            "not_allowlisted",
+            format!("client `{client_id}` is not allowlisted to publish for game `{game_id}`"),
+        ));
+    }
+    let ids = msg.broadcaster_ids.as_deref();
+    let broadcasters: Vec<String> = match (info.kind, ids) {
+        (TokenKind::App, Some(ids)) if !ids.is_empty() => ids.to_vec(),
+        (TokenKind::App, _) => {
+            return Err(forbidden(
+                "broadcaster_ids_required",
+                "field `broadcaster_ids`: an app token must name the broadcasters it publishes for".into(),
+            ))
+        }
+        (TokenKind::User, Some(_)) => {
+            return Err(forbidden(
+                "broadcaster_ids_forbidden",
+                "field `broadcaster_ids`: a user token publishes only for its own user; leave it out".into(),
+            ))
+        }
+        (TokenKind::User, None) => match info.user_id {
+            Some(user) => vec![user],
+            None => return Err(unauthorized("invalid_token", "field `token`: user token without a user".into())),
+        },
+    };
+    let mut publishers = Vec::with_capacity(broadcasters.len());
+    let mut unlinked = Vec::new();
+    for id in broadcasters {
+        match hub.store.link_of(&id).await {
+            Ok(Some(account_id)) => publishers.push(Publisher { twitch_user_id: id, account_id }),
+            Ok(None) => unlinked.push(id),
+            Err(e) => {
+                tracing::warn!("e2 link lookup failed: {e}");
+                return Err(Violation::close(
+                    "unavailable",
+                    "storage unavailable; reconnect later",
+                    close::TRY_AGAIN_LATER,
+                ));
+            }
+        }
+    }
+    if !unlinked.is_empty() {
+        return Err(forbidden(
+            "broadcaster_not_linked",
+            format!("broadcasters not linked to this game: {}", unlinked.join(", ")),
+        ));
+    }
+    publishers.sort_by(|a, b| a.twitch_user_id.cmp(&b.twitch_user_id));
+    publishers.dedup();
+    Ok(Session { publishers, client_id, game_id, authoritative: info.kind == TokenKind::App })
+}
+
+fn required(value: &Option<String>, field: &str) -> Result<String, Violation> {
+    match value.as_deref() {
+        Some(v) if !v.trim().is_empty() => Ok(v.to_string()),
+        _ => Err(Violation::drop("malformed", format!("field `{field}`: missing"))),
+    }
+}

@@ -1,0 +1,73 @@
+//! `GET /e2`: the E2 game-state websocket. Enforces the E2 guide's rules
+//! (token form and kind, allowlist, account links, rate, idle deadline,
+//! message sizes), stores each accepted message in the inbox, then answers
+//! with an ack. The protocol is written down in `docs/e2-protocol.md`.
+//!
+//! [`protocol`] is the wire format, [`tokens`] checks tokens, [`auth`]
+//! decides who a connection publishes for, [`session`] runs one connection;
+//! this module holds what connections share.
+
+pub mod auth;
+pub mod protocol;
+pub mod session;
+pub mod tokens;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use axum::extract::ws::{WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::response::Response;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use protocol::{close, PROTOCOL_VERSION};
+use session::{reconnect, Connection};
+use tokens::TokenVerifier;
+
+use crate::config::E2Settings;
+use crate::store::Store;
+
+/// What the E2 endpoint shares between connections.
+pub struct E2Hub {
+    pub settings: E2Settings,
+    pub verifier: TokenVerifier,
+    pub store: Arc<Store>,
+    /// Cancelled at shutdown: every connection is told to reconnect.
+    pub stop: CancellationToken,
+    /// Connection tasks, waited for at shutdown so no accepted message is cut off.
+    pub tasks: TaskTracker,
+    connections: AtomicUsize,
+}
+
+impl E2Hub {
+    /// The hub for these settings.
+    pub fn new(settings: E2Settings, store: Arc<Store>, stop: CancellationToken) -> E2Hub {
+        let verifier = TokenVerifier::from_settings(&settings);
+        E2Hub { settings, verifier, store, stop, tasks: TaskTracker::new(), connections: AtomicUsize::new(0) }
+    }
+}
+
+/// `GET /e2`: upgrades to a websocket, or tells the client to come back later.
+pub async fn upgrade(State(hub): State<Arc<E2Hub>>, ws: WebSocketUpgrade) -> Response {
+    // Frames far beyond the largest message are cut off by the websocket
+    // layer itself; moderately oversized ones get a `message_too_large` answer.
+    let max_frame = hub.settings.max_full_bytes.max(hub.settings.max_delta_bytes).saturating_mul(4).max(64 << 10);
+    ws.max_message_size(max_frame).max_frame_size(max_frame).on_upgrade(move |socket| async move {
+        let tracker = hub.tasks.clone();
+        tracker.track_future(connection(hub, socket)).await
+    })
+}
+
+async fn connection(hub: Arc<E2Hub>, mut socket: WebSocket) {
+    let held = hub.connections.fetch_add(1, Ordering::SeqCst) + 1;
+    metrics::gauge!("drops_e2_connections").set(held as f64);
+    if held > hub.settings.max_connections || hub.stop.is_cancelled() {
+        let code = if hub.stop.is_cancelled() { close::RESTART } else { close::TRY_AGAIN_LATER };
+        reconnect(&hub, &mut socket, code).await;
+    } else {
+        Connection::new(&hub).run(&mut socket).await;
+    }
+    let held = hub.connections.fetch_sub(1, Ordering::SeqCst) - 1;
+    metrics::gauge!("drops_e2_connections").set(held as f64);
+}

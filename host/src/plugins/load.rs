@@ -1,0 +1,139 @@
+//! Turning a `.wasm` into a checked, compiled, pre-instantiated plugin.
+//!
+//! Plugins are built for `wasm32-unknown-unknown` and componentized here
+//! (`wit-component`), so they import nothing but the rules world: no WASI, so
+//! no files, network, environment or clock by construction.
+
+use std::fmt;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::Component;
+use wasmtime::Engine;
+
+use super::error::PluginError;
+use super::host::CallState;
+use super::runtime::PluginRuntime;
+use super::wit::{RulesPre, HOST_IMPORT, RULE_EXPORT, VERSION};
+
+/// SHA-256 of a plugin's bytes, in hex: the identity of a plugin version.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PluginHash(pub String);
+
+impl PluginHash {
+    /// Hashes plugin bytes.
+    pub fn of(bytes: &[u8]) -> PluginHash {
+        PluginHash(hex::encode(Sha256::digest(bytes)))
+    }
+}
+
+impl fmt::Display for PluginHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A loaded, validated plugin version.
+pub struct Plugin {
+    /// File stem (`watch-time-tiers`).
+    pub name: String,
+    /// SHA-256 of the bytes it was loaded from.
+    pub hash: PluginHash,
+    /// The bytes, kept for the version history (plugins are tens of KB).
+    pub bytes: Arc<[u8]>,
+    pub(super) pre: RulesPre<CallState>,
+}
+
+impl fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Plugin").field("name", &self.name).field("hash", &self.hash).finish()
+    }
+}
+
+impl PluginRuntime {
+    /// Loads plugin bytes (a core module built with the SDK, or a component),
+    /// checks its imports and exports, compiles and pre-instantiates it.
+    pub fn load(&self, name: &str, bytes: &[u8]) -> Result<Plugin, PluginError> {
+        let hash = PluginHash::of(bytes);
+        let component_bytes = if wasmparser::Parser::is_component(bytes) {
+            bytes.to_vec()
+        } else if wasmparser::Parser::is_core_wasm(bytes) {
+            check_core_imports(bytes)?;
+            wit_component::ComponentEncoder::default()
+                .module(bytes)
+                .and_then(|e| e.validate(true).encode())
+                .map_err(|e| PluginError::Componentize(format!("{e:#}")))?
+        } else {
+            return Err(PluginError::NotWasm);
+        };
+        let component =
+            Component::new(&self.engine, &component_bytes).map_err(|e| PluginError::Compile(format!("{e:#}")))?;
+        check_component_interface(&self.engine, &component)?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .and_then(RulesPre::new)
+            .map_err(|e| PluginError::Compile(format!("{e:#}")))?;
+        Ok(Plugin { name: name.to_string(), hash, bytes: Arc::from(bytes), pre })
+    }
+}
+
+/// Refuses a core module that imports anything outside the rules world (WASI
+/// included), naming the import, before wit-component gives a vaguer error.
+fn check_core_imports(bytes: &[u8]) -> Result<(), PluginError> {
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        let payload = payload.map_err(|e| PluginError::Compile(e.to_string()))?;
+        if let wasmparser::Payload::ImportSection(reader) = payload {
+            for import in reader.into_imports() {
+                let import = import.map_err(|e| PluginError::Compile(e.to_string()))?;
+                let module = import.module;
+                if module != HOST_IMPORT && !module.starts_with("[export]") && module != "$root" {
+                    return Err(check_version(module)
+                        .unwrap_or_else(|| PluginError::ForbiddenImport(format!("{module}#{}", import.name))));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A `drops:rules/...@X` name with another version X.
+fn check_version(name: &str) -> Option<PluginError> {
+    let rest = name.strip_prefix("drops:rules/")?;
+    let (_, version) = rest.split_once('@')?;
+    (version != VERSION).then(|| PluginError::WrongVersion { found: version.to_string(), supported: VERSION })
+}
+
+fn check_component_interface(engine: &Engine, component: &Component) -> Result<(), PluginError> {
+    let ty = component.component_type();
+    for (name, _) in ty.imports(engine) {
+        if name != HOST_IMPORT {
+            return Err(check_version(name).unwrap_or_else(|| PluginError::ForbiddenImport(name.to_string())));
+        }
+    }
+    let mut found = None;
+    for (name, _) in ty.exports(engine) {
+        if name == RULE_EXPORT {
+            return Ok(());
+        }
+        if let Some(err) = check_version(name) {
+            found = Some(err);
+        }
+    }
+    Err(found.unwrap_or(PluginError::MissingExport))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn other_interface_versions_are_named() {
+        assert_eq!(
+            check_version("drops:rules/rule@0.1.0"),
+            Some(PluginError::WrongVersion { found: "0.1.0".into(), supported: VERSION })
+        );
+        assert_eq!(check_version(RULE_EXPORT), None);
+        assert_eq!(check_version("wasi:io/streams@0.2.0"), None);
+    }
+}

@@ -1,0 +1,33 @@
+//! Bindings for `drops:rules@0.2.0` (plugin-sdk/wit/rules.wit): game state
+//! (E2), `state-changed` in heartbeats and the heartbeat verdict.
+
+/// The interface version, written once for the host; the names built from it follow.
+macro_rules! version {
+    () => {
+        "0.2.0"
+    };
+}
+
+/// The interface version this host implements.
+pub const VERSION: &str = version!();
+/// The interface a plugin must export.
+pub const RULE_EXPORT: &str = concat!("drops:rules/rule@", version!());
+/// The only interface a plugin may import.
+pub const HOST_IMPORT: &str = concat!("drops:rules/host@", version!());
+
+wasmtime::component::bindgen!({
+    path: "../plugin-sdk/wit",
+    world: "rules",
+});
+
+pub use drops::rules::host::{self as host_interface, Level};
+pub use exports::drops::rules::rule::{Campaign, GameState, Grant, Heartbeat, HeartbeatVerdict, Viewer};
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_wit_file_declares_this_version() {
+        let wit = include_str!("../../../../plugin-sdk/wit/rules.wit");
+        assert!(wit.contains(&format!("package drops:rules@{};", super::VERSION)), "rules.wit and VERSION disagree");
+    }
+}

@@ -1,0 +1,51 @@
+//! Wake-ups raised after commits: the engine waits for the inbox to grow,
+//! the manifest batcher for grants to wait. The store raises them itself
+//! once a write has committed, so no writer can forget to and no reader
+//! wakes for a write it cannot see yet.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::Notify;
+
+/// The store's wake-ups.
+#[derive(Debug, Default)]
+pub struct Signals {
+    inbox: Notify,
+    grants: Notify,
+    grants_waiting: AtomicU64,
+}
+
+impl Signals {
+    /// Events were committed to the inbox.
+    pub(super) fn inbox_grew(&self) {
+        self.inbox.notify_one();
+    }
+
+    /// Waits until events are committed to the inbox (or were since the last wait).
+    pub async fn inbox_grown(&self) {
+        self.inbox.notified().await
+    }
+
+    /// `n` new grants were committed.
+    pub(super) fn grants_stored(&self, n: u64) {
+        if n > 0 {
+            self.grants_waiting.fetch_add(n, Ordering::Relaxed);
+            self.grants.notify_one();
+        }
+    }
+
+    /// Waits until grants are committed (or were since the last wait).
+    pub async fn grants_committed(&self) {
+        self.grants.notified().await
+    }
+
+    /// Grants committed since the last [`Signals::take_grants_waiting`].
+    pub fn grants_waiting(&self) -> u64 {
+        self.grants_waiting.load(Ordering::Relaxed)
+    }
+
+    /// Resets the count of waiting grants (the batcher is about to take them all).
+    pub fn take_grants_waiting(&self) -> u64 {
+        self.grants_waiting.swap(0, Ordering::Relaxed)
+    }
+}
