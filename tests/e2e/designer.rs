@@ -74,3 +74,46 @@ async fn recorded_traffic_replays_to_the_same_grants() {
     }
     assert!(out.contains("4 events (0 duplicates), 12 viewer-minutes counted, 6 grants, 0 plugin errors"), "{out}");
 }
+
+#[tokio::test]
+async fn replay_with_the_hosts_config_decides_as_the_host_did() {
+    // A CPU budget that a 3-viewer heartbeat fits in and a 1,000-viewer one does not.
+    let window = ("2026-11-07T00:00:00Z", "2026-11-08T00:00:00Z");
+    let campaign = tiers_campaign("camp-fuel", "GameName", window, &[], &[(1, "bronze")]);
+    let config = HostConfig {
+        campaigns: vec![("c".into(), campaign)],
+        record_events: true,
+        extra_toml: "[plugins]\nmax_call_fuel = 50000\nmax_call_fuel_per_viewer = 0\n".into(),
+        ..Default::default()
+    };
+    let Some(mut host) = TestHost::spawn(Backend::Sqlite, config).await else { return };
+    let crowd: Vec<String> = (0..1000).map(|i| format!("crowd-{i}")).collect();
+    let crowd: Vec<&str> = crowd.iter().map(String::as_str).collect();
+    let big = heartbeat("big", "b-big", "GameName", "2026-11-07T10:00:00Z", &crowd);
+    let small = heartbeat("small", "b-small", "GameName", "2026-11-07T10:00:00Z", &["v1", "v2", "v3"]);
+    assert_eq!(host.post_vhs(None, &big).await.0, 200);
+    assert_eq!(host.post_vhs(None, &small).await.0, 200);
+    let started = Instant::now();
+    // The inbox is evaluated in order: once the small channel's grants exist, the big one was judged.
+    while host.grants().await.len() < 3 {
+        assert!(started.elapsed() < Duration::from_secs(20), "{}", host.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    host.stop();
+    assert_eq!(host.grants_from_database().await.len(), 3, "the big channel's call ran out of fuel");
+
+    let rules = host.dir.path().join("rules");
+    let events = host.dir.path().join("events.jsonl");
+    let config = host.dir.path().join("drops-host.toml");
+    let (rules, events, config) = (rules.to_str().unwrap(), events.to_str().unwrap(), config.to_str().unwrap());
+    let (ok, out) = drops_host(&["replay", "--rules", rules, "--events", events, "--config", config]);
+    assert!(ok, "{out}");
+    assert!(out.contains("2 events (0 duplicates), 3 viewer-minutes counted, 3 grants, 1 plugin errors"), "{out}");
+    // With the default budget the same recording decides otherwise: the configured limit is what agrees.
+    let (ok, out) = drops_host(&["replay", "--rules", rules, "--events", events]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("2 events (0 duplicates), 1003 viewer-minutes counted, 1003 grants, 0 plugin errors"),
+        "{out}"
+    );
+}

@@ -6,6 +6,8 @@
 mod campaign;
 mod error;
 pub mod reload;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -16,6 +16,8 @@ mod inbox;
 mod links;
 mod manifests;
 mod signals;
+#[cfg(test)]
+mod tests;
 
 use std::path::Path;
 use std::str::FromStr;

@@ -1,0 +1,320 @@
+//! Each query's behaviour, on SQLite and (where a server answers, and always
+//! in CI) on PostgreSQL: the SQL text is shared, so the backends must agree.
+
+use std::sync::Arc;
+
+use super::*;
+use crate::domain::{
+    AccountLink, Event, GameStateEvent, Heartbeat, Id, NewGrant, Paused, Publisher, Update, ViewerList,
+};
+
+/// A fresh database of each backend, and what keeps it alive.
+struct Databases {
+    stores: Vec<(&'static str, Store)>,
+    _dir: tempfile::TempDir,
+    postgres: Option<(String, String)>,
+}
+
+impl Databases {
+    async fn new() -> Databases {
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = Store::connect(&format!("sqlite://{}", dir.path().join("t.db").display())).await.unwrap();
+        sqlite.migrate().await.unwrap();
+        let mut stores = vec![("sqlite", sqlite)];
+        let mut postgres = None;
+        if let Some((admin, url)) = fresh_postgres().await {
+            let store = Store::connect(&url).await.unwrap();
+            store.migrate().await.unwrap();
+            stores.push(("postgres", store));
+            postgres = Some((admin, url));
+        }
+        Databases { stores, _dir: dir, postgres }
+    }
+
+    async fn drop_postgres(self) {
+        for (_, store) in &self.stores {
+            store.close().await;
+        }
+        if let Some((admin, url)) = self.postgres {
+            let name = url.rsplit('/').next().unwrap_or_default().to_string();
+            if let Ok(pool) = sqlx::AnyPool::connect(&admin).await {
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name}")).execute(&pool).await;
+            }
+        }
+    }
+}
+
+/// A new PostgreSQL database, or None (said on stderr) outside CI when no server answers.
+async fn fresh_postgres() -> Option<(String, String)> {
+    sqlx::any::install_default_drivers();
+    let admin =
+        std::env::var("DROPS_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let pool = match sqlx::AnyPool::connect(&admin).await {
+        Ok(pool) => pool,
+        Err(e) if std::env::var_os("CI").is_none() => {
+            eprintln!("SKIPPED: store tests on PostgreSQL: no server at {admin} ({e})");
+            return None;
+        }
+        Err(e) => panic!("PostgreSQL at {admin} is required in CI: {e}"),
+    };
+    let name = format!("drops_store_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&pool).await.unwrap();
+    pool.close().await;
+    let base = admin.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap_or(admin.clone());
+    Some((admin, format!("{base}/{name}")))
+}
+
+fn heartbeat(id: &str, broadcaster: &str, viewers: &[&str]) -> Heartbeat {
+    Heartbeat {
+        id: Id(id.into()),
+        broadcaster: Id(broadcaster.into()),
+        broadcast_id: Some(7),
+        viewers: viewers.len() as u64,
+        viewer_list: Arc::new(viewers.iter().map(|v| v.to_string()).collect::<ViewerList>()),
+        game: Id("G".into()),
+        version: 1,
+        time: serde_json::from_str("\"2026-11-23T10:00:00Z\"").unwrap(),
+        retries: 0,
+    }
+}
+
+fn game_state(id: &str) -> GameStateEvent {
+    GameStateEvent {
+        id: id.into(),
+        broadcasters: vec![Publisher { twitch_user_id: "t-1".into(), account_id: "b-1".into() }],
+        client_id: "c".into(),
+        game_id: "g".into(),
+        update: Update::Full,
+        data: serde_json::json!({"level": 1}),
+        received_at_ms: 1_000,
+        authoritative: true,
+    }
+}
+
+fn grant(user: &str, key: &str) -> NewGrant {
+    NewGrant {
+        campaign_id: "c-1".into(),
+        reward_id: "r-1".into(),
+        user_id: user.into(),
+        grant_key: key.into(),
+        broadcaster_id: "b-1".into(),
+        game: "G".into(),
+        client_id: "client".into(),
+        reason: "watching",
+        campaign_revision: "rev".into(),
+        plugin_hash: "hash".into(),
+        inbox_seq: 1,
+        event_minute: 30,
+    }
+}
+
+#[tokio::test]
+async fn the_inbox_keeps_order_and_counts_a_retry_once() {
+    let dbs = Databases::new().await;
+    for (backend, store) in &dbs.stores {
+        let first = store.insert_heartbeats(&[heartbeat("h-1", "b-1", &["v-1", "v-2"])]).await.unwrap();
+        assert_eq!(first, InsertOutcome { accepted: 1, duplicates: 0 }, "{backend}");
+        let retry = [heartbeat("h-1", "b-1", &["v-1", "v-2"]), heartbeat("h-2", "b-1", &[])];
+        let second = store.insert_heartbeats(&retry).await.unwrap();
+        assert_eq!(second, InsertOutcome { accepted: 1, duplicates: 1 }, "{backend}");
+        store.insert_game_state(&game_state("conn:1")).await.unwrap();
+        store.insert_game_state(&game_state("conn:1")).await.unwrap();
+
+        let events = store.inbox_after(0, 10).await.unwrap();
+        assert_eq!(events.len(), 3, "{backend}: the resent game-state id is stored once");
+        assert!(events.windows(2).all(|w| w[0].seq < w[1].seq), "{backend}");
+        match &events[0].event {
+            Event::Heartbeat(hb) => assert_eq!(*hb, heartbeat("h-1", "b-1", &["v-1", "v-2"]), "{backend}"),
+            other => panic!("{backend}: {other:?}"),
+        }
+        assert!(matches!(&events[2].event, Event::GameState(gs) if gs.id == "conn:1"), "{backend}");
+        let after_first = store.inbox_after(events[0].seq, 1).await.unwrap();
+        assert_eq!(after_first.len(), 1, "{backend}: the limit holds");
+        assert_eq!(after_first[0].seq, events[1].seq, "{backend}");
+    }
+    dbs.drop_postgres().await;
+}
+
+#[tokio::test]
+async fn a_commit_raises_its_signal() {
+    let dbs = Databases::new().await;
+    for (backend, store) in &dbs.stores {
+        store.insert_heartbeats(&[heartbeat("h-1", "b-1", &["v-1"])]).await.unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(1), store.signals().inbox_grown())
+            .await
+            .unwrap_or_else(|_| panic!("{backend}: no inbox signal"));
+        assert_eq!(store.insert_grants(&[grant("u-1", ""), grant("u-2", "")]).await.unwrap(), 2);
+        assert_eq!(store.insert_grants(&[grant("u-1", "")]).await.unwrap(), 0, "{backend}: a repeat is no grant");
+        assert_eq!(store.signals().grants_waiting(), 2, "{backend}");
+        assert_eq!(store.signals().take_grants_waiting(), 2, "{backend}");
+        assert_eq!(store.signals().grants_waiting(), 0, "{backend}");
+    }
+    dbs.drop_postgres().await;
+}
+
+#[tokio::test]
+async fn grants_are_unique_by_key_and_listed_by_filter_and_page() {
+    let dbs = Databases::new().await;
+    for (backend, store) in &dbs.stores {
+        let made = [grant("u-1", ""), grant("u-1", "kill-1"), grant("u-1", "kill-2"), grant("u-2", "")];
+        assert_eq!(store.insert_grants(&made).await.unwrap(), 4, "{backend}");
+        assert_eq!(store.insert_grants(&made).await.unwrap(), 0, "{backend}");
+        let all = store.list_grants(&GrantFilter::default()).await.unwrap();
+        assert_eq!(all.len(), 4, "{backend}");
+        assert_eq!(all[1].grant_key, "kill-1", "{backend}");
+        assert_eq!(all[0].event_minute, 30, "{backend}");
+        let of_u2 = GrantFilter { user_id: Some("u-2".into()), ..Default::default() };
+        assert_eq!(store.list_grants(&of_u2).await.unwrap().len(), 1, "{backend}");
+        let page = GrantFilter { after_id: Some(all[1].id), limit: Some(1), ..Default::default() };
+        let page = store.list_grants(&page).await.unwrap();
+        assert_eq!(page.iter().map(|g| g.id).collect::<Vec<_>>(), vec![all[2].id], "{backend}");
+        let other = GrantFilter { campaign_id: Some("c-2".into()), ..Default::default() };
+        assert!(store.list_grants(&other).await.unwrap().is_empty(), "{backend}");
+    }
+    dbs.drop_postgres().await;
+}
+
+#[tokio::test]
+async fn each_grant_lands_in_one_manifest() {
+    let dbs = Databases::new().await;
+    for (backend, store) in &dbs.stores {
+        store.insert_grants(&[grant("u-1", ""), grant("u-2", ""), grant("u-3", "")]).await.unwrap();
+        let unbatched = store.unbatched_grants(10).await.unwrap();
+        assert_eq!(unbatched.iter().map(|g| g.user_id.as_str()).collect::<Vec<_>>(), ["u-1", "u-2", "u-3"]);
+        let row = ManifestRow {
+            id: "m-1".into(),
+            campaign_id: "c-1".into(),
+            client_id: "client".into(),
+            game: "G".into(),
+            broadcaster_id: "b-1".into(),
+            item_id: "r-1".into(),
+            reason: "watching".into(),
+            users: 2,
+            status: "pending".into(),
+            path: None,
+        };
+        store.create_manifest(&row, &[unbatched[0].id, unbatched[2].id]).await.unwrap();
+        // A second manifest cannot take grants the first holds.
+        let second = ManifestRow { id: "m-2".into(), ..row.clone() };
+        store.create_manifest(&second, &[unbatched[0].id, unbatched[1].id]).await.unwrap();
+        assert_eq!(store.manifest_users("m-1").await.unwrap(), ["u-1", "u-3"], "{backend}");
+        assert_eq!(store.manifest_users("m-2").await.unwrap(), ["u-2"], "{backend}");
+        assert!(store.unbatched_grants(10).await.unwrap().is_empty(), "{backend}");
+        assert_eq!(store.pending_manifests().await.unwrap().len(), 2, "{backend}");
+        store.mark_manifest_written("m-1", "/tmp/m-1.json").await.unwrap();
+        let pending = store.pending_manifests().await.unwrap();
+        assert_eq!(pending.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), ["m-2"], "{backend}");
+        let listed = store.list_manifests().await.unwrap();
+        let m1 = listed.iter().find(|m| m.id == "m-1").unwrap();
+        assert_eq!((m1.status.as_str(), m1.path.as_deref()), ("written", Some("/tmp/m-1.json")), "{backend}");
+    }
+    dbs.drop_postgres().await;
+}
+
+#[tokio::test]
+async fn links_are_replaced_and_looked_up_both_ways() {
+    let dbs = Databases::new().await;
+    let link = |t: &str, g: &str| AccountLink { twitch_user_id: Id(t.into()), game_account_id: Id(g.into()) };
+    for (backend, store) in &dbs.stores {
+        assert_eq!(store.put_links(&[link("t-1", "g-1"), link("t-2", "g-2")]).await.unwrap(), 2);
+        store.put_links(&[link("t-1", "g-9")]).await.unwrap();
+        assert_eq!(store.link_of("t-1").await.unwrap().as_deref(), Some("g-9"), "{backend}: relinked");
+        assert_eq!(store.link_of("t-3").await.unwrap(), None, "{backend}");
+        assert_eq!(store.links(None, Some("g-2"), 10).await.unwrap(), [link("t-2", "g-2")], "{backend}");
+        assert_eq!(store.links(None, None, 1).await.unwrap(), [link("t-1", "g-9")], "{backend}");
+    }
+    dbs.drop_postgres().await;
+}
+
+#[tokio::test]
+async fn plugin_versions_and_rule_history_are_recorded_once() {
+    let dbs = Databases::new().await;
+    for (backend, store) in &dbs.stores {
+        store.record_plugin_version("tiers", "h1", b"one").await.unwrap();
+        store.record_plugin_version("tiers", "h1", b"one").await.unwrap();
+        store.record_plugin_version("tiers", "h2", b"two!").await.unwrap();
+        let versions = store.plugin_versions("tiers").await.unwrap();
+        assert_eq!(versions.iter().map(|v| (v.hash.as_str(), v.size)).collect::<Vec<_>>(), [("h1", 3), ("h2", 4)]);
+        assert_eq!(store.plugin_bytes("tiers", "h2").await.unwrap().as_deref(), Some(&b"two!"[..]), "{backend}");
+        assert_eq!(store.plugin_bytes("other", "h2").await.unwrap(), None, "{backend}");
+        let entry = |rev: &str, hash: &str| RuleHistoryEntry {
+            campaign_id: "c-1".into(),
+            campaign_revision: rev.into(),
+            plugin_name: "tiers".into(),
+            plugin_hash: hash.into(),
+            activated_at: 0,
+        };
+        for e in [entry("r1", "h1"), entry("r1", "h1"), entry("r1", "h2"), entry("r1", "h1")] {
+            store.record_activation(&e).await.unwrap();
+        }
+        let history = store.rule_history("c-1").await.unwrap();
+        let seen: Vec<_> = history.iter().map(|e| e.plugin_hash.as_str()).collect();
+        assert_eq!(seen, ["h1", "h2", "h1"], "{backend}: a repeat of the latest entry is not recorded");
+    }
+    dbs.drop_postgres().await;
+}
+
+#[tokio::test]
+async fn a_checkpoint_round_trips_and_prunes_what_it_passed() {
+    let dbs = Databases::new().await;
+    for (backend, store) in &dbs.stores {
+        store.insert_heartbeats(&[heartbeat("h-1", "b-1", &["v-1"])]).await.unwrap();
+        store.insert_heartbeats(&[heartbeat("h-2", "b-1", &["v-2"])]).await.unwrap();
+        store.insert_game_state(&game_state("conn:1")).await.unwrap();
+        store.insert_heartbeats(&[heartbeat("h-3", "b-2", &["v-3"])]).await.unwrap();
+        let seqs: Vec<i64> = store.inbox_after(0, 10).await.unwrap().iter().map(|e| e.seq).collect();
+        let watch_time = [WatchTimeRow {
+            campaign_id: "c-1".into(),
+            viewer_id: "v-1".into(),
+            minutes: 64,
+            last_minute: 29_000_000,
+            // Bit 63 set: stored as a negative i64, read back as the same bits.
+            recent_mask: u64::MAX,
+        }];
+        let kv = [("c-1".to_string(), "k".to_string(), Some(vec![1, 2])), ("c-1".into(), "gone".into(), None)];
+        let paused =
+            Paused { since_seq: 99, plugin_hash: "h".into(), campaign_revision: "r".into(), reason: "x".into() };
+        let breakers = [("c-2".to_string(), paused.clone())];
+        let game = [GameStateRow {
+            broadcaster_id: "b-1".into(),
+            twitch_user_id: "t-1".into(),
+            state: r#"{"level":1}"#.into(),
+            changed_minute: 29_000_000,
+        }];
+        let watchers = [WatcherRow { broadcaster_id: "b-1".into(), inbox_seq: seqs[1], minute: 1, received_at_ms: 0 }];
+        let write = CheckpointWrite {
+            inbox_seq: seqs[2],
+            watch_time: &watch_time,
+            campaign_state: &kv,
+            breakers: &breakers,
+            keep_from_seq: None,
+            game_state: &game,
+            watchers: &watchers,
+        };
+        store.save_checkpoint(&write).await.unwrap();
+
+        let loaded = store.load_checkpoint().await.unwrap();
+        assert_eq!(loaded.inbox_seq, seqs[2], "{backend}");
+        assert_eq!(loaded.watch_time, watch_time, "{backend}");
+        assert_eq!(loaded.campaign_state, [("c-1".to_string(), "k".to_string(), vec![1, 2])], "{backend}");
+        assert_eq!(loaded.breakers, breakers, "{backend}");
+        assert_eq!(loaded.game_state, game, "{backend}");
+        assert_eq!(loaded.watchers.len(), 1, "{backend}");
+        let (row, hb) = &loaded.watchers[0];
+        assert_eq!((row.inbox_seq, hb.id.0.as_str()), (seqs[1], "h-2"), "{backend}");
+        assert_eq!(hb.viewer_list.iter().collect::<Vec<_>>(), ["v-2"], "{backend}: the watcher keeps its viewers");
+
+        // Behind the checkpoint: viewers dropped (ids kept for deduplication),
+        // but the watcher's; game-state rows deleted; after it, all kept.
+        let viewers: Vec<(i64, Option<Vec<u8>>)> =
+            sqlx::query_as("SELECT seq, viewers FROM inbox ORDER BY seq").fetch_all(&store.pool).await.unwrap();
+        let kept: Vec<(i64, bool)> = viewers.iter().map(|(s, v)| (*s, v.is_some())).collect();
+        assert_eq!(kept, [(seqs[0], false), (seqs[1], true), (seqs[3], true)], "{backend}");
+        assert_eq!(
+            store.insert_heartbeats(&[heartbeat("h-1", "b-1", &["v-1"])]).await.unwrap().duplicates,
+            1,
+            "{backend}: a pruned heartbeat's id still deduplicates"
+        );
+    }
+    dbs.drop_postgres().await;
+}
