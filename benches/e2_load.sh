@@ -22,7 +22,7 @@ data_dir = "$work/data"
 rules_dir = "$work/rules"
 sqlite_synchronous = "$sync"
 [admin]
-token = "bench"
+token = "bench-token-0123456"
 [e2]
 allowlist = [ { client_id = "demo-client-id", game_id = "demo-game-id" } ]
 [[e2.tokens]]
@@ -40,7 +40,7 @@ metric() { curl -s "$url/metrics" | awk -v m="$1" '$1==m {print $2}'; }
 
 echo "== $conns E2 connections x $seconds s at 1 message/s, $conns channels x $viewers viewers, sqlite_synchronous=$sync"
 # --speed 60: one simulated minute a second, so each game server sends one delta a second.
-"$bin" simulate --target "$url" --admin-token bench --e2-token bench-app-token --channels "$conns" \
+"$bin" simulate --target "$url" --admin-token bench-token-0123456 --e2-token bench-app-token --channels "$conns" \
   --viewers "$viewers" --multi-viewers 0 --minutes "$seconds" --speed 60 --concurrency 64 --boss-every 10 \
   --verbose false > "$work/sim.log" 2>&1 &
 sim=$!

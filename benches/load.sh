@@ -20,7 +20,7 @@ data_dir = "$work/data"
 rules_dir = "$work/rules"
 sqlite_synchronous = "$sync"
 [admin]
-token = "bench"
+token = "bench-token-0123456"
 TOML
 "$bin" serve --config "$work/drops-host.toml" > "$work/stdout" 2> "$work/host.log" &
 host=$!

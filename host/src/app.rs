@@ -33,6 +33,8 @@ pub struct RunningHost {
 impl RunningHost {
     /// Starts everything `serve` runs.
     pub async fn start(settings: Settings, metrics: Option<PrometheusHandle>) -> anyhow::Result<RunningHost> {
+        // Settings built in code (the demo, tests) are held to the same ranges as a config file.
+        settings.validate()?;
         let store = Arc::new(Store::connect_with(&settings.database_url(), settings.sqlite_synchronous).await?);
         store.migrate().await?;
         let runtime = Arc::new(PluginRuntime::new(settings.plugins.clone())?);

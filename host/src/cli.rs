@@ -125,7 +125,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let settings = Settings::load(config.as_deref())?;
             let store = crate::store::Store::connect(&settings.database_url()).await?;
             store.migrate().await?;
-            println!("migrations applied to {}", settings.database_url());
+            println!("migrations applied to {}", crate::secrets::redact_url(&settings.database_url()));
         }
         Command::Plugin(PluginCommand::Check { file, config, rewards }) => {
             return plugin_check(&file, &config, rewards)

@@ -252,10 +252,41 @@ impl Default for PluginSettings {
     }
 }
 
-/// A setting that could not be read, naming the key and where it came from.
+/// A setting that could not be read or is out of range, naming the key.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid configuration: {0}")]
-pub struct ConfigError(#[from] Box<figment::Error>);
+pub enum ConfigError {
+    #[error("invalid configuration: {0}")]
+    Read(#[from] Box<figment::Error>),
+    #[error("invalid configuration: `{key}` {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+/// Ten years: no setting of seconds needs more, and `Instant + Duration` must not overflow.
+const MAX_SECS: u64 = 10 * 365 * 24 * 3600;
+
+/// Checks `value` is in `min..=max`, naming the key and the range otherwise.
+fn in_range(key: &'static str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid { key, message: format!("is {value}; it must be from {min} to {max}") })
+    }
+}
+
+/// A secret is absent (the feature is off) or long enough to resist guessing.
+fn secret(key: &'static str, value: Option<&str>) -> Result<(), ConfigError> {
+    match value {
+        Some(v) if v.len() < crate::secrets::MIN_SECRET_BYTES => Err(ConfigError::Invalid {
+            key,
+            message: format!(
+                "is {} bytes; a secret needs at least {} (leave it unset to turn the feature off)",
+                v.len(),
+                crate::secrets::MIN_SECRET_BYTES
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
 
 impl Settings {
     /// Reads defaults, then the file (if any), then `DROPS_HOST_*` variables.
@@ -269,7 +300,46 @@ impl Settings {
             None => {}
         }
         figment = figment.merge(Env::prefixed("DROPS_HOST_").split("__"));
-        figment.extract().map_err(|e| ConfigError(Box::new(e)))
+        let settings: Settings = figment.extract().map_err(|e| ConfigError::Read(Box::new(e)))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks every secret and numeric setting, naming the key and the range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        const GIB: u64 = 1 << 30;
+        secret("vhs.token", self.vhs.token.as_deref())?;
+        secret("admin.token", self.admin.token.as_deref())?;
+        // Viewer lists index their buffer with u32 offsets.
+        in_range("vhs.max_body_bytes", self.vhs.max_body_bytes, 1024, 4 * GIB - 1)?;
+        in_range("vhs.max_future_secs", self.vhs.max_future_secs, 0, MAX_SECS)?;
+        in_range("vhs.max_age_secs", self.vhs.max_age_secs.unwrap_or(0), 0, MAX_SECS)?;
+        in_range("manifests.flush_interval_secs", self.manifests.flush_interval_secs, 1, 86_400)?;
+        in_range("manifests.flush_at_grants", self.manifests.flush_at_grants, 1, u32::MAX as u64)?;
+        in_range("manifests.max_file_bytes", self.manifests.max_file_bytes, 4096, 100_000_000)?;
+        in_range("engine.checkpoint_interval_secs", self.engine.checkpoint_interval_secs, 1, 3600)?;
+        in_range("engine.batch_events", self.engine.batch_events.into(), 1, 100_000)?;
+        let p = &self.plugins;
+        in_range("plugins.max_call_fuel", p.max_call_fuel, 1_000, 1 << 40)?;
+        in_range("plugins.max_call_fuel_per_viewer", p.max_call_fuel_per_viewer, 0, 1_000_000)?;
+        in_range("plugins.max_call_ms", p.max_call_ms, 1, 600_000)?;
+        in_range("plugins.max_call_ns_per_viewer", p.max_call_ns_per_viewer, 0, 1_000_000)?;
+        in_range("plugins.max_memory_bytes", p.max_memory_bytes, 1 << 20, 4 * GIB)?;
+        in_range("plugins.breaker_failures", p.breaker_failures.into(), 1, 1_000_000)?;
+        let e = &self.e2;
+        in_range("e2.token_cache_secs", e.token_cache_secs, 0, 86_400)?;
+        in_range("e2.messages_per_window", e.messages_per_window.into(), 1, 1_000_000)?;
+        in_range("e2.window_secs", e.window_secs, 1, 86_400)?;
+        in_range("e2.idle_timeout_secs", e.idle_timeout_secs, 1, 86_400)?;
+        in_range("e2.max_full_bytes", e.max_full_bytes as u64, 2, 16 << 20)?;
+        in_range("e2.max_delta_bytes", e.max_delta_bytes as u64, 2, 16 << 20)?;
+        in_range("e2.watching_window_secs", e.watching_window_secs, 1, 86_400)?;
+        in_range("e2.max_connections", e.max_connections as u64, 1, 1_000_000)?;
+        in_range("e2.reconnect_after_ms", e.reconnect_after_ms, 0, 3_600_000)?;
+        if let Some(i) = e.tokens.iter().position(|t| t.token.trim().is_empty()) {
+            return Err(ConfigError::Invalid { key: "e2.tokens", message: format!("[{i}].token must not be empty") });
+        }
+        Ok(())
     }
 
     /// The database URL, defaulting to a SQLite file in the data directory.
@@ -294,18 +364,35 @@ mod tests {
     #[test]
     fn file_then_environment_override_defaults() {
         figment::Jail::expect_with(|jail| {
-            jail.create_file("x.toml", "listen = \"127.0.0.1:9000\"\n[vhs]\ntoken = \"file\"\n")?;
-            jail.set_env("DROPS_HOST_VHS__TOKEN", "env");
+            jail.create_file("x.toml", "listen = \"127.0.0.1:9000\"\n[vhs]\ntoken = \"from-the-file-0123\"\n")?;
+            jail.set_env("DROPS_HOST_VHS__TOKEN", "from-the-environment");
             jail.set_env("DROPS_HOST_MANIFESTS__FLUSH_INTERVAL_SECS", "3");
             jail.set_env("DROPS_HOST_SQLITE_SYNCHRONOUS", "normal");
             let s = Settings::load(Some(Path::new("x.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(s.listen.port(), 9000);
-            assert_eq!(s.vhs.token.as_deref(), Some("env"));
+            assert_eq!(s.vhs.token.as_deref(), Some("from-the-environment"));
             assert_eq!(s.manifests.flush_interval_secs, 3);
             assert_eq!(s.sqlite_synchronous, SqliteSynchronous::Normal);
             assert_eq!(s.database_url(), "sqlite://data/drops-host.db");
             Ok(())
         });
+    }
+
+    #[test]
+    fn out_of_range_settings_and_short_secrets_are_named() {
+        let mut s = Settings::default();
+        s.e2.idle_timeout_secs = u64::MAX;
+        assert!(s.validate().unwrap_err().to_string().contains("`e2.idle_timeout_secs` is 18446744073709551615"));
+        let mut s = Settings::default();
+        s.vhs.max_future_secs = u64::MAX;
+        assert!(s.validate().unwrap_err().to_string().contains("vhs.max_future_secs"));
+        let mut s = Settings::default();
+        s.admin.token = Some(String::new());
+        assert!(s.validate().unwrap_err().to_string().contains("`admin.token` is 0 bytes"));
+        s.admin.token = Some("0123456789abcdef".into());
+        s.vhs.token = Some("short".into());
+        assert!(s.validate().unwrap_err().to_string().contains("`vhs.token` is 5 bytes"));
+        assert!(Settings::default().validate().is_ok());
     }
 
     #[test]

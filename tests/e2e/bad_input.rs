@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 
 use crate::helpers::{heartbeat, Backend, HostConfig, TestHost};
 
-const TOKEN: &str = "vhs-secret";
+const TOKEN: &str = "vhs-secret-for-tests";
 
 fn good(id: &str) -> Value {
     heartbeat(id, "b-1", "GameName", "2026-11-01T10:00:00Z", &["v1", "v2"])

@@ -10,7 +10,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::helpers::{heartbeat, Backend, HostConfig, TestHost};
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+pub(crate) type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 const E2_ALLOWLIST: &str = r#"
 [e2]
@@ -56,7 +56,7 @@ fn now() -> String {
     time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap()
 }
 
-async fn host(backend: Backend, extra: &str) -> Option<TestHost> {
+pub(crate) async fn host(backend: Backend, extra: &str) -> Option<TestHost> {
     let config = HostConfig {
         campaigns: vec![boss_campaign()],
         extra_plugins: vec!["boss-defeated"],
@@ -73,17 +73,17 @@ async fn host(backend: Backend, extra: &str) -> Option<TestHost> {
     Some(host)
 }
 
-async fn connect(host: &TestHost) -> Ws {
+pub(crate) async fn connect(host: &TestHost) -> Ws {
     let url = format!("{}/e2", host.base.replacen("http", "ws", 1));
     tokio_tungstenite::connect_async(url).await.expect("websocket connects").0
 }
 
-async fn send(ws: &mut Ws, message: Value) {
+pub(crate) async fn send(ws: &mut Ws, message: Value) {
     ws.send(Message::text(message.to_string())).await.expect("send");
 }
 
 /// The next text message, or the close code as `{"closed": code}`.
-async fn recv(ws: &mut Ws) -> Value {
+pub(crate) async fn recv(ws: &mut Ws) -> Value {
     loop {
         match tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("an answer within 10 s") {
             Some(Ok(Message::Text(text))) => return serde_json::from_str(&text).unwrap(),
@@ -95,7 +95,7 @@ async fn recv(ws: &mut Ws) -> Value {
     }
 }
 
-fn connect_message(token: &str, broadcasters: Option<&[&str]>, data: Value) -> Value {
+pub(crate) fn connect_message(token: &str, broadcasters: Option<&[&str]>, data: Value) -> Value {
     let mut m = json!({"type": "connect", "seq": 1, "token": token, "client_id": "client-e2e", "game_id": "game-1", "data": data});
     if let Some(ids) = broadcasters {
         m["broadcaster_ids"] = json!(ids);

@@ -4,6 +4,7 @@ mod bad_input;
 mod crash;
 mod designer;
 mod e2;
+mod hard_edges;
 mod helpers;
 mod reload;
 mod sandbox;

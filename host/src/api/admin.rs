@@ -12,7 +12,6 @@ use axum::response::Response;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Serialize;
-use subtle::ConstantTimeEq;
 
 use super::AppState;
 use crate::config::AdminSettings;
@@ -21,6 +20,7 @@ use crate::engine::PausedCampaigns;
 use crate::http::{ApiError, ApiQuery};
 use crate::rules::reload::Reloader;
 use crate::rules::{LoadError, RuleSet, RulesError};
+use crate::secrets::same_secret;
 use crate::store::{GrantFilter, GrantRow, ManifestRow, PluginVersion, RuleHistoryEntry, Store};
 
 /// What the admin handlers need.
@@ -63,7 +63,7 @@ async fn require_token(State(app): State<Arc<Admin>>, request: Request, next: Ne
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
+    if !same_secret(given, expected) {
         return Err(ApiError::unauthorized("missing or wrong admin bearer token"));
     }
     Ok(next.run(request).await)

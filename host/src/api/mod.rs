@@ -14,6 +14,8 @@ use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::trace::TraceLayer;
 
+use crate::secrets::redact_path;
+
 pub use admin::Admin;
 
 use crate::ingest::e2::{self, E2Hub};
@@ -47,14 +49,21 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .nest("/v1", admin::router(state.admin.clone()))
-        .layer(TraceLayer::new_for_http())
+        // The default span names the whole URI, and with it the VHS path token.
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
+            tracing::debug_span!("request", method = %request.method(), path = %redact_path(request.uri().path()))
+        }))
         .with_state(state)
 }
 
 async fn readyz(State(health): State<Arc<Health>>) -> impl IntoResponse {
     match health.store.ping().await {
         Ok(()) => (StatusCode::OK, "ready".to_string()),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("database: {e}")),
+        Err(e) => {
+            // The error may name hosts and users: it goes to the log, not to whoever asks.
+            tracing::warn!("readiness: database unavailable: {e}");
+            (StatusCode::SERVICE_UNAVAILABLE, "database unavailable".to_string())
+        }
     }
 }
 

@@ -82,8 +82,9 @@ impl ApiError {
 
     /// 503: storage is away; Twitch retries.
     pub fn unavailable(e: impl std::fmt::Display) -> ApiError {
+        // The cause may name hosts, users and queries: the log has it, the answer does not.
         tracing::error!("storage unavailable: {e}");
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("storage unavailable: {e}"))
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage unavailable; try again later")
     }
 
     /// 422: well-formed, but refused (a plugin that does not validate).
@@ -99,7 +100,7 @@ impl ApiError {
     /// 500.
     pub fn internal(e: impl std::fmt::Display) -> ApiError {
         tracing::error!("internal error: {e}");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error; the host's log has the cause")
     }
 
     /// The metric label for this error.

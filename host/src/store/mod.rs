@@ -84,7 +84,7 @@ impl Store {
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             Backend::Postgres
         } else {
-            return Err(StoreError::UnknownBackend(url.to_string()));
+            return Err(StoreError::UnknownBackend(crate::secrets::redact_url(url)));
         };
         let url = match backend {
             Backend::Sqlite => sqlite_url(url)?,

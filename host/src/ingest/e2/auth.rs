@@ -27,8 +27,9 @@ pub async fn authenticate(hub: &E2Hub, msg: &ClientMessage) -> Result<Session, V
         return Err(unauthorized("invalid_token", "field `token`: missing".into()));
     }
     for prefix in ["bearer ", "oauth "] {
-        if token.len() >= prefix.len() && token[..prefix.len()].eq_ignore_ascii_case(prefix) {
-            let prefix = &token[..prefix.len() - 1];
+        // `get` rather than slicing: a non-ASCII token must not split a character.
+        if let Some(sent) = token.get(..prefix.len()).filter(|sent| sent.eq_ignore_ascii_case(prefix)) {
+            let prefix = &sent[..prefix.len() - 1];
             return Err(unauthorized(
                 "token_prefix",
                 format!("field `token`: send the token alone, without the `{prefix}` prefix"),

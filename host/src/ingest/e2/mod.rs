@@ -12,12 +12,14 @@ pub mod protocol;
 pub mod session;
 pub mod tokens;
 
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::response::Response;
+use futures_util::FutureExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -60,14 +62,40 @@ pub async fn upgrade(State(hub): State<Arc<E2Hub>>, ws: WebSocketUpgrade) -> Res
 }
 
 async fn connection(hub: Arc<E2Hub>, mut socket: WebSocket) {
-    let held = hub.connections.fetch_add(1, Ordering::SeqCst) + 1;
-    metrics::gauge!("drops_e2_connections").set(held as f64);
-    if held > hub.settings.max_connections || hub.stop.is_cancelled() {
+    let slot = Slot::take(&hub);
+    if slot.held > hub.settings.max_connections || hub.stop.is_cancelled() {
         let code = if hub.stop.is_cancelled() { close::RESTART } else { close::TRY_AGAIN_LATER };
         reconnect(&hub, &mut socket, code).await;
-    } else {
-        Connection::new(&hub).run(&mut socket).await;
+        return;
     }
-    let held = hub.connections.fetch_sub(1, Ordering::SeqCst) - 1;
-    metrics::gauge!("drops_e2_connections").set(held as f64);
+    // A bug reached by one client's input must not end the others' connections
+    // or leak this one's slot: the panic stays in this task, the slot is freed by `Drop`.
+    let served = AssertUnwindSafe(Connection::new(&hub).run(&mut socket)).catch_unwind().await;
+    if served.is_err() {
+        metrics::counter!("drops_e2_connection_panics_total").increment(1);
+        tracing::error!("e2 connection task panicked; the connection is closed, the others go on");
+    }
+    drop(slot);
+}
+
+/// One of `e2.max_connections`, given back on every path out of a
+/// connection, a panic included.
+struct Slot<'a> {
+    hub: &'a E2Hub,
+    held: usize,
+}
+
+impl<'a> Slot<'a> {
+    fn take(hub: &'a E2Hub) -> Slot<'a> {
+        let held = hub.connections.fetch_add(1, Ordering::SeqCst) + 1;
+        metrics::gauge!("drops_e2_connections").set(held as f64);
+        Slot { hub, held }
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let held = self.hub.connections.fetch_sub(1, Ordering::SeqCst) - 1;
+        metrics::gauge!("drops_e2_connections").set(held as f64);
+    }
 }

@@ -1,0 +1,91 @@
+//! Attacks sent to the real binary (issue: hard edges). Each test asserts the
+//! host's answer, that it stays up, and that honest traffic still works.
+
+use std::process::Command;
+
+use serde_json::json;
+
+use crate::e2::{connect, connect_message, host as e2_host, recv, send};
+use crate::helpers::{heartbeat, Backend, HostConfig, TestHost};
+
+/// Runs `drops-host serve` with `config` and `env`, expecting it to refuse to start; returns its output.
+fn refused_start(config: &str, env: &[(&str, &str)]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("drops-host.toml");
+    let toml = format!(
+        "listen = \"127.0.0.1:0\"\ndata_dir = \"{0}/data\"\nrules_dir = \"{0}/rules\"\n{config}",
+        dir.path().display()
+    );
+    std::fs::write(&file, toml).unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_drops-host"));
+    command.args(["serve", "--config"]).arg(&file);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let out = command.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started with {config:?} {env:?}:\n{text}");
+    assert!(!text.contains("listening on"), "{text}");
+    text
+}
+
+#[test]
+fn empty_and_short_secrets_and_out_of_range_settings_are_refused_at_start() {
+    let cases = [
+        ("[admin]\ntoken = \"\"\n", vec![], "`admin.token` is 0 bytes"),
+        ("", vec![("DROPS_HOST_ADMIN__TOKEN", "")], "`admin.token` is 0 bytes"),
+        ("[vhs]\ntoken = \"guessable\"\n", vec![], "`vhs.token` is 9 bytes"),
+        // Once a panic on `Instant + Duration`; once a wrap through `as i64`.
+        ("[e2]\nidle_timeout_secs = 9223372036854775807\n", vec![], "`e2.idle_timeout_secs`"),
+        ("", vec![("DROPS_HOST_E2__IDLE_TIMEOUT_SECS", "18446744073709551615")], "`e2.idle_timeout_secs`"),
+        ("", vec![("DROPS_HOST_VHS__MAX_FUTURE_SECS", "18446744073709551615")], "`vhs.max_future_secs`"),
+        ("[engine]\nbatch_events = 0\n", vec![], "`engine.batch_events` is 0; it must be from 1"),
+    ];
+    for (config, env, named) in cases {
+        let out = refused_start(config, &env);
+        assert!(out.contains(named), "{config:?} {env:?} should name {named}:\n{out}");
+    }
+}
+
+#[tokio::test]
+async fn a_non_ascii_token_is_answered_and_never_locks_e2() {
+    let Some(host) = e2_host(Backend::Sqlite, "max_connections = 2\n").await else { return };
+    // More such connects than there are slots: each is answered, and each gives its slot back.
+    for token in ["éééé", "Bearé-token", "oauthé", "日本語のトークン", "é"] {
+        let mut ws = connect(&host).await;
+        send(&mut ws, connect_message(token, Some(&["twitch-b1"]), json!({"level": 1}))).await;
+        let answer = recv(&mut ws).await;
+        assert_eq!(answer["code"], "invalid_token", "{token}: {answer}");
+        assert_eq!(recv(&mut ws).await["closed"], 4001, "{token}");
+    }
+    let mut ws = connect(&host).await;
+    send(&mut ws, connect_message("app-token", Some(&["twitch-b1"]), json!({"level": 1}))).await;
+    assert_eq!(recv(&mut ws).await["type"], "ack", "a game server still gets a slot");
+}
+
+#[tokio::test]
+async fn the_vhs_token_stays_out_of_the_log() {
+    let token = "a-vhs-token-nobody-may-read";
+    let config = HostConfig { vhs_token: Some(token.into()), ..Default::default() };
+    let Some(mut host) = TestHost::spawn(Backend::Sqlite, config).await else { return };
+    let hb = heartbeat("h-1", "b-1", "GameName", "2026-11-23T10:00:00Z", &["v-1"]);
+    assert_eq!(host.post_vhs(Some(token), &hb).await.0, 200);
+    assert_eq!(host.post_vhs(Some("a-wrong-token-of-some-length"), &hb).await.0, 401);
+    assert_eq!(host.get_text("/readyz").await, "ready");
+    host.stop();
+    let log = host.log();
+    assert!(log.contains("/vhs/{token}"), "requests are logged, with the token redacted:\n{log}");
+    assert!(!log.contains(token) && !log.contains("a-wrong-token"), "{log}");
+}
+
+#[test]
+fn migrate_does_not_print_the_database_password() {
+    let out = Command::new(env!("CARGO_BIN_EXE_drops-host"))
+        .arg("migrate")
+        .env("DROPS_HOST_DATABASE_URL", "mysql://app:hunter2-secret@127.0.0.1:1/drops")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("app:***@127.0.0.1:1") && !text.contains("hunter2"), "{text}");
+}
