@@ -2,9 +2,12 @@
 //! one shutdown order (stop accepting, drain the engine, flush manifests).
 
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
+use anyhow::anyhow;
 use arc_swap::ArcSwap;
+use futures_util::FutureExt;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -12,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, Admin, AppState, Health};
 use crate::config::Settings;
 use crate::engine::{Engine, EngineOptions, PausedCampaigns};
+use crate::health::Liveness;
 use crate::ingest::e2::E2Hub;
 use crate::ingest::vhs::VhsIngest;
 use crate::manifests::Batcher;
@@ -54,9 +58,14 @@ impl RunningHost {
             Arc::new(Reloader::new(settings.rules_dir.clone(), runtime.clone(), rules.clone(), store.clone()));
         record_history(&store, &rules.load()).await;
         let stop = CancellationToken::new();
-        let e2 = Arc::new(E2Hub::new(settings.e2.clone(), store.clone(), stop.clone()));
+        let liveness = Arc::new(Liveness::default());
+        let e2 = Arc::new(E2Hub::new(settings.e2.clone(), store.clone(), liveness.clone(), stop.clone()));
         let state = AppState {
-            vhs: Arc::new(VhsIngest { settings: settings.vhs.clone(), store: store.clone() }),
+            vhs: Arc::new(VhsIngest {
+                settings: settings.vhs.clone(),
+                store: store.clone(),
+                liveness: liveness.clone(),
+            }),
             e2: e2.clone(),
             admin: Arc::new(Admin {
                 settings: settings.admin.clone(),
@@ -65,14 +74,14 @@ impl RunningHost {
                 reloader: reloader.clone(),
                 paused: paused.clone(),
             }),
-            health: Arc::new(Health { store: store.clone(), metrics: metrics.clone() }),
+            health: Arc::new(Health { store: store.clone(), liveness: liveness.clone(), metrics: metrics.clone() }),
         };
 
         let (engine_stop, batcher_stop) = (CancellationToken::new(), CancellationToken::new());
         let options = EngineOptions::from_settings(&settings);
         let engine = Engine::new(store.clone(), rules.clone(), runtime.clone(), options, paused);
         let batcher = Batcher::new(store.clone(), settings.manifest_dir(), settings.manifests.clone());
-        let engine_task = tokio::spawn(engine.run(engine_stop.clone()));
+        let engine_task = tokio::spawn(supervise_engine(engine, engine_stop.clone(), liveness, stop.clone()));
         let reload_stop = stop.clone();
         match reloader.watch() {
             Ok(watch) => {
@@ -115,6 +124,11 @@ impl RunningHost {
         Ok(RunningHost { addr, store, rules, stop, task })
     }
 
+    /// Resolves when a shutdown has started, asked for or not (the engine stopping starts one).
+    pub fn stopping(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
+        self.stop.clone().cancelled_owned()
+    }
+
     /// Starts the ordered shutdown.
     pub fn shutdown(&self) {
         self.stop.cancel();
@@ -124,4 +138,27 @@ impl RunningHost {
     pub async fn wait(self) -> anyhow::Result<()> {
         self.task.await?
     }
+}
+
+/// Runs the engine. If it stops before it was asked to (a corrupt inbox row,
+/// a panic), ingest must stop acknowledging what nobody will judge: the host
+/// is marked stopped and shuts down, so the process exits non-zero after
+/// draining and a supervisor restarts it.
+async fn supervise_engine(
+    engine: Engine,
+    engine_stop: CancellationToken,
+    liveness: Arc<Liveness>,
+    host_stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let outcome = match AssertUnwindSafe(engine.run(engine_stop.clone())).catch_unwind().await {
+        Ok(Ok(())) if engine_stop.is_cancelled() => return Ok(()),
+        Ok(Ok(())) => anyhow!("the engine returned before it was asked to stop"),
+        Ok(Err(e)) => anyhow!(e).context("the engine stopped"),
+        Err(_) => anyhow!("the engine panicked"),
+    };
+    metrics::counter!("drops_engine_stopped_total").increment(1);
+    tracing::error!("{outcome:#}; refusing new events and shutting down");
+    liveness.stop(format!("{outcome:#}"));
+    host_stop.cancel();
+    Err(outcome)
 }

@@ -155,9 +155,13 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let host = RunningHost::start(settings, metrics).await?;
     // Tests and supervisors read this line to find the port.
     println!("drops-host listening on http://{}", host.addr);
-    shutdown_signal().await;
-    tracing::info!("shutdown requested");
-    host.shutdown();
+    tokio::select! {
+        _ = shutdown_signal() => {
+            tracing::info!("shutdown requested");
+            host.shutdown();
+        }
+        _ = host.stopping() => {}
+    }
     host.wait().await
 }
 

@@ -10,7 +10,7 @@
 //! | edges and tasks | [`ingest`] (VHS, E2), [`engine`], [`manifests`] | events in, judgement, files out |
 //! | rules | [`rules`] | campaign files bound to plugins, hot reload |
 //! | services | [`plugins`], [`store`], [`http`] | the sandbox, the database, HTTP errors |
-//! | bottom | [`domain`], [`config`], [`files`], [`secrets`], [`telemetry`] | what it is about; settings |
+//! | bottom | [`domain`], [`config`], [`files`], [`health`], [`secrets`], [`telemetry`] | what it is about; settings |
 //!
 //! Data flows: [`ingest`] stores VHS heartbeats and E2 game state in the
 //! [`store`]'s inbox → the [`engine`] reads it in order, counts watch-time
@@ -26,6 +26,7 @@ pub mod demo;
 pub mod domain;
 pub mod engine;
 pub mod files;
+pub mod health;
 pub mod http;
 pub mod ingest;
 pub mod manifests;

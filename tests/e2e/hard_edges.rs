@@ -89,3 +89,24 @@ fn migrate_does_not_print_the_database_password() {
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("app:***@127.0.0.1:1") && !text.contains("hunter2"), "{text}");
 }
+
+#[tokio::test]
+async fn a_stopped_engine_fails_readiness_refuses_events_and_exits_non_zero() {
+    let Some(mut host) = TestHost::spawn(Backend::Sqlite, HostConfig::default()).await else { return };
+    let hb = heartbeat("h-1", "b-1", "GameName", "2026-11-23T10:00:00Z", &["v-1"]);
+    assert_eq!(host.post_vhs(None, &hb).await.0, 200);
+    assert_eq!(host.get_text("/readyz").await, "ready");
+    // A row no release of drops-host writes: the engine cannot go past it.
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&host.database_url).await.unwrap();
+    sqlx::query("INSERT INTO inbox (source, dedup_key, header, viewers, received_at) VALUES ('vhs', 'bad', '{not json', NULL, 0)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let status = host.wait_exit(std::time::Duration::from_secs(20));
+    let status = status.unwrap_or_else(|| panic!("the host kept running without its engine:\n{}", host.log()));
+    assert!(!status.success(), "a supervisor must see the failure: {status}");
+    let log = host.log();
+    assert!(log.contains("the engine stopped") && log.contains("corrupt"), "{log}");
+}

@@ -18,6 +18,7 @@ use crate::secrets::redact_path;
 
 pub use admin::Admin;
 
+use crate::health::Liveness;
 use crate::ingest::e2::{self, E2Hub};
 use crate::ingest::vhs::{self, VhsIngest};
 use crate::store::Store;
@@ -25,6 +26,7 @@ use crate::store::Store;
 /// What health and metrics need.
 pub struct Health {
     pub store: Arc<Store>,
+    pub liveness: Arc<Liveness>,
     pub metrics: Option<PrometheusHandle>,
 }
 
@@ -57,6 +59,9 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn readyz(State(health): State<Arc<Health>>) -> impl IntoResponse {
+    if health.liveness.stopped().is_some() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "engine stopped".to_string());
+    }
     match health.store.ping().await {
         Ok(()) => (StatusCode::OK, "ready".to_string()),
         Err(e) => {
@@ -71,5 +76,20 @@ async fn metrics(State(health): State<Arc<Health>>) -> impl IntoResponse {
     match &health.metrics {
         Some(handle) => (StatusCode::OK, handle.render()),
         None => (StatusCode::NOT_FOUND, "metrics are not enabled in this process".to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn readiness_fails_once_the_engine_has_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&format!("sqlite://{}", dir.path().join("t.db").display())).await.unwrap();
+        let health = Arc::new(Health { store: Arc::new(store), liveness: Arc::default(), metrics: None });
+        assert_eq!(readyz(State(health.clone())).await.into_response().status(), StatusCode::OK);
+        health.liveness.stop("the engine stopped: test");
+        assert_eq!(readyz(State(health)).await.into_response().status(), StatusCode::SERVICE_UNAVAILABLE);
     }
 }

@@ -87,6 +87,12 @@ impl ApiError {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage unavailable; try again later")
     }
 
+    /// 503 without a storage error: the host cannot judge events right now.
+    pub fn not_serving(reason: &str) -> ApiError {
+        tracing::warn!("refusing an event: {reason}");
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "this host cannot take events now; try again later")
+    }
+
     /// 422: well-formed, but refused (a plugin that does not validate).
     pub fn unprocessable(field: impl Into<String>, message: impl Into<String>) -> ApiError {
         ApiError { status: StatusCode::UNPROCESSABLE_ENTITY, error: message.into(), field: Some(field.into()) }
@@ -116,9 +122,13 @@ impl ApiError {
 }
 
 impl From<StoreError> for ApiError {
-    /// Storage trouble is 503: Twitch and game servers retry.
+    /// Storage trouble is 503: Twitch and game servers retry. A value that
+    /// cannot be encoded for storage is refused instead of stored half.
     fn from(e: StoreError) -> ApiError {
-        ApiError::unavailable(e)
+        match e {
+            StoreError::Encode(message) => ApiError::bad_request("", message),
+            e => ApiError::unavailable(e),
+        }
     }
 }
 

@@ -28,6 +28,7 @@ use session::{reconnect, Connection};
 use tokens::TokenVerifier;
 
 use crate::config::E2Settings;
+use crate::health::Liveness;
 use crate::store::Store;
 
 /// What the E2 endpoint shares between connections.
@@ -35,6 +36,8 @@ pub struct E2Hub {
     pub settings: E2Settings,
     pub verifier: TokenVerifier,
     pub store: Arc<Store>,
+    /// Whether the engine still judges what is stored.
+    pub liveness: Arc<Liveness>,
     /// Cancelled at shutdown: every connection is told to reconnect.
     pub stop: CancellationToken,
     /// Connection tasks, waited for at shutdown so no accepted message is cut off.
@@ -44,9 +47,9 @@ pub struct E2Hub {
 
 impl E2Hub {
     /// The hub for these settings.
-    pub fn new(settings: E2Settings, store: Arc<Store>, stop: CancellationToken) -> E2Hub {
+    pub fn new(settings: E2Settings, store: Arc<Store>, liveness: Arc<Liveness>, stop: CancellationToken) -> E2Hub {
         let verifier = TokenVerifier::from_settings(&settings);
-        E2Hub { settings, verifier, store, stop, tasks: TaskTracker::new(), connections: AtomicUsize::new(0) }
+        E2Hub { settings, verifier, store, liveness, stop, tasks: TaskTracker::new(), connections: AtomicUsize::new(0) }
     }
 }
 
@@ -63,7 +66,7 @@ pub async fn upgrade(State(hub): State<Arc<E2Hub>>, ws: WebSocketUpgrade) -> Res
 
 async fn connection(hub: Arc<E2Hub>, mut socket: WebSocket) {
     let slot = Slot::take(&hub);
-    if slot.held > hub.settings.max_connections || hub.stop.is_cancelled() {
+    if slot.held > hub.settings.max_connections || hub.stop.is_cancelled() || hub.liveness.stopped().is_some() {
         let code = if hub.stop.is_cancelled() { close::RESTART } else { close::TRY_AGAIN_LATER };
         reconnect(&hub, &mut socket, code).await;
         return;

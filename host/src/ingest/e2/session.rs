@@ -206,6 +206,10 @@ impl<'a> Connection<'a> {
 
     /// Stores an accepted message; the ack follows only once it is committed.
     async fn store(&self, event: &GameStateEvent) -> Next {
+        if let Some(reason) = self.hub.liveness.stopped() {
+            tracing::warn!(connection = %self.id, "e2 message not stored: {reason}");
+            return Next::Reconnect;
+        }
         match self.hub.store.insert_game_state(event).await {
             Ok(()) => Next::Continue,
             Err(e) => {

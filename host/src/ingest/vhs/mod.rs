@@ -23,6 +23,7 @@ use body::BodyError;
 
 use crate::config::VhsSettings;
 use crate::domain::Heartbeat;
+use crate::health::Liveness;
 use crate::http::ApiError;
 use crate::store::Store;
 
@@ -30,6 +31,7 @@ use crate::store::Store;
 pub struct VhsIngest {
     pub settings: VhsSettings,
     pub store: Arc<Store>,
+    pub liveness: Arc<Liveness>,
 }
 
 /// The answer Twitch gets once the heartbeats are durably stored.
@@ -79,6 +81,9 @@ async fn ingest_inner(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Json<Accepted>, ApiError> {
+    if let Some(reason) = vhs.liveness.stopped() {
+        return Err(ApiError::not_serving(reason));
+    }
     let settings = &vhs.settings;
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let signature = SignatureHeaders {
@@ -161,4 +166,28 @@ fn check_times(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::StatusCode;
+
+    #[tokio::test]
+    async fn nothing_is_acknowledged_once_the_engine_has_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&format!("sqlite://{}", dir.path().join("t.db").display())).await.unwrap();
+        store.migrate().await.unwrap();
+        let vhs = Arc::new(VhsIngest {
+            settings: VhsSettings::default(),
+            store: Arc::new(store),
+            liveness: Arc::new(Liveness::default()),
+        });
+        let body = r#"{"id":"h","broadcaster":"b","game":"G","time":"2026-11-23T10:00:00Z","viewer_list":["v"]}"#;
+        let answer = post(State(vhs.clone()), HeaderMap::new(), Body::from(body)).await;
+        assert_eq!(answer.map(|a| a.accepted).map_err(|e| e.status), Ok(1));
+        vhs.liveness.stop("the engine stopped: test");
+        let answer = post(State(vhs.clone()), HeaderMap::new(), Body::from(body.replace("\"h\"", "\"h2\""))).await;
+        assert_eq!(answer.map(|a| a.accepted).map_err(|e| e.status), Err(StatusCode::SERVICE_UNAVAILABLE));
+    }
 }
