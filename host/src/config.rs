@@ -102,6 +102,13 @@ pub struct E2Settings {
     pub twitch_auth_url: String,
     /// How long a token Twitch validated is trusted before it is asked again.
     pub token_cache_secs: u64,
+    /// Most Twitch answers cached at once; older ones are evicted.
+    pub token_cache_entries: usize,
+    /// A connection that has not authenticated within this long is closed,
+    /// whatever else it sends.
+    pub connect_timeout_secs: u64,
+    /// Most broadcasters one app-token connection may publish for.
+    pub max_broadcaster_ids: usize,
     /// Messages one connection may send per window (fixed window).
     pub messages_per_window: u32,
     /// The rate-limit window.
@@ -208,6 +215,9 @@ impl Default for E2Settings {
             tokens: Vec::new(),
             twitch_auth_url: "https://id.twitch.tv".into(),
             token_cache_secs: 300,
+            token_cache_entries: 10_000,
+            connect_timeout_secs: 10,
+            max_broadcaster_ids: 100,
             messages_per_window: 60,
             window_secs: 60,
             idle_timeout_secs: 195,
@@ -328,6 +338,9 @@ impl Settings {
         in_range("plugins.breaker_failures", p.breaker_failures.into(), 1, 1_000_000)?;
         let e = &self.e2;
         in_range("e2.token_cache_secs", e.token_cache_secs, 0, 86_400)?;
+        in_range("e2.token_cache_entries", e.token_cache_entries as u64, 1, 10_000_000)?;
+        in_range("e2.connect_timeout_secs", e.connect_timeout_secs, 1, 3600)?;
+        in_range("e2.max_broadcaster_ids", e.max_broadcaster_ids as u64, 1, 10_000)?;
         in_range("e2.messages_per_window", e.messages_per_window.into(), 1, 1_000_000)?;
         in_range("e2.window_secs", e.window_secs, 1, 86_400)?;
         in_range("e2.idle_timeout_secs", e.idle_timeout_secs, 1, 86_400)?;

@@ -110,3 +110,75 @@ async fn a_stopped_engine_fails_readiness_refuses_events_and_exits_non_zero() {
     let log = host.log();
     assert!(log.contains("the engine stopped") && log.contains("corrupt"), "{log}");
 }
+
+/// A fake of Twitch's `GET /oauth2/validate` that counts the questions it gets.
+async fn fake_twitch() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let asked = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = asked.clone();
+    let app = axum::Router::new().route(
+        "/oauth2/validate",
+        axum::routing::get(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async { axum::Json(json!({"client_id": "client-e2e", "scopes": [], "expires_in": 3600})) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}"), asked)
+}
+
+#[tokio::test]
+async fn before_authentication_e2_costs_little_and_echoes_little() {
+    use std::sync::atomic::Ordering;
+    let (twitch, asked) = fake_twitch().await;
+    let extra = format!(
+        "verifier = \"twitch\"\ntwitch_auth_url = \"{twitch}\"\nconnect_timeout_secs = 1\nmax_broadcaster_ids = 3\n"
+    );
+    let Some(host) = e2_host(Backend::Sqlite, &extra).await else { return };
+
+    // Not allowlisted, or too many broadcasters: refused before any call to Twitch.
+    let mut unlisted = connect_message("some-token", Some(&["twitch-b1"]), json!({}));
+    unlisted["game_id"] = json!("game-2");
+    let mut ws = connect(&host).await;
+    send(&mut ws, unlisted).await;
+    assert_eq!(recv(&mut ws).await["code"], "not_allowlisted");
+    let mut ws = connect(&host).await;
+    send(&mut ws, connect_message("some-token", Some(&["a", "b", "c", "d"]), json!({}))).await;
+    let answer = recv(&mut ws).await;
+    assert_eq!(answer["code"], "too_many_broadcasters", "{answer}");
+    assert_eq!(recv(&mut ws).await["closed"], 4003);
+    assert_eq!(asked.load(Ordering::SeqCst), 0, "no outbound call for a refused connect");
+
+    // A huge value is not echoed back (nor logged) whole.
+    let mut huge = connect_message("some-token", Some(&["twitch-b1"]), json!({}));
+    huge["client_id"] = json!("x".repeat(50_000));
+    let mut ws = connect(&host).await;
+    send(&mut ws, huge).await;
+    let answer = recv(&mut ws).await;
+    let message = answer["message"].as_str().unwrap();
+    assert!(answer["code"] == "not_allowlisted" && message.len() < 400, "{} bytes echoed", message.len());
+
+    // Frames before `connect` do not hold a slot past the connect deadline.
+    let mut ws = connect(&host).await;
+    let started = std::time::Instant::now();
+    let closing = loop {
+        send(&mut ws, json!({"type": "flush"})).await;
+        let answer = recv(&mut ws).await;
+        if answer["code"] != "not_connected" {
+            break answer;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "still open after 5 s");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(closing["code"], "connect_timeout", "{closing}");
+    assert_eq!(recv(&mut ws).await["closed"], 4008);
+
+    // An honest game server: one question to Twitch, its broadcasters resolved in one go.
+    let mut ws = connect(&host).await;
+    send(&mut ws, connect_message("app-token", Some(&["twitch-b1", "twitch-b2"]), json!({"level": 1}))).await;
+    assert_eq!(recv(&mut ws).await["type"], "ack");
+    assert_eq!(asked.load(Ordering::SeqCst), 1);
+    assert!(!host.log().contains(&"x".repeat(1000)), "the huge value reached the log");
+}

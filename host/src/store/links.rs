@@ -1,7 +1,12 @@
 //! Account links: which game account a Twitch user is.
 
-use super::{Store, StoreError};
+use std::collections::HashMap;
+
+use super::{list_placeholders, Store, StoreError};
 use crate::domain::{now_ms, AccountLink, Id};
+
+/// Ids bound per statement: below SQLite's historical limit of 999 parameters.
+const IDS_PER_STATEMENT: usize = 900;
 
 impl Store {
     /// Registers links in one transaction (all or none); a Twitch user linked
@@ -32,6 +37,23 @@ impl Store {
             .bind(twitch_user_id)
             .fetch_optional(&self.pool)
             .await?)
+    }
+
+    /// The game accounts linked to each of `twitch_user_ids` that has one, in one query per 900 ids.
+    pub async fn links_of(&self, twitch_user_ids: &[String]) -> Result<HashMap<String, String>, StoreError> {
+        let mut found = HashMap::new();
+        for chunk in twitch_user_ids.chunks(IDS_PER_STATEMENT) {
+            let sql = format!(
+                "SELECT twitch_user_id, game_account_id FROM account_links WHERE twitch_user_id IN ({})",
+                list_placeholders(1, chunk.len())
+            );
+            let mut query = sqlx::query_as::<_, (String, String)>(&sql);
+            for id in chunk {
+                query = query.bind(id);
+            }
+            found.extend(query.fetch_all(&self.pool).await?);
+        }
+        Ok(found)
     }
 
     /// Links, optionally of one Twitch user or one game account, ordered by Twitch user id.

@@ -38,6 +38,22 @@ pub async fn authenticate(hub: &E2Hub, msg: &ClientMessage) -> Result<Session, V
     }
     let client_id = required(&msg.client_id, "client_id")?;
     let game_id = required(&msg.game_id, "game_id")?;
+    // The cheap checks first: an anonymous connect for a game that is not
+    // allowlisted, or naming too many broadcasters, costs no call to Twitch.
+    let allowed = hub.settings.allowlist.iter().any(|p| p.client_id == client_id && p.game_id == game_id);
+    if !allowed {
+        return Err(forbidden(
+            "not_allowlisted",
+            format!("client `{client_id}` is not allowlisted to publish for game `{game_id}`"),
+        ));
+    }
+    let cap = hub.settings.max_broadcaster_ids;
+    if msg.broadcaster_ids.as_ref().is_some_and(|ids| ids.len() > cap) {
+        return Err(forbidden(
+            "too_many_broadcasters",
+            format!("field `broadcaster_ids`: at most {cap} broadcasters per connection (e2.max_broadcaster_ids)"),
+        ));
+    }
     let info = match hub.verifier.verify(token).await {
         Ok(info) => info,
         Err(TokenError::Unavailable(e)) => {
@@ -54,13 +70,6 @@ pub async fn authenticate(hub: &E2Hub, msg: &ClientMessage) -> Result<Session, V
         return Err(unauthorized(
             "invalid_token",
             format!("field `token`: issued to client `{}`, not `{client_id}`", info.client_id),
-        ));
-    }
-    let allowed = hub.settings.allowlist.iter().any(|p| p.client_id == client_id && p.game_id == game_id);
-    if !allowed {
-        return Err(forbidden(
-            "not_allowlisted",
-            format!("client `{client_id}` is not allowlisted to publish for game `{game_id}`"),
         ));
     }
     let ids = msg.broadcaster_ids.as_deref();
@@ -83,20 +92,23 @@ pub async fn authenticate(hub: &E2Hub, msg: &ClientMessage) -> Result<Session, V
             None => return Err(unauthorized("invalid_token", "field `token`: user token without a user".into())),
         },
     };
+    let links = match hub.store.links_of(&broadcasters).await {
+        Ok(links) => links,
+        Err(e) => {
+            tracing::warn!("e2 link lookup failed: {e}");
+            return Err(Violation::close(
+                "unavailable",
+                "storage unavailable; reconnect later",
+                close::TRY_AGAIN_LATER,
+            ));
+        }
+    };
     let mut publishers = Vec::with_capacity(broadcasters.len());
     let mut unlinked = Vec::new();
     for id in broadcasters {
-        match hub.store.link_of(&id).await {
-            Ok(Some(account_id)) => publishers.push(Publisher { twitch_user_id: id, account_id }),
-            Ok(None) => unlinked.push(id),
-            Err(e) => {
-                tracing::warn!("e2 link lookup failed: {e}");
-                return Err(Violation::close(
-                    "unavailable",
-                    "storage unavailable; reconnect later",
-                    close::TRY_AGAIN_LATER,
-                ));
-            }
+        match links.get(&id) {
+            Some(account_id) => publishers.push(Publisher { twitch_user_id: id, account_id: account_id.clone() }),
+            None => unlinked.push(id),
         }
     }
     if !unlinked.is_empty() {

@@ -48,16 +48,29 @@ impl<'a> Connection<'a> {
     /// Serves the connection until it ends.
     pub(super) async fn run(&mut self, socket: &mut WebSocket) {
         let idle = Duration::from_secs(self.hub.settings.idle_timeout_secs.max(1));
+        let connect_within = Duration::from_secs(self.hub.settings.connect_timeout_secs.max(1));
+        // Frames before `connect` do not buy time: an anonymous socket holds a
+        // slot for `connect_timeout_secs` at most, whatever it sends.
+        let connect_by = Instant::now() + connect_within;
         let mut deadline = Instant::now() + idle;
         loop {
+            let wake = if self.session.is_none() { deadline.min(connect_by) } else { deadline };
             let frame = tokio::select! {
                 frame = socket.recv() => frame,
-                _ = tokio::time::sleep_until(deadline) => {
-                    let v = Violation::close(
-                        "idle_timeout",
-                        format!("no message for {} s (the idle deadline)", idle.as_secs()),
-                        close::IDLE,
-                    );
+                _ = tokio::time::sleep_until(wake) => {
+                    let v = if self.session.is_none() && Instant::now() >= connect_by {
+                        Violation::close(
+                            "connect_timeout",
+                            format!("no successful `connect` within {} s", connect_within.as_secs()),
+                            close::IDLE,
+                        )
+                    } else {
+                        Violation::close(
+                            "idle_timeout",
+                            format!("no message for {} s (the idle deadline)", idle.as_secs()),
+                            close::IDLE,
+                        )
+                    };
                     self.refuse(socket, v, None).await;
                     return;
                 }
@@ -221,12 +234,30 @@ impl<'a> Connection<'a> {
 
     async fn refuse(&self, socket: &mut WebSocket, v: Violation, seq: Option<u64>) {
         metrics::counter!("drops_e2_messages_total", "outcome" => v.code).increment(1);
-        tracing::info!(connection = %self.id, code = v.code, "e2 message refused: {}", v.message);
-        let _ = send(socket, &ServerMessage::Error { code: v.code, message: v.message, seq }).await;
+        // Messages quote what the client sent: cut, so a 100 KB value is neither echoed nor logged.
+        let message = cut(v.message, MAX_ERROR_MESSAGE_BYTES);
+        tracing::info!(connection = %self.id, code = v.code, "e2 message refused: {message}");
+        let _ = send(socket, &ServerMessage::Error { code: v.code, message, seq }).await;
         if let Some(code) = v.close {
             let _ = socket.send(close_frame(code, v.code)).await;
         }
     }
+}
+
+/// Longest error message sent back (and logged).
+const MAX_ERROR_MESSAGE_BYTES: usize = 300;
+
+/// `text` cut to at most `max` bytes on a character boundary, marked when cut.
+fn cut(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str("… (cut)");
+    }
+    text
 }
 
 pub(super) async fn send(socket: &mut WebSocket, message: &ServerMessage<'_>) -> Result<(), axum::Error> {
@@ -241,4 +272,17 @@ pub(super) async fn reconnect(hub: &E2Hub, socket: &mut WebSocket, code: u16) {
 
 pub(super) fn close_frame(code: u16, reason: &str) -> Message {
     Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from(reason.to_string()) }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn echoes_are_cut_on_a_character_boundary() {
+        assert_eq!(cut("short".into(), 300), "short");
+        let long = "é".repeat(400);
+        let out = cut(long, 301);
+        assert!(out.ends_with("… (cut)") && out.len() <= 301 + "… (cut)".len(), "{}", out.len());
+    }
 }

@@ -4,8 +4,9 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use quick_cache::sync::Cache;
 use serde::Deserialize;
-use tokio::sync::Mutex;
+use sha2::{Digest, Sha256};
 
 use crate::config::{E2Settings, StaticToken, TokenKind, TokenVerifierKind};
 
@@ -35,12 +36,14 @@ pub enum TokenVerifier {
     Twitch(TwitchVerifier),
 }
 
-/// Asks Twitch (`GET <base>/oauth2/validate`) and caches the answers for a while.
+/// Asks Twitch (`GET <base>/oauth2/validate`) and caches the answers for a
+/// while, in a cache of bounded size keyed by the token's digest: a flood of
+/// made-up tokens evicts old answers instead of growing memory.
 pub struct TwitchVerifier {
     client: reqwest::Client,
     validate_url: String,
     ttl: Duration,
-    cache: Mutex<HashMap<String, Cached>>,
+    cache: Cache<[u8; 32], Cached>,
 }
 
 /// An answer and when it was got.
@@ -71,7 +74,7 @@ impl TokenVerifier {
                 client: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default(),
                 validate_url: format!("{}/oauth2/validate", settings.twitch_auth_url.trim_end_matches('/')),
                 ttl: Duration::from_secs(settings.token_cache_secs),
-                cache: Mutex::new(HashMap::new()),
+                cache: Cache::new(settings.token_cache_entries.max(1)),
             }),
         }
     }
@@ -93,21 +96,22 @@ impl TokenVerifier {
 
 impl TwitchVerifier {
     async fn verify(&self, token: &str) -> Result<TokenInfo, TokenError> {
-        if let Some((at, answer)) = self.cache.lock().await.get(token) {
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some((at, answer)) = self.cache.get(&key) {
             if at.elapsed() < self.ttl {
-                return answer.clone();
+                return answer;
             }
         }
         let answer = self.ask(token).await;
         if !matches!(answer, Err(TokenError::Unavailable(_))) {
-            let mut cache = self.cache.lock().await;
-            // Bounded: a flood of made-up tokens must not grow memory forever.
-            if cache.len() > 100_000 {
-                cache.retain(|_, (at, _)| at.elapsed() < self.ttl);
-            }
-            cache.insert(token.to_string(), (Instant::now(), answer.clone()));
+            self.cache.insert(key, (Instant::now(), answer.clone()));
         }
         answer
+    }
+
+    /// Answers held in the cache.
+    pub fn cached(&self) -> usize {
+        self.cache.len()
     }
 
     async fn ask(&self, token: &str) -> Result<TokenInfo, TokenError> {
@@ -194,6 +198,22 @@ mod tests {
         let before = asked.load(Ordering::SeqCst);
         verifier.verify("app-token").await.unwrap();
         assert_eq!(asked.load(Ordering::SeqCst), before, "asked again within the cache time");
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_made_up_tokens_stays_within_the_cache_size() {
+        let (url, _) = fake_twitch().await;
+        let settings = E2Settings {
+            verifier: Some(TokenVerifierKind::Twitch),
+            twitch_auth_url: url,
+            token_cache_entries: 50,
+            ..Default::default()
+        };
+        let TokenVerifier::Twitch(twitch) = TokenVerifier::from_settings(&settings) else { panic!("twitch") };
+        for i in 0..500 {
+            assert_eq!(twitch.verify(&format!("made-up-{i}")).await, Err(TokenError::Invalid));
+        }
+        assert!(twitch.cached() <= 50, "{} answers cached", twitch.cached());
     }
 
     #[tokio::test]
