@@ -182,3 +182,53 @@ async fn before_authentication_e2_costs_little_and_echoes_little() {
     assert_eq!(asked.load(Ordering::SeqCst), 1);
     assert!(!host.log().contains(&"x".repeat(1000)), "the huge value reached the log");
 }
+
+/// A gzip body of ~80 KB that inflates to one heartbeat of `ids` viewer ids.
+fn gzip_bomb(ids: usize) -> Vec<u8> {
+    use std::io::Write;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(br#"{"id":"bomb","broadcaster":"b","game":"G","time":"2026-11-23T10:00:00Z","viewer_list":["#)
+        .unwrap();
+    let chunk = "\"v\",".repeat(100_000);
+    for _ in 0..ids / 100_000 {
+        gz.write_all(chunk.as_bytes()).unwrap();
+    }
+    gz.write_all(br#""v"]}"#).unwrap();
+    gz.finish().unwrap()
+}
+
+#[tokio::test]
+async fn an_unauthenticated_gzip_bomb_is_refused_before_it_is_inflated() {
+    let secret = "vhs-signing-secret-0123";
+    let config = HostConfig { vhs_token: Some(secret.into()), ..Default::default() };
+    let Some(host) = TestHost::spawn(Backend::Sqlite, config).await else { return };
+    let bomb = gzip_bomb(20_000_000);
+    assert!(bomb.len() < 200_000, "{} bytes", bomb.len());
+    let before = host.peak_rss_mib();
+    let now = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap();
+    let wrong = drops_host::ingest::vhs::auth::sign("not-the-secret-at-all", "m-1", &now, &bomb);
+    let headers = [
+        ("drops-message-id", "m-1".to_string()),
+        ("drops-message-timestamp", now.clone()),
+        ("drops-message-signature", wrong),
+        ("content-encoding", "gzip".to_string()),
+    ];
+    let sends = (0..4).map(|_| host.post_vhs_raw(None, bomb.clone(), &headers));
+    for (status, answer) in futures_util::future::join_all(sends).await {
+        assert_eq!(status, 401, "{answer}");
+    }
+    let grown = host.peak_rss_mib().saturating_sub(before);
+    // Before the fix the same four bodies were inflated and parsed first: +446 MiB.
+    assert!(grown < 64, "peak resident memory grew by {grown} MiB for four refused bodies");
+
+    // A correctly signed body still goes through.
+    let body = serde_json::to_vec(&heartbeat("h-1", "b-1", "GameName", "2026-11-23T10:00:00Z", &["v-1"])).unwrap();
+    let signature = drops_host::ingest::vhs::auth::sign(secret, "m-2", &now, &body);
+    let headers = [
+        ("drops-message-id", "m-2".to_string()),
+        ("drops-message-timestamp", now),
+        ("drops-message-signature", signature),
+    ];
+    assert_eq!(host.post_vhs_raw(None, body, &headers).await.0, 200);
+    println!("gzip bomb x4, wrong signature: peak RSS {before} MiB -> {} MiB", host.peak_rss_mib());
+}

@@ -1,13 +1,10 @@
-//! Reading a VHS body as a stream: gunzip, count, sign and parse as it
-//! arrives, so memory grows with the parsed ids, not with copies of the body
+//! Reading a VHS body as a stream: gunzip, count and parse as it arrives, so memory grows with the parsed ids, not with copies of the body
 //! (a ten-million-viewer channel is some 200 MB of JSON).
 
 use std::io::{self, BufRead, BufReader, Read};
 
 use flate2::read::GzDecoder;
-use hmac::Mac;
 
-use super::auth::Signer;
 use crate::domain::Heartbeat;
 use crate::http::json_field;
 
@@ -45,29 +42,12 @@ impl<R: Read> Read for Limited<R> {
     }
 }
 
-/// Feeds every byte read to the signer.
-struct Signing<'a, R> {
-    inner: R,
-    signer: Option<&'a mut Signer>,
-}
-
-impl<R: Read> Read for Signing<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if let Some(signer) = self.signer.as_mut() {
-            signer.update(&buf[..n]);
-        }
-        Ok(n)
-    }
-}
-
 /// Parses a body holding one heartbeat or an array of them.
 ///
 /// Blocking: run it off the async executor. `limit` bounds both the bytes
 /// received and the bytes after decompression.
-pub fn parse(raw: impl Read, gzip: bool, limit: u64, signer: Option<&mut Signer>) -> Result<Vec<Heartbeat>, BodyError> {
-    let signing = Signing { inner: raw, signer };
-    let mut received = Limited { inner: signing, remaining: limit, exceeded: false };
+pub fn parse(raw: impl Read, gzip: bool, limit: u64) -> Result<Vec<Heartbeat>, BodyError> {
+    let mut received = Limited { inner: raw, remaining: limit, exceeded: false };
     let result = if gzip {
         let mut inflated = Limited { inner: GzDecoder::new(&mut received), remaining: limit, exceeded: false };
         let result = parse_json(&mut inflated);
@@ -85,7 +65,7 @@ pub fn parse(raw: impl Read, gzip: bool, limit: u64, signer: Option<&mut Signer>
         return Err(BodyError::TooLarge { limit });
     }
     let heartbeats = result?;
-    // The signature covers every byte sent, trailing ones included.
+    // Read to the end, so trailing bytes past the limit are refused too.
     io::copy(&mut received, &mut io::sink()).map_err(|e| read_error(&e, received.exceeded, limit))?;
     Ok(heartbeats)
 }
@@ -150,7 +130,7 @@ mod tests {
     const HB: &str = r#"{"broadcaster":"b","viewer_list":["v"],"game":"G","id":"i","time":"2026-11-23T15:04:05Z"}"#;
 
     fn field_of(body: &str) -> String {
-        match parse(body.as_bytes(), false, 1 << 20, None) {
+        match parse(body.as_bytes(), false, 1 << 20) {
             Err(BodyError::Invalid { field, .. }) => field,
             other => panic!("{other:?}"),
         }
@@ -158,8 +138,8 @@ mod tests {
 
     #[test]
     fn one_or_many() {
-        assert_eq!(parse(HB.as_bytes(), false, 1 << 20, None).unwrap().len(), 1);
-        assert_eq!(parse(format!(" [{HB},{HB}] ").as_bytes(), false, 1 << 20, None).unwrap().len(), 2);
+        assert_eq!(parse(HB.as_bytes(), false, 1 << 20).unwrap().len(), 1);
+        assert_eq!(parse(format!(" [{HB},{HB}] ").as_bytes(), false, 1 << 20).unwrap().len(), 2);
     }
 
     #[test]
@@ -174,13 +154,13 @@ mod tests {
 
     #[test]
     fn size_is_bounded_before_and_after_gzip() {
-        assert!(matches!(parse(HB.as_bytes(), false, 10, None), Err(BodyError::TooLarge { .. })));
+        assert!(matches!(parse(HB.as_bytes(), false, 10), Err(BodyError::TooLarge { .. })));
         let big = format!("[{}]", vec![HB; 100].join(","));
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
         gz.write_all(big.as_bytes()).unwrap();
         let packed = gz.finish().unwrap();
         assert!(packed.len() < 1000);
-        assert_eq!(parse(&packed[..], true, 1 << 20, None).unwrap().len(), 100);
-        assert!(matches!(parse(&packed[..], true, 1000, None), Err(BodyError::TooLarge { .. })));
+        assert_eq!(parse(&packed[..], true, 1 << 20).unwrap().len(), 100);
+        assert!(matches!(parse(&packed[..], true, 1000), Err(BodyError::TooLarge { .. })));
     }
 }

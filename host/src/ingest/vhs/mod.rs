@@ -116,22 +116,21 @@ async fn ingest_inner(
         Some(other) => return Err(ApiError::unsupported_encoding(other)),
     };
 
-    let stream = body.into_data_stream().map_err(io::Error::other);
-    let reader = SyncIoBridge::new(StreamReader::new(stream));
-    let (parsed, pending) = tokio::task::spawn_blocking(move || {
-        let mut pending = pending;
-        let parsed = body::parse(reader, gzip, limit, pending.as_mut().map(|p| &mut p.signer));
-        (parsed, pending)
-    })
-    .await
-    .map_err(|e| ApiError::internal(format!("parser task failed: {e}")))?;
-    let heartbeats = parsed.map_err(|e| match e {
-        BodyError::TooLarge { limit } => ApiError::too_large(limit),
-        BodyError::Invalid { field, message } => ApiError::bad_request(field, message),
-    })?;
-    if let Some(pending) = pending {
-        pending.verify().map_err(ApiError::unauthorized)?;
-    }
+    let heartbeats = match pending {
+        // Signed: nothing of an unauthenticated body is decompressed or parsed.
+        // The raw bytes (bounded by the limit) are read and checked first.
+        Some(pending) => {
+            let raw = read_raw(body, limit).await?;
+            pending.verify(&raw).map_err(ApiError::unauthorized)?;
+            parse_blocking(move || body::parse(&raw[..], gzip, limit)).await?
+        }
+        // Unsigned (no secret, or the path token already matched): parsed as it streams.
+        None => {
+            let stream = body.into_data_stream().map_err(io::Error::other);
+            let reader = SyncIoBridge::new(StreamReader::new(stream));
+            parse_blocking(move || body::parse(reader, gzip, limit)).await?
+        }
+    };
     check_times(&heartbeats, now, settings.max_future_secs, settings.max_age_secs)?;
 
     let outcome = vhs.store.insert_heartbeats(&heartbeats).await?;
@@ -140,6 +139,32 @@ async fn ingest_inner(
     let viewers: usize = heartbeats.iter().map(|h| h.viewer_list.len()).sum();
     tracing::debug!(accepted = outcome.accepted, duplicates = outcome.duplicates, viewers, "vhs stored");
     Ok(Json(Accepted { accepted: outcome.accepted, duplicates: outcome.duplicates }))
+}
+
+/// Reads a whole body, refusing it past `limit` bytes.
+async fn read_raw(body: Body, limit: u64) -> Result<Vec<u8>, ApiError> {
+    let mut stream = body.into_data_stream();
+    let mut raw = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request("", format!("the body could not be read: {e}")))?;
+        if raw.len() as u64 + chunk.len() as u64 > limit {
+            return Err(ApiError::too_large(limit));
+        }
+        raw.extend_from_slice(&chunk);
+    }
+    Ok(raw)
+}
+
+/// Parses off the async executor: a large body takes a while.
+async fn parse_blocking(
+    parse: impl FnOnce() -> Result<Vec<Heartbeat>, BodyError> + Send + 'static,
+) -> Result<Vec<Heartbeat>, ApiError> {
+    let parsed =
+        tokio::task::spawn_blocking(parse).await.map_err(|e| ApiError::internal(format!("parser task failed: {e}")))?;
+    parsed.map_err(|e| match e {
+        BodyError::TooLarge { limit } => ApiError::too_large(limit),
+        BodyError::Invalid { field, message } => ApiError::bad_request(field, message),
+    })
 }
 
 /// Refuses heartbeats from too far in the future (and too old, when configured).
