@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::anyhow;
 use arc_swap::ArcSwap;
@@ -16,6 +17,7 @@ use crate::api::{self, Admin, AppState, Health};
 use crate::config::Settings;
 use crate::engine::{Engine, EngineOptions, PausedCampaigns};
 use crate::health::Liveness;
+use crate::http::{self, server::ServerLimits};
 use crate::ingest::e2::E2Hub;
 use crate::ingest::vhs::VhsIngest;
 use crate::manifests::Batcher;
@@ -61,11 +63,7 @@ impl RunningHost {
         let liveness = Arc::new(Liveness::default());
         let e2 = Arc::new(E2Hub::new(settings.e2.clone(), store.clone(), liveness.clone(), stop.clone()));
         let state = AppState {
-            vhs: Arc::new(VhsIngest {
-                settings: settings.vhs.clone(),
-                store: store.clone(),
-                liveness: liveness.clone(),
-            }),
+            vhs: Arc::new(VhsIngest::new(settings.vhs.clone(), store.clone(), liveness.clone())),
             e2: e2.clone(),
             admin: Arc::new(Admin {
                 settings: settings.admin.clone(),
@@ -94,28 +92,35 @@ impl RunningHost {
             let stop = stop.clone();
             tokio::spawn(async move {
                 while !stop.is_cancelled() {
-                    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                    tokio::time::sleep(Duration::from_secs(5)).await;
                     handle.run_upkeep();
                 }
             });
         }
 
-        let server_stop = stop.clone();
-        let server = axum::serve(listener, api::router(state))
-            .with_graceful_shutdown(async move { server_stop.cancelled().await });
+        let limits = ServerLimits {
+            header_timeout: Duration::from_secs(settings.http.header_timeout_secs),
+            max_connections: settings.http.max_connections,
+            shutdown_timeout: Duration::from_secs(settings.http.shutdown_timeout_secs),
+        };
+        let server = http::server::serve(listener, api::router(state), limits.clone(), stop.clone());
         let task_store = store.clone();
         let task = tokio::spawn(async move {
-            let served = server.await;
-            // Game servers were told to reconnect; wait for their last messages to be stored.
+            server.await;
+            // Game servers were told to reconnect; wait (boundedly) for their last messages to be stored.
             e2.tasks.close();
-            e2.tasks.wait().await;
+            if tokio::time::timeout(limits.shutdown_timeout, e2.tasks.wait()).await.is_err() {
+                tracing::warn!(
+                    "e2 connections still open after {:?}; shutting down without them",
+                    limits.shutdown_timeout
+                );
+            }
             tracing::info!("HTTP stopped; draining the engine");
             engine_stop.cancel();
             let engine = engine_task.await;
             batcher_stop.cancel();
             let _ = batcher_task.await;
             task_store.close().await;
-            served?;
             engine??;
             tracing::info!("shut down cleanly");
             Ok(())

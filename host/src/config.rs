@@ -25,6 +25,7 @@ pub struct Settings {
     /// one fsync per request) or `normal` (survives a crash of the process,
     /// not of the machine; far faster on slow disks).
     pub sqlite_synchronous: SqliteSynchronous,
+    pub http: HttpSettings,
     pub vhs: VhsSettings,
     pub admin: AdminSettings,
     pub manifests: ManifestSettings,
@@ -41,6 +42,24 @@ pub enum SqliteSynchronous {
     Normal,
 }
 
+/// The HTTP listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    /// A request's headers must arrive within this; slower clients are cut off.
+    pub header_timeout_secs: u64,
+    /// Connections served at once; more wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// At shutdown, requests in flight get this long to finish.
+    pub shutdown_timeout_secs: u64,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings { header_timeout_secs: 10, max_connections: 4096, shutdown_timeout_secs: 30 }
+    }
+}
+
 /// The VHS endpoint.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -53,6 +72,10 @@ pub struct VhsSettings {
     pub max_age_secs: Option<u64>,
     /// Heartbeats this far ahead of the host's clock are refused.
     pub max_future_secs: u64,
+    /// A VHS request (its body included) must be done within this; Twitch gives up after 15 s.
+    pub request_timeout_secs: u64,
+    /// Bodies read at once; beyond, 503 with `Retry-After` (Twitch retries).
+    pub max_bodies_in_flight: usize,
 }
 
 /// The admin API under `/v1`.
@@ -193,6 +216,7 @@ impl Default for Settings {
         Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("data"),
+            http: HttpSettings::default(),
             database_url: None,
             rules_dir: PathBuf::from("rules"),
             record_events: None,
@@ -233,7 +257,14 @@ impl Default for E2Settings {
 impl Default for VhsSettings {
     fn default() -> Self {
         // The largest channel on record has about 10 million viewers: ~200 MB of ids.
-        VhsSettings { token: None, max_body_bytes: 256 << 20, max_age_secs: None, max_future_secs: 300 }
+        VhsSettings {
+            token: None,
+            max_body_bytes: 256 << 20,
+            max_age_secs: None,
+            max_future_secs: 300,
+            request_timeout_secs: 30,
+            max_bodies_in_flight: 64,
+        }
     }
 }
 
@@ -322,6 +353,11 @@ impl Settings {
         secret("admin.token", self.admin.token.as_deref())?;
         // Viewer lists index their buffer with u32 offsets.
         in_range("vhs.max_body_bytes", self.vhs.max_body_bytes, 1024, 4 * GIB - 1)?;
+        in_range("http.header_timeout_secs", self.http.header_timeout_secs, 1, 600)?;
+        in_range("http.max_connections", self.http.max_connections as u64, 1, 1_000_000)?;
+        in_range("http.shutdown_timeout_secs", self.http.shutdown_timeout_secs, 1, 3600)?;
+        in_range("vhs.request_timeout_secs", self.vhs.request_timeout_secs, 1, 3600)?;
+        in_range("vhs.max_bodies_in_flight", self.vhs.max_bodies_in_flight as u64, 1, 100_000)?;
         in_range("vhs.max_future_secs", self.vhs.max_future_secs, 0, MAX_SECS)?;
         in_range("vhs.max_age_secs", self.vhs.max_age_secs.unwrap_or(0), 0, MAX_SECS)?;
         in_range("manifests.flush_interval_secs", self.manifests.flush_interval_secs, 1, 86_400)?;

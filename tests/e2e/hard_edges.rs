@@ -232,3 +232,76 @@ async fn an_unauthenticated_gzip_bomb_is_refused_before_it_is_inflated() {
     assert_eq!(host.post_vhs_raw(None, body, &headers).await.0, 200);
     println!("gzip bomb x4, wrong signature: peak RSS {before} MiB -> {} MiB", host.peak_rss_mib());
 }
+
+#[tokio::test]
+async fn slow_clients_cannot_lock_twitch_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let limits = "[http]\nheader_timeout_secs = 2\nmax_connections = 64\n";
+    let config = HostConfig {
+        extra_toml: format!("request_timeout_secs = 3\nmax_bodies_in_flight = 4\n{limits}"),
+        ..Default::default()
+    };
+    let Some(mut host) = TestHost::spawn(Backend::Sqlite, config).await else { return };
+    let addr = host.base.trim_start_matches("http://").to_string();
+    // 100 clients stalled in their headers, more than the connection limit.
+    let mut stalled = Vec::new();
+    for _ in 0..100 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(b"POST /vhs HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        stalled.push(s);
+    }
+    // 10 clients trickling a body, more than the bodies allowed in flight.
+    let mut tricklers = Vec::new();
+    for _ in 0..10 {
+        let addr = addr.clone();
+        tricklers.push(tokio::spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            let head =
+                "POST /vhs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n[";
+            s.write_all(head.as_bytes()).await.unwrap();
+            let mut answer = Vec::new();
+            for _ in 0..20 {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                if s.write_all(b" ").await.is_err() {
+                    break;
+                }
+            }
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut answer)).await;
+            String::from_utf8_lossy(&answer).into_owned()
+        }));
+    }
+    // Twitch's real heartbeat: retried on 503 with Retry-After, as Twitch does, until it is stored.
+    let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(15)).build().unwrap();
+    let hb = heartbeat("real", "b-1", "GameName", "2026-11-23T10:00:00Z", &["v-1"]);
+    let mut answers = Vec::new();
+    for _ in 0..15 {
+        let answer = client.post(format!("{}/vhs", host.base)).json(&hb).send().await.expect("an answer, not a hang");
+        answers.push(answer.status().as_u16());
+        if answer.status() == 200 {
+            break;
+        }
+        assert_eq!(answer.status(), 503, "busy is 503, which Twitch retries");
+        assert!(answer.headers().contains_key("retry-after"));
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+    assert_eq!(answers.last(), Some(&200), "answers: {answers:?}");
+    for t in tricklers {
+        let answer = t.await.unwrap();
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 408") || answer.starts_with("HTTP/1.1 503"),
+            "{answer}"
+        );
+    }
+    // The stalled clients were cut off at the header deadline.
+    let mut cut = 0;
+    for mut s in stalled {
+        let mut buf = [0u8; 256];
+        match tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf)).await {
+            Ok(Ok(_)) | Ok(Err(_)) => cut += 1,
+            Err(_) => {}
+        }
+    }
+    assert_eq!(cut, 100, "every stalled connection is closed by the host");
+    assert_eq!(host.get_text("/healthz").await, "ok");
+    host.stop();
+}

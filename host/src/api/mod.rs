@@ -5,6 +5,7 @@
 mod admin;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, FromRef, State};
 use axum::http::StatusCode;
@@ -12,6 +13,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
+use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::secrets::redact_path;
@@ -41,11 +43,15 @@ pub struct AppState {
 
 /// Builds the router.
 pub fn router(state: AppState) -> Router {
+    // A VHS request, body included, has a deadline: a trickling client cannot
+    // hold a body slot for longer (Twitch itself gives up after 15 s).
+    let vhs_deadline = Duration::from_secs(state.vhs.settings.request_timeout_secs);
     Router::new()
         .route("/vhs", post(vhs::post))
         .route("/vhs/{token}", post(vhs::post_with_token))
         // The VHS handler streams and bounds the body itself (vhs.max_body_bytes).
         .layer(DefaultBodyLimit::disable())
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, vhs_deadline))
         .route("/e2", get(e2::upgrade))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))

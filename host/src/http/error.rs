@@ -35,6 +35,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub error: String,
     pub field: Option<String>,
+    /// Seconds for a `Retry-After` header (503 under load).
+    pub retry_after_secs: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -46,7 +48,7 @@ struct Body<'a> {
 
 impl ApiError {
     fn new(status: StatusCode, error: impl Into<String>) -> ApiError {
-        ApiError { status, error: error.into(), field: None }
+        ApiError { status, error: error.into(), field: None, retry_after_secs: None }
     }
 
     /// 400 for a JSON document that does not parse into what was expected, naming the field.
@@ -59,7 +61,7 @@ impl ApiError {
         let field = field.into();
         let message = message.into();
         let error = if field.is_empty() { message } else { format!("{field}: {message}") };
-        ApiError { status: StatusCode::BAD_REQUEST, error, field: Some(field) }
+        ApiError { status: StatusCode::BAD_REQUEST, error, field: Some(field), retry_after_secs: None }
     }
 
     /// 401.
@@ -93,9 +95,19 @@ impl ApiError {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "this host cannot take events now; try again later")
     }
 
+    /// 503 with `Retry-After`: too busy now, fine later.
+    pub fn busy(what: impl Into<String>, retry_after_secs: u64) -> ApiError {
+        ApiError { retry_after_secs: Some(retry_after_secs), ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, what) }
+    }
+
     /// 422: well-formed, but refused (a plugin that does not validate).
     pub fn unprocessable(field: impl Into<String>, message: impl Into<String>) -> ApiError {
-        ApiError { status: StatusCode::UNPROCESSABLE_ENTITY, error: message.into(), field: Some(field.into()) }
+        ApiError {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            error: message.into(),
+            field: Some(field.into()),
+            retry_after_secs: None,
+        }
     }
 
     /// 404.
@@ -149,7 +161,11 @@ pub fn json_field(err: &serde_path_to_error::Error<serde_json::Error>) -> String
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = Body { error: &self.error, field: self.field.as_deref() };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after_secs {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }
 

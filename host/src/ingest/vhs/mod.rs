@@ -16,6 +16,7 @@ use axum::Json;
 use futures_util::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use time::OffsetDateTime;
+use tokio::sync::Semaphore;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use auth::SignatureHeaders;
@@ -32,6 +33,17 @@ pub struct VhsIngest {
     pub settings: VhsSettings,
     pub store: Arc<Store>,
     pub liveness: Arc<Liveness>,
+    /// Bodies being read; each holds a thread of the blocking pool while it
+    /// streams, so their number is bounded to leave threads for the engine.
+    bodies: Semaphore,
+}
+
+impl VhsIngest {
+    /// The VHS ingest over `store`.
+    pub fn new(settings: VhsSettings, store: Arc<Store>, liveness: Arc<Liveness>) -> VhsIngest {
+        let bodies = Semaphore::new(settings.max_bodies_in_flight.max(1));
+        VhsIngest { settings, store, liveness, bodies }
+    }
 }
 
 /// The answer Twitch gets once the heartbeats are durably stored.
@@ -95,6 +107,16 @@ async fn ingest_inner(
     let pending =
         auth::check(settings.token.as_deref(), token.as_deref(), &signature, now).map_err(ApiError::unauthorized)?;
 
+    let Ok(_reading) = vhs.bodies.try_acquire() else {
+        metrics::counter!("drops_vhs_busy_total").increment(1);
+        return Err(ApiError::busy(
+            format!(
+                "more than {} bodies in flight (vhs.max_bodies_in_flight); retry shortly",
+                settings.max_bodies_in_flight
+            ),
+            1,
+        ));
+    };
     let limit = settings.max_body_bytes;
     if let Some(len) = header("content-length").and_then(|v| v.parse::<u64>().ok()) {
         if len > limit {
@@ -203,11 +225,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::connect(&format!("sqlite://{}", dir.path().join("t.db").display())).await.unwrap();
         store.migrate().await.unwrap();
-        let vhs = Arc::new(VhsIngest {
-            settings: VhsSettings::default(),
-            store: Arc::new(store),
-            liveness: Arc::new(Liveness::default()),
-        });
+        let vhs = Arc::new(VhsIngest::new(VhsSettings::default(), Arc::new(store), Arc::new(Liveness::default())));
         let body = r#"{"id":"h","broadcaster":"b","game":"G","time":"2026-11-23T10:00:00Z","viewer_list":["v"]}"#;
         let answer = post(State(vhs.clone()), HeaderMap::new(), Body::from(body)).await;
         assert_eq!(answer.map(|a| a.accepted).map_err(|e| e.status), Ok(1));
