@@ -207,6 +207,14 @@ pub struct PluginSettings {
     pub max_call_ns_per_viewer: u64,
     /// Linear memory cap of one instance.
     pub max_memory_bytes: u64,
+    /// Bytes one call may send the host (log lines, state keys and values,
+    /// grant keys, error strings), before the per-viewer allowance. Counted,
+    /// so the verdict is the same on replay.
+    pub max_call_host_bytes: u64,
+    /// Allowance per viewer in the call (repeatable grants carry keys).
+    pub max_call_host_bytes_per_viewer: u64,
+    /// Bytes of state (keys and values) one campaign may hold.
+    pub max_campaign_state_bytes: u64,
     /// Failed calls in a row that pause a campaign (its circuit breaker).
     pub breaker_failures: u32,
 }
@@ -288,6 +296,9 @@ impl Default for PluginSettings {
             max_call_ms: 1_000,
             max_call_ns_per_viewer: 1_000,
             max_memory_bytes: 64 << 20,
+            max_call_host_bytes: 16 << 20,
+            max_call_host_bytes_per_viewer: 1024,
+            max_campaign_state_bytes: 64 << 20,
             breaker_failures: 5,
         }
     }
@@ -371,6 +382,9 @@ impl Settings {
         in_range("plugins.max_call_ms", p.max_call_ms, 1, 600_000)?;
         in_range("plugins.max_call_ns_per_viewer", p.max_call_ns_per_viewer, 0, 1_000_000)?;
         in_range("plugins.max_memory_bytes", p.max_memory_bytes, 1 << 20, 4 * GIB)?;
+        in_range("plugins.max_call_host_bytes", p.max_call_host_bytes, 64 << 10, 4 * GIB)?;
+        in_range("plugins.max_call_host_bytes_per_viewer", p.max_call_host_bytes_per_viewer, 0, 1 << 20)?;
+        in_range("plugins.max_campaign_state_bytes", p.max_campaign_state_bytes, 64 << 10, 64 * GIB)?;
         in_range("plugins.breaker_failures", p.breaker_failures.into(), 1, 1_000_000)?;
         let e = &self.e2;
         in_range("e2.token_cache_secs", e.token_cache_secs, 0, 86_400)?;

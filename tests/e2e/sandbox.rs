@@ -196,3 +196,94 @@ async fn a_failing_campaign_pauses_alone_and_catches_up_when_fixed() {
     assert_eq!(good, 5, "a0 a1 a2 b c");
     host.stop();
 }
+
+#[test]
+fn what_a_plugin_sends_the_host_is_counted_and_bounded() {
+    // CPU enough to build 48 MiB of grant keys: the byte budget, not fuel, must stop them.
+    let settings = PluginSettings { max_call_fuel: 2_000_000_000, ..Default::default() };
+    let runtime = PluginRuntime::new(settings).unwrap();
+    let plugin = runtime.load("hostile", &std::fs::read(plugin_path("hostile")).unwrap()).unwrap();
+    // 2 viewers: 16 MiB plus 1 KiB each.
+    let budget = (16 << 20) + 2 * 1024;
+    for mode in ["log-flood", "big-keys"] {
+        assert_eq!(call(&runtime, &plugin, mode), Err(PluginError::HostBudget(budget)), "{mode}");
+        // Counted, not timed: the same verdict every time.
+        assert_eq!(call(&runtime, &plugin, mode), Err(PluginError::HostBudget(budget)), "{mode} again");
+    }
+    // A 1 MiB state key is refused outright, before the budget even fills.
+    let flood = Err(PluginError::BadOutput("state key is 1048576 bytes, more than 256".into()));
+    assert_eq!(call(&runtime, &plugin, "state-flood"), flood);
+    // A huge error string is cut before it reaches a log or an answer.
+    let campaign =
+        WitCampaign { id: "c".into(), rewards: vec!["r".into()], config: json!({"mode": "huge-error"}).to_string() };
+    match runtime.validate_config(&plugin, &campaign) {
+        Err(PluginError::Rejected(message)) => assert!(message.len() < 2048, "{} bytes kept", message.len()),
+        other => panic!("huge error: {other:?}"),
+    }
+    assert_eq!(call(&runtime, &plugin, "ok"), Ok(2), "the plugin still works");
+}
+
+#[tokio::test]
+async fn plugins_flooding_the_host_leave_its_memory_and_the_other_campaigns_alone() {
+    let window = ("2026-11-09T00:00:00Z", "2026-11-10T00:00:00Z");
+    let hostile = |mode: &str| {
+        format!(
+            "id = \"evil-{mode}\"\nname = \"evil\"\ngame = \"GameName\"\nclient_id = \"c\"\nstarts_at = \"{}\"\nends_at = \"{}\"\n\
+             [[rewards]]\nid = \"r\"\n[rule]\nplugin = \"hostile\"\nconfig = {{ mode = \"{mode}\" }}\n",
+            window.0, window.1
+        )
+    };
+    let mut campaigns = vec![("good".to_string(), tiers_campaign("good", "GameName", window, &[], &[(3, "t3")]))];
+    for mode in ["state-flood", "log-flood", "big-keys", "state-hoard"] {
+        campaigns.push((format!("evil-{mode}"), hostile(mode)));
+    }
+    let config = HostConfig {
+        campaigns,
+        extra_plugins: vec!["hostile"],
+        extra_toml: "[plugins]\nmax_campaign_state_bytes = 1048576\n".into(),
+        ..Default::default()
+    };
+    let Some(mut host) = TestHost::spawn(Backend::Sqlite, config).await else { return };
+    let before = host.peak_rss_mib();
+    for m in 0..3 {
+        let hb = heartbeat(&format!("h{m}"), "b", "GameName", &format!("2026-11-09T10:0{m}:00Z"), &["v1", "v2"]);
+        assert_eq!(host.post_vhs(None, &hb).await.0, 200);
+    }
+    let started = Instant::now();
+    while host.grants().await.iter().filter(|g| g["campaign_id"] == "good").count() < 2 {
+        assert!(started.elapsed() < Duration::from_secs(30), "{}", host.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let peak = host.peak_rss_mib();
+    println!("flooding plugins: peak RSS {before} MiB -> {peak} MiB");
+    // Three calls of each flood: a 1 MiB key 2,000 times, 10,000 log lines of
+    // 100 KB, 48 MiB of grant keys; each stops at its 16 MiB budget.
+    assert!(peak < before + 400, "peak resident memory {before} -> {peak} MiB");
+    // A campaign whose config the plugin refuses with 10 MiB of error: cut before the API and the log.
+    std::fs::write(host.dir.path().join("rules/campaigns/evil-huge-error.toml"), hostile("huge-error")).unwrap();
+    let started = Instant::now();
+    let huge = loop {
+        let view = host.admin_get("/campaigns").await;
+        let found = view["errors"].as_array().unwrap().iter().find_map(|e| {
+            e["file"].as_str().unwrap().contains("huge-error").then(|| e["error"].as_str().unwrap().len())
+        });
+        if let Some(len) = found {
+            break len;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{view}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(huge < 2048, "the refused config's error is {huge} bytes");
+    let paused = host.admin_get("/campaigns").await;
+    assert_eq!(host.get_text("/healthz").await, "ok", "{paused}");
+    host.stop();
+    let hoarded: usize = host
+        .campaign_state()
+        .await
+        .iter()
+        .filter(|(c, _, _)| c == "evil-state-hoard")
+        .map(|(_, k, v)| k.len() + v.len())
+        .sum();
+    assert!(hoarded > 0 && hoarded <= 1 << 20, "a campaign's state is capped: {hoarded} bytes");
+    assert!(!host.log().contains(&"l".repeat(3000)), "log lines are cut");
+}

@@ -12,6 +12,7 @@ pub mod heartbeat;
 pub mod ids;
 pub mod link;
 pub mod pause;
+pub mod text;
 
 pub use event::{Event, InboxEvent};
 pub use event_time::{now_ms, EventTime, Minute};
@@ -21,3 +22,4 @@ pub use heartbeat::{Heartbeat, ViewerList};
 pub use ids::{check_id, Id, MAX_ID_LEN};
 pub use link::AccountLink;
 pub use pause::Paused;
+pub use text::cut;

@@ -8,17 +8,22 @@ use std::time::Instant;
 use wasmtime::{Store, Trap};
 
 use super::error::PluginError;
-use super::host::CallState;
-use super::limits::{self, CallLimits, MemoryLimitExceeded};
+use super::host::{CallBudget, CallState};
+use super::limits::{self, CallLimits, HostBytesExceeded, ImportRefused, MemoryLimitExceeded, MAX_ERROR_BYTES};
 use super::load::Plugin;
 use super::runtime::{PluginRuntime, EPOCH_TICK};
 use super::state::CampaignKv;
 use super::wit::{Campaign, GameState, Grant, Heartbeat, HeartbeatVerdict, Rules, Viewer};
-use crate::domain::ViewerList;
+use crate::domain::{cut, ViewerList};
 
 /// A hook's answer, whose grants the host checks.
 trait Answer {
     fn grants(&self) -> &[Grant];
+
+    /// Bytes the answer carries into the host beyond its fixed-size fields.
+    fn bytes(&self) -> usize {
+        self.grants().iter().map(|g| g.key.as_ref().map_or(0, String::len)).sum()
+    }
 }
 
 impl Answer for HeartbeatVerdict {
@@ -42,7 +47,7 @@ impl PluginRuntime {
             .drops_rules_rule()
             .call_validate_config(&mut store, campaign)
             .map_err(|e| self.classify(e, 0))?
-            .map_err(PluginError::Rejected)
+            .map_err(|e| PluginError::Rejected(cut(e, MAX_ERROR_BYTES)))
     }
 
     /// Decides one heartbeat for a campaign, in a fresh instance. The
@@ -92,7 +97,16 @@ impl PluginRuntime {
         let result = self
             .instantiate(plugin, &mut store)
             .and_then(|rules| invoke(&rules, &mut store).map_err(|e| self.classify(e, viewer_count)))
-            .and_then(|r| r.map_err(PluginError::Rejected))
+            .and_then(|answer| {
+                // The answer crossed into the host too: its error string or grant keys count.
+                let bytes = match &answer {
+                    Ok(answer) => answer.bytes(),
+                    Err(message) => message.len(),
+                };
+                let budget = store.data().host_budget;
+                store.data_mut().charge(bytes).map_err(|_| PluginError::HostBudget(budget))?;
+                answer.map_err(|e| PluginError::Rejected(cut(e, MAX_ERROR_BYTES)))
+            })
             .and_then(|answer| {
                 limits::check_grants(answer.grants(), viewer_count, campaign.rewards.len())
                     .map_err(PluginError::BadOutput)?;
@@ -120,7 +134,12 @@ impl PluginRuntime {
         viewer_count: usize,
     ) -> Store<CallState> {
         let limits = CallLimits::new(self.settings.max_memory_bytes);
-        let mut store = Store::new(&self.engine, CallState::new(limits, &plugin.name, campaign, viewers, state));
+        let budget = CallBudget {
+            host_bytes: self.host_bytes_budget(viewer_count),
+            campaign_state_bytes: usize::try_from(self.settings.max_campaign_state_bytes).unwrap_or(usize::MAX),
+        };
+        let call = CallState::new(limits, budget, &plugin.name, campaign, viewers, state);
+        let mut store = Store::new(&self.engine, call);
         store.limiter(|s| &mut s.limits);
         // Fuel is the CPU limit that decides; the epoch deadline only backs it
         // up in wall time. Without a deadline set before the first call, the
@@ -140,11 +159,17 @@ impl PluginRuntime {
         if let Some(oom) = err.chain().find_map(|e| e.downcast_ref::<MemoryLimitExceeded>()) {
             return PluginError::OutOfMemory(oom.to_string());
         }
+        if let Some(over) = err.chain().find_map(|e| e.downcast_ref::<HostBytesExceeded>()) {
+            return PluginError::HostBudget(over.budget);
+        }
+        if let Some(refused) = err.chain().find_map(|e| e.downcast_ref::<ImportRefused>()) {
+            return PluginError::BadOutput(refused.0.clone());
+        }
         match err.downcast_ref::<Trap>() {
             Some(Trap::OutOfFuel) => PluginError::CpuBudget(self.fuel_budget(viewers)),
             Some(Trap::Interrupt) => PluginError::Timeout(self.deadline_ms(viewers)),
             Some(trap) => PluginError::Trap(trap.to_string()),
-            None => PluginError::Trap(format!("{err:#}")),
+            None => PluginError::Trap(cut(format!("{err:#}"), MAX_ERROR_BYTES)),
         }
     }
 }

@@ -22,6 +22,8 @@ pub enum PluginError {
     CpuBudget(u64),
     #[error("ran past its wall-clock deadline of {0} ms")]
     Timeout(u64),
+    #[error("sent the host more than its budget of {0} bytes in one call")]
+    HostBudget(u64),
     #[error("exceeded its memory limit: {0}")]
     OutOfMemory(String),
     #[error("trapped: {0}")]

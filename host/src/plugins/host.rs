@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use super::limits::{CallLimits, MAX_LOG_BYTES, MAX_LOG_LINES};
-use super::state::{CampaignKv, Overlay};
+use super::limits::{CallLimits, HostBytesExceeded, ImportRefused, MAX_LOG_BYTES, MAX_LOG_LINES};
+use super::state::{CampaignKv, Overlay, MAX_KEY_BYTES};
 use super::wit::{host_interface, Level};
 use crate::domain::ViewerList;
 
@@ -19,12 +19,25 @@ pub struct CallState {
     plugin: Arc<str>,
     campaign: String,
     log_lines: u32,
+    /// Bytes the plugin has sent the host in this call, and how many it may.
+    host_bytes: u64,
+    pub(super) host_budget: u64,
+    max_campaign_state_bytes: usize,
+}
+
+/// What bounds one call besides memory and CPU.
+pub(super) struct CallBudget {
+    /// Bytes the plugin may send the host, imports and answer together.
+    pub host_bytes: u64,
+    /// Bytes of state its campaign may hold.
+    pub campaign_state_bytes: usize,
 }
 
 impl CallState {
     /// The state of a call of `plugin` for `campaign`, over the event's `viewers`.
     pub(super) fn new(
         limits: CallLimits,
+        budget: CallBudget,
         plugin: &str,
         campaign: &str,
         viewers: Arc<ViewerList>,
@@ -38,15 +51,37 @@ impl CallState {
             plugin: Arc::from(plugin),
             campaign: campaign.to_string(),
             log_lines: 0,
+            host_bytes: 0,
+            host_budget: budget.host_bytes,
+            max_campaign_state_bytes: budget.campaign_state_bytes,
         }
+    }
+
+    /// Counts `bytes` the plugin sent; past the budget the call fails.
+    pub(super) fn charge(&mut self, bytes: usize) -> wasmtime::Result<()> {
+        self.host_bytes = self.host_bytes.saturating_add(bytes as u64);
+        if self.host_bytes > self.host_budget {
+            return Err(wasmtime::Error::new(HostBytesExceeded { budget: self.host_budget }));
+        }
+        Ok(())
+    }
+
+    /// A state key the host refuses outright (it has no error channel to answer with).
+    fn check_key(key: &str) -> wasmtime::Result<()> {
+        if key.len() > MAX_KEY_BYTES {
+            let message = format!("state key is {} bytes, more than {MAX_KEY_BYTES}", key.len());
+            return Err(wasmtime::Error::new(ImportRefused(message)));
+        }
+        Ok(())
     }
 }
 
 impl host_interface::Host for CallState {
-    fn log(&mut self, level: Level, message: String) {
+    fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
+        self.charge(message.len())?;
         self.log_lines += 1;
         if self.log_lines > MAX_LOG_LINES {
-            return;
+            return Ok(());
         }
         let mut message = message;
         if message.len() > MAX_LOG_BYTES {
@@ -63,21 +98,29 @@ impl host_interface::Host for CallState {
             Level::Warn => tracing::warn!(plugin, campaign, "{message}"),
             Level::Error => tracing::error!(plugin, campaign, "{message}"),
         }
+        Ok(())
     }
 
-    fn viewer_id(&mut self, handle: u32) -> Option<String> {
-        self.viewers.get(handle as usize).map(String::from)
+    fn viewer_id(&mut self, handle: u32) -> wasmtime::Result<Option<String>> {
+        self.charge(4)?;
+        Ok(self.viewers.get(handle as usize).map(String::from))
     }
 
-    fn state_get(&mut self, key: String) -> Option<Vec<u8>> {
-        self.overlay.get(&self.state, &key)
+    fn state_get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        self.charge(key.len())?;
+        Self::check_key(&key)?;
+        Ok(self.overlay.get(&self.state, &key))
     }
 
-    fn state_set(&mut self, key: String, value: Vec<u8>) -> Result<(), String> {
-        self.overlay.set(key, value)
+    fn state_set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), String>> {
+        self.charge(key.len() + value.len())?;
+        Ok(self.overlay.set(&self.state, key, value, self.max_campaign_state_bytes))
     }
 
-    fn state_delete(&mut self, key: String) {
-        self.overlay.delete(key)
+    fn state_delete(&mut self, key: String) -> wasmtime::Result<()> {
+        self.charge(key.len())?;
+        Self::check_key(&key)?;
+        self.overlay.delete(&self.state, key);
+        Ok(())
     }
 }

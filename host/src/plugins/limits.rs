@@ -22,6 +22,23 @@ pub struct MemoryLimitExceeded {
     pub limit: usize,
 }
 
+/// A plugin sent the host more bytes in one call than its budget: through
+/// imports (log lines, state keys and values) and its answer (grant keys,
+/// error strings). Counted, not timed, so the verdict is the same on replay.
+#[derive(Debug, thiserror::Error)]
+#[error("sent the host more than its budget of {budget} bytes in one call")]
+pub struct HostBytesExceeded {
+    pub budget: u64,
+}
+
+/// A plugin called an import with an argument the host refuses outright.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ImportRefused(pub String);
+
+/// Longest plugin error string kept (logs, the pause reason).
+pub const MAX_ERROR_BYTES: usize = 1024;
+
 /// The resource limiter of one call.
 #[derive(Debug)]
 pub struct CallLimits {

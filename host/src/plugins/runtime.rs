@@ -71,6 +71,12 @@ impl PluginRuntime {
         self.settings.max_call_fuel.max(1).saturating_add(allowance)
     }
 
+    /// The bytes a call with `viewers` viewers may send the host.
+    pub fn host_bytes_budget(&self, viewers: usize) -> u64 {
+        let allowance = (viewers as u64).saturating_mul(self.settings.max_call_host_bytes_per_viewer);
+        self.settings.max_call_host_bytes.max(1).saturating_add(allowance)
+    }
+
     /// The wall-clock deadline of a call with `viewers` viewers, in milliseconds.
     pub fn deadline_ms(&self, viewers: usize) -> u64 {
         let allowance = (viewers as u64).saturating_mul(self.settings.max_call_ns_per_viewer) / 1_000_000;

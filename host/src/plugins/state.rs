@@ -20,6 +20,8 @@ pub const MAX_WRITE_BYTES_PER_CALL: usize = 16 << 20;
 pub struct CampaignKv {
     map: HashMap<String, Vec<u8>>,
     dirty: HashSet<String>,
+    /// Bytes of keys and values held.
+    bytes: usize,
 }
 
 /// The writes of one call, applied only if the call succeeds.
@@ -27,6 +29,12 @@ pub struct CampaignKv {
 pub struct Overlay {
     writes: BTreeMap<String, Option<Vec<u8>>>,
     bytes: usize,
+    /// How the writes change the campaign's total bytes.
+    net: isize,
+}
+
+fn entry_bytes(key: &str, value: &[u8]) -> usize {
+    key.len() + value.len()
 }
 
 impl Overlay {
@@ -38,25 +46,50 @@ impl Overlay {
         }
     }
 
-    /// Records a write, refusing oversized keys, values or totals.
-    pub fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), String> {
+    /// Records a write, refusing oversized keys, values, call totals, or a
+    /// campaign whose state would pass `max_campaign_bytes`.
+    pub fn set(
+        &mut self,
+        base: &CampaignKv,
+        key: String,
+        value: Vec<u8>,
+        max_campaign_bytes: usize,
+    ) -> Result<(), String> {
         if key.len() > MAX_KEY_BYTES {
             return Err(format!("state key is {} bytes, more than {MAX_KEY_BYTES}", key.len()));
         }
         if value.len() > MAX_VALUE_BYTES {
             return Err(format!("state value is {} bytes, more than {MAX_VALUE_BYTES}", value.len()));
         }
-        self.bytes += key.len() + value.len();
-        if self.bytes > MAX_WRITE_BYTES_PER_CALL {
+        if self.bytes + entry_bytes(&key, &value) > MAX_WRITE_BYTES_PER_CALL {
             return Err(format!("one call may write at most {MAX_WRITE_BYTES_PER_CALL} bytes of state"));
         }
+        let net = self.net + entry_bytes(&key, &value) as isize - self.held(base, &key) as isize;
+        let total = (base.bytes as isize + net).max(0) as usize;
+        if total > max_campaign_bytes {
+            return Err(format!(
+                "the campaign's state would hold {total} bytes, more than its cap of {max_campaign_bytes}"
+            ));
+        }
+        self.bytes += entry_bytes(&key, &value);
+        self.net = net;
         self.writes.insert(key, Some(value));
         Ok(())
     }
 
     /// Records a delete.
-    pub fn delete(&mut self, key: String) {
+    pub fn delete(&mut self, base: &CampaignKv, key: String) {
+        self.net -= self.held(base, &key) as isize;
         self.writes.insert(key, None);
+    }
+
+    /// Bytes `key` holds as the call sees it.
+    fn held(&self, base: &CampaignKv, key: &str) -> usize {
+        match self.writes.get(key) {
+            Some(Some(v)) => entry_bytes(key, v),
+            Some(None) => 0,
+            None => base.map.get(key).map_or(0, |v| entry_bytes(key, v)),
+        }
     }
 }
 
@@ -64,21 +97,29 @@ impl CampaignKv {
     /// Applies a successful call's writes.
     pub fn apply(&mut self, overlay: Overlay) {
         for (key, value) in overlay.writes {
-            match value {
+            let old = match value {
                 Some(v) => {
-                    self.map.insert(key.clone(), v);
+                    self.bytes += entry_bytes(&key, &v);
+                    self.map.insert(key.clone(), v)
                 }
-                None => {
-                    self.map.remove(&key);
-                }
-            }
+                None => self.map.remove(&key),
+            };
+            self.bytes -= old.map_or(0, |v| entry_bytes(&key, &v));
             self.dirty.insert(key);
         }
     }
 
     /// Restores one key from a checkpoint.
     pub fn restore(&mut self, key: String, value: Vec<u8>) {
-        self.map.insert(key, value);
+        self.bytes += entry_bytes(&key, &value);
+        if let Some(old) = self.map.insert(key.clone(), value) {
+            self.bytes -= entry_bytes(&key, &old);
+        }
+    }
+
+    /// Bytes of keys and values held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Changed keys: `Some(value)` to store, `None` to delete.
@@ -110,22 +151,39 @@ mod tests {
     fn writes_apply_only_when_applied() {
         let mut kv = CampaignKv::default();
         let mut overlay = Overlay::default();
-        overlay.set("a".into(), vec![1]).unwrap();
+        overlay.set(&kv, "a".into(), vec![1], usize::MAX).unwrap();
         assert_eq!(overlay.get(&kv, "a"), Some(vec![1]));
         assert_eq!(kv.len(), 0, "a failed call's overlay is simply dropped");
         kv.apply(overlay);
+        assert_eq!(kv.bytes(), 2);
         let mut overlay = Overlay::default();
-        overlay.delete("a".into());
+        overlay.delete(&kv, "a".into());
         assert_eq!(overlay.get(&kv, "a"), None);
         kv.apply(overlay);
         assert!(kv.is_empty());
+        assert_eq!(kv.bytes(), 0);
         assert_eq!(kv.dirty().collect::<Vec<_>>(), vec![("a", None)]);
     }
 
     #[test]
-    fn limits() {
+    fn a_campaign_state_is_capped_in_bytes() {
+        let mut kv = CampaignKv::default();
         let mut overlay = Overlay::default();
-        assert!(overlay.set("k".repeat(MAX_KEY_BYTES + 1), vec![]).unwrap_err().contains("key"));
-        assert!(overlay.set("k".into(), vec![0; MAX_VALUE_BYTES + 1]).unwrap_err().contains("value"));
+        overlay.set(&kv, "a".into(), vec![0; 90], 100).unwrap();
+        assert!(overlay.set(&kv, "b".into(), vec![0; 20], 100).unwrap_err().contains("cap of 100"));
+        overlay.set(&kv, "a".into(), vec![0; 10], 100).unwrap();
+        overlay.set(&kv, "b".into(), vec![0; 20], 100).unwrap();
+        kv.apply(overlay);
+        assert_eq!(kv.bytes(), 11 + 21);
+        let mut overlay = Overlay::default();
+        overlay.delete(&kv, "a".into());
+        overlay.set(&kv, "c".into(), vec![0; 70], 100).unwrap();
+    }
+
+    #[test]
+    fn limits() {
+        let (kv, mut overlay) = (CampaignKv::default(), Overlay::default());
+        assert!(overlay.set(&kv, "k".repeat(MAX_KEY_BYTES + 1), vec![], usize::MAX).unwrap_err().contains("key"));
+        assert!(overlay.set(&kv, "k".into(), vec![0; MAX_VALUE_BYTES + 1], usize::MAX).unwrap_err().contains("value"));
     }
 }

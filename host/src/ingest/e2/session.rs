@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use super::auth::{self, Session};
 use super::protocol::{close, ClientMessage, Kind, ServerMessage, Violation};
 use super::E2Hub;
-use crate::domain::{now_ms, GameStateEvent, Update};
+use crate::domain::{cut, now_ms, GameStateEvent, Update};
 use crate::http::json_field;
 
 /// What an accepted message asks of the connection.
@@ -247,19 +247,6 @@ impl<'a> Connection<'a> {
 /// Longest error message sent back (and logged).
 const MAX_ERROR_MESSAGE_BYTES: usize = 300;
 
-/// `text` cut to at most `max` bytes on a character boundary, marked when cut.
-fn cut(mut text: String, max: usize) -> String {
-    if text.len() > max {
-        let mut end = max;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-        text.push_str("… (cut)");
-    }
-    text
-}
-
 pub(super) async fn send(socket: &mut WebSocket, message: &ServerMessage<'_>) -> Result<(), axum::Error> {
     let text = serde_json::to_string(message).unwrap_or_default();
     socket.send(Message::Text(Utf8Bytes::from(text))).await
@@ -272,17 +259,4 @@ pub(super) async fn reconnect(hub: &E2Hub, socket: &mut WebSocket, code: u16) {
 
 pub(super) fn close_frame(code: u16, reason: &str) -> Message {
     Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from(reason.to_string()) }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn echoes_are_cut_on_a_character_boundary() {
-        assert_eq!(cut("short".into(), 300), "short");
-        let long = "é".repeat(400);
-        let out = cut(long, 301);
-        assert!(out.ends_with("… (cut)") && out.len() <= 301 + "… (cut)".len(), "{}", out.len());
-    }
 }

@@ -18,6 +18,9 @@ pub const HOST_IMPORT: &str = concat!("drops:rules/host@", version!());
 wasmtime::component::bindgen!({
     path: "../plugin-sdk/wit",
     world: "rules",
+    // Every import may fail the call: that is how a plugin that sends the
+    // host more than its budget is stopped, deterministically.
+    imports: { default: trappable },
 });
 
 pub use drops::rules::host::{self as host_interface, Level};

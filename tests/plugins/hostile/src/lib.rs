@@ -1,9 +1,10 @@
-//! Misbehaves as its config asks: `{ "mode": "loop" | "memory" | "recursion" | "flood" | "panic" | "ok" }`.
+//! Misbehaves as its config asks: `{ "mode": "loop" | "memory" | "recursion" | "flood" | "panic" |
+//! "state-flood" | "state-hoard" | "log-flood" | "big-keys" | "huge-error" | "ok" }`.
 //! Used by the sandbox tests to show the host survives each attack.
 
 use std::hint::black_box;
 
-use drops_plugin_sdk::{Campaign, Grant, Heartbeat, Rule, Viewer};
+use drops_plugin_sdk::{log, state, Campaign, Grant, Heartbeat, Level, Rule, Viewer};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -26,7 +27,10 @@ impl Rule for Hostile {
 
     fn validate(config: &Config, _: &Campaign) -> Result<(), String> {
         match config.mode.as_str() {
-            "loop" | "memory" | "recursion" | "flood" | "panic" | "ok" => Ok(()),
+            "loop" | "memory" | "recursion" | "flood" | "panic" | "ok" | "state-flood" | "state-hoard"
+            | "log-flood" | "big-keys" => Ok(()),
+            // Ten MiB of error: the host must cut it before it reaches a log or an answer.
+            "huge-error" => Err(format!("config.mode: {}", "x".repeat(10 << 20))),
             other => Err(format!("config.mode: unknown mode `{other}`")),
         }
     }
@@ -47,6 +51,33 @@ impl Rule for Hostile {
             "recursion" => vec![Grant::once(0, recurse(black_box(u64::MAX)) as u32)],
             "flood" => (0..100_000).map(|_| Grant::once(0, 0)).collect(),
             "panic" => panic!("the rule gave up"),
+            "state-flood" => {
+                // One 1 MiB key, sent to the host again and again.
+                let key = "k".repeat(1 << 20);
+                for _ in 0..2_000 {
+                    state::delete(black_box(&key));
+                }
+                Vec::new()
+            }
+            "state-hoard" => {
+                // 600 KB of new state per call, for as long as the host takes it.
+                let minute = black_box(viewers.len());
+                for i in 0..10 {
+                    let _ =
+                        state::set(&format!("{}-{minute}-{i}", state::get("n").map_or(0, |v| v.len())), &[7; 60_000]);
+                }
+                let n = state::get("n").unwrap_or_default();
+                let _ = state::set("n", &[n, vec![0]].concat());
+                viewers.iter().map(|v| Grant::once(v.handle, 0)).collect()
+            }
+            "log-flood" => {
+                let line = "l".repeat(100_000);
+                for _ in 0..10_000 {
+                    log(Level::Info, black_box(&line));
+                }
+                Vec::new()
+            }
+            "big-keys" => (0..6).map(|i| Grant::repeatable(0, 0, format!("{i}{}", "k".repeat(8 << 20)))).collect(),
             _ => viewers.iter().map(|v| Grant::once(v.handle, 0)).collect(),
         }
     }
