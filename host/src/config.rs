@@ -107,6 +107,9 @@ pub struct EngineSettings {
     pub checkpoint_interval_secs: u64,
     /// Inbox events read per step.
     pub batch_events: u32,
+    /// Events kept for a campaign paused by its circuit breaker; beyond,
+    /// its oldest are given up (the inbox keeps their viewer lists until then).
+    pub max_paused_backlog_events: u64,
 }
 
 /// The E2 game-state websocket (`GET /e2`). Limits default to the E2 guide's.
@@ -284,7 +287,7 @@ impl Default for ManifestSettings {
 
 impl Default for EngineSettings {
     fn default() -> Self {
-        EngineSettings { checkpoint_interval_secs: 10, batch_events: 64 }
+        EngineSettings { checkpoint_interval_secs: 10, batch_events: 64, max_paused_backlog_events: 1_000_000 }
     }
 }
 
@@ -376,6 +379,7 @@ impl Settings {
         in_range("manifests.max_file_bytes", self.manifests.max_file_bytes, 4096, 100_000_000)?;
         in_range("engine.checkpoint_interval_secs", self.engine.checkpoint_interval_secs, 1, 3600)?;
         in_range("engine.batch_events", self.engine.batch_events.into(), 1, 100_000)?;
+        in_range("engine.max_paused_backlog_events", self.engine.max_paused_backlog_events, 1, 1 << 40)?;
         let p = &self.plugins;
         in_range("plugins.max_call_fuel", p.max_call_fuel, 1_000, 1 << 40)?;
         in_range("plugins.max_call_fuel_per_viewer", p.max_call_fuel_per_viewer, 0, 1_000_000)?;

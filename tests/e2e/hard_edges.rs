@@ -305,3 +305,68 @@ async fn slow_clients_cannot_lock_twitch_out() {
     assert_eq!(host.get_text("/healthz").await, "ok");
     host.stop();
 }
+
+#[tokio::test]
+async fn viewer_lists_of_channels_gone_quiet_are_let_go() {
+    let config = HostConfig { extra_toml: "[e2]\nwatching_window_secs = 1\n".into(), ..Default::default() };
+    let Some(mut host) = TestHost::spawn(Backend::Sqlite, config).await else { return };
+    for b in ["b-1", "b-2"] {
+        let hb = heartbeat(&format!("{b}-h"), b, "GameName", "2026-11-23T10:00:00Z", &["v-1", "v-2"]);
+        assert_eq!(host.post_vhs(None, &hb).await.0, 200);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let hb = heartbeat("b-3-h", "b-3", "GameName", "2026-11-23T10:01:00Z", &["v-3"]);
+    assert_eq!(host.post_vhs(None, &hb).await.0, 200);
+    let started = std::time::Instant::now();
+    loop {
+        let metrics = host.get_text("/metrics").await;
+        if metrics.lines().any(|l| l == "drops_engine_broadcasters_watching 1") {
+            break;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "{metrics}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    host.stop();
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&host.database_url).await.unwrap();
+    let watchers: Vec<String> =
+        sqlx::query_scalar("SELECT broadcaster_id FROM watchers").fetch_all(&pool).await.unwrap();
+    assert_eq!(watchers, ["b-3"]);
+    let kept: Vec<String> =
+        sqlx::query_scalar("SELECT dedup_key FROM inbox WHERE viewers IS NOT NULL").fetch_all(&pool).await.unwrap();
+    assert_eq!(kept, ["b-3-h"], "only the latest channel's viewers are still stored");
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn a_paused_campaigns_backlog_is_capped() {
+    let broken = "id = \"broken\"\nname = \"b\"\ngame = \"GameName\"\nclient_id = \"c\"\n\
+        starts_at = \"2026-11-01T00:00:00Z\"\nends_at = \"2026-12-01T00:00:00Z\"\n\
+        [[rewards]]\nid = \"r\"\n[rule]\nplugin = \"hostile\"\nconfig = { mode = \"panic\" }\n";
+    let config = HostConfig {
+        campaigns: vec![("broken".into(), broken.into())],
+        extra_plugins: vec!["hostile"],
+        extra_toml: "[plugins]\nbreaker_failures = 1\n".into(),
+        // The test host's [engine] table is written already; the environment sets the cap.
+        env: vec![("DROPS_HOST_ENGINE__MAX_PAUSED_BACKLOG_EVENTS".into(), "2".into())],
+        ..Default::default()
+    };
+    let Some(mut host) = TestHost::spawn(Backend::Sqlite, config).await else { return };
+    for m in 0..6 {
+        let hb = heartbeat(&format!("h{m}"), "b", "GameName", &format!("2026-11-23T10:0{m}:00Z"), &["v"]);
+        assert_eq!(host.post_vhs(None, &hb).await.0, 200);
+    }
+    let started = std::time::Instant::now();
+    loop {
+        let metrics = host.get_text("/metrics").await;
+        let dropped =
+            metrics.lines().any(|l| l.starts_with("drops_breaker_backlog_dropped_total{campaign=\"broken\"}"));
+        if dropped && metrics.lines().any(|l| l == "drops_engine_paused_backlog_events 2") {
+            break;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "{metrics}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(host.log().contains("max_paused_backlog_events"));
+    host.stop();
+}

@@ -60,6 +60,8 @@ pub struct HostConfig {
     pub record_events: bool,
     /// More TOML appended to the config file.
     pub extra_toml: String,
+    /// Environment variables of the process (for keys whose table the config file already has).
+    pub env: Vec<(String, String)>,
 }
 
 /// A running drops-host process and its files.
@@ -114,6 +116,8 @@ impl TestHost {
         }
         toml.push_str(&config.extra_toml);
         std::fs::write(dir.path().join("drops-host.toml"), toml).unwrap();
+        let env: String = config.env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+        std::fs::write(dir.path().join("env"), env).unwrap();
         let (child, base) = start_process(dir.path());
         Some(TestHost { dir, database_url, base, client: reqwest::Client::new(), child })
     }
@@ -340,6 +344,13 @@ fn start_process(dir: &Path) -> (Child, String) {
         .args(["serve", "--config"])
         .arg(dir.join("drops-host.toml"))
         .env("RUST_LOG", "info,drops_host=debug")
+        .envs(
+            std::fs::read_to_string(dir.join("env"))
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        )
         .stdout(Stdio::piped())
         .stderr(log)
         .spawn()

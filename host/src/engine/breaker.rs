@@ -84,6 +84,28 @@ impl Breakers {
         self.paused.insert(campaign, paused);
     }
 
+    /// Keeps each paused campaign's backlog to at most `max_events` behind
+    /// `cursor`: the inbox keeps viewer lists for a paused campaign, so a
+    /// campaign left broken for weeks would otherwise keep them all. The
+    /// oldest events beyond the cap are given up for that campaign; returns
+    /// (campaign, events given up).
+    pub fn cap_backlog(&mut self, cursor: i64, max_events: u64) -> Vec<(String, u64)> {
+        let floor = cursor.saturating_sub(i64::try_from(max_events).unwrap_or(i64::MAX)) + 1;
+        let mut dropped = Vec::new();
+        for (campaign, paused) in &mut self.paused {
+            if paused.since_seq < floor {
+                dropped.push((campaign.clone(), (floor - paused.since_seq) as u64));
+                paused.since_seq = floor;
+            }
+        }
+        dropped
+    }
+
+    /// Events kept for paused campaigns: the longest backlog, as of `cursor`.
+    pub fn backlog(&self, cursor: i64) -> u64 {
+        self.oldest_needed().map_or(0, |since| (cursor - since + 1).max(0) as u64)
+    }
+
     /// The oldest event a paused campaign still needs (its viewer lists must be kept).
     pub fn oldest_needed(&self) -> Option<i64> {
         self.paused.values().map(|p| p.since_seq).min()
@@ -104,6 +126,9 @@ mod tests {
         assert!(b.failure("c", 4, "h", "r", "trap".into()), "third in a row");
         assert!(b.is_paused("c") && !b.is_paused("d"));
         assert_eq!(b.oldest_needed(), Some(5));
+        assert_eq!(b.backlog(104), 100);
+        assert_eq!(b.cap_backlog(104, 10), vec![("c".to_string(), 90)]);
+        assert_eq!((b.oldest_needed(), b.backlog(104)), (Some(95), 10));
         b.resume("c");
         assert!(!b.is_paused("c"));
     }

@@ -42,6 +42,8 @@ pub struct Broadcasters {
     watching: HashMap<String, Watching>,
     dirty_game: HashSet<String>,
     dirty_watching: HashSet<String>,
+    /// Broadcasters whose viewers were let go since the last checkpoint.
+    gone_watching: HashSet<String>,
     /// A heartbeat that arrived at most this long before a change says who watches.
     watching_window_ms: i64,
 }
@@ -54,6 +56,7 @@ impl Broadcasters {
             watching: HashMap::new(),
             dirty_game: HashSet::new(),
             dirty_watching: HashSet::new(),
+            gone_watching: HashSet::new(),
             watching_window_ms,
         }
     }
@@ -93,6 +96,34 @@ impl Broadcasters {
         let watching = Watching { seq, minute, arrived_ms, viewers: heartbeat.viewer_list.clone() };
         self.watching.insert(broadcaster.clone(), watching);
         self.dirty_watching.insert(broadcaster.clone());
+        self.gone_watching.remove(broadcaster);
+    }
+
+    /// Lets go of the viewers of broadcasters whose latest heartbeat arrived
+    /// longer than the watching window before `now_ms` (the newest arrival
+    /// the engine has judged, so a replay prunes alike): they can no longer
+    /// be anyone's "watching now", and a channel that went offline would
+    /// otherwise keep its last viewer list forever. Returns how many went.
+    pub fn prune(&mut self, now_ms: i64) -> usize {
+        let window = self.watching_window_ms;
+        let gone: Vec<String> =
+            self.watching.iter().filter(|(_, w)| now_ms - w.arrived_ms > window).map(|(b, _)| b.clone()).collect();
+        for broadcaster in &gone {
+            self.watching.remove(broadcaster);
+            self.dirty_watching.remove(broadcaster);
+            self.gone_watching.insert(broadcaster.clone());
+        }
+        gone.len()
+    }
+
+    /// Broadcasters whose latest heartbeat's viewers are held.
+    pub fn watching_count(&self) -> usize {
+        self.watching.len()
+    }
+
+    /// Broadcasters let go since the last checkpoint (their stored rows go too).
+    pub fn gone(&self) -> Vec<String> {
+        self.gone_watching.iter().cloned().collect()
     }
 
     /// The minute the broadcaster's game state last changed, if it has any.
@@ -186,6 +217,7 @@ impl Broadcasters {
     pub fn clear_dirty(&mut self) {
         self.dirty_game.clear();
         self.dirty_watching.clear();
+        self.gone_watching.clear();
     }
 }
 
@@ -243,6 +275,24 @@ mod tests {
         assert!(b.watching_now("b-1", arrived + 121_000).is_none(), "older than the window");
         assert_eq!(b.broadcast_minute("b-1", arrived + 121_000), ((arrived + 121_000) / 60_000) as u32);
         assert!(b.watching_now("b-2", arrived).is_none());
+    }
+
+    #[test]
+    fn viewers_outside_the_window_are_let_go() {
+        let mut b = Broadcasters::new(WINDOW_MS);
+        let hb = |id: &str, who: &str| -> Heartbeat {
+            serde_json::from_value(json!({"id": id, "broadcaster": who, "game": "G",
+                "time": "2026-11-01T10:00:00Z", "viewer_list": ["v1"]}))
+            .unwrap()
+        };
+        b.saw_heartbeat(1, 0, &hb("h1", "b-1"));
+        b.saw_heartbeat(2, 100_000, &hb("h2", "b-2"));
+        assert_eq!(b.prune(WINDOW_MS), 0);
+        assert_eq!(b.prune(WINDOW_MS + 1), 1);
+        assert_eq!((b.watching_count(), b.gone()), (1, vec!["b-1".to_string()]));
+        assert!(b.watching_now("b-1", WINDOW_MS).is_none());
+        b.saw_heartbeat(3, 200_000, &hb("h3", "b-1"));
+        assert!(b.gone().is_empty(), "back before the checkpoint: not gone");
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub struct Evaluation {
 
 /// Evaluates one event against the rule set, updating the engine's state.
 pub fn evaluate(state: &mut State, rules: &RuleSet, runtime: &PluginRuntime, event: &InboxEvent, out: &mut Evaluation) {
+    state.latest_arrival_ms = state.latest_arrival_ms.max(event.received_at_ms);
     match &event.event {
         Event::Heartbeat(hb) => {
             state.broadcasters.saw_heartbeat(event.seq, event.received_at_ms, hb);

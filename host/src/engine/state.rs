@@ -49,6 +49,9 @@ pub struct State {
     pub breakers: Breakers,
     /// Game state and viewers per broadcaster.
     pub broadcasters: Broadcasters,
+    /// The newest arrival time (host clock) of the events judged so far:
+    /// "now" for pruning, the same on replay.
+    pub latest_arrival_ms: i64,
 }
 
 impl State {
@@ -76,6 +79,7 @@ impl State {
                 checkpoint.game_state,
                 checkpoint.watchers,
             ),
+            latest_arrival_ms: 0,
         }
     }
 

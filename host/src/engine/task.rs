@@ -211,6 +211,7 @@ impl Engine {
     }
 
     async fn checkpoint(&self, state: &mut State, cursor: i64, stop: &CancellationToken) -> Result<(), EngineError> {
+        self.bound_memory(state, cursor);
         let rows = state.watch_time.dirty_rows();
         let kv = state.dirty_campaign_state();
         let (game_state, watchers) = state.broadcasters.dirty_rows();
@@ -224,11 +225,33 @@ impl Engine {
             keep_from_seq: state.breakers.oldest_needed(),
             game_state: &game_state,
             watchers: &watchers,
+            watchers_gone: &state.broadcasters.gone(),
         };
         retry(|| self.store.save_checkpoint(&write), stop).await?;
         state.clear_dirty();
         tracing::debug!(inbox_seq = cursor, rows = rows.len(), "checkpoint saved");
         Ok(())
+    }
+}
+
+impl Engine {
+    /// Lets go of what the engine no longer needs before a checkpoint saves
+    /// the rest, and reports what it holds.
+    fn bound_memory(&self, state: &mut State, cursor: i64) {
+        let let_go = state.broadcasters.prune(state.latest_arrival_ms);
+        let compacted = state.watch_time.compact();
+        if let_go > 0 || compacted > 0 {
+            tracing::debug!(broadcasters = let_go, viewer_ids = compacted, "let go of state no longer needed");
+        }
+        let cap = self.options.engine.max_paused_backlog_events;
+        for (campaign, dropped) in state.breakers.cap_backlog(cursor, cap) {
+            metrics::counter!("drops_breaker_backlog_dropped_total", "campaign" => campaign.clone()).increment(dropped);
+            tracing::error!(campaign = %campaign, dropped, cap,
+                "paused campaign's backlog passed engine.max_paused_backlog_events: its oldest events are given up");
+        }
+        metrics::gauge!("drops_engine_broadcasters_watching").set(state.broadcasters.watching_count() as f64);
+        metrics::gauge!("drops_engine_viewer_ids").set(state.watch_time.interned() as f64);
+        metrics::gauge!("drops_engine_paused_backlog_events").set(state.breakers.backlog(cursor) as f64);
     }
 }
 

@@ -188,6 +188,34 @@ impl WatchTime {
         }
     }
 
+    /// Ids interned, whether or not any campaign counts a minute of theirs.
+    pub fn interned(&self) -> usize {
+        self.interner.ids.len()
+    }
+
+    /// Drops interned ids that no campaign holds progress for (viewers of
+    /// heartbeats whose minutes did not count, or whose call failed), once
+    /// they are most of the interner: it would otherwise only grow. Run at
+    /// checkpoints, where no [`Tentative`] is alive.
+    pub fn compact(&mut self) -> usize {
+        let held: HashSet<u32> = self.campaigns.values().flat_map(|c| c.viewers.keys().copied()).collect();
+        let unheld = self.interner.ids.len() - held.len();
+        if unheld <= held.len().max(1024) {
+            return 0;
+        }
+        let mut fresh = Interner::default();
+        let mut renumber: HashMap<u32, u32> = HashMap::with_capacity(held.len());
+        for &old in &held {
+            renumber.insert(old, fresh.intern(&self.interner.ids[old as usize]));
+        }
+        for progress in self.campaigns.values_mut() {
+            progress.viewers = progress.viewers.drain().map(|(v, p)| (renumber[&v], p)).collect();
+            progress.dirty = progress.dirty.drain().map(|v| renumber[&v]).collect();
+        }
+        self.interner = fresh;
+        unheld
+    }
+
     /// Total minutes counted over every campaign and viewer.
     pub fn total_minutes(&self) -> u64 {
         self.campaigns.values().flat_map(|c| c.viewers.values()).map(|p| p.minutes as u64).sum()
@@ -197,6 +225,21 @@ impl WatchTime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_no_campaign_holds_are_compacted_away() {
+        let mut wt = WatchTime::default();
+        let kept = wt.tentative("c", ["keep"].into_iter(), 100);
+        wt.commit("c", &kept);
+        let ids: Vec<String> = (0..5000).map(|i| format!("idle-{i}")).collect();
+        // Minutes the rule did not count: interned, never committed.
+        let _ = wt.tentative("c", ids.iter().map(String::as_str), 101);
+        assert_eq!(wt.interned(), 5001);
+        assert_eq!(wt.compact(), 5000);
+        assert_eq!(wt.interned(), 1);
+        assert_eq!(wt.progress("c", "keep").minutes, 1);
+        assert_eq!(wt.dirty_rows().len(), 1, "dirty rows survive the renumbering");
+    }
 
     impl WatchTime {
         /// Counts one viewer's minute, as the engine does when a rule lets it count.

@@ -68,6 +68,8 @@ pub struct CheckpointWrite<'a> {
     pub game_state: &'a [GameStateRow],
     /// Broadcasters whose latest heartbeat changed.
     pub watchers: &'a [WatcherRow],
+    /// Broadcasters whose viewers are no longer needed (outside the watching window).
+    pub watchers_gone: &'a [String],
 }
 
 const ROWS_PER_STATEMENT: usize = 1000;
@@ -200,6 +202,17 @@ impl Store {
             .bind(row.minute as i64)
             .execute(&mut *tx)
             .await?;
+        }
+        for broadcaster in write.watchers_gone {
+            sqlx::query(
+                "UPDATE inbox SET viewers = NULL WHERE seq <= $1 AND seq IN \
+                 (SELECT inbox_seq FROM watchers WHERE broadcaster_id = $2)",
+            )
+            .bind(prune_to)
+            .bind(broadcaster)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("DELETE FROM watchers WHERE broadcaster_id = $1").bind(broadcaster).execute(&mut *tx).await?;
         }
         sqlx::query(
             "INSERT INTO engine_checkpoint (id, inbox_seq, taken_at, pruned_seq) VALUES (1, $1, $2, $3) \

@@ -290,6 +290,7 @@ async fn a_checkpoint_round_trips_and_prunes_what_it_passed() {
             keep_from_seq: None,
             game_state: &game,
             watchers: &watchers,
+            watchers_gone: &[],
         };
         store.save_checkpoint(&write).await.unwrap();
 
