@@ -38,3 +38,5 @@ pub mod secrets;
 pub mod simulate;
 pub mod store;
 pub mod telemetry;
+#[cfg(test)]
+mod test_values;

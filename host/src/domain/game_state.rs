@@ -139,4 +139,27 @@ mod tests {
         assert_eq!(changed_keys(&before, &once), ["boss", "level"]);
         assert!(changed_keys(&once, &twice).is_empty());
     }
+
+    mod properties {
+        use super::*;
+        use crate::test_values::json_value;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn a_patch_is_idempotent_and_its_changes_are_exact(target in json_value(), patch in json_value()) {
+                let mut once = target.clone();
+                merge_patch(&mut once, &patch);
+                let mut twice = once.clone();
+                merge_patch(&mut twice, &patch);
+                prop_assert_eq!(&once, &twice);
+                let changed = changed_keys(&target, &once);
+                if let (Some(before), Some(after)) = (target.as_object(), once.as_object()) {
+                    for key in before.keys().chain(after.keys()) {
+                        prop_assert_eq!(changed.contains(key), before.get(key) != after.get(key));
+                    }
+                }
+            }
+        }
+    }
 }

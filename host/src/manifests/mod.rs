@@ -221,4 +221,34 @@ mod tests {
         let b = batches(grants, FIXED_BYTES + 30);
         assert_eq!(b.iter().map(|(_, ids)| ids.len()).collect::<Vec<_>>(), vec![2, 2, 2, 2, 2]);
     }
+
+    mod properties {
+        use super::*;
+        use crate::test_values::hostile_string;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn every_grant_lands_in_exactly_one_batch_within_the_size(
+                users in prop::collection::vec((0u8..3, hostile_string()), 0..200),
+                max_bytes in (FIXED_BYTES + 1)..(FIXED_BYTES + 400),
+            ) {
+                let grants: Vec<UnbatchedGrant> = users
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (b, user))| grant(i as i64, &format!("b{b}"), user))
+                    .collect();
+                let out = batches(grants.clone(), max_bytes);
+                let mut seen: Vec<i64> = out.iter().flat_map(|(_, ids)| ids.clone()).collect();
+                seen.sort();
+                prop_assert_eq!(seen, (0..grants.len() as i64).collect::<Vec<_>>());
+                for (row, ids) in &out {
+                    prop_assert!(!ids.is_empty());
+                    let bytes: u64 = ids.iter().map(|&i| grants[i as usize].user_id.len() as u64 + 3).sum();
+                    prop_assert!(ids.len() == 1 || bytes + FIXED_BYTES <= max_bytes, "{} bytes", bytes);
+                    prop_assert!(ids.iter().all(|&i| grants[i as usize].broadcaster_id == row.broadcaster_id));
+                }
+            }
+        }
+    }
 }

@@ -207,4 +207,41 @@ config = { tiers = [ { minutes = 30, reward = "bronze" } ] }
         let def: CampaignFile = toml::from_str(&GOOD.replace("2026-11-27", "2026-11-19")).unwrap();
         assert_eq!(def.validate().unwrap_err(), "field `ends_at`: must be after `starts_at`");
     }
+
+    mod properties {
+        use super::*;
+        use crate::test_values::hostile_string;
+        use proptest::prelude::*;
+
+        const FIELDS: [&str; 8] = ["id", "name", "game", "game_id", "client_id", "starts_at", "ends_at", "enabled"];
+
+        fn toml_value() -> impl Strategy<Value = String> {
+            prop_oneof![
+                hostile_string().prop_map(|s| toml::Value::String(s).to_string()),
+                any::<i64>().prop_map(|n| n.to_string()),
+                any::<bool>().prop_map(|b| b.to_string()),
+                Just("[1, 2]".to_string()),
+                Just("\"2026-11-19T00:00:00Z\"".to_string()),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn a_campaign_file_loads_or_its_error_names_the_field(
+                field in prop::sample::select(FIELDS.to_vec()),
+                value in toml_value(),
+            ) {
+                let mut lines: Vec<String> =
+                    GOOD.lines().filter(|l| !l.starts_with(&format!("{field} ="))).map(String::from).collect();
+                lines.insert(1, format!("{field} = {value}"));
+                let text = lines.join("\n");
+                let result = toml::from_str::<CampaignFile>(&text)
+                    .map_err(|e| e.to_string())
+                    .and_then(|def| def.validate());
+                if let Err(message) = result {
+                    prop_assert!(message.contains(field) || message.contains("ends_at"), "{}", message);
+                }
+            }
+        }
+    }
 }

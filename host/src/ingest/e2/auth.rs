@@ -26,15 +26,11 @@ pub async fn authenticate(hub: &E2Hub, msg: &ClientMessage) -> Result<Session, V
     if token.is_empty() {
         return Err(unauthorized("invalid_token", "field `token`: missing".into()));
     }
-    for prefix in ["bearer ", "oauth "] {
-        // `get` rather than slicing: a non-ASCII token must not split a character.
-        if let Some(sent) = token.get(..prefix.len()).filter(|sent| sent.eq_ignore_ascii_case(prefix)) {
-            let prefix = &sent[..prefix.len() - 1];
-            return Err(unauthorized(
-                "token_prefix",
-                format!("field `token`: send the token alone, without the `{prefix}` prefix"),
-            ));
-        }
+    if let Some(prefix) = auth_scheme_prefix(token) {
+        return Err(unauthorized(
+            "token_prefix",
+            format!("field `token`: send the token alone, without the `{prefix}` prefix"),
+        ));
     }
     let client_id = required(&msg.client_id, "client_id")?;
     let game_id = required(&msg.game_id, "game_id")?;
@@ -122,9 +118,40 @@ pub async fn authenticate(hub: &E2Hub, msg: &ClientMessage) -> Result<Session, V
     Ok(Session { publishers, client_id, game_id, authoritative: info.kind == TokenKind::App })
 }
 
+/// The `Bearer`/`OAuth` scheme a token was sent with, as sent (E2 wants the token alone).
+fn auth_scheme_prefix(token: &str) -> Option<&str> {
+    ["bearer ", "oauth "].into_iter().find_map(|prefix| {
+        // `get` rather than slicing: a non-ASCII token must not split a character.
+        let sent = token.get(..prefix.len())?;
+        sent.eq_ignore_ascii_case(prefix).then(|| &sent[..prefix.len() - 1])
+    })
+}
+
 fn required(value: &Option<String>, field: &str) -> Result<String, Violation> {
     match value.as_deref() {
         Some(v) if !v.trim().is_empty() => Ok(v.to_string()),
         _ => Err(Violation::drop("malformed", format!("field `{field}`: missing"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn schemes_are_found_in_any_case() {
+        assert_eq!(auth_scheme_prefix("Bearer abc"), Some("Bearer"));
+        assert_eq!(auth_scheme_prefix("oAuTh abc"), Some("oAuTh"));
+        assert_eq!(auth_scheme_prefix("bearerabc"), None);
+        assert_eq!(auth_scheme_prefix("éééé"), None);
+    }
+
+    proptest! {
+        #[test]
+        fn any_token_is_answered_without_a_panic(token in "\\PC{0,12}") {
+            let _ = auth_scheme_prefix(&token);
+            let _ = auth_scheme_prefix(&format!("Bear{token}"));
+        }
     }
 }

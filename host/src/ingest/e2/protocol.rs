@@ -96,3 +96,38 @@ impl Violation {
         Violation { code, message: message.into(), close: Some(close) }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::json_field;
+    use crate::test_values::{hostile_string, json_value};
+    use proptest::prelude::*;
+
+    const FIELDS: [&str; 7] = ["type", "seq", "token", "client_id", "game_id", "broadcaster_ids", "data"];
+
+    proptest! {
+        #[test]
+        fn any_message_is_parsed_or_refused_naming_its_field(
+            kind in prop::sample::select(vec!["connect", "delta", "refresh", "flush", "disconnect", "x"]),
+            field in prop::sample::select(FIELDS.to_vec()),
+            value in json_value(),
+            token in hostile_string(),
+        ) {
+            let mut message = serde_json::json!({"type": kind, "token": token, "data": {}});
+            message[field] = value;
+            let text = message.to_string();
+            let de = &mut serde_json::Deserializer::from_str(&text);
+            if let Err(e) = serde_path_to_error::deserialize::<_, ClientMessage>(de) {
+                let named = json_field(&e);
+                prop_assert!(FIELDS.iter().any(|f| named.starts_with(f)), "named `{}`: {}", named, e);
+            }
+        }
+
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,64}") {
+            let de = &mut serde_json::Deserializer::from_str(&text);
+            let _ = serde_path_to_error::deserialize::<_, ClientMessage>(de);
+        }
+    }
+}

@@ -163,4 +163,63 @@ mod tests {
         assert_eq!(parse(&packed[..], true, 1 << 20).unwrap().len(), 100);
         assert!(matches!(parse(&packed[..], true, 1000), Err(BodyError::TooLarge { .. })));
     }
+
+    mod properties {
+        use super::*;
+        use crate::test_values::{hostile_string, json_value};
+        use proptest::prelude::*;
+
+        const FIELDS: [&str; 9] =
+            ["id", "broadcaster", "broadcast_id", "viewers", "viewer_list", "game", "version", "time", "retries"];
+
+        /// A heartbeat with any field replaced by any value (or removed).
+        fn tampered() -> impl Strategy<Value = (String, serde_json::Value)> {
+            (prop::sample::select(FIELDS.to_vec()), prop::option::of(json_value())).prop_map(|(field, value)| {
+                let mut hb: serde_json::Value = serde_json::from_str(HB).unwrap();
+                match value {
+                    Some(v) => hb[field] = v,
+                    None => {
+                        hb.as_object_mut().unwrap().remove(field);
+                    }
+                }
+                (field.to_string(), hb)
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512), gzip in any::<bool>()) {
+                let _ = parse(&bytes[..], gzip, 1 << 16);
+            }
+
+            #[test]
+            fn arbitrary_json_never_panics(value in json_value()) {
+                let _ = parse(value.to_string().as_bytes(), false, 1 << 20);
+            }
+
+            #[test]
+            fn a_bad_field_is_named((field, hb) in tampered(), batch in any::<bool>()) {
+                let body = if batch { format!("[{HB},{hb}]") } else { hb.to_string() };
+                match parse(body.as_bytes(), false, 1 << 20) {
+                    Ok(_) => {}
+                    Err(BodyError::Invalid { field: named, message }) => {
+                        prop_assert!(!message.is_empty());
+                        let want = if batch { format!("[1].{field}") } else { field.clone() };
+                        prop_assert!(named.starts_with(&want), "named `{}` for a bad `{}`: {}", named, want, message);
+                    }
+                    Err(other) => prop_assert!(false, "{other:?}"),
+                }
+            }
+
+            #[test]
+            fn hostile_viewer_ids_are_taken_or_named(id in hostile_string()) {
+                let body = HB.replace(r#"["v"]"#, &serde_json::json!(["ok", id]).to_string());
+                match parse(body.as_bytes(), false, 1 << 20) {
+                    Ok(hbs) => prop_assert_eq!(hbs[0].viewer_list.get(1), Some(id.as_str())),
+                    Err(BodyError::Invalid { field, .. }) => prop_assert_eq!(field, "viewer_list[1]"),
+                    Err(other) => prop_assert!(false, "{other:?}"),
+                }
+            }
+        }
+    }
 }

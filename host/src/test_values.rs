@@ -1,0 +1,34 @@
+//! Arbitrary values for property tests: hostile strings (non-ASCII, control
+//! characters, quotes) and JSON nested a few levels deep.
+
+use proptest::prelude::*;
+use serde_json::Value;
+
+/// Strings as an attacker would send them.
+pub fn hostile_string() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "\\PC{0,16}",
+        "[\\x00-\\x1f\"\\\\é日]{0,8}",
+        Just(String::new()),
+        Just(" ".into()),
+        (0usize..300).prop_map(|n| "x".repeat(n)),
+    ]
+}
+
+/// Any JSON value, up to a few levels deep.
+pub fn json_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
+        hostile_string().prop_map(Value::String),
+    ];
+    leaf.prop_recursive(4, 48, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            prop::collection::btree_map(hostile_string(), inner, 0..6)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
