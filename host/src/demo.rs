@@ -103,6 +103,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         e2_messages_per_window: settings.e2.messages_per_window,
         e2_window_secs: settings.e2.window_secs,
         admin_token: Some(DEMO_ADMIN_TOKEN.into()),
+        acked_log: None,
     };
     println!(
         "== simulating Twitch: {} channels of GameName, {} viewers each + {} watching all of them, {} minutes at {}x, every 7th report redelivered",

@@ -20,19 +20,32 @@ struct RecordedGameState<T> {
 /// Appends evaluated events to a recording.
 pub struct Recorder {
     path: PathBuf,
-    out: std::io::BufWriter<std::fs::File>,
+    /// One batch, written with one `write_all` so a crash cuts at most its last line.
+    out: Vec<u8>,
+    file: std::fs::File,
 }
 
 impl Recorder {
-    /// Opens (or creates) the recording for appending.
+    /// Opens (or creates) the recording for appending. A line cut short by
+    /// a crash is ended first, so the next event starts a line of its own.
     pub fn open(path: &Path) -> std::io::Result<Recorder> {
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(Recorder { path: path.to_path_buf(), out: std::io::BufWriter::new(file) })
+        use std::io::{Read, Seek, SeekFrom};
+        let mut file = std::fs::OpenOptions::new().create(true).read(true).append(true).open(path)?;
+        if file.seek(SeekFrom::End(0))? > 0 {
+            file.seek(SeekFrom::End(-1))?;
+            let mut last = [0u8; 1];
+            file.read_exact(&mut last)?;
+            if last[0] != b'\n' {
+                file.write_all(b"\n")?;
+            }
+        }
+        Ok(Recorder { path: path.to_path_buf(), out: Vec::new(), file })
     }
 
     /// Appends events. Recording is a debugging aid: a failed write is
     /// logged and never stops grants.
     pub fn write(&mut self, events: &[InboxEvent]) {
+        self.out.clear();
         let result = events
             .iter()
             .try_for_each(|e| {
@@ -45,7 +58,7 @@ impl Recorder {
                 self.out.write_all(b"\n")?;
                 Ok::<_, std::io::Error>(())
             })
-            .and_then(|()| self.out.flush());
+            .and_then(|()| self.file.write_all(&self.out));
         if let Err(e) = result {
             tracing::warn!(path = %self.path.display(), "event recording failed: {e}");
         }
@@ -109,5 +122,13 @@ mod tests {
         assert!(matches!(&lines[1].event, Event::GameState(g) if *g == gs));
         assert_eq!((lines[1].dedup_id.as_str(), lines[1].received_at_ms), ("e2:c:1", 5));
         assert!(parse_line(r#"{"id":"h"}"#).unwrap_err().contains("broadcaster"));
+
+        // A line cut short by a crash stays on its own line; the next event starts a fresh one.
+        std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"{\"id\":").unwrap();
+        let mut recorder = Recorder::open(&path).unwrap();
+        recorder.write(&[InboxEvent { seq: 3, received_at_ms: 9, event: Event::Heartbeat(hb.clone()) }]);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let last: Vec<&str> = text.lines().rev().take(2).collect();
+        assert!(parse_line(last[0]).is_ok() && parse_line(last[1]).is_err(), "{text}");
     }
 }

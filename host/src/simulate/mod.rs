@@ -91,6 +91,10 @@ pub struct SimulateArgs {
     /// (Twitch user `twitch-<broadcaster>` is game account `<broadcaster>`) first.
     #[arg(long, env = "DROPS_HOST_ADMIN__TOKEN")]
     pub admin_token: Option<String>,
+    /// Append the id of every report the host acknowledged to this file, one
+    /// per line (crash tests check each one is stored).
+    #[arg(long)]
+    pub acked_log: Option<std::path::PathBuf>,
 }
 
 /// The Twitch user id simulated for a broadcaster's game account.
@@ -209,6 +213,14 @@ pub async fn run(args: &SimulateArgs) -> anyhow::Result<SimulateReport> {
                 line.skipped = pending.len() as u64;
                 break;
             }
+        }
+        if let Some(path) = &args.acked_log {
+            let ids: String = results.iter().filter_map(|r| r.acked.as_ref()).map(|id| format!("{id}\n")).collect();
+            use std::io::Write;
+            let mut log = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+            log.write_all(ids.as_bytes())?;
+            // Flushed before the next minute: an id is written only after its acknowledgement.
+            log.sync_data()?;
         }
         for r in &results {
             line.reports += 1;
@@ -343,6 +355,8 @@ struct MinuteResult {
     duplicates: u64,
     failed: bool,
     viewers: u64,
+    /// The report's id, once the host acknowledged it.
+    acked: Option<String>,
 }
 
 async fn send_with_retries(client: &reqwest::Client, url: &str, mut report: Report<'_>, twice: bool) -> MinuteResult {
@@ -361,6 +375,7 @@ async fn send_with_retries(client: &reqwest::Client, url: &str, mut report: Repo
                         result.duplicates += answer.duplicates;
                     }
                     delivered = true;
+                    result.acked = Some(report.id.clone());
                     break;
                 }
                 Ok(resp) => {
@@ -440,6 +455,7 @@ mod tests {
             e2_messages_per_window: 60,
             e2_window_secs: 60,
             admin_token: None,
+            acked_log: None,
         }
     }
 
