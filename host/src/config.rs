@@ -65,6 +65,7 @@ impl Default for HttpSettings {
 #[serde(default, deny_unknown_fields)]
 pub struct VhsSettings {
     /// Shared secret: `/vhs/{token}` or a signature is required when set.
+    #[serde(deserialize_with = "secret_text")]
     pub token: Option<String>,
     /// Largest accepted body, after gzip decompression.
     pub max_body_bytes: u64,
@@ -76,6 +77,9 @@ pub struct VhsSettings {
     pub request_timeout_secs: u64,
     /// Bodies read at once; beyond, 503 with `Retry-After` (Twitch retries).
     pub max_bodies_in_flight: usize,
+    /// Bytes of signed bodies held in memory at once while their signature
+    /// is checked (it is checked before anything is parsed); beyond, 503.
+    pub max_signed_bytes_in_flight: u64,
 }
 
 /// The admin API under `/v1`.
@@ -83,6 +87,7 @@ pub struct VhsSettings {
 #[serde(default, deny_unknown_fields)]
 pub struct AdminSettings {
     /// Bearer token; when unset, `/v1` is refused.
+    #[serde(deserialize_with = "secret_text")]
     pub token: Option<String>,
 }
 
@@ -275,6 +280,7 @@ impl Default for VhsSettings {
             max_future_secs: 300,
             request_timeout_secs: 30,
             max_bodies_in_flight: 64,
+            max_signed_bytes_in_flight: 512 << 20,
         }
     }
 }
@@ -314,6 +320,24 @@ pub enum ConfigError {
     Read(#[from] Box<figment::Error>),
     #[error("invalid configuration: `{key}` {message}")]
     Invalid { key: &'static str, message: String },
+}
+
+/// A secret as text, whatever the environment made of it: `DROPS_HOST_ADMIN__TOKEN=1234...`
+/// arrives as a number, and a type error would print the secret.
+fn secret_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Text {
+        Str(String),
+        Unsigned(u64),
+        Signed(i64),
+    }
+    Ok(match Option::<Text>::deserialize(d)? {
+        Some(Text::Str(s)) => Some(s),
+        Some(Text::Unsigned(n)) => Some(n.to_string()),
+        Some(Text::Signed(n)) => Some(n.to_string()),
+        None => None,
+    })
 }
 
 /// Ten years: no setting of seconds needs more, and `Instant + Duration` must not overflow.
@@ -371,6 +395,7 @@ impl Settings {
         in_range("http.max_connections", self.http.max_connections as u64, 1, 1_000_000)?;
         in_range("http.shutdown_timeout_secs", self.http.shutdown_timeout_secs, 1, 3600)?;
         in_range("vhs.request_timeout_secs", self.vhs.request_timeout_secs, 1, 3600)?;
+        in_range("vhs.max_signed_bytes_in_flight", self.vhs.max_signed_bytes_in_flight, 1 << 20, 1 << 40)?;
         in_range("vhs.max_bodies_in_flight", self.vhs.max_bodies_in_flight as u64, 1, 100_000)?;
         in_range("vhs.max_future_secs", self.vhs.max_future_secs, 0, MAX_SECS)?;
         in_range("vhs.max_age_secs", self.vhs.max_age_secs.unwrap_or(0), 0, MAX_SECS)?;
@@ -460,6 +485,19 @@ mod tests {
         s.vhs.token = Some("short".into());
         assert!(s.validate().unwrap_err().to_string().contains("`vhs.token` is 5 bytes"));
         assert!(Settings::default().validate().is_ok());
+    }
+
+    #[test]
+    fn a_numeric_secret_from_the_environment_is_text_and_never_printed() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("DROPS_HOST_ADMIN__TOKEN", "12345678901234567890");
+            let s = Settings::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(s.admin.token.as_deref(), Some("12345678901234567890"));
+            jail.set_env("DROPS_HOST_ADMIN__TOKEN", "[1]");
+            let err = Settings::load(None).unwrap_err().to_string();
+            assert!(!err.contains("[1]") || err.contains("admin"), "{err}");
+            Ok(())
+        });
     }
 
     #[test]

@@ -175,6 +175,22 @@ async fn before_authentication_e2_costs_little_and_echoes_little() {
     assert_eq!(closing["code"], "connect_timeout", "{closing}");
     assert_eq!(recv(&mut ws).await["closed"], 4008);
 
+    // Binary frames count against the rate like any message.
+    let mut ws = connect(&host).await;
+    use futures_util::SinkExt;
+    for _ in 0..70 {
+        if ws.send(tokio_tungstenite::tungstenite::Message::binary(vec![0u8])).await.is_err() {
+            break;
+        }
+    }
+    let closed = loop {
+        let answer = recv(&mut ws).await;
+        if answer["code"] != "malformed" {
+            break answer;
+        }
+    };
+    assert_eq!(closed["code"], "rate_limited", "{closed}");
+
     // An honest game server: one question to Twitch, its broadcasters resolved in one go.
     let mut ws = connect(&host).await;
     send(&mut ws, connect_message("app-token", Some(&["twitch-b1", "twitch-b2"]), json!({"level": 1}))).await;
@@ -221,6 +237,24 @@ async fn an_unauthenticated_gzip_bomb_is_refused_before_it_is_inflated() {
     // Before the fix the same four bodies were inflated and parsed first: +446 MiB.
     assert!(grown < 64, "peak resident memory grew by {grown} MiB for four refused bodies");
 
+    // A signed body must say its length: it is buffered (within a budget) before its signature is checked.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(host.base.trim_start_matches("http://")).await.unwrap();
+        let request = format!(
+            "POST /vhs HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\ndrops-message-id: m-9\r\n\
+             drops-message-timestamp: {now}\r\ndrops-message-signature: sha256=00\r\n\r\n1\r\n[\r\n0\r\n\r\n"
+        );
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = vec![0u8; 64];
+        let n = s.read(&mut answer).await.unwrap();
+        assert!(
+            String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 411"),
+            "{}",
+            String::from_utf8_lossy(&answer[..n])
+        );
+    }
+
     // A correctly signed body still goes through.
     let body = serde_json::to_vec(&heartbeat("h-1", "b-1", "GameName", "2026-11-23T10:00:00Z", &["v-1"])).unwrap();
     let signature = drops_host::ingest::vhs::auth::sign(secret, "m-2", &now, &body);
@@ -243,6 +277,11 @@ async fn slow_clients_cannot_lock_twitch_out() {
     };
     let Some(mut host) = TestHost::spawn(Backend::Sqlite, config).await else { return };
     let addr = host.base.trim_start_matches("http://").to_string();
+    // 20 clients that connect and send nothing at all.
+    let mut silent = Vec::new();
+    for _ in 0..20 {
+        silent.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
     // 100 clients stalled in their headers, more than the connection limit.
     let mut stalled = Vec::new();
     for _ in 0..100 {
@@ -302,6 +341,11 @@ async fn slow_clients_cannot_lock_twitch_out() {
         }
     }
     assert_eq!(cut, 100, "every stalled connection is closed by the host");
+    for mut s in silent {
+        let mut buf = [0u8; 16];
+        let closed = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf)).await;
+        assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "a silent socket is closed at the header deadline");
+    }
     assert_eq!(host.get_text("/healthz").await, "ok");
     host.stop();
 }

@@ -37,7 +37,7 @@ impl<'de> Deserialize<'de> for EventTime {
         let s = String::deserialize(d)?;
         OffsetDateTime::parse(&s, &Rfc3339)
             .map(EventTime)
-            .map_err(|e| de::Error::custom(format!("`{s}` is not an RFC 3339 time: {e}")))
+            .map_err(|e| de::Error::custom(format!("`{}` is not an RFC 3339 time: {e}", super::cut(s.clone(), 64))))
     }
 }
 

@@ -1,8 +1,12 @@
 //! Bounding text that came from outside (a client's value quoted in an
 //! error, a plugin's error string) before it is logged, stored or sent back.
 
-/// `text` cut to at most `max` bytes on a character boundary, marked when cut.
+/// `text` cut to at most `max` bytes on a character boundary, marked when
+/// cut, with NUL (which PostgreSQL's text refuses) replaced.
 pub fn cut(mut text: String, max: usize) -> String {
+    if text.contains('\0') {
+        text = text.replace('\0', "\u{fffd}");
+    }
     if text.len() > max {
         let mut end = max;
         while !text.is_char_boundary(end) {

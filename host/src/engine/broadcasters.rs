@@ -46,11 +46,13 @@ pub struct Broadcasters {
     gone_watching: HashSet<String>,
     /// A heartbeat that arrived at most this long before a change says who watches.
     watching_window_ms: i64,
+    /// Largest merged state kept; a message that would pass it is not applied.
+    max_state_bytes: usize,
 }
 
 impl Broadcasters {
     /// No broadcasters yet; a heartbeat says who watches for `watching_window_ms`.
-    pub fn new(watching_window_ms: i64) -> Broadcasters {
+    pub fn new(watching_window_ms: i64, max_state_bytes: usize) -> Broadcasters {
         Broadcasters {
             game: HashMap::new(),
             watching: HashMap::new(),
@@ -58,16 +60,18 @@ impl Broadcasters {
             dirty_watching: HashSet::new(),
             gone_watching: HashSet::new(),
             watching_window_ms,
+            max_state_bytes,
         }
     }
 
     /// Rebuilds from checkpoint rows; a state that no longer parses starts empty.
     pub fn restore(
         watching_window_ms: i64,
+        max_state_bytes: usize,
         game: Vec<GameStateRow>,
         watchers: Vec<(WatcherRow, Heartbeat)>,
     ) -> Broadcasters {
-        let mut out = Broadcasters::new(watching_window_ms);
+        let mut out = Broadcasters::new(watching_window_ms, max_state_bytes);
         for row in game {
             let state = serde_json::from_str(&row.state).unwrap_or_else(|_| Value::Object(Default::default()));
             let entry = GameState { twitch_user_id: row.twitch_user_id, state, changed_minute: row.changed_minute };
@@ -166,6 +170,13 @@ impl Broadcasters {
         if changed.is_empty() {
             return None;
         }
+        let size = current.to_string().len();
+        if size > self.max_state_bytes {
+            metrics::counter!("drops_e2_state_too_large_total").increment(1);
+            tracing::warn!(broadcaster = %publisher.account_id, size, max = self.max_state_bytes,
+                "game state message not applied: the merged state would pass e2.max_full_bytes");
+            return None;
+        }
         let entry = GameState {
             twitch_user_id: publisher.twitch_user_id.clone(),
             state: current.clone(),
@@ -248,7 +259,7 @@ mod tests {
 
     #[test]
     fn only_real_changes_are_changes() {
-        let mut b = Broadcasters::new(WINDOW_MS);
+        let mut b = Broadcasters::new(WINDOW_MS, 100_000);
         let full = event(Update::Full, json!({"level": 1, "boss_defeated": false}), 100);
         let change = b.apply(&publisher(), &full, 100).unwrap();
         assert_eq!(change.changed, ["boss_defeated", "level"]);
@@ -263,7 +274,7 @@ mod tests {
 
     #[test]
     fn changes_fall_on_the_broadcast_timeline_and_see_recent_viewers() {
-        let mut b = Broadcasters::new(WINDOW_MS);
+        let mut b = Broadcasters::new(WINDOW_MS, 100_000);
         let hb: Heartbeat = serde_json::from_value(json!({"id": "h", "broadcaster": "b-1", "game": "G",
             "time": "2026-11-01T10:00:00Z", "viewer_list": ["v1", "v2"]}))
         .unwrap();
@@ -278,8 +289,17 @@ mod tests {
     }
 
     #[test]
+    fn deltas_cannot_grow_the_state_past_the_full_state_limit() {
+        let mut b = Broadcasters::new(WINDOW_MS, 64);
+        assert!(b.apply(&publisher(), &event(Update::Full, json!({"a": 1}), 1), 1).is_some());
+        let big = event(Update::Patch, json!({"b": "x".repeat(100)}), 2);
+        assert!(b.apply(&publisher(), &big, 2).is_none());
+        assert_eq!(b.state("b-1"), Some(&json!({"a": 1})));
+    }
+
+    #[test]
     fn viewers_outside_the_window_are_let_go() {
-        let mut b = Broadcasters::new(WINDOW_MS);
+        let mut b = Broadcasters::new(WINDOW_MS, 100_000);
         let hb = |id: &str, who: &str| -> Heartbeat {
             serde_json::from_value(json!({"id": id, "broadcaster": who, "game": "G",
                 "time": "2026-11-01T10:00:00Z", "viewer_list": ["v1"]}))
@@ -297,12 +317,12 @@ mod tests {
 
     #[test]
     fn dirty_rows_round_trip_through_restore() {
-        let mut b = Broadcasters::new(WINDOW_MS);
+        let mut b = Broadcasters::new(WINDOW_MS, 100_000);
         b.apply(&publisher(), &event(Update::Full, json!({"level": 2}), 7), 7);
         let (game, watchers) = b.dirty_rows();
         assert_eq!(game.len(), 1);
         assert!(watchers.is_empty());
-        let restored = Broadcasters::restore(WINDOW_MS, game, Vec::new());
+        let restored = Broadcasters::restore(WINDOW_MS, 100_000, game, Vec::new());
         assert_eq!(restored.state("b-1"), Some(&json!({"level": 2})));
         assert_eq!(restored.state_changed("b-1"), Some(7));
         b.clear_dirty();

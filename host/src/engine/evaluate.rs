@@ -167,7 +167,9 @@ fn settle(
             out.plugin_errors += 1;
             tracing::warn!(campaign = %campaign_id, plugin = %campaign.plugin.name, "plugin call failed: {err}");
             let (hash, revision) = (&campaign.plugin.hash.0, &campaign.revision);
-            if state.breakers.failure(campaign_id, made.seq, hash, revision, err.to_string()) {
+            // The reason is stored and shown: bounded, and without NUL.
+            let reason = crate::domain::cut(err.to_string(), 2048);
+            if state.breakers.failure(campaign_id, made.seq, hash, revision, reason) {
                 metrics::counter!("drops_breaker_opened_total", "campaign" => campaign_id.clone()).increment(1);
                 tracing::error!(campaign = %campaign_id, plugin = %campaign.plugin.name, plugin_hash = %hash,
                     "circuit breaker open: campaign paused until a new plugin version or campaign revision; its events are kept");

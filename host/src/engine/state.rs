@@ -19,6 +19,9 @@ pub struct Judgement {
     pub breaker_failures: u32,
     /// A heartbeat that arrived at most this long before a game-state change says who watches.
     pub watching_window_ms: i64,
+    /// Largest merged game state of a broadcaster (E2's full-state limit): a
+    /// stream of small deltas must not grow it past what a connect may send.
+    pub max_game_state_bytes: usize,
 }
 
 impl Judgement {
@@ -28,6 +31,7 @@ impl Judgement {
             breaker_failures: settings.plugins.breaker_failures,
             watching_window_ms: i64::try_from(settings.e2.watching_window_secs.saturating_mul(1000))
                 .unwrap_or(i64::MAX),
+            max_game_state_bytes: settings.e2.max_full_bytes,
         }
     }
 }
@@ -76,6 +80,7 @@ impl State {
             breakers,
             broadcasters: Broadcasters::restore(
                 judgement.watching_window_ms,
+                judgement.max_game_state_bytes,
                 checkpoint.game_state,
                 checkpoint.watchers,
             ),

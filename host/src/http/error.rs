@@ -74,6 +74,11 @@ impl ApiError {
         ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("body is larger than {limit} bytes (vhs.max_body_bytes)"))
     }
 
+    /// 411: a signed VHS body must say its length up front.
+    pub fn length_required() -> ApiError {
+        ApiError::new(StatusCode::LENGTH_REQUIRED, "a signed body needs a Content-Length")
+    }
+
     /// 415.
     pub fn unsupported_encoding(encoding: &str) -> ApiError {
         ApiError::new(

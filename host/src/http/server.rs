@@ -1,7 +1,10 @@
 //! The accept loop: axum's `serve` sets no timer in hyper, so a client that
-//! never finishes its headers holds a connection forever. This loop gives
-//! hyper a header-read deadline, caps the connections served at once (the
-//! rest wait in the kernel's backlog), and bounds graceful shutdown.
+//! never finishes its headers holds a connection forever. This loop serves
+//! HTTP/1.1 only (Twitch and E2's websocket upgrade need nothing else) with
+//! hyper's header-read deadline, which runs whenever a connection waits for
+//! a request head: from the moment it is accepted (a socket that sends
+//! nothing), and between keep-alive requests. It caps the connections served
+//! at once (the rest wait in the kernel's backlog) and bounds graceful shutdown.
 
 use std::pin::pin;
 use std::sync::Arc;
@@ -11,8 +14,8 @@ use axum::body::Body;
 use axum::Router;
 use futures_util::FutureExt;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -35,8 +38,8 @@ pub struct ServerLimits {
 pub async fn serve(listener: TcpListener, router: Router, limits: ServerLimits, stop: CancellationToken) {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let connections = TaskTracker::new();
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
+    let mut builder = http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
     loop {
         let permit = tokio::select! {
             permit = permits.clone().acquire_owned() => match permit {
@@ -60,8 +63,7 @@ pub async fn serve(listener: TcpListener, router: Router, limits: ServerLimits, 
         let _ = stream.set_nodelay(true);
         let service = router.clone().map_request(|request: axum::http::Request<Incoming>| request.map(Body::new));
         let connection =
-            builder.serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service));
-        let connection = connection.into_owned();
+            builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service)).with_upgrades();
         let stop = stop.clone();
         connections.spawn(async move {
             let mut connection = pin!(connection);

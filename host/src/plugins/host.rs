@@ -72,6 +72,9 @@ impl CallState {
             let message = format!("state key is {} bytes, more than {MAX_KEY_BYTES}", key.len());
             return Err(wasmtime::Error::new(ImportRefused(message)));
         }
+        if key.chars().any(char::is_control) {
+            return Err(wasmtime::Error::new(ImportRefused("state key contains control characters".into())));
+        }
         Ok(())
     }
 }
@@ -83,7 +86,8 @@ impl host_interface::Host for CallState {
         if self.log_lines > MAX_LOG_LINES {
             return Ok(());
         }
-        let mut message = message;
+        // A plugin's line is one line of the host's log: no forged line breaks or escapes.
+        let mut message: String = message.chars().map(|c| if c.is_control() { '\u{fffd}' } else { c }).collect();
         if message.len() > MAX_LOG_BYTES {
             let mut cut = MAX_LOG_BYTES;
             while !message.is_char_boundary(cut) {

@@ -75,7 +75,8 @@ impl ResourceLimiter for CallLimits {
     }
 
     fn memories(&self) -> usize {
-        4
+        // The memory cap is per linear memory: one memory makes it the plugin's cap.
+        1
     }
 }
 
@@ -97,6 +98,10 @@ pub fn check_grants(grants: &[Grant], viewers: usize, rewards: usize) -> Result<
         if let Some(key) = &g.key {
             if key.len() > MAX_KEY_BYTES {
                 return Err(format!("grant key is {} bytes, more than {MAX_KEY_BYTES}", key.len()));
+            }
+            // Stored as text: PostgreSQL refuses NUL, and no key needs control characters.
+            if key.chars().any(char::is_control) {
+                return Err("grant key contains control characters".into());
             }
         }
     }

@@ -33,8 +33,12 @@ pub struct Overlay {
     net: isize,
 }
 
+/// What an entry costs in memory: its bytes plus the map's own overhead, so a
+/// flood of tiny keys is counted as what it costs.
+const ENTRY_OVERHEAD_BYTES: usize = 64;
+
 fn entry_bytes(key: &str, value: &[u8]) -> usize {
-    key.len() + value.len()
+    key.len() + value.len() + ENTRY_OVERHEAD_BYTES
 }
 
 impl Overlay {
@@ -57,6 +61,9 @@ impl Overlay {
     ) -> Result<(), String> {
         if key.len() > MAX_KEY_BYTES {
             return Err(format!("state key is {} bytes, more than {MAX_KEY_BYTES}", key.len()));
+        }
+        if key.chars().any(char::is_control) {
+            return Err("state key contains control characters".into());
         }
         if value.len() > MAX_VALUE_BYTES {
             return Err(format!("state value is {} bytes, more than {MAX_VALUE_BYTES}", value.len()));
@@ -155,7 +162,7 @@ mod tests {
         assert_eq!(overlay.get(&kv, "a"), Some(vec![1]));
         assert_eq!(kv.len(), 0, "a failed call's overlay is simply dropped");
         kv.apply(overlay);
-        assert_eq!(kv.bytes(), 2);
+        assert_eq!(kv.bytes(), 2 + ENTRY_OVERHEAD_BYTES);
         let mut overlay = Overlay::default();
         overlay.delete(&kv, "a".into());
         assert_eq!(overlay.get(&kv, "a"), None);
@@ -169,15 +176,17 @@ mod tests {
     fn a_campaign_state_is_capped_in_bytes() {
         let mut kv = CampaignKv::default();
         let mut overlay = Overlay::default();
-        overlay.set(&kv, "a".into(), vec![0; 90], 100).unwrap();
-        assert!(overlay.set(&kv, "b".into(), vec![0; 20], 100).unwrap_err().contains("cap of 100"));
-        overlay.set(&kv, "a".into(), vec![0; 10], 100).unwrap();
-        overlay.set(&kv, "b".into(), vec![0; 20], 100).unwrap();
+        let cap = 100 + 2 * ENTRY_OVERHEAD_BYTES;
+        overlay.set(&kv, "a".into(), vec![0; 90], cap).unwrap();
+        assert!(overlay.set(&kv, "b".into(), vec![0; 20], cap).unwrap_err().contains("cap of"));
+        overlay.set(&kv, "a".into(), vec![0; 10], cap).unwrap();
+        overlay.set(&kv, "b".into(), vec![0; 20], cap).unwrap();
         kv.apply(overlay);
-        assert_eq!(kv.bytes(), 11 + 21);
+        assert_eq!(kv.bytes(), 11 + 21 + 2 * ENTRY_OVERHEAD_BYTES);
         let mut overlay = Overlay::default();
         overlay.delete(&kv, "a".into());
-        overlay.set(&kv, "c".into(), vec![0; 70], 100).unwrap();
+        overlay.set(&kv, "c".into(), vec![0; 70], cap).unwrap();
+        assert!(overlay.set(&kv, "bad\0key".into(), vec![], usize::MAX).unwrap_err().contains("control"));
     }
 
     #[test]

@@ -149,6 +149,9 @@ impl CampaignFile {
             if value.trim().is_empty() {
                 return Err(format!("field `{field}`: must not be empty"));
             }
+            if value.chars().any(char::is_control) {
+                return Err(format!("field `{field}`: must not contain control characters"));
+            }
         }
         if self.id.len() > 64 {
             return Err("field `id`: longer than 64 characters".into());
@@ -163,6 +166,9 @@ impl CampaignFile {
         for (i, reward) in self.rewards.iter().enumerate() {
             if reward.id.trim().is_empty() {
                 return Err(format!("field `rewards[{i}].id`: must not be empty"));
+            }
+            if reward.id.chars().any(char::is_control) {
+                return Err(format!("field `rewards[{i}].id`: must not contain control characters"));
             }
             if !seen.insert(&reward.id) {
                 return Err(format!("field `rewards[{i}].id`: `{}` appears twice", reward.id));

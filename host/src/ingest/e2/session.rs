@@ -82,6 +82,11 @@ impl<'a> Connection<'a> {
             let text = match frame {
                 Some(Ok(Message::Text(text))) => text,
                 Some(Ok(Message::Binary(_))) => {
+                    // Counted like any message: a flood of binary frames is a flood.
+                    if let Err(v) = self.count_against_rate() {
+                        self.refuse(socket, v, None).await;
+                        return;
+                    }
                     let v = Violation::drop("malformed", "messages are JSON text frames, not binary");
                     self.refuse(socket, v, None).await;
                     continue;
@@ -114,7 +119,7 @@ impl<'a> Connection<'a> {
                         }
                     }
                     if matches!(next, Next::Disconnect) {
-                        let _ = socket.send(close_frame(close::NORMAL, "disconnect")).await;
+                        let _ = send_frame(socket, close_frame(close::NORMAL, "disconnect")).await;
                         return;
                     }
                 }
@@ -239,7 +244,7 @@ impl<'a> Connection<'a> {
         tracing::info!(connection = %self.id, code = v.code, "e2 message refused: {message}");
         let _ = send(socket, &ServerMessage::Error { code: v.code, message, seq }).await;
         if let Some(code) = v.close {
-            let _ = socket.send(close_frame(code, v.code)).await;
+            let _ = send_frame(socket, close_frame(code, v.code)).await;
         }
     }
 }
@@ -247,14 +252,25 @@ impl<'a> Connection<'a> {
 /// Longest error message sent back (and logged).
 const MAX_ERROR_MESSAGE_BYTES: usize = 300;
 
+/// How long one frame may take to go out: a client that stops reading must
+/// not hold its connection (and slot) past every deadline.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub(super) async fn send(socket: &mut WebSocket, message: &ServerMessage<'_>) -> Result<(), axum::Error> {
     let text = serde_json::to_string(message).unwrap_or_default();
-    socket.send(Message::Text(Utf8Bytes::from(text))).await
+    send_frame(socket, Message::Text(Utf8Bytes::from(text))).await
+}
+
+async fn send_frame(socket: &mut WebSocket, frame: Message) -> Result<(), axum::Error> {
+    match tokio::time::timeout(SEND_TIMEOUT, socket.send(frame)).await {
+        Ok(sent) => sent,
+        Err(_) => Err(axum::Error::new("the client did not read its answers in time")),
+    }
 }
 
 pub(super) async fn reconnect(hub: &E2Hub, socket: &mut WebSocket, code: u16) {
     let _ = send(socket, &ServerMessage::Reconnect { reconnect_after_ms: hub.settings.reconnect_after_ms }).await;
-    let _ = socket.send(close_frame(code, "reconnect")).await;
+    let _ = send_frame(socket, close_frame(code, "reconnect")).await;
 }
 
 pub(super) fn close_frame(code: u16, reason: &str) -> Message {

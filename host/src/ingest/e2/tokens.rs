@@ -46,7 +46,7 @@ pub struct TwitchVerifier {
     cache: Cache<[u8; 32], Cached>,
 }
 
-/// An answer and when it was got.
+/// An answer and until when it may be reused.
 type Cached = (Instant, Result<TokenInfo, TokenError>);
 
 /// Twitch's answer for a valid token (app tokens have no `user_id`).
@@ -97,14 +97,16 @@ impl TokenVerifier {
 impl TwitchVerifier {
     async fn verify(&self, token: &str) -> Result<TokenInfo, TokenError> {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some((at, answer)) = self.cache.get(&key) {
-            if at.elapsed() < self.ttl {
+        if let Some((until, answer)) = self.cache.get(&key) {
+            if Instant::now() < until {
                 return answer;
             }
         }
-        let answer = self.ask(token).await;
+        let (answer, expires_in) = self.ask(token).await;
         if !matches!(answer, Err(TokenError::Unavailable(_))) {
-            self.cache.insert(key, (Instant::now(), answer.clone()));
+            // Never trusted past the token's own expiry.
+            let ttl = expires_in.map_or(self.ttl, |secs| self.ttl.min(Duration::from_secs(secs)));
+            self.cache.insert(key, (Instant::now() + ttl, answer.clone()));
         }
         answer
     }
@@ -114,7 +116,15 @@ impl TwitchVerifier {
         self.cache.len()
     }
 
-    async fn ask(&self, token: &str) -> Result<TokenInfo, TokenError> {
+    /// Twitch's answer, and for a valid token how many seconds it has left.
+    async fn ask(&self, token: &str) -> (Result<TokenInfo, TokenError>, Option<u64>) {
+        match self.ask_twitch(token).await {
+            Ok((info, expires_in)) => (Ok(info), expires_in),
+            Err(e) => (Err(e), None),
+        }
+    }
+
+    async fn ask_twitch(&self, token: &str) -> Result<(TokenInfo, Option<u64>), TokenError> {
         let response = self
             .client
             .get(&self.validate_url)
@@ -132,7 +142,8 @@ impl TwitchVerifier {
             return Err(TokenError::Expired);
         }
         let kind = if v.user_id.as_deref().is_some_and(|u| !u.is_empty()) { TokenKind::User } else { TokenKind::App };
-        Ok(TokenInfo { kind, client_id: v.client_id, user_id: v.user_id.filter(|u| !u.is_empty()) })
+        let info = TokenInfo { kind, client_id: v.client_id, user_id: v.user_id.filter(|u| !u.is_empty()) };
+        Ok((info, v.expires_in.and_then(|s| u64::try_from(s).ok())))
     }
 }
 

@@ -16,7 +16,7 @@ use axum::Json;
 use futures_util::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use time::OffsetDateTime;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use auth::SignatureHeaders;
@@ -35,14 +35,18 @@ pub struct VhsIngest {
     pub liveness: Arc<Liveness>,
     /// Bodies being read; each holds a thread of the blocking pool while it
     /// streams, so their number is bounded to leave threads for the engine.
-    bodies: Semaphore,
+    /// A slot is held by the parse task itself, until it has really ended.
+    bodies: Arc<Semaphore>,
+    /// KiB of signed bodies buffered before their signature is checked.
+    signed_kib: Semaphore,
 }
 
 impl VhsIngest {
     /// The VHS ingest over `store`.
     pub fn new(settings: VhsSettings, store: Arc<Store>, liveness: Arc<Liveness>) -> VhsIngest {
-        let bodies = Semaphore::new(settings.max_bodies_in_flight.max(1));
-        VhsIngest { settings, store, liveness, bodies }
+        let bodies = Arc::new(Semaphore::new(settings.max_bodies_in_flight.max(1)));
+        let kib = (settings.max_signed_bytes_in_flight / 1024).clamp(1, Semaphore::MAX_PERMITS as u64) as usize;
+        VhsIngest { settings, store, liveness, bodies, signed_kib: Semaphore::new(kib) }
     }
 }
 
@@ -107,7 +111,7 @@ async fn ingest_inner(
     let pending =
         auth::check(settings.token.as_deref(), token.as_deref(), &signature, now).map_err(ApiError::unauthorized)?;
 
-    let Ok(_reading) = vhs.bodies.try_acquire() else {
+    let Ok(reading) = vhs.bodies.clone().try_acquire_owned() else {
         metrics::counter!("drops_vhs_busy_total").increment(1);
         return Err(ApiError::busy(
             format!(
@@ -138,19 +142,31 @@ async fn ingest_inner(
         Some(other) => return Err(ApiError::unsupported_encoding(other)),
     };
 
+    // The request deadline drops this handler, but not a blocking parse task:
+    // the body stream itself ends at the deadline, so the task ends too.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(settings.request_timeout_secs);
+    let stream = body.into_data_stream().take_until(Box::pin(tokio::time::sleep_until(deadline)));
     let heartbeats = match pending {
         // Signed: nothing of an unauthenticated body is decompressed or parsed.
-        // The raw bytes (bounded by the limit) are read and checked first.
+        // The raw bytes are read and checked first, within a budget of bytes
+        // buffered at once (so it needs a Content-Length).
         Some(pending) => {
-            let raw = read_raw(body, limit).await?;
+            let Some(len) = header("content-length").and_then(|v| v.parse::<u64>().ok()) else {
+                return Err(ApiError::length_required());
+            };
+            let kib = u32::try_from(len.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+            let Ok(_buffered) = vhs.signed_kib.try_acquire_many(kib) else {
+                metrics::counter!("drops_vhs_busy_total").increment(1);
+                return Err(ApiError::busy("too many signed bytes in flight (vhs.max_signed_bytes_in_flight)", 1));
+            };
+            let raw = read_raw(stream, len.min(limit)).await?;
             pending.verify(&raw).map_err(ApiError::unauthorized)?;
-            parse_blocking(move || body::parse(&raw[..], gzip, limit)).await?
+            parse_blocking(reading, move || body::parse(&raw[..], gzip, limit)).await?
         }
         // Unsigned (no secret, or the path token already matched): parsed as it streams.
         None => {
-            let stream = body.into_data_stream().map_err(io::Error::other);
-            let reader = SyncIoBridge::new(StreamReader::new(stream));
-            parse_blocking(move || body::parse(reader, gzip, limit)).await?
+            let reader = SyncIoBridge::new(StreamReader::new(stream.map_err(io::Error::other)));
+            parse_blocking(reading, move || body::parse(reader, gzip, limit)).await?
         }
     };
     check_times(&heartbeats, now, settings.max_future_secs, settings.max_age_secs)?;
@@ -164,8 +180,10 @@ async fn ingest_inner(
 }
 
 /// Reads a whole body, refusing it past `limit` bytes.
-async fn read_raw(body: Body, limit: u64) -> Result<Vec<u8>, ApiError> {
-    let mut stream = body.into_data_stream();
+async fn read_raw(
+    mut stream: impl futures_util::Stream<Item = Result<bytes::Bytes, axum::Error>> + Unpin,
+    limit: u64,
+) -> Result<Vec<u8>, ApiError> {
     let mut raw = Vec::new();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| ApiError::bad_request("", format!("the body could not be read: {e}")))?;
@@ -177,12 +195,19 @@ async fn read_raw(body: Body, limit: u64) -> Result<Vec<u8>, ApiError> {
     Ok(raw)
 }
 
-/// Parses off the async executor: a large body takes a while.
+/// Parses off the async executor (a large body takes a while); the task holds
+/// the body slot `reading` until it ends, even if the request was given up.
 async fn parse_blocking(
+    reading: OwnedSemaphorePermit,
     parse: impl FnOnce() -> Result<Vec<Heartbeat>, BodyError> + Send + 'static,
 ) -> Result<Vec<Heartbeat>, ApiError> {
-    let parsed =
-        tokio::task::spawn_blocking(parse).await.map_err(|e| ApiError::internal(format!("parser task failed: {e}")))?;
+    let parsed = tokio::task::spawn_blocking(move || {
+        let parsed = parse();
+        drop(reading);
+        parsed
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("parser task failed: {e}")))?;
     parsed.map_err(|e| match e {
         BodyError::TooLarge { limit } => ApiError::too_large(limit),
         BodyError::Invalid { field, message } => ApiError::bad_request(field, message),
