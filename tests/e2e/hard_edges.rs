@@ -50,6 +50,7 @@ fn empty_and_short_secrets_and_out_of_range_settings_are_refused_at_start() {
 #[tokio::test]
 async fn a_non_ascii_token_is_answered_and_never_locks_e2() {
     let Some(host) = e2_host(Backend::Sqlite, "max_connections = 2\n").await else { return };
+    let before = host.peak_rss_mib();
     // More such connects than there are slots: each is answered, and each gives its slot back.
     for token in ["éééé", "Bearé-token", "oauthé", "日本語のトークン", "é"] {
         let mut ws = connect(&host).await;
@@ -61,6 +62,7 @@ async fn a_non_ascii_token_is_answered_and_never_locks_e2() {
     let mut ws = connect(&host).await;
     send(&mut ws, connect_message("app-token", Some(&["twitch-b1"]), json!({"level": 1}))).await;
     assert_eq!(recv(&mut ws).await["type"], "ack", "a game server still gets a slot");
+    println!("non-ASCII E2 tokens: peak RSS {before} -> {} MiB", host.peak_rss_mib());
 }
 
 #[tokio::test]
@@ -197,6 +199,10 @@ async fn before_authentication_e2_costs_little_and_echoes_little() {
     assert_eq!(recv(&mut ws).await["type"], "ack");
     assert_eq!(asked.load(Ordering::SeqCst), 1);
     assert!(!host.log().contains(&"x".repeat(1000)), "the huge value reached the log");
+    println!(
+        "e2 before authentication (unlisted, 4 ids, 50 KB echo, connect deadline, binary flood): peak RSS {} MiB",
+        host.peak_rss_mib()
+    );
 }
 
 /// A gzip body of ~80 KB that inflates to one heartbeat of `ids` viewer ids.
@@ -347,6 +353,7 @@ async fn slow_clients_cannot_lock_twitch_out() {
         assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "a silent socket is closed at the header deadline");
     }
     assert_eq!(host.get_text("/healthz").await, "ok");
+    println!("slow clients (20 silent, 100 stalled headers, 10 trickled bodies): peak RSS {} MiB", host.peak_rss_mib());
     host.stop();
 }
 
