@@ -138,9 +138,14 @@ impl PluginRuntime {
             host_bytes: self.host_bytes_budget(viewer_count),
             campaign_state_bytes: usize::try_from(self.settings.max_campaign_state_bytes).unwrap_or(usize::MAX),
         };
+        let lifted_at_most = usize::try_from(budget.host_bytes).unwrap_or(usize::MAX);
         let call = CallState::new(limits, budget, &plugin.name, campaign, viewers, state);
         let mut store = Store::new(&self.engine, call);
         store.limiter(|s| &mut s.limits);
+        // wasmtime copies strings and lists out of the guest before our
+        // budget can count them (grant keys aliasing one big string); its own
+        // copy limit, set to the same budget, bounds what is lifted.
+        store.set_hostcall_fuel(lifted_at_most);
         // Fuel is the CPU limit that decides; the epoch deadline only backs it
         // up in wall time. Without a deadline set before the first call, the
         // store traps at once.

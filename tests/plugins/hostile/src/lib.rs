@@ -1,8 +1,10 @@
 //! Misbehaves as its config asks: `{ "mode": "loop" | "memory" | "recursion" | "flood" | "panic" |
-//! "state-flood" | "state-hoard" | "log-flood" | "big-keys" | "huge-error" | "ok" }`.
+//! "state-flood" | "state-hoard" | "log-flood" | "big-keys" | "aliased-keys" | "huge-error" | "ok" }`.
 //! Used by the sandbox tests to show the host survives each attack.
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use drops_plugin_sdk::{log, state, Campaign, Grant, Heartbeat, Level, Rule, Viewer};
 use serde::Deserialize;
@@ -13,6 +15,41 @@ pub struct Config {
 }
 
 pub struct Hostile;
+
+/// Frees nothing once `aliased-keys` has built its grants: their keys share
+/// one buffer, which the bindings would otherwise free once per grant.
+struct LeakOnDemand;
+
+static LEAK: AtomicBool = AtomicBool::new(false);
+
+unsafe impl GlobalAlloc for LeakOnDemand {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if !LEAK.load(Ordering::Relaxed) {
+            unsafe { System.dealloc(ptr, layout) }
+        }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: LeakOnDemand = LeakOnDemand;
+
+/// `n` grant keys that all point at one `len`-byte buffer in the guest's memory.
+fn aliased_grants(n: u32, len: usize) -> Vec<Grant> {
+    let mut shared = std::mem::ManuallyDrop::new("k".repeat(len));
+    let (ptr, cap) = (shared.as_mut_ptr(), shared.capacity());
+    LEAK.store(true, Ordering::Relaxed);
+    (0..n)
+        .map(|_| {
+            // SAFETY: the buffer is never freed (LEAK), and nothing writes to it.
+            let key = unsafe { String::from_raw_parts(ptr, len, cap) };
+            Grant::repeatable(0, 0, key)
+        })
+        .collect()
+}
 
 fn recurse(n: u64) -> u64 {
     if n == 0 {
@@ -28,7 +65,7 @@ impl Rule for Hostile {
     fn validate(config: &Config, _: &Campaign) -> Result<(), String> {
         match config.mode.as_str() {
             "loop" | "memory" | "recursion" | "flood" | "panic" | "ok" | "state-flood" | "state-hoard"
-            | "log-flood" | "big-keys" => Ok(()),
+            | "log-flood" | "big-keys" | "aliased-keys" => Ok(()),
             // Ten MiB of error: the host must cut it before it reaches a log or an answer.
             "huge-error" => Err(format!("config.mode: {}", "x".repeat(10 << 20))),
             other => Err(format!("config.mode: unknown mode `{other}`")),
@@ -77,6 +114,7 @@ impl Rule for Hostile {
                 }
                 Vec::new()
             }
+            "aliased-keys" => aliased_grants(100, 8 << 20),
             "big-keys" => (0..6).map(|i| Grant::repeatable(0, 0, format!("{i}{}", "k".repeat(8 << 20)))).collect(),
             _ => viewers.iter().map(|v| Grant::once(v.handle, 0)).collect(),
         }
