@@ -21,6 +21,15 @@ fn call(runtime: &PluginRuntime, plugin: &drops_host::plugins::Plugin, mode: &st
     runtime.on_heartbeat(plugin, &campaign, &hb, &viewers, ids, &mut Default::default()).map(|v| v.grants.len())
 }
 
+/// A campaign `id` run by the hostile plugin in `mode`, over `window`.
+fn hostile_campaign(id: &str, mode: &str, window: (&str, &str)) -> String {
+    format!(
+        "id = \"{id}\"\nname = \"{id}\"\ngame = \"GameName\"\nclient_id = \"c\"\nstarts_at = \"{}\"\nends_at = \"{}\"\n\
+         [[rewards]]\nid = \"r\"\n[rule]\nplugin = \"hostile\"\nconfig = {{ mode = \"{mode}\" }}\n",
+        window.0, window.1
+    )
+}
+
 #[test]
 fn each_attack_is_stopped_and_the_plugin_still_works() {
     let settings = PluginSettings { max_call_fuel: 200_000_000, max_memory_bytes: 32 << 20, ..Default::default() };
@@ -78,13 +87,7 @@ fn plugins_that_reach_outside_the_rules_world_are_refused() {
 #[tokio::test]
 async fn a_hostile_campaign_does_not_stop_the_others() {
     let window = ("2026-11-06T00:00:00Z", "2026-11-07T00:00:00Z");
-    let hostile = |mode: &str| {
-        format!(
-            "id = \"evil-{mode}\"\nname = \"evil\"\ngame = \"GameName\"\nclient_id = \"c\"\nstarts_at = \"{}\"\nends_at = \"{}\"\n\
-             [[rewards]]\nid = \"r\"\n[rule]\nplugin = \"hostile\"\nconfig = {{ mode = \"{mode}\" }}\n",
-            window.0, window.1
-        )
-    };
+    let hostile = |mode: &str| hostile_campaign(&format!("evil-{mode}"), mode, window);
     let mut campaigns = vec![("good".to_string(), tiers_campaign("good", "GameName", window, &[], &[(2, "t2")]))];
     for mode in ["loop", "memory", "recursion", "flood", "panic"] {
         campaigns.push((format!("evil-{mode}"), hostile(mode)));
@@ -124,13 +127,7 @@ async fn a_hostile_campaign_does_not_stop_the_others() {
 #[tokio::test]
 async fn a_failing_campaign_pauses_alone_and_catches_up_when_fixed() {
     let window = ("2026-11-08T00:00:00Z", "2026-11-09T00:00:00Z");
-    let flaky = |mode: &str| {
-        format!(
-            "id = \"flaky\"\nname = \"flaky\"\ngame = \"GameName\"\nclient_id = \"c\"\nstarts_at = \"{}\"\nends_at = \"{}\"\n\
-             [[rewards]]\nid = \"r\"\n[rule]\nplugin = \"hostile\"\nconfig = {{ mode = \"{mode}\" }}\n",
-            window.0, window.1
-        )
-    };
+    let flaky = |mode: &str| hostile_campaign("flaky", mode, window);
     let config = HostConfig {
         campaigns: vec![
             ("flaky".into(), flaky("panic")),
@@ -234,13 +231,7 @@ fn what_a_plugin_sends_the_host_is_counted_and_bounded() {
 #[tokio::test]
 async fn plugins_flooding_the_host_leave_its_memory_and_the_other_campaigns_alone() {
     let window = ("2026-11-09T00:00:00Z", "2026-11-10T00:00:00Z");
-    let hostile = |mode: &str| {
-        format!(
-            "id = \"evil-{mode}\"\nname = \"evil\"\ngame = \"GameName\"\nclient_id = \"c\"\nstarts_at = \"{}\"\nends_at = \"{}\"\n\
-             [[rewards]]\nid = \"r\"\n[rule]\nplugin = \"hostile\"\nconfig = {{ mode = \"{mode}\" }}\n",
-            window.0, window.1
-        )
-    };
+    let hostile = |mode: &str| hostile_campaign(&format!("evil-{mode}"), mode, window);
     let mut campaigns = vec![("good".to_string(), tiers_campaign("good", "GameName", window, &[], &[(3, "t3")]))];
     for mode in ["state-flood", "log-flood", "big-keys", "aliased-keys", "state-hoard"] {
         campaigns.push((format!("evil-{mode}"), hostile(mode)));
