@@ -267,7 +267,7 @@ where
     loop {
         match op().await {
             Ok(v) => return Ok(v),
-            Err(err @ StoreError::Corrupt { .. }) => return Err(err),
+            Err(err) if err.is_permanent() => return Err(err),
             Err(err) if stop.is_cancelled() && delay >= Duration::from_secs(5) => return Err(err),
             Err(err) => {
                 tracing::warn!("storage unavailable, retrying in {delay:?}: {err}");

@@ -139,19 +139,27 @@ impl Store {
             }
             q.execute(&mut *tx).await?;
         }
-        for (campaign, key, value) in campaign_state {
-            let q = match value {
-                Some(v) => sqlx::query(
-                    "INSERT INTO campaign_state (campaign_id, key, value) VALUES ($1, $2, $3) \
-                     ON CONFLICT (campaign_id, key) DO UPDATE SET value = excluded.value",
-                )
-                .bind(campaign)
-                .bind(key)
-                .bind(v.as_slice()),
-                None => sqlx::query("DELETE FROM campaign_state WHERE campaign_id = $1 AND key = $2")
-                    .bind(campaign)
-                    .bind(key),
-            };
+        // Rule state in batches: a rule that writes many keys costs a few statements, not one per key.
+        let (sets, deletes): (Vec<_>, Vec<_>) = campaign_state.iter().partition(|(_, _, value)| value.is_some());
+        for chunk in sets.chunks(ROWS_PER_STATEMENT) {
+            let sql = format!(
+                "INSERT INTO campaign_state (campaign_id, key, value) VALUES {} \
+                 ON CONFLICT (campaign_id, key) DO UPDATE SET value = excluded.value",
+                values_placeholders(chunk.len(), 3)
+            );
+            let mut q = sqlx::query(&sql);
+            for (campaign, key, value) in chunk {
+                q = q.bind(campaign).bind(key).bind(value.as_deref().unwrap_or_default());
+            }
+            q.execute(&mut *tx).await?;
+        }
+        for chunk in deletes.chunks(ROWS_PER_STATEMENT) {
+            let pairs = (0..chunk.len()).map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2)).collect::<Vec<_>>();
+            let sql = format!("DELETE FROM campaign_state WHERE (campaign_id, key) IN (VALUES {})", pairs.join(","));
+            let mut q = sqlx::query(&sql);
+            for (campaign, key, _) in chunk {
+                q = q.bind(campaign).bind(key);
+            }
             q.execute(&mut *tx).await?;
         }
         sqlx::query("DELETE FROM campaign_breakers").execute(&mut *tx).await?;

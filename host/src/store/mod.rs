@@ -60,6 +60,20 @@ pub enum StoreError {
     Encode(String),
 }
 
+impl StoreError {
+    /// Whether trying again cannot help: a corrupt row, or a value the
+    /// database refuses (SQLSTATE class 22, data exception, such as a NUL in
+    /// text on PostgreSQL). The engine stops on these instead of retrying
+    /// forever while ingest keeps acknowledging.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            StoreError::Corrupt { .. } | StoreError::Encode(_) => true,
+            StoreError::Sqlx(sqlx::Error::Database(db)) => db.code().is_some_and(|c| c.starts_with("22")),
+            _ => false,
+        }
+    }
+}
+
 /// The database behind drops-host.
 #[derive(Debug)]
 pub struct Store {

@@ -255,6 +255,49 @@ async fn plugin_versions_and_rule_history_are_recorded_once() {
 }
 
 #[tokio::test]
+async fn rule_state_is_written_and_deleted_in_batches() {
+    let dbs = Databases::new().await;
+    for (backend, store) in &dbs.stores {
+        let many: Vec<(String, String, Option<Vec<u8>>)> =
+            (0..2500).map(|i| ("c-1".to_string(), format!("k{i}"), Some(vec![i as u8]))).collect();
+        let write = |state: &'static [(String, String, Option<Vec<u8>>)]| CheckpointWrite {
+            inbox_seq: 0,
+            watch_time: &[],
+            campaign_state: state,
+            breakers: &[],
+            keep_from_seq: None,
+            game_state: &[],
+            watchers: &[],
+            watchers_gone: &[],
+        };
+        let many: &'static [_] = Box::leak(many.into_boxed_slice());
+        store.save_checkpoint(&write(many)).await.unwrap();
+        assert_eq!(store.load_checkpoint().await.unwrap().campaign_state.len(), 2500, "{backend}");
+        let gone: Vec<_> = (0..2400).map(|i| ("c-1".to_string(), format!("k{i}"), None)).collect();
+        store.save_checkpoint(&write(Box::leak(gone.into_boxed_slice()))).await.unwrap();
+        let left = store.load_checkpoint().await.unwrap().campaign_state;
+        assert_eq!(left.len(), 100, "{backend}");
+        assert!(left.iter().all(|(_, k, _)| k[1..].parse::<u32>().unwrap() >= 2400), "{backend}");
+    }
+    dbs.drop_postgres().await;
+}
+
+#[tokio::test]
+async fn a_value_the_database_refuses_is_a_permanent_error() {
+    let corrupt = StoreError::Corrupt { seq: 1, reason: "x".into() };
+    assert!(corrupt.is_permanent());
+    assert!(!StoreError::Sqlx(sqlx::Error::PoolTimedOut).is_permanent());
+    let dbs = Databases::new().await;
+    if let Some((_, store)) = dbs.stores.iter().find(|(b, _)| *b == "postgres") {
+        let mut bad = grant("u-1", "");
+        bad.grant_key = "nul\0key".into();
+        let err = store.insert_grants(&[bad]).await.unwrap_err();
+        assert!(err.is_permanent(), "{err}");
+    }
+    dbs.drop_postgres().await;
+}
+
+#[tokio::test]
 async fn a_checkpoint_round_trips_and_prunes_what_it_passed() {
     let dbs = Databases::new().await;
     for (backend, store) in &dbs.stores {
