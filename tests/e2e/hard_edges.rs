@@ -421,3 +421,22 @@ async fn a_paused_campaigns_backlog_is_capped() {
     assert!(host.log().contains("max_paused_backlog_events"));
     host.stop();
 }
+
+#[tokio::test]
+async fn shutdown_does_not_wait_for_a_trickling_client() {
+    use tokio::io::AsyncWriteExt;
+    let config = HostConfig { extra_toml: "[http]\nshutdown_timeout_secs = 1\n".into(), ..Default::default() };
+    let Some(mut host) = TestHost::spawn(Backend::Sqlite, config).await else { return };
+    let mut s = tokio::net::TcpStream::connect(host.base.trim_start_matches("http://")).await.unwrap();
+    let head = "POST /vhs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n[";
+    s.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let pid = nix::unistd::Pid::from_raw(host.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    // The request's own deadline is 30 s; the shutdown deadline (1 s) wins.
+    let status = host.wait_exit(std::time::Duration::from_secs(10));
+    let status = status.unwrap_or_else(|| panic!("still draining after 10 s:\n{}", host.log()));
+    assert!(status.success(), "{status}");
+    assert!(host.log().contains("shutting down without them"), "{}", host.log());
+    drop(s);
+}
