@@ -44,7 +44,13 @@ pub struct TwitchVerifier {
     validate_url: String,
     ttl: Duration,
     cache: Cache<[u8; 32], Cached>,
+    /// Questions to Twitch in flight at once: a flood of distinct tokens
+    /// queues here instead of becoming a flood of outbound requests.
+    asking: tokio::sync::Semaphore,
 }
+
+/// Validations asked of Twitch at once.
+const MAX_VALIDATIONS_IN_FLIGHT: usize = 8;
 
 /// An answer and until when it may be reused.
 type Cached = (Instant, Result<TokenInfo, TokenError>);
@@ -75,6 +81,7 @@ impl TokenVerifier {
                 validate_url: format!("{}/oauth2/validate", settings.twitch_auth_url.trim_end_matches('/')),
                 ttl: Duration::from_secs(settings.token_cache_secs),
                 cache: Cache::new(settings.token_cache_entries.max(1)),
+                asking: tokio::sync::Semaphore::new(MAX_VALIDATIONS_IN_FLIGHT),
             }),
         }
     }
@@ -125,6 +132,7 @@ impl TwitchVerifier {
     }
 
     async fn ask_twitch(&self, token: &str) -> Result<(TokenInfo, Option<u64>), TokenError> {
+        let _asking = self.asking.acquire().await.map_err(|e| TokenError::Unavailable(e.to_string()))?;
         let response = self
             .client
             .get(&self.validate_url)
@@ -236,5 +244,39 @@ mod tests {
         };
         let err = TokenVerifier::from_settings(&settings).verify("app-token").await.unwrap_err();
         assert!(matches!(err, TokenError::Unavailable(_)), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn questions_to_twitch_are_bounded_in_flight() {
+        let (now, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (n, m) = (now.clone(), most.clone());
+        let app = Router::new().route(
+            "/oauth2/validate",
+            get(move || {
+                let (n, m) = (n.clone(), m.clone());
+                async move {
+                    let inside = n.fetch_add(1, Ordering::SeqCst) + 1;
+                    m.fetch_max(inside, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    n.fetch_sub(1, Ordering::SeqCst);
+                    StatusCode::UNAUTHORIZED
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let settings =
+            E2Settings { verifier: Some(TokenVerifierKind::Twitch), twitch_auth_url: url, ..Default::default() };
+        let verifier = Arc::new(TokenVerifier::from_settings(&settings));
+        let asks = (0..40).map(|i| {
+            let verifier = verifier.clone();
+            tokio::spawn(async move { verifier.verify(&format!("flood-{i}")).await })
+        });
+        for ask in asks {
+            assert_eq!(ask.await.unwrap(), Err(TokenError::Invalid));
+        }
+        let most = most.load(Ordering::SeqCst);
+        assert!((1..=MAX_VALIDATIONS_IN_FLIGHT).contains(&most), "{most} questions in flight at once");
     }
 }
