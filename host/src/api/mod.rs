@@ -91,8 +91,7 @@ mod tests {
 
     #[tokio::test]
     async fn readiness_fails_once_the_engine_has_stopped() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::connect(&format!("sqlite://{}", dir.path().join("t.db").display())).await.unwrap();
+        let (_dir, store) = crate::store::temp_sqlite().await;
         let health = Arc::new(Health { store: Arc::new(store), liveness: Arc::default(), metrics: None });
         assert_eq!(readyz(State(health.clone())).await.into_response().status(), StatusCode::OK);
         health.liveness.stop("the engine stopped: test");

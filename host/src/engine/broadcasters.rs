@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::domain::{changed_keys, GameStateEvent, Heartbeat, Minute, Publisher, ViewerList};
+use crate::domain::{changed_keys, GameStateEvent, Heartbeat, Minute, Publisher, Update, ViewerList};
 use crate::store::{GameStateRow, WatcherRow};
 
 #[derive(Debug, Clone)]
@@ -170,7 +170,8 @@ impl Broadcasters {
         if changed.is_empty() {
             return None;
         }
-        let size = current.to_string().len();
+        // A full state was bounded at ingest; only patches can grow it, so only they pay for the measure.
+        let size = if event.update == Update::Patch { current.to_string().len() } else { 0 };
         if size > self.max_state_bytes {
             metrics::counter!("drops_e2_state_too_large_total").increment(1);
             tracing::warn!(broadcaster = %publisher.account_id, size, max = self.max_state_bytes,
@@ -235,7 +236,6 @@ impl Broadcasters {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::Update;
     use serde_json::json;
 
     const WINDOW_MS: i64 = 120_000;

@@ -53,7 +53,7 @@ pub struct Checkpoint {
 }
 
 /// What a checkpoint commits.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct CheckpointWrite<'a> {
     pub inbox_seq: i64,
     /// Changed watch-time rows.

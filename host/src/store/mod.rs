@@ -201,6 +201,15 @@ fn list_placeholders(first: usize, n: usize) -> String {
     (first..first + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(",")
 }
 
+/// A migrated SQLite store in a fresh folder, for unit tests (the folder goes when dropped).
+#[cfg(test)]
+pub(crate) async fn temp_sqlite() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::connect(&format!("sqlite://{}", dir.path().join("t.db").display())).await.expect("sqlite");
+    store.migrate().await.expect("migrations");
+    (dir, store)
+}
+
 #[cfg(test)]
 mod unit {
     use super::*;

@@ -17,9 +17,7 @@ struct Databases {
 
 impl Databases {
     async fn new() -> Databases {
-        let dir = tempfile::tempdir().unwrap();
-        let sqlite = Store::connect(&format!("sqlite://{}", dir.path().join("t.db").display())).await.unwrap();
-        sqlite.migrate().await.unwrap();
+        let (dir, sqlite) = temp_sqlite().await;
         let mut stores = vec![("sqlite", sqlite)];
         let mut postgres = None;
         if let Some((admin, url)) = fresh_postgres().await {
@@ -261,14 +259,8 @@ async fn rule_state_is_written_and_deleted_in_batches() {
         let many: Vec<(String, String, Option<Vec<u8>>)> =
             (0..2500).map(|i| ("c-1".to_string(), format!("k{i}"), Some(vec![i as u8]))).collect();
         let write = |state: &'static [(String, String, Option<Vec<u8>>)]| CheckpointWrite {
-            inbox_seq: 0,
-            watch_time: &[],
             campaign_state: state,
-            breakers: &[],
-            keep_from_seq: None,
-            game_state: &[],
-            watchers: &[],
-            watchers_gone: &[],
+            ..Default::default()
         };
         let many: &'static [_] = Box::leak(many.into_boxed_slice());
         store.save_checkpoint(&write(many)).await.unwrap();
@@ -330,10 +322,9 @@ async fn a_checkpoint_round_trips_and_prunes_what_it_passed() {
             watch_time: &watch_time,
             campaign_state: &kv,
             breakers: &breakers,
-            keep_from_seq: None,
             game_state: &game,
             watchers: &watchers,
-            watchers_gone: &[],
+            ..Default::default()
         };
         store.save_checkpoint(&write).await.unwrap();
 

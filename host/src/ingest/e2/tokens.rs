@@ -109,10 +109,14 @@ impl TwitchVerifier {
                 return answer;
             }
         }
-        let (answer, expires_in) = self.ask(token).await;
+        let answer = self.ask(token).await;
+        // Never trusted past the token's own expiry.
+        let ttl = match &answer {
+            Ok((_, Some(secs))) => self.ttl.min(Duration::from_secs(*secs)),
+            _ => self.ttl,
+        };
+        let answer = answer.map(|(info, _)| info);
         if !matches!(answer, Err(TokenError::Unavailable(_))) {
-            // Never trusted past the token's own expiry.
-            let ttl = expires_in.map_or(self.ttl, |secs| self.ttl.min(Duration::from_secs(secs)));
             self.cache.insert(key, (Instant::now() + ttl, answer.clone()));
         }
         answer
@@ -124,14 +128,7 @@ impl TwitchVerifier {
     }
 
     /// Twitch's answer, and for a valid token how many seconds it has left.
-    async fn ask(&self, token: &str) -> (Result<TokenInfo, TokenError>, Option<u64>) {
-        match self.ask_twitch(token).await {
-            Ok((info, expires_in)) => (Ok(info), expires_in),
-            Err(e) => (Err(e), None),
-        }
-    }
-
-    async fn ask_twitch(&self, token: &str) -> Result<(TokenInfo, Option<u64>), TokenError> {
+    async fn ask(&self, token: &str) -> Result<(TokenInfo, Option<u64>), TokenError> {
         let _asking = self.asking.acquire().await.map_err(|e| TokenError::Unavailable(e.to_string()))?;
         let response = self
             .client

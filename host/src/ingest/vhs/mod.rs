@@ -122,7 +122,8 @@ async fn ingest_inner(
         ));
     };
     let limit = settings.max_body_bytes;
-    if let Some(len) = header("content-length").and_then(|v| v.parse::<u64>().ok()) {
+    let content_length = header("content-length").and_then(|v| v.parse::<u64>().ok());
+    if let Some(len) = content_length {
         if len > limit {
             // Read (and drop) a little so the sender gets this answer rather than a broken pipe.
             let mut stream = body.into_data_stream();
@@ -151,15 +152,13 @@ async fn ingest_inner(
         // The raw bytes are read and checked first, within a budget of bytes
         // buffered at once (so it needs a Content-Length).
         Some(pending) => {
-            let Some(len) = header("content-length").and_then(|v| v.parse::<u64>().ok()) else {
-                return Err(ApiError::length_required());
-            };
+            let Some(len) = content_length else { return Err(ApiError::length_required()) };
             let kib = u32::try_from(len.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
             let Ok(_buffered) = vhs.signed_kib.try_acquire_many(kib) else {
                 metrics::counter!("drops_vhs_busy_total").increment(1);
                 return Err(ApiError::busy("too many signed bytes in flight (vhs.max_signed_bytes_in_flight)", 1));
             };
-            let raw = read_raw(stream, len.min(limit)).await?;
+            let raw = read_raw(stream, len).await?;
             pending.verify(&raw).map_err(ApiError::unauthorized)?;
             parse_blocking(reading, move || body::parse(&raw[..], gzip, limit)).await?
         }
@@ -179,7 +178,8 @@ async fn ingest_inner(
     Ok(Json(Accepted { accepted: outcome.accepted, duplicates: outcome.duplicates }))
 }
 
-/// Reads a whole body, refusing it past `limit` bytes.
+/// Reads a whole body of the `limit` bytes it announced (already checked
+/// against `vhs.max_body_bytes` and the signed-bytes budget), refusing more.
 async fn read_raw(
     mut stream: impl futures_util::Stream<Item = Result<bytes::Bytes, axum::Error>> + Unpin,
     limit: u64,
@@ -247,9 +247,7 @@ mod tests {
 
     #[tokio::test]
     async fn nothing_is_acknowledged_once_the_engine_has_stopped() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::connect(&format!("sqlite://{}", dir.path().join("t.db").display())).await.unwrap();
-        store.migrate().await.unwrap();
+        let (_dir, store) = crate::store::temp_sqlite().await;
         let vhs = Arc::new(VhsIngest::new(VhsSettings::default(), Arc::new(store), Arc::new(Liveness::default())));
         let body = r#"{"id":"h","broadcaster":"b","game":"G","time":"2026-11-23T10:00:00Z","viewer_list":["v"]}"#;
         let answer = post(State(vhs.clone()), HeaderMap::new(), Body::from(body)).await;
