@@ -12,7 +12,7 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use drops_host::domain::{Event, Heartbeat, InboxEvent};
 use drops_host::engine::{evaluate, Evaluation, Judgement, State};
-use drops_host::plugins::{PluginRuntime, WitCampaign, WitHeartbeat, WitViewer};
+use drops_host::plugins::{PluginRuntime, WitCampaign, WitHeartbeat, WitViewers};
 use drops_host::rules::RuleSet;
 use drops_plugin_sdk::Rule;
 
@@ -36,8 +36,7 @@ fn plugin_call(c: &mut Criterion) {
     let mut group = c.benchmark_group("plugin_call");
     for n in [1usize, 1000, 10_000] {
         group.throughput(Throughput::Elements(n as u64));
-        let viewers: Vec<WitViewer> =
-            (0..n).map(|i| WitViewer { handle: i as u32, minutes: (i % 40) as u32, counted: true }).collect();
+        let viewers = WitViewers::from_progress((0..n).map(|i| ((i % 40) as u32, true)));
         let hb = WitHeartbeat {
             broadcaster: "b".into(),
             game: "G".into(),
@@ -52,9 +51,8 @@ fn plugin_call(c: &mut Criterion) {
                 runtime.on_heartbeat(&plugin, &campaign, &hb, black_box(viewers), Arc::clone(&ids), &mut kv).unwrap()
             })
         });
-        let native_viewers: Vec<drops_plugin_sdk::Viewer> = viewers
-            .iter()
-            .map(|v| drops_plugin_sdk::Viewer { handle: v.handle, minutes: v.minutes, counted: v.counted })
+        let native_viewers: Vec<drops_plugin_sdk::Viewer> = (0..n)
+            .map(|i| drops_plugin_sdk::Viewer { handle: i as u32, minutes: (i % 40) as u32, counted: true })
             .collect();
         let native_hb = drops_plugin_sdk::Heartbeat {
             broadcaster: "b".into(),

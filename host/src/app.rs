@@ -43,7 +43,8 @@ impl RunningHost {
         settings.validate()?;
         let store = Arc::new(Store::connect_with(&settings.database_url(), settings.sqlite_synchronous).await?);
         store.migrate().await?;
-        let runtime = Arc::new(PluginRuntime::new(settings.plugins.clone())?);
+        let runtime =
+            Arc::new(PluginRuntime::new(settings.plugins.clone())?.with_cache(&settings.data_dir.join("plugin-cache")));
         let rules = {
             let (dir, runtime) = (settings.rules_dir.clone(), runtime.clone());
             tokio::task::spawn_blocking(move || RuleSet::load(&dir, &runtime)).await?
@@ -58,7 +59,7 @@ impl RunningHost {
         let paused: Arc<PausedCampaigns> = Arc::new(ArcSwap::from_pointee(Default::default()));
         let reloader =
             Arc::new(Reloader::new(settings.rules_dir.clone(), runtime.clone(), rules.clone(), store.clone()));
-        record_history(&store, &rules.load()).await;
+        record_history(&store, &rules.load(), &runtime).await;
         let stop = CancellationToken::new();
         let liveness = Arc::new(Liveness::default());
         let e2 = Arc::new(E2Hub::new(settings.e2.clone(), store.clone(), liveness.clone(), stop.clone()));

@@ -66,6 +66,9 @@ pub enum Command {
     Simulate(crate::simulate::SimulateArgs),
     /// Run the demo: a host with the example campaigns, fed by simulated Twitch traffic.
     Demo(crate::demo::DemoArgs),
+    /// Measure how long a host takes to acknowledge heartbeats sent one at a
+    /// time (as Twitch sends them), beside the fdatasync and HTTP floors.
+    AckLatency(crate::simulate::ack_latency::AckLatencyArgs),
 }
 
 /// Plugin tools.
@@ -146,6 +149,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Demo(args) => crate::demo::run(args).await?,
+        Command::AckLatency(args) => {
+            crate::simulate::ack_latency::run(&args).await?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -225,6 +225,11 @@ pub struct PluginSettings {
     pub max_campaign_state_bytes: u64,
     /// Failed calls in a row that pause a campaign (its circuit breaker).
     pub breaker_failures: u32,
+    /// Most viewers passed in one call: a larger heartbeat is decided in
+    /// several calls of this many viewers (rounded down to a multiple of 32),
+    /// so any channel size fits the memory cap. About 17 bytes of plugin
+    /// memory per viewer with the SDK.
+    pub max_viewers_per_call: u64,
 }
 
 impl Default for Settings {
@@ -309,6 +314,7 @@ impl Default for PluginSettings {
             max_call_host_bytes_per_viewer: 1024,
             max_campaign_state_bytes: 64 << 20,
             breaker_failures: 5,
+            max_viewers_per_call: 1 << 20,
         }
     }
 }
@@ -415,6 +421,7 @@ impl Settings {
         in_range("plugins.max_call_host_bytes_per_viewer", p.max_call_host_bytes_per_viewer, 0, 1 << 20)?;
         in_range("plugins.max_campaign_state_bytes", p.max_campaign_state_bytes, 64 << 10, 64 * GIB)?;
         in_range("plugins.breaker_failures", p.breaker_failures.into(), 1, 1_000_000)?;
+        in_range("plugins.max_viewers_per_call", p.max_viewers_per_call, 1024, 1 << 28)?;
         let e = &self.e2;
         in_range("e2.token_cache_secs", e.token_cache_secs, 0, 86_400)?;
         in_range("e2.token_cache_entries", e.token_cache_entries as u64, 1, 10_000_000)?;

@@ -9,7 +9,7 @@ use anyhow::Context;
 
 use crate::config::Settings;
 use crate::domain::InboxEvent;
-use crate::engine::recording::parse_line;
+use crate::engine::recording::{parse_line, Line};
 use crate::engine::{evaluate, Evaluation, Judgement, State};
 use crate::plugins::PluginRuntime;
 use crate::rules::RuleSet;
@@ -27,6 +27,8 @@ pub fn run(settings: &Settings, rules_dir: &Path, events: &Path) -> anyhow::Resu
     let total_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
     let mut progress = Progress::new(total_bytes);
     let mut state = State::new(&Judgement::from_settings(settings));
+    let here = runtime.fingerprint();
+    let mut warned = HashSet::new();
     let mut seen_ids = HashSet::new();
     let mut made = HashSet::new();
     let mut table: BTreeMap<(String, String), u64> = BTreeMap::new();
@@ -37,7 +39,19 @@ pub fn run(settings: &Settings, rules_dir: &Path, events: &Path) -> anyhow::Resu
         if line.trim().is_empty() {
             continue;
         }
-        let recorded = parse_line(&line).map_err(|e| anyhow::anyhow!("line {}: {e}", i + 1))?;
+        let recorded = match parse_line(&line).map_err(|e| anyhow::anyhow!("line {}: {e}", i + 1))? {
+            Line::Event(recorded) => recorded,
+            Line::RecordedUnder(recorded) => {
+                if recorded != here && warned.insert(recorded.clone()) {
+                    println!(
+                        "note: the events from line {} on were judged under {recorded}; this replay runs under {here}: \
+                         a verdict that ran out of fuel or memory, or near a limit, may differ",
+                        i + 2
+                    );
+                }
+                continue;
+            }
+        };
         events_read += 1;
         if !seen_ids.insert(recorded.dedup_id) {
             duplicates += 1;

@@ -60,11 +60,36 @@ pub mod bindings {
 pub use wit_bindgen as __wit_bindgen;
 
 pub use bindings::drops::rules::host::Level;
-pub use bindings::exports::drops::rules::rule::{Campaign, GameState, Grant, Heartbeat, HeartbeatVerdict, Viewer};
+pub use bindings::exports::drops::rules::rule::{Campaign, GameState, Grant, Heartbeat, HeartbeatVerdict};
 
 /// The interface version this SDK builds plugins for: the one place the SDK
 /// writes it (a test checks it against `wit/rules.wit`).
-pub const INTERFACE_VERSION: &str = "0.2.0";
+pub const INTERFACE_VERSION: &str = "0.3.0";
+
+/// A linked viewer of the event and their progress in the campaign.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Viewer {
+    /// Index of the viewer in the call; pass it back in a grant.
+    pub handle: u32,
+    /// Campaign watch-time in minutes. In `on_heartbeat` it includes this
+    /// heartbeat's minute when that minute is new for the viewer.
+    pub minutes: u32,
+    /// True when this heartbeat's minute is new for the viewer (not already
+    /// counted from another channel or a retry); always false in `on_game_state`.
+    pub counted: bool,
+}
+
+/// Rebuilds the viewers from the flat lists they cross the boundary as, in
+/// one pass (the lists themselves arrive without a per-element copy).
+#[doc(hidden)]
+pub fn __viewers(flat: bindings::exports::drops::rules::rule::Viewers) -> Vec<Viewer> {
+    let counted = |i: usize| flat.counted.get(i / 32).is_some_and(|word| word & (1 << (i % 32)) != 0);
+    flat.minutes
+        .iter()
+        .enumerate()
+        .map(|(i, &minutes)| Viewer { handle: i as u32, minutes, counted: counted(i) })
+        .collect()
+}
 
 pub mod state;
 mod sys;
@@ -232,17 +257,17 @@ macro_rules! export_rule {
             fn on_heartbeat(
                 campaign: $crate::Campaign,
                 heartbeat: $crate::Heartbeat,
-                viewers: ::std::vec::Vec<$crate::Viewer>,
+                viewers: $crate::bindings::exports::drops::rules::rule::Viewers,
             ) -> ::core::result::Result<$crate::HeartbeatVerdict, ::std::string::String> {
-                $crate::decide_heartbeat::<$rule>(campaign, heartbeat, viewers)
+                $crate::decide_heartbeat::<$rule>(campaign, heartbeat, $crate::__viewers(viewers))
             }
 
             fn on_game_state(
                 campaign: $crate::Campaign,
                 change: $crate::GameState,
-                viewers: ::std::vec::Vec<$crate::Viewer>,
+                viewers: $crate::bindings::exports::drops::rules::rule::Viewers,
             ) -> ::core::result::Result<::std::vec::Vec<$crate::Grant>, ::std::string::String> {
-                $crate::decide_game_state::<$rule>(campaign, change, viewers)
+                $crate::decide_game_state::<$rule>(campaign, change, $crate::__viewers(viewers))
             }
         }
 
@@ -255,6 +280,19 @@ macro_rules! export_rule {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn viewers_are_rebuilt_from_the_flat_lists() {
+        let flat =
+            bindings::exports::drops::rules::rule::Viewers { minutes: (0..40).collect(), counted: vec![0b101, 1 << 1] };
+        let viewers = __viewers(flat);
+        assert_eq!(viewers.len(), 40);
+        assert_eq!(viewers[2], Viewer { handle: 2, minutes: 2, counted: true });
+        let counted: Vec<u32> = viewers.iter().filter(|v| v.counted).map(|v| v.handle).collect();
+        assert_eq!(counted, vec![0, 2, 33]);
+    }
+
     #[test]
     fn the_wit_file_declares_this_version() {
         let wit = include_str!("../wit/rules.wit");

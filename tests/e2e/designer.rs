@@ -33,7 +33,7 @@ fn a_scaffolded_plugin_builds_and_passes_plugin_check() {
     let wasm = wasm.to_str().unwrap();
     let (ok, out) =
         drops_host(&["plugin", "check", wasm, "--config", r#"{"minutes": 30, "reward": "r"}"#, "--rewards", "r"]);
-    assert!(ok && out.contains("implements drops:rules@0.2.0") && out.contains("config: ok"), "{out}");
+    assert!(ok && out.contains("implements drops:rules@0.3.0") && out.contains("config: ok"), "{out}");
     let (ok, out) =
         drops_host(&["plugin", "check", wasm, "--config", r#"{"minutes": 0, "reward": "r"}"#, "--rewards", "r"]);
     assert!(!ok && out.contains("config.minutes: must be at least 1"), "{out}");
@@ -109,11 +109,14 @@ async fn replay_with_the_hosts_config_decides_as_the_host_did() {
     let (ok, out) = drops_host(&["replay", "--rules", rules, "--events", events, "--config", config]);
     assert!(ok, "{out}");
     assert!(out.contains("2 events (0 duplicates), 3 viewer-minutes counted, 3 grants, 1 plugin errors"), "{out}");
-    // With the default budget the same recording decides otherwise: the configured limit is what agrees.
+    assert!(!out.contains("judged under"), "same runtime and limits: nothing to note\n{out}");
+    // With the default budget the same recording decides otherwise: the configured limit is what agrees,
+    // and the replay says that it runs under other limits than the recording.
     let (ok, out) = drops_host(&["replay", "--rules", rules, "--events", events]);
     assert!(ok, "{out}");
     assert!(
         out.contains("2 events (0 duplicates), 1003 viewer-minutes counted, 1003 grants, 0 plugin errors"),
         "{out}"
     );
+    assert!(out.contains("were judged under wasmtime") && out.contains("fuel 50000+0/viewer"), "{out}");
 }

@@ -100,7 +100,7 @@ async fn a_stopped_engine_fails_readiness_refuses_events_and_exits_non_zero() {
     assert_eq!(host.get_text("/readyz").await, "ready");
     // A row no release of drops-host writes: the engine cannot go past it.
     sqlx::any::install_default_drivers();
-    let pool = sqlx::AnyPool::connect(&host.database_url).await.unwrap();
+    let pool = crate::helpers::open_database(&host.database_url).await;
     sqlx::query("INSERT INTO inbox (source, dedup_key, header, viewers, received_at) VALUES ('vhs', 'bad', '{not json', NULL, 0)")
         .execute(&pool)
         .await
@@ -379,7 +379,7 @@ async fn viewer_lists_of_channels_gone_quiet_are_let_go() {
     }
     host.stop();
     sqlx::any::install_default_drivers();
-    let pool = sqlx::AnyPool::connect(&host.database_url).await.unwrap();
+    let pool = crate::helpers::open_database(&host.database_url).await;
     let watchers: Vec<String> =
         sqlx::query_scalar("SELECT broadcaster_id FROM watchers").fetch_all(&pool).await.unwrap();
     assert_eq!(watchers, ["b-3"]);

@@ -266,7 +266,7 @@ impl TestHost {
     /// Reads totals straight from the database (after the host stopped).
     pub async fn database_totals(&self) -> (i64, i64) {
         sqlx::any::install_default_drivers();
-        let pool = sqlx::AnyPool::connect(&self.database_url).await.unwrap();
+        let pool = open_database(&self.database_url).await;
         let row = sqlx::query(
             "SELECT CAST(COALESCE(SUM(minutes), 0) AS BIGINT) AS minutes, (SELECT COUNT(*) FROM inbox) AS events FROM watch_time",
         )
@@ -283,7 +283,7 @@ impl TestHost {
     /// Reward ids of the stored grants (after the host stopped).
     pub async fn grants_from_database(&self) -> Vec<String> {
         sqlx::any::install_default_drivers();
-        let pool = sqlx::AnyPool::connect(&self.database_url).await.unwrap();
+        let pool = open_database(&self.database_url).await;
         let rewards = sqlx::query_scalar("SELECT reward_id FROM grants ORDER BY id").fetch_all(&pool).await.unwrap();
         pool.close().await;
         rewards
@@ -292,7 +292,7 @@ impl TestHost {
     /// Checkpointed game state per broadcaster, and game-state messages still in the inbox.
     pub async fn game_state_from_database(&self) -> (Vec<(String, String)>, i64) {
         sqlx::any::install_default_drivers();
-        let pool = sqlx::AnyPool::connect(&self.database_url).await.unwrap();
+        let pool = open_database(&self.database_url).await;
         let states = sqlx::query("SELECT broadcaster_id, state FROM game_state ORDER BY broadcaster_id")
             .fetch_all(&pool)
             .await
@@ -309,7 +309,7 @@ impl TestHost {
     /// Rules' stored state, sorted (after the host stopped).
     pub async fn campaign_state(&self) -> Vec<(String, String, Vec<u8>)> {
         sqlx::any::install_default_drivers();
-        let pool = sqlx::AnyPool::connect(&self.database_url).await.unwrap();
+        let pool = open_database(&self.database_url).await;
         let rows = sqlx::query("SELECT campaign_id, key, value FROM campaign_state ORDER BY campaign_id, key")
             .fetch_all(&pool)
             .await
@@ -394,4 +394,28 @@ pub fn tiers_campaign(id: &str, game: &str, window: (&str, &str), allowlist: &[&
         window.1,
         tiers.join(", ")
     )
+}
+
+/// The host's database as the host sees it: on SQLite, the main file with the
+/// inbox file beside it attached (the host keeps the inbox in its own file).
+pub async fn open_database(url: &str) -> sqlx::AnyPool {
+    sqlx::any::install_default_drivers();
+    let inbox = url.strip_prefix("sqlite://").map(|path| {
+        let path = path.split('?').next().unwrap_or(path);
+        format!("{}.inbox.db", path.strip_suffix(".db").unwrap_or(path))
+    });
+    sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .after_connect(move |conn, _| {
+            let inbox = inbox.clone();
+            Box::pin(async move {
+                if let Some(inbox) = inbox {
+                    sqlx::query("ATTACH DATABASE $1 AS inbox_file").bind(inbox).execute(&mut *conn).await?;
+                }
+                Ok(())
+            })
+        })
+        .connect(url)
+        .await
+        .unwrap()
 }

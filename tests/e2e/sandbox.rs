@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use drops_host::config::PluginSettings;
-use drops_host::plugins::{PluginError, PluginRuntime, WitCampaign, WitHeartbeat, WitViewer};
+use drops_host::plugins::{PluginError, PluginRuntime, WitCampaign, WitHeartbeat, WitViewers};
 use serde_json::json;
 
 use crate::helpers::{heartbeat, plugin_path, tiers_campaign, Backend, HostConfig, TestHost};
@@ -15,8 +15,7 @@ fn call(runtime: &PluginRuntime, plugin: &drops_host::plugins::Plugin, mode: &st
         WitCampaign { id: "c".into(), rewards: vec!["r".into()], config: json!({ "mode": mode }).to_string() };
     let hb =
         WitHeartbeat { broadcaster: "b".into(), game: "G".into(), minute: 1, viewers_reported: 2, state_changed: None };
-    let viewers =
-        [WitViewer { handle: 0, minutes: 1, counted: true }, WitViewer { handle: 1, minutes: 1, counted: true }];
+    let viewers = WitViewers::from_progress([(1, true), (1, true)].into_iter());
     let ids = Arc::new(["v0".to_string(), "v1".to_string()].into_iter().collect());
     runtime.on_heartbeat(plugin, &campaign, &hb, &viewers, ids, &mut Default::default()).map(|v| v.grants.len())
 }
@@ -78,7 +77,7 @@ fn plugins_that_reach_outside_the_rules_world_are_refused() {
     let future =
         wat::parse_str(r#"(module (import "drops:rules/host@0.9.0" "log" (func (param i32 i32 i32))))"#).unwrap();
     let err = runtime.load("future", &future).unwrap_err();
-    assert_eq!(err.to_string(), "built for interface drops:rules@0.9.0, but this host supports drops:rules@0.2.0");
+    assert_eq!(err.to_string(), "built for interface drops:rules@0.9.0, but this host supports drops:rules@0.3.0");
     assert_eq!(runtime.load("junk", b"not wasm").unwrap_err(), PluginError::NotWasm);
     let bare = wat::parse_str("(module)").unwrap();
     assert_eq!(runtime.load("bare", &bare).unwrap_err(), PluginError::MissingExport);
@@ -286,4 +285,42 @@ async fn plugins_flooding_the_host_leave_its_memory_and_the_other_campaigns_alon
         .sum();
     assert!(hoarded > 0 && hoarded <= 1 << 20, "a campaign's state is capped: {hoarded} bytes");
     assert!(!host.log().contains(&"l".repeat(3000)), "log lines are cut");
+}
+
+#[tokio::test]
+async fn a_heartbeat_larger_than_one_call_is_decided_in_parts() {
+    // 3,000 viewers, at most 1,024 per call: three calls, handles from 0 in
+    // each; every viewer must get their own grant, none twice, none lost.
+    let window = ("2026-11-06T00:00:00Z", "2026-11-07T00:00:00Z");
+    let campaign = tiers_campaign("parts", "GameName", window, &[], &[(1, "first-minute")]);
+    let config = HostConfig {
+        campaigns: vec![("parts".into(), campaign)],
+        extra_toml: "[plugins]\nmax_viewers_per_call = 1024\n".into(),
+        ..Default::default()
+    };
+    let Some(mut host) = TestHost::spawn(Backend::Sqlite, config).await else { return };
+    let crowd: Vec<String> = (0..3000).map(|i| format!("viewer-{i}")).collect();
+    let crowd: Vec<&str> = crowd.iter().map(String::as_str).collect();
+    let hb = heartbeat("huge", "b-huge", "GameName", "2026-11-06T10:00:00Z", &crowd);
+    assert_eq!(host.post_vhs(None, &hb).await.0, 200);
+    let started = Instant::now();
+    let grants = loop {
+        let grants = host.grants().await;
+        if grants.len() >= crowd.len() || started.elapsed() > Duration::from_secs(20) {
+            break grants;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut users: Vec<&str> = grants.iter().map(|g| g["user_id"].as_str().unwrap()).collect();
+    users.sort_unstable();
+    let mut expected = crowd.clone();
+    expected.sort_unstable();
+    assert_eq!(users, expected, "each viewer granted once\n{}", host.log());
+    let metrics = host.get_text("/metrics").await;
+    let calls = metrics
+        .lines()
+        .find(|l| l.starts_with("drops_plugin_calls_total") && l.contains("outcome=\"ok\""))
+        .unwrap_or_else(|| panic!("no call count in /metrics:\n{metrics}"));
+    assert!(calls.ends_with(" 3"), "three calls of at most 1,024 viewers: {calls}");
+    host.stop();
 }

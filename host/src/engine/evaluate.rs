@@ -5,7 +5,7 @@
 
 use super::state::State;
 use crate::domain::{Event, GameStateEvent, Heartbeat, InboxEvent, NewGrant, ViewerList, REASON_WATCHING};
-use crate::plugins::{PluginError, PluginRuntime, WitGameState, WitGrant, WitHeartbeat, WitViewer};
+use crate::plugins::{PluginError, PluginRuntime, WitGameState, WitGrant, WitHeartbeat, WitViewers};
 use crate::rules::{LoadedCampaign, RuleSet};
 
 /// What evaluating a batch of events produced.
@@ -65,11 +65,7 @@ fn evaluate_heartbeat(
     let minute = hb.minute();
     let campaign_id = &campaign.def.id;
     let tentative = state.watch_time.tentative(campaign_id, hb.viewer_list.iter(), minute.0);
-    let viewers: Vec<WitViewer> = tentative
-        .iter()
-        .enumerate()
-        .map(|(handle, (progress, counted))| WitViewer { handle: handle as u32, minutes: progress.minutes, counted })
-        .collect();
+    let viewers = WitViewers::from_progress(tentative.iter().map(|(progress, counted)| (progress.minutes, counted)));
     let wit_hb = WitHeartbeat {
         broadcaster: hb.broadcaster.0.clone(),
         game: hb.game.0.clone(),
@@ -122,14 +118,9 @@ fn evaluate_game_state(
             if state.breakers.is_paused(campaign_id) {
                 continue;
             }
-            let viewers: Vec<WitViewer> = watching
-                .iter()
-                .enumerate()
-                .map(|(handle, id)| {
-                    let minutes = state.watch_time.progress(campaign_id, id).minutes;
-                    WitViewer { handle: handle as u32, minutes, counted: false }
-                })
-                .collect();
+            let viewers = WitViewers::from_progress(
+                watching.iter().map(|id| (state.watch_time.progress(campaign_id, id).minutes, false)),
+            );
             let span = tracing::debug_span!("evaluate", game_state = %event.id, broadcaster = %broadcaster, campaign = %campaign_id, plugin = %campaign.plugin.hash);
             let _enter = span.enter();
             let kv = state.campaign_kv(campaign_id);

@@ -7,7 +7,7 @@
 //! rebuilds the same state and adds no grant twice.
 //!
 //! [`state`] is what is kept between checkpoints, [`evaluate`] judges one
-//! event, [`task`] runs the loop, [`recording`] writes and reads the event
+//! event, [`task`] runs the loop on [`worker`]'s thread, [`recording`] writes and reads the event
 //! recording that `replay` takes.
 
 pub mod breaker;
@@ -17,6 +17,7 @@ pub mod recording;
 pub mod state;
 pub mod task;
 pub mod watch_time;
+pub mod worker;
 
 pub use evaluate::{evaluate, Evaluation};
 pub use state::{Judgement, State};

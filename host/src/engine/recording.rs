@@ -17,6 +17,22 @@ struct RecordedGameState<T> {
     game_state: T,
 }
 
+/// The note a host writes when it starts recording: what it judges under.
+#[derive(Serialize, Deserialize)]
+struct RecordedUnder<T> {
+    recorded_under: T,
+}
+
+/// A line of a recording.
+#[derive(Debug)]
+pub enum Line {
+    /// An event.
+    Event(Recorded),
+    /// The events after this line were judged under this plugin runtime
+    /// (wasmtime version and limits, as `PluginRuntime::fingerprint` says).
+    RecordedUnder(String),
+}
+
 /// Appends evaluated events to a recording.
 pub struct Recorder {
     path: PathBuf,
@@ -26,9 +42,11 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    /// Opens (or creates) the recording for appending. A line cut short by
-    /// a crash is ended first, so the next event starts a line of its own.
-    pub fn open(path: &Path) -> std::io::Result<Recorder> {
+    /// Opens (or creates) the recording for appending, and notes what the
+    /// events that follow are judged under (`runtime`, the plugin runtime's
+    /// fingerprint). A line cut short by a crash is ended first, so the next
+    /// line starts on its own.
+    pub fn open(path: &Path, runtime: &str) -> std::io::Result<Recorder> {
         use std::io::{Read, Seek, SeekFrom};
         let mut file = std::fs::OpenOptions::new().create(true).read(true).append(true).open(path)?;
         if file.seek(SeekFrom::End(0))? > 0 {
@@ -39,6 +57,9 @@ impl Recorder {
                 file.write_all(b"\n")?;
             }
         }
+        let mut note = serde_json::to_vec(&RecordedUnder { recorded_under: runtime })?;
+        note.push(b'\n');
+        file.write_all(&note)?;
         Ok(Recorder { path: path.to_path_buf(), out: Vec::new(), file })
     }
 
@@ -76,7 +97,17 @@ pub struct Recorded {
 }
 
 /// Parses one recorded line; the error names the field.
-pub fn parse_line(line: &str) -> Result<Recorded, String> {
+pub fn parse_line(line: &str) -> Result<Line, String> {
+    let at = |e: serde_path_to_error::Error<serde_json::Error>| format!("{}: {}", e.path(), e.inner());
+    let de = &mut serde_json::Deserializer::from_str(line);
+    if line.trim_start().starts_with(r#"{"recorded_under""#) {
+        let note: RecordedUnder<String> = serde_path_to_error::deserialize(de).map_err(at)?;
+        return Ok(Line::RecordedUnder(note.recorded_under));
+    }
+    parse_event(line).map(Line::Event)
+}
+
+fn parse_event(line: &str) -> Result<Recorded, String> {
     let at = |e: serde_path_to_error::Error<serde_json::Error>| format!("{}: {}", e.path(), e.inner());
     let de = &mut serde_json::Deserializer::from_str(line);
     if line.trim_start().starts_with(r#"{"game_state""#) {
@@ -109,14 +140,21 @@ mod tests {
             "client_id": "c", "game_id": "g", "update": "full", "data": {"level": 1},
             "received_at_ms": 5, "authoritative": true}))
         .unwrap();
-        let mut recorder = Recorder::open(&path).unwrap();
+        let mut recorder = Recorder::open(&path, "wasmtime 1").unwrap();
         recorder.write(&[
             InboxEvent { seq: 1, received_at_ms: 9, event: Event::Heartbeat(hb.clone()) },
             InboxEvent { seq: 2, received_at_ms: 9, event: Event::GameState(gs.clone()) },
         ]);
         drop(recorder);
         let text = std::fs::read_to_string(&path).unwrap();
-        let lines: Vec<Recorded> = text.lines().map(|l| parse_line(l).unwrap()).collect();
+        let mut lines = text.lines().map(|l| parse_line(l).unwrap());
+        assert!(matches!(lines.next(), Some(Line::RecordedUnder(r)) if r == "wasmtime 1"));
+        let lines: Vec<Recorded> = lines
+            .map(|l| match l {
+                Line::Event(e) => e,
+                other => panic!("{other:?}"),
+            })
+            .collect();
         assert!(matches!(&lines[0].event, Event::Heartbeat(h) if *h == hb));
         assert_eq!(lines[0].dedup_id, "h-1");
         assert!(matches!(&lines[1].event, Event::GameState(g) if *g == gs));
@@ -125,10 +163,12 @@ mod tests {
 
         // A line cut short by a crash stays on its own line; the next event starts a fresh one.
         std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"{\"id\":").unwrap();
-        let mut recorder = Recorder::open(&path).unwrap();
+        let mut recorder = Recorder::open(&path, "wasmtime 1").unwrap();
         recorder.write(&[InboxEvent { seq: 3, received_at_ms: 9, event: Event::Heartbeat(hb.clone()) }]);
         let text = std::fs::read_to_string(&path).unwrap();
-        let last: Vec<&str> = text.lines().rev().take(2).collect();
-        assert!(parse_line(last[0]).is_ok() && parse_line(last[1]).is_err(), "{text}");
+        let last: Vec<&str> = text.lines().rev().take(3).collect();
+        assert!(matches!(parse_line(last[0]), Ok(Line::Event(_))), "{text}");
+        assert!(matches!(parse_line(last[1]), Ok(Line::RecordedUnder(_))), "{text}");
+        assert!(parse_line(last[2]).is_err(), "{text}");
     }
 }

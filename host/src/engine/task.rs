@@ -1,5 +1,5 @@
-//! The engine task: reads the inbox in order, evaluates events off the async
-//! executor, stores grants, checkpoints its state with the inbox position,
+//! The engine task: reads the inbox in order, evaluates events on its own
+//! low-priority thread, stores grants, checkpoints its state with the inbox position,
 //! resumes paused campaigns, and retries while the database is away.
 
 use std::collections::BTreeMap;
@@ -13,11 +13,15 @@ use tokio_util::sync::CancellationToken;
 use super::evaluate::{evaluate, evaluate_for, Evaluation};
 use super::recording::Recorder;
 use super::state::{Judgement, State};
+use super::worker::{EvalFailed, EvalThread};
 use crate::config::{EngineSettings, Settings};
 use crate::domain::{Event, InboxEvent, Paused};
 use crate::plugins::PluginRuntime;
 use crate::rules::RuleSet;
 use crate::store::{CheckpointWrite, Store, StoreError};
+
+/// How long an idle engine waits after a checkpoint before the next.
+const IDLE_CHECKPOINT_AFTER: Duration = Duration::from_secs(1);
 
 /// The campaigns paused by their circuit breaker, as the engine last published them.
 pub type PausedCampaigns = ArcSwap<BTreeMap<String, Paused>>;
@@ -57,8 +61,8 @@ pub struct Engine {
 pub enum EngineError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("evaluation task failed: {0}")]
-    Join(#[from] tokio::task::JoinError),
+    #[error(transparent)]
+    Eval(#[from] EvalFailed),
     #[error("cannot open the event recording {path}: {source}")]
     Record { path: PathBuf, source: std::io::Error },
 }
@@ -77,6 +81,7 @@ impl Engine {
 
     /// Runs until `stop` is cancelled, then drains the inbox, checkpoints and returns.
     pub async fn run(self, stop: CancellationToken) -> Result<(), EngineError> {
+        let worker = EvalThread::start()?;
         let checkpoint = retry(|| self.store.load_checkpoint(), &stop).await?;
         let mut cursor = checkpoint.inbox_seq;
         let mut state = State::restore(checkpoint, &self.options.judgement);
@@ -85,18 +90,22 @@ impl Engine {
         let mut last_checkpoint = Instant::now();
         let mut checkpointed = cursor;
         let mut recorder = match &self.options.record_events {
-            Some(path) => {
-                Some(Recorder::open(path).map_err(|source| EngineError::Record { path: path.clone(), source })?)
-            }
+            Some(path) => Some(
+                Recorder::open(path, &self.runtime.fingerprint())
+                    .map_err(|source| EngineError::Record { path: path.clone(), source })?,
+            ),
             None => None,
         };
         loop {
-            state = self.resume_campaigns(state, cursor, &stop).await?;
+            state = self.resume_campaigns(&worker, state, cursor, &stop).await?;
             self.publish_breakers(&state);
             let events =
                 retry(|| self.store.inbox_after(cursor, self.options.engine.batch_events.max(1)), &stop).await?;
             if events.is_empty() {
-                if cursor != checkpointed {
+                // Idle: save progress soon, but not after every event of a
+                // trickle (each checkpoint writes every changed row).
+                let due = stop.is_cancelled() || last_checkpoint.elapsed() >= interval.min(IDLE_CHECKPOINT_AFTER);
+                if cursor != checkpointed && due {
                     self.checkpoint(&mut state, cursor, &stop).await?;
                     checkpointed = cursor;
                     last_checkpoint = Instant::now();
@@ -117,17 +126,18 @@ impl Engine {
                 events.iter().filter(|e| matches!(e.event, Event::GameState(_))).map(|e| e.received_at_ms).collect();
             let rules = self.rules.load_full();
             let runtime = self.runtime.clone();
-            let (returned, evaluation, recorder_back) = tokio::task::spawn_blocking(move || {
-                let mut out = Evaluation::default();
-                for event in &events {
-                    evaluate(&mut state, &rules, &runtime, event, &mut out);
-                }
-                if let Some(r) = recorder.as_mut() {
-                    r.write(&events);
-                }
-                (state, out, recorder)
-            })
-            .await?;
+            let (returned, evaluation, recorder_back) = worker
+                .run(move || {
+                    let mut out = Evaluation::default();
+                    for event in &events {
+                        evaluate(&mut state, &rules, &runtime, event, &mut out);
+                    }
+                    if let Some(r) = recorder.as_mut() {
+                        r.write(&events);
+                    }
+                    (state, out, recorder)
+                })
+                .await?;
             state = returned;
             recorder = recorder_back;
             self.store_grants(&evaluation, &stop).await?;
@@ -162,6 +172,7 @@ impl Engine {
     /// missed up to `cursor`, so it rejoins where everyone else is.
     async fn resume_campaigns(
         &self,
+        worker: &EvalThread,
         mut state: State,
         cursor: i64,
         stop: &CancellationToken,
@@ -183,17 +194,18 @@ impl Engine {
                 let Some(last) = events.last().map(|e| e.seq) else { break };
                 from = last;
                 let (campaign, runtime) = (campaign.clone(), self.runtime.clone());
-                let (returned, evaluation) = tokio::task::spawn_blocking(move || {
-                    let mut out = Evaluation::default();
-                    for event in &events {
-                        if state.breakers.is_paused(&campaign.def.id) {
-                            break;
+                let (returned, evaluation) = worker
+                    .run(move || {
+                        let mut out = Evaluation::default();
+                        for event in &events {
+                            if state.breakers.is_paused(&campaign.def.id) {
+                                break;
+                            }
+                            evaluate_for(&mut state, &campaign, &runtime, event, &mut out);
                         }
-                        evaluate_for(&mut state, &campaign, &runtime, event, &mut out);
-                    }
-                    (state, out)
-                })
-                .await?;
+                        (state, out)
+                    })
+                    .await?;
                 state = returned;
                 self.store_grants(&evaluation, stop).await?;
             }

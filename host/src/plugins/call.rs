@@ -2,6 +2,7 @@
 //! so no state leaks between events and a trap poisons nothing. The answer's
 //! grants are checked and the call's state writes kept only if it succeeds.
 
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -13,12 +14,21 @@ use super::limits::{self, CallLimits, HostBytesExceeded, ImportRefused, MemoryLi
 use super::load::Plugin;
 use super::runtime::{PluginRuntime, EPOCH_TICK};
 use super::state::CampaignKv;
-use super::wit::{Campaign, GameState, Grant, Heartbeat, HeartbeatVerdict, Rules, Viewer};
+use super::wit::{Campaign, GameState, Grant, Heartbeat, HeartbeatVerdict, Rules, Viewers};
 use crate::domain::{cut, ViewerList};
 
 /// A hook's answer, whose grants the host checks.
 trait Answer {
     fn grants(&self) -> &[Grant];
+
+    fn grants_mut(&mut self) -> &mut [Grant];
+
+    /// Makes the handles of a part's grants count from the start of the event.
+    fn shift_handles(&mut self, first: u32) {
+        for grant in self.grants_mut() {
+            grant.viewer += first;
+        }
+    }
 
     /// Bytes the answer carries into the host beyond its fixed-size fields.
     fn bytes(&self) -> usize {
@@ -30,10 +40,18 @@ impl Answer for HeartbeatVerdict {
     fn grants(&self) -> &[Grant] {
         &self.grants
     }
+
+    fn grants_mut(&mut self) -> &mut [Grant] {
+        &mut self.grants
+    }
 }
 
 impl Answer for Vec<Grant> {
     fn grants(&self) -> &[Grant] {
+        self
+    }
+
+    fn grants_mut(&mut self) -> &mut [Grant] {
         self
     }
 }
@@ -41,7 +59,7 @@ impl Answer for Vec<Grant> {
 impl PluginRuntime {
     /// Runs the plugin's config check for a campaign.
     pub fn validate_config(&self, plugin: &Plugin, campaign: &Campaign) -> Result<(), PluginError> {
-        let mut store = self.store(plugin, &campaign.id, Arc::default(), CampaignKv::default(), 0);
+        let mut store = self.store(plugin, &campaign.id, (Arc::default(), 0..0), CampaignKv::default());
         let rules = self.instantiate(plugin, &mut store)?;
         rules
             .drops_rules_rule()
@@ -50,35 +68,100 @@ impl PluginRuntime {
             .map_err(|e| PluginError::Rejected(cut(e, MAX_ERROR_BYTES)))
     }
 
-    /// Decides one heartbeat for a campaign, in a fresh instance. The
-    /// campaign's state changes only if the call succeeds.
+    /// Decides one heartbeat for a campaign, in a fresh instance per call of
+    /// at most `plugins.max_viewers_per_call` viewers. The campaign's state
+    /// changes only if every call succeeds.
     pub fn on_heartbeat(
         &self,
         plugin: &Plugin,
         campaign: &Campaign,
         heartbeat: &Heartbeat,
-        viewers: &[Viewer],
+        viewers: &Viewers,
         ids: Arc<ViewerList>,
         state: &mut CampaignKv,
     ) -> Result<HeartbeatVerdict, PluginError> {
-        self.call(plugin, campaign, viewers.len(), ids, state, |rules, store| {
-            rules.drops_rules_rule().call_on_heartbeat(store, campaign, heartbeat, viewers)
-        })
+        let mut parts = self.in_parts(
+            viewers,
+            ids,
+            state,
+            |part, store, rules| rules.drops_rules_rule().call_on_heartbeat(store, campaign, heartbeat, part),
+            plugin,
+            campaign,
+        )?;
+        let mut verdict = parts.next().unwrap_or(HeartbeatVerdict { count_minutes: true, grants: Vec::new() });
+        for part in parts {
+            if part.count_minutes != verdict.count_minutes {
+                return Err(PluginError::BadOutput("the calls for one heartbeat disagreed on count-minutes".into()));
+            }
+            verdict.grants.extend(part.grants);
+        }
+        Ok(verdict)
     }
 
-    /// Decides the grants for a game-state change and campaign, in a fresh instance.
+    /// Decides the grants for a game-state change and campaign, in a fresh
+    /// instance per call of at most `plugins.max_viewers_per_call` viewers.
     pub fn on_game_state(
         &self,
         plugin: &Plugin,
         campaign: &Campaign,
         change: &GameState,
-        viewers: &[Viewer],
+        viewers: &Viewers,
         ids: Arc<ViewerList>,
         state: &mut CampaignKv,
     ) -> Result<Vec<Grant>, PluginError> {
-        self.call(plugin, campaign, viewers.len(), ids, state, |rules, store| {
-            rules.drops_rules_rule().call_on_game_state(store, campaign, change, viewers)
-        })
+        let parts = self.in_parts(
+            viewers,
+            ids,
+            state,
+            |part, store, rules| rules.drops_rules_rule().call_on_game_state(store, campaign, change, part),
+            plugin,
+            campaign,
+        )?;
+        Ok(parts.flatten().collect())
+    }
+
+    /// Calls `invoke` once per part of at most `max_viewers_per_call`
+    /// viewers, with handles counted from 0 in each part, and returns the
+    /// answers with handles counted from the start of the event again.
+    /// State writes are kept only if every call succeeds.
+    fn in_parts<T: Answer>(
+        &self,
+        viewers: &Viewers,
+        ids: Arc<ViewerList>,
+        state: &mut CampaignKv,
+        invoke: impl Fn(&Viewers, &mut Store<CallState>, &Rules) -> wasmtime::Result<Result<T, String>>,
+        plugin: &Plugin,
+        campaign: &Campaign,
+    ) -> Result<std::vec::IntoIter<T>, PluginError> {
+        let total = viewers.minutes.len();
+        let per_call = self.viewers_per_call();
+        if total <= per_call {
+            let answer =
+                self.call(plugin, campaign, (ids, 0..total), state, |rules, store| invoke(viewers, store, rules))?;
+            return Ok(vec![answer].into_iter());
+        }
+        let mut working = state.clone();
+        let mut answers = Vec::with_capacity(total.div_ceil(per_call));
+        for first in (0..total).step_by(per_call) {
+            let range = first..(first + per_call).min(total);
+            let part = Viewers {
+                minutes: viewers.minutes[range.clone()].to_vec(),
+                counted: viewers.counted.get(first / 32..range.end.div_ceil(32)).unwrap_or_default().to_vec(),
+            };
+            let mut answer = self.call(plugin, campaign, (ids.clone(), range), &mut working, |rules, store| {
+                invoke(&part, store, rules)
+            })?;
+            answer.shift_handles(first as u32);
+            answers.push(answer);
+        }
+        *state = working;
+        Ok(answers.into_iter())
+    }
+
+    /// Viewers in one call: the setting, rounded down to whole words of the `counted` bitset.
+    pub(super) fn viewers_per_call(&self) -> usize {
+        let setting = usize::try_from(self.settings.max_viewers_per_call).unwrap_or(usize::MAX);
+        (setting / 32 * 32).max(32)
     }
 
     /// One limited call in a fresh instance: checks the grants in its answer
@@ -87,13 +170,13 @@ impl PluginRuntime {
         &self,
         plugin: &Plugin,
         campaign: &Campaign,
-        viewer_count: usize,
-        ids: Arc<ViewerList>,
+        viewers: (Arc<ViewerList>, Range<usize>),
         state: &mut CampaignKv,
         invoke: impl FnOnce(&Rules, &mut Store<CallState>) -> wasmtime::Result<Result<T, String>>,
     ) -> Result<T, PluginError> {
         let started = Instant::now();
-        let mut store = self.store(plugin, &campaign.id, ids, std::mem::take(state), viewer_count);
+        let viewer_count = viewers.1.len();
+        let mut store = self.store(plugin, &campaign.id, viewers, std::mem::take(state));
         let result = self
             .instantiate(plugin, &mut store)
             .and_then(|rules| invoke(&rules, &mut store).map_err(|e| self.classify(e, viewer_count)))
@@ -117,11 +200,8 @@ impl PluginRuntime {
         if result.is_ok() {
             state.apply(data.overlay);
         }
-        let outcome = if result.is_ok() { "ok" } else { "error" };
-        metrics::counter!("drops_plugin_calls_total", "plugin" => plugin.name.clone(), "outcome" => outcome)
-            .increment(1);
-        metrics::histogram!("drops_plugin_eval_seconds", "plugin" => plugin.name.clone())
-            .record(started.elapsed().as_secs_f64());
+        if result.is_ok() { &plugin.metrics.ok } else { &plugin.metrics.failed }.increment(1);
+        plugin.metrics.seconds.record(started.elapsed().as_secs_f64());
         result
     }
 
@@ -129,10 +209,10 @@ impl PluginRuntime {
         &self,
         plugin: &Plugin,
         campaign: &str,
-        viewers: Arc<ViewerList>,
+        viewers: (Arc<ViewerList>, Range<usize>),
         state: CampaignKv,
-        viewer_count: usize,
     ) -> Store<CallState> {
+        let viewer_count = viewers.1.len();
         let limits = CallLimits::new(self.settings.max_memory_bytes);
         let budget = CallBudget {
             host_bytes: self.host_bytes_budget(viewer_count),

@@ -12,6 +12,10 @@ use crate::domain::ViewerList;
 pub struct CallState {
     pub(super) limits: CallLimits,
     viewers: Arc<ViewerList>,
+    /// The call's viewers: handle `h` is `viewers[first + h]` for `h < count`
+    /// (a large heartbeat is decided in several calls).
+    first: usize,
+    count: usize,
     /// The campaign's state, moved in for the call and back out after it.
     pub(super) state: CampaignKv,
     /// The call's writes, applied to `state` only if the call succeeds.
@@ -34,18 +38,21 @@ pub(super) struct CallBudget {
 }
 
 impl CallState {
-    /// The state of a call of `plugin` for `campaign`, over the event's `viewers`.
+    /// The state of a call of `plugin` for `campaign`, over a range of the event's `viewers`.
     pub(super) fn new(
         limits: CallLimits,
         budget: CallBudget,
         plugin: &str,
         campaign: &str,
-        viewers: Arc<ViewerList>,
+        viewers: (Arc<ViewerList>, std::ops::Range<usize>),
         state: CampaignKv,
     ) -> CallState {
+        let (viewers, range) = viewers;
         CallState {
             limits,
             viewers,
+            first: range.start,
+            count: range.len(),
             state,
             overlay: Overlay::default(),
             plugin: Arc::from(plugin),
@@ -107,7 +114,8 @@ impl host_interface::Host for CallState {
 
     fn viewer_id(&mut self, handle: u32) -> wasmtime::Result<Option<String>> {
         self.charge(4)?;
-        Ok(self.viewers.get(handle as usize).map(String::from))
+        let handle = handle as usize;
+        Ok((handle < self.count).then(|| self.viewers.get(self.first + handle)).flatten().map(String::from))
     }
 
     fn state_get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {

@@ -42,6 +42,26 @@ pub struct Plugin {
     /// The bytes, kept for the version history (plugins are tens of KB).
     pub bytes: Arc<[u8]>,
     pub(super) pre: RulesPre<CallState>,
+    /// Its metric handles, registered once rather than looked up per call.
+    pub(super) metrics: CallMetrics,
+}
+
+/// A plugin's per-call metrics.
+pub(super) struct CallMetrics {
+    pub ok: metrics::Counter,
+    pub failed: metrics::Counter,
+    pub seconds: metrics::Histogram,
+}
+
+impl CallMetrics {
+    fn of(plugin: &str) -> CallMetrics {
+        let name = plugin.to_string();
+        CallMetrics {
+            ok: metrics::counter!("drops_plugin_calls_total", "plugin" => name.clone(), "outcome" => "ok"),
+            failed: metrics::counter!("drops_plugin_calls_total", "plugin" => name.clone(), "outcome" => "error"),
+            seconds: metrics::histogram!("drops_plugin_eval_seconds", "plugin" => name),
+        }
+    }
 }
 
 impl fmt::Debug for Plugin {
@@ -55,26 +75,48 @@ impl PluginRuntime {
     /// checks its imports and exports, compiles and pre-instantiates it.
     pub fn load(&self, name: &str, bytes: &[u8]) -> Result<Plugin, PluginError> {
         let hash = PluginHash::of(bytes);
-        let component_bytes = if wasmparser::Parser::is_component(bytes) {
-            bytes.to_vec()
-        } else if wasmparser::Parser::is_core_wasm(bytes) {
+        let core = wasmparser::Parser::is_core_wasm(bytes);
+        if core {
             check_core_imports(bytes)?;
-            wit_component::ComponentEncoder::default()
-                .module(bytes)
-                .and_then(|e| e.validate(true).encode())
-                .map_err(|e| PluginError::Componentize(format!("{e:#}")))?
-        } else {
+        } else if !wasmparser::Parser::is_component(bytes) {
             return Err(PluginError::NotWasm);
+        }
+        let component = match self.cache.as_ref().and_then(|cache| cache.get(&self.engine, &hash)) {
+            Some(compiled) => compiled,
+            None => {
+                let component = self.compile(bytes, core)?;
+                if let Some(cache) = &self.cache {
+                    cache.put(&hash, &component);
+                }
+                component
+            }
         };
-        let component =
-            Component::new(&self.engine, &component_bytes).map_err(|e| PluginError::Compile(format!("{e:#}")))?;
         check_component_interface(&self.engine, &component)?;
         let pre = self
             .linker
             .instantiate_pre(&component)
             .and_then(RulesPre::new)
             .map_err(|e| PluginError::Compile(format!("{e:#}")))?;
-        Ok(Plugin { name: name.to_string(), hash, bytes: Arc::from(bytes), pre })
+        Ok(Plugin { name: name.to_string(), hash, bytes: Arc::from(bytes), pre, metrics: CallMetrics::of(name) })
+    }
+}
+
+impl PluginRuntime {
+    /// Componentizes a core module and compiles the component.
+    fn compile(&self, bytes: &[u8], core: bool) -> Result<Component, PluginError> {
+        let started = std::time::Instant::now();
+        let component = if core {
+            let component_bytes = wit_component::ComponentEncoder::default()
+                .module(bytes)
+                .and_then(|e| e.validate(true).encode())
+                .map_err(|e| PluginError::Componentize(format!("{e:#}")))?;
+            Component::new(&self.engine, &component_bytes)
+        } else {
+            Component::new(&self.engine, bytes)
+        };
+        let component = component.map_err(|e| PluginError::Compile(format!("{e:#}")))?;
+        metrics::histogram!("drops_plugin_compile_seconds").record(started.elapsed().as_secs_f64());
+        Ok(component)
     }
 }
 
@@ -135,5 +177,15 @@ mod tests {
         );
         assert_eq!(check_version(RULE_EXPORT), None);
         assert_eq!(check_version("wasi:io/streams@0.2.0"), None);
+    }
+
+    #[test]
+    fn a_plugin_built_for_the_previous_interface_is_refused_naming_both_versions() {
+        let runtime = PluginRuntime::new(Default::default()).unwrap();
+        let old = include_bytes!("../../../tests/fixtures/watch-time-tiers-interface-0.2.0.wasm");
+        let err = runtime.load("old", old).unwrap_err();
+        assert_eq!(err, PluginError::WrongVersion { found: "0.2.0".into(), supported: VERSION });
+        let message = err.to_string();
+        assert!(message.contains("0.2.0") && message.contains(VERSION), "{message}");
     }
 }

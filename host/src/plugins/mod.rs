@@ -3,8 +3,10 @@
 //! [`wit`] binds the interface (one module per version), [`load`] turns bytes
 //! into a checked plugin, [`host`] implements the imports a plugin may use
 //! over the per-call [`state`], [`call`] runs one sandboxed, limited call,
-//! [`limits`] holds the limits, and [`runtime`] the one wasmtime engine.
+//! [`limits`] holds the limits, [`runtime`] the one wasmtime engine, and
+//! [`cache`] the compiled plugins kept on disk.
 
+pub mod cache;
 pub mod call;
 pub mod error;
 pub mod host;
@@ -20,5 +22,5 @@ pub use runtime::PluginRuntime;
 pub use state::CampaignKv;
 pub use wit::{
     Campaign as WitCampaign, GameState as WitGameState, Grant as WitGrant, Heartbeat as WitHeartbeat,
-    Viewer as WitViewer, VERSION as INTERFACE_VERSION,
+    Viewers as WitViewers, VERSION as INTERFACE_VERSION,
 };

@@ -8,6 +8,7 @@ use std::time::Duration;
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
+use super::cache::ArtifactCache;
 use super::error::PluginError;
 use super::host::CallState;
 use super::wit::Rules;
@@ -15,6 +16,15 @@ use crate::config::PluginSettings;
 
 /// Instances alive at once: the engine's call, reload validations, `plugin check`.
 const POOL_SLOTS: u32 = 64;
+
+/// The wasmtime this host runs plugins with (a test checks it against
+/// Cargo.lock). Fuel counts may change between versions, so it is recorded
+/// with rule history and recordings, and `replay` says when it differs.
+pub const WASMTIME_VERSION: &str = "48.0.8";
+
+/// Bytes of each pool slot's linear memory reset in place rather than
+/// returned to the kernel after a call.
+const KEEP_RESIDENT_BYTES: usize = 4 << 20;
 
 /// How often the epoch ticks; call deadlines are counted in ticks.
 pub(super) const EPOCH_TICK: Duration = Duration::from_millis(1);
@@ -24,6 +34,8 @@ pub struct PluginRuntime {
     pub(super) engine: Engine,
     pub(super) linker: Linker<CallState>,
     pub(super) settings: PluginSettings,
+    /// Where compiled plugins are kept, if anywhere.
+    pub(super) cache: Option<ArtifactCache>,
     ticker_stop: Arc<AtomicBool>,
 }
 
@@ -35,6 +47,9 @@ impl PluginRuntime {
         config.epoch_interruption(true);
         config.consume_fuel(true);
         config.max_wasm_stack(512 << 10);
+        // One call at a time per store: the component model's concurrency
+        // machinery would only add set-up to every instantiation.
+        config.concurrency_support(false);
         // A fresh instance per call is affordable only from a pool: slots are
         // reused and memory is reset copy-on-write instead of mapped anew.
         let mut pool = PoolingAllocationConfig::default();
@@ -42,7 +57,14 @@ impl PluginRuntime {
             .total_core_instances(POOL_SLOTS)
             .total_memories(POOL_SLOTS)
             .total_tables(POOL_SLOTS)
-            .max_memory_size(usize::try_from(settings.max_memory_bytes).unwrap_or(usize::MAX));
+            .max_memory_size(usize::try_from(settings.max_memory_bytes).unwrap_or(usize::MAX))
+            // A call dirties a few pages (stack, heap, the lifted lists).
+            // Resetting only those (found with PAGEMAP_SCAN, Linux 6.7+) and
+            // keeping them mapped spares every call the madvise and the page
+            // faults that would bring them back; see docs/BENCHMARKS.md.
+            .pagemap_scan(wasmtime::Enabled::Auto)
+            .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
+            .table_keep_resident(64 << 10);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config).map_err(|e| PluginError::Compile(e.to_string()))?;
         let mut linker = Linker::new(&engine);
@@ -62,7 +84,29 @@ impl PluginRuntime {
                 }
             })
             .map_err(|e| PluginError::Compile(format!("epoch thread: {e}")))?;
-        Ok(PluginRuntime { engine, linker, settings, ticker_stop })
+        Ok(PluginRuntime { engine, linker, settings, cache: None, ticker_stop })
+    }
+
+    /// Keeps compiled plugins in `dir`, so none is compiled twice.
+    pub fn with_cache(mut self, dir: &std::path::Path) -> PluginRuntime {
+        self.cache = Some(ArtifactCache::new(dir, &self.engine));
+        self
+    }
+
+    /// What a verdict can depend on besides the plugin, its config and the
+    /// events: the wasmtime version (fuel counts) and the limits.
+    pub fn fingerprint(&self) -> String {
+        let p = &self.settings;
+        format!(
+            "wasmtime {WASMTIME_VERSION}; fuel {}+{}/viewer; memory {} B; host bytes {}+{}/viewer; state {} B; {} viewers/call",
+            p.max_call_fuel,
+            p.max_call_fuel_per_viewer,
+            p.max_memory_bytes,
+            p.max_call_host_bytes,
+            p.max_call_host_bytes_per_viewer,
+            p.max_campaign_state_bytes,
+            self.viewers_per_call()
+        )
     }
 
     /// The fuel budget of a call with `viewers` viewers.
@@ -87,5 +131,24 @@ impl PluginRuntime {
 impl Drop for PluginRuntime {
     fn drop(&mut self) {
         self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_recorded_wasmtime_version_is_the_one_built_in() {
+        let lock = include_str!("../../../Cargo.lock");
+        let entry = format!("name = \"wasmtime\"\nversion = \"{WASMTIME_VERSION}\"");
+        assert!(lock.contains(&entry), "Cargo.lock has another wasmtime than WASMTIME_VERSION");
+    }
+
+    #[test]
+    fn the_fingerprint_names_the_version_and_the_limits() {
+        let runtime = PluginRuntime::new(PluginSettings { max_call_fuel: 1234, ..Default::default() }).unwrap();
+        let fingerprint = runtime.fingerprint();
+        assert!(fingerprint.starts_with(&format!("wasmtime {WASMTIME_VERSION}; fuel 1234+")), "{fingerprint}");
     }
 }

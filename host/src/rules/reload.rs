@@ -142,13 +142,14 @@ impl Reloader {
         metrics::counter!("drops_rules_reloads_total", "outcome" => "swapped").increment(1);
         metrics::histogram!("drops_rules_reload_seconds").record(ms / 1000.0);
         tracing::info!(errors, "rules reloaded in {ms:.1} ms");
-        record_history(&self.store, &next).await;
+        record_history(&self.store, &next, &self.runtime).await;
     }
 }
 
 /// Records the plugin versions and campaign activations of a rule set.
 /// History is for people; failing to write it never stops serving.
-pub async fn record_history(store: &Store, rules: &RuleSet) {
+pub async fn record_history(store: &Store, rules: &RuleSet, runtime: &PluginRuntime) {
+    let fingerprint = runtime.fingerprint();
     for plugin in rules.plugins().values() {
         if let Err(e) = store.record_plugin_version(&plugin.name, &plugin.hash.0, &plugin.bytes).await {
             tracing::warn!(plugin = %plugin.name, "plugin version not recorded: {e}");
@@ -160,6 +161,7 @@ pub async fn record_history(store: &Store, rules: &RuleSet) {
             campaign_revision: c.revision.clone(),
             plugin_name: c.plugin.name.clone(),
             plugin_hash: c.plugin.hash.0.clone(),
+            runtime: fingerprint.clone(),
             activated_at: 0,
         };
         if let Err(e) = store.record_activation(&entry).await {

@@ -7,6 +7,7 @@
 //! reports are dropped, as Twitch does. With `--e2-token`, each channel's
 //! broadcaster also has a game server publishing its state ([`game_server`]).
 
+pub mod ack_latency;
 pub mod game_server;
 
 use std::time::{Duration, Instant};

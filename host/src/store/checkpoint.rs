@@ -111,10 +111,11 @@ impl Store {
     }
 
     /// Commits changed watch-time rows and the inbox position in one
-    /// transaction, then drops the viewer lists the checkpoint has passed.
+    /// transaction, then drops the viewer lists the checkpoint has passed
+    /// (through the inbox's own writer: the inbox is not written here).
     pub async fn save_checkpoint(&self, write: &CheckpointWrite<'_>) -> Result<(), StoreError> {
         let (inbox_seq, changed, campaign_state) = (write.inbox_seq, write.watch_time, write.campaign_state);
-        let _guard = self.write_lock().await;
+        let guard = self.write_lock().await;
         let mut tx = self.pool.begin().await?;
         let pruned: Option<i64> = sqlx::query_scalar("SELECT pruned_seq FROM engine_checkpoint WHERE id = 1")
             .fetch_optional(&mut *tx)
@@ -190,17 +191,6 @@ impl Store {
             .await?;
         }
         for row in write.watchers {
-            // The heartbeat this one replaces was kept back from pruning for
-            // its viewers; behind the checkpoint they are no longer needed.
-            sqlx::query(
-                "UPDATE inbox SET viewers = NULL WHERE seq <= $1 AND seq <> $2 AND seq IN \
-                 (SELECT inbox_seq FROM watchers WHERE broadcaster_id = $3)",
-            )
-            .bind(prune_to)
-            .bind(row.inbox_seq)
-            .bind(&row.broadcaster_id)
-            .execute(&mut *tx)
-            .await?;
             sqlx::query(
                 "INSERT INTO watchers (broadcaster_id, inbox_seq, minute) VALUES ($1, $2, $3) \
                  ON CONFLICT (broadcaster_id) DO UPDATE SET inbox_seq = excluded.inbox_seq, minute = excluded.minute",
@@ -212,14 +202,6 @@ impl Store {
             .await?;
         }
         for broadcaster in write.watchers_gone {
-            sqlx::query(
-                "UPDATE inbox SET viewers = NULL WHERE seq <= $1 AND seq IN \
-                 (SELECT inbox_seq FROM watchers WHERE broadcaster_id = $2)",
-            )
-            .bind(prune_to)
-            .bind(broadcaster)
-            .execute(&mut *tx)
-            .await?;
             sqlx::query("DELETE FROM watchers WHERE broadcaster_id = $1").bind(broadcaster).execute(&mut *tx).await?;
         }
         sqlx::query(
@@ -232,27 +214,11 @@ impl Store {
         .bind(prune_to)
         .execute(&mut *tx)
         .await?;
-        // Events behind the checkpoint (and behind every paused campaign) are
-        // never read again; their ids stay for deduplication. Each
-        // broadcaster's latest heartbeat keeps its viewers: who watches now.
-        sqlx::query(
-            "UPDATE inbox SET viewers = NULL WHERE seq > $1 AND seq <= $2 \
-             AND seq NOT IN (SELECT inbox_seq FROM watchers)",
-        )
-        .bind(pruned)
-        .bind(prune_to)
-        .execute(&mut *tx)
-        .await?;
-        // Game-state messages behind the checkpoint live on in the checkpointed
-        // state, and their ids are per message (never resent), so nothing
-        // needs them again; unlike heartbeat ids, they are not kept.
-        sqlx::query("DELETE FROM inbox WHERE source = 'e2' AND seq > $1 AND seq <= $2")
-            .bind(pruned)
-            .bind(prune_to)
-            .execute(&mut *tx)
-            .await?;
         tx.commit().await?;
-        Ok(())
+        drop(guard);
+        // Only behind a committed checkpoint: a crash before this prunes
+        // nothing, and the next checkpoint prunes what this one would have.
+        self.prune_inbox(prune_to).await
     }
 }
 

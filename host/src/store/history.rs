@@ -20,6 +20,8 @@ pub struct RuleHistoryEntry {
     pub campaign_revision: String,
     pub plugin_name: String,
     pub plugin_hash: String,
+    /// The wasmtime version and sandbox limits it ran under (`PluginRuntime::fingerprint`).
+    pub runtime: String,
     pub activated_at: i64,
 }
 
@@ -41,27 +43,30 @@ impl Store {
         Ok(())
     }
 
-    /// Records that a campaign revision now runs with a plugin version,
-    /// unless that is already its latest entry.
+    /// Records that a campaign revision now runs with a plugin version under
+    /// a plugin runtime, unless that is already its latest entry.
     pub async fn record_activation(&self, entry: &RuleHistoryEntry) -> Result<(), StoreError> {
         let _guard = self.write_lock().await;
-        let latest: Option<(String, String)> = sqlx::query_as(
-            "SELECT campaign_revision, plugin_hash FROM rule_history WHERE campaign_id = $1 ORDER BY id DESC LIMIT 1",
+        let latest: Option<(String, String, String)> = sqlx::query_as(
+            "SELECT campaign_revision, plugin_hash, runtime FROM rule_history WHERE campaign_id = $1 \
+             ORDER BY id DESC LIMIT 1",
         )
         .bind(&entry.campaign_id)
         .fetch_optional(&self.pool)
         .await?;
-        if latest.is_some_and(|(revision, hash)| revision == entry.campaign_revision && hash == entry.plugin_hash) {
+        let current = (&entry.campaign_revision, &entry.plugin_hash, &entry.runtime);
+        if latest.is_some_and(|(revision, hash, runtime)| (&revision, &hash, &runtime) == current) {
             return Ok(());
         }
         sqlx::query(
-            "INSERT INTO rule_history (campaign_id, campaign_revision, plugin_name, plugin_hash, activated_at) \
-             VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO rule_history (campaign_id, campaign_revision, plugin_name, plugin_hash, runtime, activated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(&entry.campaign_id)
         .bind(&entry.campaign_revision)
         .bind(&entry.plugin_name)
         .bind(&entry.plugin_hash)
+        .bind(&entry.runtime)
         .bind(now_ms())
         .execute(&self.pool)
         .await?;
@@ -90,7 +95,7 @@ impl Store {
     /// A campaign's history, oldest first.
     pub async fn rule_history(&self, campaign_id: &str) -> Result<Vec<RuleHistoryEntry>, StoreError> {
         Ok(sqlx::query_as(
-            "SELECT campaign_id, campaign_revision, plugin_name, plugin_hash, activated_at FROM rule_history \
+            "SELECT campaign_id, campaign_revision, plugin_name, plugin_hash, runtime, activated_at FROM rule_history \
              WHERE campaign_id = $1 ORDER BY id",
         )
         .bind(campaign_id)

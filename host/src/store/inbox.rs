@@ -1,8 +1,31 @@
 //! The durable inbox: ingest appends, the engine reads in order.
+//!
+//! Every write to the inbox goes through one writer task with its own
+//! connection (on SQLite, to its own file), so an acknowledgement never waits
+//! for the engine's checkpoints or grant writes. The writer commits whatever
+//! is waiting in one transaction: requests that arrive together share one
+//! fsync (group commit), and since it is the only writer, sequence numbers
+//! commit in order and the engine never skips one.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use sqlx::AnyPool;
+use tokio::sync::{mpsc, oneshot};
 
 use super::encoding::{decode_game_state, decode_heartbeat, encode_game_state, encode_heartbeat};
-use super::{Store, StoreError};
-use crate::domain::{now_ms, Event, GameStateEvent, Heartbeat, InboxEvent};
+use super::signals::Signals;
+use super::{values_placeholders, Store, StoreError};
+use crate::domain::{now_ms, Event, GameStateEvent, Heartbeat, InboxEvent, ViewerList};
+
+/// Jobs waiting for the writer; a full queue makes callers wait, not fail.
+const QUEUE: usize = 256;
+
+/// Jobs committed together at most, so one commit stays short.
+const MAX_GROUP: usize = 64;
+
+/// Rows per INSERT statement (5 parameters each, well under every backend's limit).
+const ROWS_PER_STATEMENT: usize = 1000;
 
 /// How a batch of heartbeats was taken.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -13,53 +36,203 @@ pub struct InsertOutcome {
     pub duplicates: u64,
 }
 
+/// A heartbeat in its stored form, owned so it can travel to the writer.
+struct StoredHeartbeat {
+    id: String,
+    header: String,
+    viewers: Arc<ViewerList>,
+}
+
+/// What one caller asked the writer for.
+enum Work {
+    /// Heartbeats of one request: all of them or none.
+    Heartbeats(Vec<StoredHeartbeat>),
+    /// One E2 message.
+    GameState { dedup_key: String, header: String, received_at: i64 },
+    /// Drop what the engine's checkpoint at `0` has passed.
+    Prune(i64),
+}
+
+struct Job {
+    work: Work,
+    reply: oneshot::Sender<Result<InsertOutcome, StoreError>>,
+}
+
+/// The handle callers send inbox writes through.
+#[derive(Debug)]
+pub(super) struct InboxWriter {
+    queue: mpsc::Sender<Job>,
+}
+
+impl InboxWriter {
+    /// Starts the writer task on `pool` (whose connections the task alone writes the inbox with).
+    pub(super) fn start(pool: AnyPool, signals: Arc<Signals>) -> InboxWriter {
+        let (queue, jobs) = mpsc::channel(QUEUE);
+        tokio::spawn(write_loop(pool, signals, jobs));
+        InboxWriter { queue }
+    }
+
+    async fn submit(&self, work: Work) -> Result<InsertOutcome, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue.send(Job { work, reply }).await.map_err(|_| StoreError::WriterStopped)?;
+        answer.await.map_err(|_| StoreError::WriterStopped)?
+    }
+}
+
+async fn write_loop(pool: AnyPool, signals: Arc<Signals>, mut jobs: mpsc::Receiver<Job>) {
+    let mut group = Vec::with_capacity(MAX_GROUP);
+    while jobs.recv_many(&mut group, MAX_GROUP).await > 0 {
+        let started = std::time::Instant::now();
+        let result = commit(&pool, &group).await;
+        metrics::histogram!("drops_inbox_commit_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("drops_inbox_commit_jobs").record(group.len() as f64);
+        match result {
+            Ok(outcomes) => {
+                if outcomes.iter().any(|o| o.accepted > 0) {
+                    signals.inbox_grew();
+                }
+                for (job, outcome) in group.drain(..).zip(outcomes) {
+                    let _ = job.reply.send(Ok(outcome));
+                }
+            }
+            Err(e) => {
+                // Nothing of the group was stored: each caller answers 503 and Twitch retries.
+                let shared = Arc::new(e);
+                for job in group.drain(..) {
+                    let _ = job.reply.send(Err(StoreError::Shared(shared.clone())));
+                }
+            }
+        }
+    }
+}
+
+/// One inbox row to insert.
+struct NewRow<'a> {
+    source: &'static str,
+    dedup_key: &'a str,
+    header: &'a str,
+    viewers: Option<&'a [u8]>,
+    received_at: i64,
+}
+
+/// Stores a group of jobs atomically: the inserts as one statement when they
+/// fit in one (autocommit: one round trip to the database and one fsync),
+/// otherwise in one transaction with any pruning.
+async fn commit(pool: &AnyPool, group: &[Job]) -> Result<Vec<InsertOutcome>, StoreError> {
+    let now = now_ms();
+    let mut rows = Vec::new();
+    let mut prune_to = None;
+    for job in group {
+        match &job.work {
+            Work::Heartbeats(heartbeats) => rows.extend(heartbeats.iter().map(|hb| NewRow {
+                source: "vhs",
+                dedup_key: &hb.id,
+                header: &hb.header,
+                viewers: Some(hb.viewers.joined()),
+                received_at: now,
+            })),
+            Work::GameState { dedup_key, header, received_at } => {
+                rows.push(NewRow { source: "e2", dedup_key, header, viewers: None, received_at: *received_at })
+            }
+            Work::Prune(to) => prune_to = prune_to.max(Some(*to)),
+        }
+    }
+    let mut inserted = HashSet::new();
+    if prune_to.is_none() && rows.len() <= ROWS_PER_STATEMENT {
+        if !rows.is_empty() {
+            inserted = insert(pool, &rows).await?;
+        }
+    } else {
+        let mut tx = pool.begin().await?;
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            inserted.extend(insert(&mut *tx, chunk).await?);
+        }
+        if let Some(to) = prune_to {
+            // Events behind the checkpoint are never read again; their ids
+            // stay for deduplication. Each broadcaster's latest heartbeat
+            // keeps its viewers (who watches now). Game-state messages live
+            // on in the checkpointed state and are never resent.
+            sqlx::query(
+                "UPDATE inbox SET viewers = NULL WHERE viewers IS NOT NULL AND seq <= $1 \
+                 AND seq NOT IN (SELECT inbox_seq FROM watchers)",
+            )
+            .bind(to)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("DELETE FROM inbox WHERE source = 'e2' AND seq <= $1").bind(to).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+    }
+    // Each stored key is credited to the first job that sent it; a second
+    // sender in the same group (a retry racing its original) sees a duplicate.
+    let outcomes = group
+        .iter()
+        .map(|job| {
+            let mut outcome = InsertOutcome::default();
+            let mut credit = |key: &str| {
+                if inserted.remove(key) {
+                    outcome.accepted += 1;
+                } else {
+                    outcome.duplicates += 1;
+                }
+            };
+            match &job.work {
+                Work::Heartbeats(heartbeats) => heartbeats.iter().for_each(|hb| credit(&hb.id)),
+                Work::GameState { dedup_key, .. } => credit(dedup_key),
+                Work::Prune(_) => {}
+            }
+            outcome
+        })
+        .collect();
+    Ok(outcomes)
+}
+
+/// Inserts rows in one statement; returns the keys that were new.
+async fn insert<'c>(
+    db: impl sqlx::Executor<'c, Database = sqlx::Any>,
+    rows: &[NewRow<'_>],
+) -> Result<HashSet<String>, StoreError> {
+    let sql = format!(
+        "INSERT INTO inbox (source, dedup_key, header, viewers, received_at) VALUES {} \
+         ON CONFLICT (dedup_key) DO NOTHING RETURNING dedup_key",
+        values_placeholders(rows.len(), 5)
+    );
+    let mut query = sqlx::query_scalar::<_, String>(&sql);
+    for row in rows {
+        query = query.bind(row.source).bind(row.dedup_key).bind(row.header).bind(row.viewers).bind(row.received_at);
+    }
+    Ok(query.fetch_all(db).await?.into_iter().collect())
+}
+
 impl Store {
     /// Stores heartbeats in one transaction: all of them or none.
     pub async fn insert_heartbeats(&self, heartbeats: &[Heartbeat]) -> Result<InsertOutcome, StoreError> {
-        let encoded = heartbeats.iter().map(encode_heartbeat).collect::<Result<Vec<_>, _>>()?;
-        let _guard = self.write_lock().await;
-        let mut tx = self.pool.begin().await?;
-        let mut outcome = InsertOutcome::default();
-        let now = now_ms();
-        for (hb, (header, viewers)) in heartbeats.iter().zip(encoded) {
-            let done = sqlx::query(
-                "INSERT INTO inbox (source, dedup_key, header, viewers, received_at) \
-                 VALUES ('vhs', $1, $2, $3, $4) ON CONFLICT (dedup_key) DO NOTHING",
-            )
-            .bind(&hb.id.0)
-            .bind(header)
-            .bind(viewers)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            if done.rows_affected() == 1 {
-                outcome.accepted += 1;
-            } else {
-                outcome.duplicates += 1;
-            }
-        }
-        tx.commit().await?;
-        self.signals.inbox_grew();
-        Ok(outcome)
+        let stored = heartbeats
+            .iter()
+            .map(|hb| {
+                let (header, _) = encode_heartbeat(hb)?;
+                Ok(StoredHeartbeat { id: hb.id.0.clone(), header, viewers: hb.viewer_list.clone() })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        self.inbox.submit(Work::Heartbeats(stored)).await
     }
 
     /// Stores one accepted E2 message. Its id is unique per message, so a
     /// client's resend after a reconnect is a new event; applying the same
     /// state again changes nothing, which is what makes it harmless.
     pub async fn insert_game_state(&self, event: &GameStateEvent) -> Result<(), StoreError> {
-        let header = encode_game_state(event)?;
-        let _guard = self.write_lock().await;
-        sqlx::query(
-            "INSERT INTO inbox (source, dedup_key, header, viewers, received_at) \
-             VALUES ('e2', $1, $2, NULL, $3) ON CONFLICT (dedup_key) DO NOTHING",
-        )
-        .bind(format!("e2:{}", event.id))
-        .bind(header)
-        .bind(event.received_at_ms)
-        .execute(&self.pool)
-        .await?;
-        self.signals.inbox_grew();
-        Ok(())
+        let work = Work::GameState {
+            dedup_key: format!("e2:{}", event.id),
+            header: encode_game_state(event)?,
+            received_at: event.received_at_ms,
+        };
+        self.inbox.submit(work).await.map(|_| ())
+    }
+
+    /// Drops the viewer lists and game-state messages the checkpoint at `seq`
+    /// has passed, once that checkpoint is committed.
+    pub(super) async fn prune_inbox(&self, seq: i64) -> Result<(), StoreError> {
+        self.inbox.submit(Work::Prune(seq)).await.map(|_| ())
     }
 
     /// Up to `limit` events after `seq`, in order.
@@ -71,7 +244,11 @@ impl Store {
         .bind(limit as i64)
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter().map(InboxRow::decode).collect()
+        // Decoding a batch of large heartbeats takes milliseconds: not on an
+        // executor thread, where it would hold up acknowledgements.
+        tokio::task::spawn_blocking(move || rows.into_iter().map(InboxRow::decode).collect())
+            .await
+            .map_err(|e| StoreError::Encode(format!("decoding task failed: {e}")))?
     }
 }
 

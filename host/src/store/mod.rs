@@ -4,9 +4,11 @@
 //!
 //! One SQL text serves SQLite and PostgreSQL through sqlx's `Any` driver
 //! (`$N` placeholders, `ON CONFLICT`, `RETURNING` work in both); only the
-//! migrations differ per backend. Writes go through one in-process lock:
-//! SQLite has a single writer anyway, and on PostgreSQL it keeps inbox
-//! sequence numbers committing in order, so the engine never skips one.
+//! migrations differ per backend. Two write paths never wait for each other:
+//! the inbox has its own writer task with group commit ([`inbox`]; on SQLite
+//! its own file, attached to every connection so queries name its table as
+//! usual), and everything else goes through one in-process lock, since
+//! SQLite has a single writer per file anyway.
 
 mod checkpoint;
 mod encoding;
@@ -21,6 +23,7 @@ mod tests;
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
@@ -31,11 +34,13 @@ use crate::config::SqliteSynchronous;
 pub use checkpoint::{Checkpoint, CheckpointWrite, GameStateRow, WatchTimeRow, WatcherRow};
 pub use grants::{GrantFilter, GrantRow};
 pub use history::{PluginVersion, RuleHistoryEntry};
+use inbox::InboxWriter;
 pub use inbox::InsertOutcome;
 pub use manifests::{ManifestRow, UnbatchedGrant};
 pub use signals::Signals;
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+static SQLITE_INBOX_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite-inbox");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
 /// Which database a URL names.
@@ -58,6 +63,10 @@ pub enum StoreError {
     Corrupt { seq: i64, reason: String },
     #[error("cannot encode for storage: {0}")]
     Encode(String),
+    #[error("the inbox writer has stopped")]
+    WriterStopped,
+    #[error("{0}")]
+    Shared(std::sync::Arc<StoreError>),
 }
 
 impl StoreError {
@@ -69,6 +78,7 @@ impl StoreError {
         match self {
             StoreError::Corrupt { .. } | StoreError::Encode(_) => true,
             StoreError::Sqlx(sqlx::Error::Database(db)) => db.code().is_some_and(|c| c.starts_with("22")),
+            StoreError::Shared(e) => e.is_permanent(),
             _ => false,
         }
     }
@@ -80,7 +90,10 @@ pub struct Store {
     pool: AnyPool,
     backend: Backend,
     writer: Mutex<()>,
-    signals: Signals,
+    signals: Arc<Signals>,
+    inbox: InboxWriter,
+    /// The inbox writer's own connection (SQLite), closed with the store.
+    inbox_pool: Option<AnyPool>,
 }
 
 impl Store {
@@ -93,46 +106,95 @@ impl Store {
     /// Connects with the given SQLite durability (ignored for PostgreSQL).
     pub async fn connect_with(url: &str, synchronous: SqliteSynchronous) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
-        let backend = if url.starts_with("sqlite:") {
-            Backend::Sqlite
-        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-            Backend::Postgres
-        } else {
+        let signals = Arc::new(Signals::default());
+        if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let options = AnyConnectOptions::from_str(url)?;
+            let pool = AnyPoolOptions::new().max_connections(8).connect_with(options).await?;
+            let inbox = InboxWriter::start(pool.clone(), signals.clone());
+            return Ok(Store {
+                pool,
+                backend: Backend::Postgres,
+                writer: Mutex::new(()),
+                signals,
+                inbox,
+                inbox_pool: None,
+            });
+        }
+        if !url.starts_with("sqlite:") {
             return Err(StoreError::UnknownBackend(crate::secrets::redact_url(url)));
-        };
-        let url = match backend {
-            Backend::Sqlite => sqlite_url(url)?,
-            Backend::Postgres => url.to_string(),
-        };
-        let options = AnyConnectOptions::from_str(&url)?;
-        let pool = AnyPoolOptions::new()
-            .max_connections(if backend == Backend::Sqlite { 4 } else { 8 })
-            .after_connect(move |conn, _| {
-                Box::pin(async move {
-                    if backend == Backend::Sqlite {
-                        // WAL lets readers run beside the writer; FULL (the default)
-                        // makes an acknowledged heartbeat survive a power cut, not only a crash.
-                        conn.execute("PRAGMA journal_mode = WAL").await?;
-                        let pragma = match synchronous {
-                            SqliteSynchronous::Full => "PRAGMA synchronous = FULL",
-                            SqliteSynchronous::Normal => "PRAGMA synchronous = NORMAL",
-                        };
-                        conn.execute(pragma).await?;
-                        conn.execute("PRAGMA busy_timeout = 10000").await?;
-                    }
-                    Ok(())
-                })
-            })
-            .connect_with(options)
-            .await?;
-        Ok(Store { pool, backend, writer: Mutex::new(()), signals: Signals::default() })
+        }
+        let files = SqliteFiles::of(url)?;
+        // Every connection sees the other file attached: the main pool reads
+        // the inbox, the inbox writer reads `watchers` when it prunes.
+        let pool = sqlite_pool(&files.main_url, 4, synchronous, ("inbox_file", files.inbox_path.clone())).await?;
+        let inbox_pool = sqlite_pool(&files.inbox_url, 1, synchronous, ("engine_file", files.main_path)).await?;
+        let inbox = InboxWriter::start(inbox_pool.clone(), signals.clone());
+        Ok(Store {
+            pool,
+            backend: Backend::Sqlite,
+            writer: Mutex::new(()),
+            signals,
+            inbox,
+            inbox_pool: Some(inbox_pool),
+        })
     }
 
     /// Applies the backend's migrations.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        match self.backend {
-            Backend::Sqlite => SQLITE_MIGRATIONS.run(&self.pool).await?,
-            Backend::Postgres => POSTGRES_MIGRATIONS.run(&self.pool).await?,
+        match (self.backend, &self.inbox_pool) {
+            (Backend::Sqlite, Some(inbox_pool)) => {
+                SQLITE_INBOX_MIGRATIONS.run(inbox_pool).await?;
+                self.move_sqlite_inbox().await?;
+                SQLITE_MIGRATIONS.run(&self.pool).await?;
+                self.align_sqlite_inbox_sequence(inbox_pool).await?;
+            }
+            _ => POSTGRES_MIGRATIONS.run(&self.pool).await?,
+        }
+        Ok(())
+    }
+
+    /// Copies the rows of an inbox kept in the main file (before the inbox
+    /// had a file of its own) into the inbox file; the next migration drops
+    /// the old table. Copying is idempotent, so a crash here loses nothing.
+    async fn move_sqlite_inbox(&self) -> Result<(), StoreError> {
+        let old: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM main.sqlite_master WHERE type = 'table' AND name = 'inbox'")
+                .fetch_optional(&self.pool)
+                .await?;
+        if old.is_some() {
+            let moved = sqlx::query(
+                "INSERT OR IGNORE INTO inbox_file.inbox (seq, source, dedup_key, header, viewers, received_at) \
+                 SELECT seq, source, dedup_key, header, viewers, received_at FROM main.inbox",
+            )
+            .execute(&self.pool)
+            .await?;
+            tracing::info!(rows = moved.rows_affected(), "inbox moved to its own file");
+        }
+        Ok(())
+    }
+
+    /// An inbox file newer than the main file (lost, or restored from another
+    /// backup) would number new events behind the engine's checkpoint, and the
+    /// engine would never read them; numbering continues after the checkpoint.
+    async fn align_sqlite_inbox_sequence(&self, inbox_pool: &AnyPool) -> Result<(), StoreError> {
+        let checkpoint: Option<i64> = sqlx::query_scalar("SELECT inbox_seq FROM engine_checkpoint WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(checkpoint) = checkpoint else { return Ok(()) };
+        let last: Option<i64> = sqlx::query_scalar("SELECT max(seq) FROM inbox").fetch_one(inbox_pool).await?;
+        if last.unwrap_or(0) < checkpoint {
+            tracing::warn!(
+                checkpoint,
+                inbox = last.unwrap_or(0),
+                "the inbox file is behind the engine's checkpoint; numbering new events after it"
+            );
+            let mut tx = inbox_pool.begin().await?;
+            sqlx::query("DELETE FROM sqlite_sequence WHERE name = 'inbox'").execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO sqlite_sequence (name, seq) VALUES ('inbox', $1)")
+                .bind(checkpoint)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
         }
         Ok(())
     }
@@ -150,7 +212,10 @@ impl Store {
 
     /// Closes the pool, waiting for connections to finish.
     pub async fn close(&self) {
-        self.pool.close().await
+        self.pool.close().await;
+        if let Some(inbox) = &self.inbox_pool {
+            inbox.close().await;
+        }
     }
 
     async fn write_lock(&self) -> MutexGuard<'_, ()> {
@@ -158,22 +223,77 @@ impl Store {
     }
 }
 
-/// Adds `mode=rwc` so the file is created, and creates its folder.
-fn sqlite_url(url: &str) -> Result<String, StoreError> {
-    let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
-    let path = path.split('?').next().unwrap_or("");
-    if !path.is_empty() && path != ":memory:" {
-        if let Some(dir) = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
+/// The two files of a SQLite store: the main database and the inbox beside it.
+struct SqliteFiles {
+    main_url: String,
+    main_path: String,
+    inbox_url: String,
+    inbox_path: String,
+}
+
+impl SqliteFiles {
+    /// `data/drops-host.db` keeps its inbox in `data/drops-host.inbox.db`.
+    /// Creates the folder; the URLs get `mode=rwc` so the files are created.
+    fn of(url: &str) -> Result<SqliteFiles, StoreError> {
+        let rest = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
+        let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+        if path.is_empty() || path.starts_with(":memory:") || query.contains("mode=memory") {
+            // Two pools cannot share one in-memory database.
+            return Err(StoreError::UnknownBackend(format!(
+                "{url} (an in-memory SQLite database cannot hold the inbox; give a file)"
+            )));
+        }
+        let main = Path::new(path);
+        if let Some(dir) = main.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| StoreError::Sqlx(sqlx::Error::Io(e)))?;
         }
+        let stem = main.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let inbox = main.with_file_name(format!("{stem}.inbox.db")).to_string_lossy().into_owned();
+        let query = if query.contains("mode=") {
+            query.to_string()
+        } else if query.is_empty() {
+            "mode=rwc".to_string()
+        } else {
+            format!("{query}&mode=rwc")
+        };
+        Ok(SqliteFiles {
+            main_url: format!("sqlite://{path}?{query}"),
+            main_path: path.to_string(),
+            inbox_url: format!("sqlite://{inbox}?{query}"),
+            inbox_path: inbox,
+        })
     }
-    Ok(if url.contains("mode=") {
-        url.to_string()
-    } else if url.contains('?') {
-        format!("{url}&mode=rwc")
-    } else {
-        format!("{url}?mode=rwc")
-    })
+}
+
+/// A SQLite pool in WAL mode with the other file of the store attached as `attach.0`.
+async fn sqlite_pool(
+    url: &str,
+    connections: u32,
+    synchronous: SqliteSynchronous,
+    attach: (&'static str, String),
+) -> Result<AnyPool, StoreError> {
+    let options = AnyConnectOptions::from_str(url)?;
+    let pool = AnyPoolOptions::new()
+        .max_connections(connections)
+        .after_connect(move |conn, _| {
+            let (schema, path) = attach.clone();
+            Box::pin(async move {
+                // WAL lets readers run beside the writer; FULL (the default)
+                // makes an acknowledged heartbeat survive a power cut, not only a crash.
+                conn.execute("PRAGMA journal_mode = WAL").await?;
+                let pragma = match synchronous {
+                    SqliteSynchronous::Full => "PRAGMA synchronous = FULL",
+                    SqliteSynchronous::Normal => "PRAGMA synchronous = NORMAL",
+                };
+                conn.execute(pragma).await?;
+                conn.execute("PRAGMA busy_timeout = 10000").await?;
+                sqlx::query(&format!("ATTACH DATABASE $1 AS {schema}")).bind(path).execute(&mut *conn).await?;
+                Ok(())
+            })
+        })
+        .connect_with(options)
+        .await?;
+    Ok(pool)
 }
 
 /// `($1,$2),($3,$4)` for `rows` rows of `cols` columns.
@@ -221,8 +341,16 @@ mod unit {
     }
 
     #[test]
-    fn sqlite_urls_create_files() {
-        assert_eq!(sqlite_url("sqlite::memory:").unwrap(), "sqlite::memory:?mode=rwc");
-        assert_eq!(sqlite_url("sqlite://x.db?mode=ro").unwrap(), "sqlite://x.db?mode=ro");
+    fn sqlite_stores_are_two_files() {
+        let files = SqliteFiles::of("sqlite:///srv/drops/drops-host.db").unwrap();
+        assert_eq!(files.main_url, "sqlite:///srv/drops/drops-host.db?mode=rwc");
+        assert_eq!(files.inbox_url, "sqlite:///srv/drops/drops-host.inbox.db?mode=rwc");
+        assert_eq!(files.inbox_path, "/srv/drops/drops-host.inbox.db");
+        let files = SqliteFiles::of("sqlite://x.db?mode=ro").unwrap();
+        assert_eq!(
+            (files.main_url.as_str(), files.inbox_url.as_str()),
+            ("sqlite://x.db?mode=ro", "sqlite://x.inbox.db?mode=ro")
+        );
+        assert!(SqliteFiles::of("sqlite::memory:").is_err());
     }
 }

@@ -235,19 +235,27 @@ async fn plugin_versions_and_rule_history_are_recorded_once() {
         assert_eq!(versions.iter().map(|v| (v.hash.as_str(), v.size)).collect::<Vec<_>>(), [("h1", 3), ("h2", 4)]);
         assert_eq!(store.plugin_bytes("tiers", "h2").await.unwrap().as_deref(), Some(&b"two!"[..]), "{backend}");
         assert_eq!(store.plugin_bytes("other", "h2").await.unwrap(), None, "{backend}");
-        let entry = |rev: &str, hash: &str| RuleHistoryEntry {
+        let entry = |rev: &str, hash: &str, runtime: &str| RuleHistoryEntry {
             campaign_id: "c-1".into(),
             campaign_revision: rev.into(),
             plugin_name: "tiers".into(),
             plugin_hash: hash.into(),
+            runtime: runtime.into(),
             activated_at: 0,
         };
-        for e in [entry("r1", "h1"), entry("r1", "h1"), entry("r1", "h2"), entry("r1", "h1")] {
+        let (old, new) = ("wasmtime 48.0.8; fuel 1", "wasmtime 49.0.0; fuel 1");
+        for e in [entry("r1", "h1", old), entry("r1", "h1", old), entry("r1", "h2", old), entry("r1", "h1", old)] {
             store.record_activation(&e).await.unwrap();
         }
+        // The same plugin and revision under another wasmtime is a new entry: fuel counts may differ.
+        store.record_activation(&entry("r1", "h1", new)).await.unwrap();
         let history = store.rule_history("c-1").await.unwrap();
-        let seen: Vec<_> = history.iter().map(|e| e.plugin_hash.as_str()).collect();
-        assert_eq!(seen, ["h1", "h2", "h1"], "{backend}: a repeat of the latest entry is not recorded");
+        let seen: Vec<_> = history.iter().map(|e| (e.plugin_hash.as_str(), e.runtime.as_str())).collect();
+        assert_eq!(
+            seen,
+            [("h1", old), ("h2", old), ("h1", old), ("h1", new)],
+            "{backend}: a repeat of the latest entry is not recorded"
+        );
     }
     dbs.drop_postgres().await;
 }

@@ -1,10 +1,11 @@
-//! Bindings for `drops:rules@0.2.0` (plugin-sdk/wit/rules.wit): game state
-//! (E2), `state-changed` in heartbeats and the heartbeat verdict.
+//! Bindings for `drops:rules@0.3.0` (plugin-sdk/wit/rules.wit): viewers as
+//! flat lists of numbers, which both sides copy whole. Plugins built for
+//! 0.2.0 are refused with both versions named (see `load`).
 
 /// The interface version, written once for the host; the names built from it follow.
 macro_rules! version {
     () => {
-        "0.2.0"
+        "0.3.0"
     };
 }
 
@@ -24,7 +25,7 @@ wasmtime::component::bindgen!({
 });
 
 pub use drops::rules::host::{self as host_interface, Level};
-pub use exports::drops::rules::rule::{Campaign, GameState, Grant, Heartbeat, HeartbeatVerdict, Viewer};
+pub use exports::drops::rules::rule::{Campaign, GameState, Grant, Heartbeat, HeartbeatVerdict, Viewers};
 
 #[cfg(test)]
 mod tests {
