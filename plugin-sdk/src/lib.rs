@@ -91,8 +91,10 @@ pub fn __viewers(flat: bindings::exports::drops::rules::rule::Viewers) -> Vec<Vi
         .collect()
 }
 
+pub mod arena;
 pub mod state;
 mod sys;
+
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
 pub mod tiers;
@@ -242,10 +244,19 @@ pub fn decide_game_state<R: Rule>(
     Ok(R::on_game_state(&config, &campaign, &change, &viewers))
 }
 
-/// Exports a [`Rule`] implementation as the plugin's rule.
+/// Exports a [`Rule`] implementation as the plugin's rule, allocating from
+/// [`arena::Arena`]. `export_rule!(MyRule, own_allocator)` leaves the global
+/// allocator to the plugin.
 #[macro_export]
 macro_rules! export_rule {
     ($rule:ty) => {
+        $crate::export_rule!($rule, own_allocator);
+
+        #[cfg(target_arch = "wasm32")]
+        #[global_allocator]
+        static __DROPS_ALLOCATOR: $crate::arena::Arena = $crate::arena::Arena::new();
+    };
+    ($rule:ty, own_allocator) => {
         #[doc(hidden)]
         pub struct __DropsRuleExport;
 

@@ -121,4 +121,4 @@ impl Rule for Hostile {
     }
 }
 
-drops_plugin_sdk::export_rule!(Hostile);
+drops_plugin_sdk::export_rule!(Hostile, own_allocator);
