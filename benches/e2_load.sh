@@ -56,5 +56,5 @@ echo "connections held at once (peak of /metrics drops_e2_connections): $peak"
 sleep 2
 curl -s "$url/metrics" | grep -E '^drops_e2_decision_seconds\{quantile="0\.(5|99)"\}' | sed 's/^/message -> grants stored: /'
 echo "E2 messages accepted: $(curl -s "$url/metrics" | awk '/^drops_e2_messages_total\{outcome="accepted"\}/ {print $2}')"
-echo "grants: $(curl -s -H 'authorization: Bearer bench' "$url/v1/grants?limit=100000" | grep -o '"id":' | wc -l)"
+echo "grants: $(curl -s -H 'authorization: Bearer bench-token-0123456' "$url/v1/grants?limit=100000" | grep -o '"id":' | wc -l)"
 echo "host peak RSS: $(( $(awk '/VmHWM/ {print $2}' /proc/$host/status) / 1024 )) MiB"

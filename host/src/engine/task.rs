@@ -18,7 +18,7 @@ use crate::config::{EngineSettings, Settings};
 use crate::domain::{Event, InboxEvent, Paused};
 use crate::plugins::PluginRuntime;
 use crate::rules::RuleSet;
-use crate::store::{CheckpointWrite, Store, StoreError};
+use crate::store::{CheckpointWrite, Store, StoreError, WatchTimeRows};
 
 /// How long an idle engine waits after a checkpoint before the next.
 const IDLE_CHECKPOINT_AFTER: Duration = Duration::from_secs(1);
@@ -240,8 +240,10 @@ impl Engine {
             watchers_gone: &state.broadcasters.gone(),
         };
         retry(|| self.store.save_checkpoint(&write), stop).await?;
+        let saved = rows.count();
+        drop(rows);
         state.clear_dirty();
-        tracing::debug!(inbox_seq = cursor, rows = rows.len(), "checkpoint saved");
+        tracing::debug!(inbox_seq = cursor, rows = saved, "checkpoint saved");
         Ok(())
     }
 }

@@ -41,12 +41,36 @@ pub struct Reloader {
     /// Where the history of versions is recorded.
     pub store: Arc<Store>,
     lock: Mutex<()>,
+    /// Swapped-in sets, recorded in order by a task of their own: a reload
+    /// never waits for the database (a long checkpoint holds its writer).
+    history: tokio::sync::mpsc::UnboundedSender<HistoryJob>,
+}
+
+/// What the history task is asked.
+enum HistoryJob {
+    /// Record a swapped-in set.
+    Record(Arc<RuleSet>),
+    /// Answer once everything asked before is recorded.
+    Flush(tokio::sync::oneshot::Sender<()>),
 }
 
 impl Reloader {
     /// A reloader for the rule set in `rules`.
+    /// Starts the task that records history; call it inside the runtime.
     pub fn new(dir: PathBuf, runtime: Arc<PluginRuntime>, rules: Arc<ArcSwap<RuleSet>>, store: Arc<Store>) -> Reloader {
-        Reloader { dir, runtime, rules, store, lock: Mutex::new(()) }
+        let (history, mut jobs) = tokio::sync::mpsc::unbounded_channel::<HistoryJob>();
+        let (history_store, history_runtime) = (store.clone(), runtime.clone());
+        tokio::spawn(async move {
+            while let Some(job) = jobs.recv().await {
+                match job {
+                    HistoryJob::Record(set) => record_history(&history_store, &set, &history_runtime).await,
+                    HistoryJob::Flush(done) => {
+                        let _ = done.send(());
+                    }
+                }
+            }
+        });
+        Reloader { dir, runtime, rules, store, lock: Mutex::new(()), history }
     }
 
     /// Starts watching the rules directory. Call it before serving, so no
@@ -91,7 +115,7 @@ impl Reloader {
     /// Validates a plugin version against every campaign that uses it, writes
     /// it into the rules directory and reloads; returns once it is serving.
     pub async fn install(&self, name: &str, bytes: Vec<u8>) -> Result<PluginHash, RulesError> {
-        let _one_at_a_time = self.lock.lock().await;
+        let one_at_a_time = self.lock.lock().await;
         let (dir, runtime, owned_name) = (self.dir.clone(), self.runtime.clone(), name.to_string());
         let hash = tokio::task::spawn_blocking(move || -> Result<PluginHash, RulesError> {
             let plugin = super::validate_plugin(&dir, &runtime, &owned_name, &bytes)?;
@@ -105,6 +129,12 @@ impl Reloader {
         })
         .await??;
         self.reload_locked().await;
+        drop(one_at_a_time);
+        // The caller lists versions and rolls back next: they must be recorded.
+        let (done, recorded) = tokio::sync::oneshot::channel();
+        if self.history.send(HistoryJob::Flush(done)).is_ok() {
+            let _ = recorded.await;
+        }
         let rules = self.rules.load();
         match rules.plugins().get(name) {
             Some(p) if p.hash == hash => Ok(hash),
@@ -142,7 +172,7 @@ impl Reloader {
         metrics::counter!("drops_rules_reloads_total", "outcome" => "swapped").increment(1);
         metrics::histogram!("drops_rules_reload_seconds").record(ms / 1000.0);
         tracing::info!(errors, "rules reloaded in {ms:.1} ms");
-        record_history(&self.store, &next, &self.runtime).await;
+        let _ = self.history.send(HistoryJob::Record(next));
     }
 }
 

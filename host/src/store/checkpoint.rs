@@ -52,12 +52,31 @@ pub struct Checkpoint {
     pub watchers: Vec<(WatcherRow, Heartbeat)>,
 }
 
+/// Changed watch-time rows, made a statement's worth at a time: a checkpoint
+/// after a channel of ten million viewers never holds them all as rows.
+pub trait WatchTimeRows: Sync {
+    /// How many rows there are.
+    fn count(&self) -> usize;
+
+    /// The rows in `range` (within `0..count()`).
+    fn rows(&self, range: std::ops::Range<usize>) -> Vec<WatchTimeRow>;
+}
+
+impl WatchTimeRows for Vec<WatchTimeRow> {
+    fn count(&self) -> usize {
+        self.len()
+    }
+
+    fn rows(&self, range: std::ops::Range<usize>) -> Vec<WatchTimeRow> {
+        self[range].to_vec()
+    }
+}
+
 /// What a checkpoint commits.
-#[derive(Debug, Default)]
 pub struct CheckpointWrite<'a> {
     pub inbox_seq: i64,
     /// Changed watch-time rows.
-    pub watch_time: &'a [WatchTimeRow],
+    pub watch_time: &'a dyn WatchTimeRows,
     /// Changed rules' state: (campaign, key, value or None to delete).
     pub campaign_state: &'a [(String, String, Option<Vec<u8>>)],
     /// Every paused campaign (the whole set).
@@ -70,6 +89,23 @@ pub struct CheckpointWrite<'a> {
     pub watchers: &'a [WatcherRow],
     /// Broadcasters whose viewers are no longer needed (outside the watching window).
     pub watchers_gone: &'a [String],
+}
+
+static NO_ROWS: Vec<WatchTimeRow> = Vec::new();
+
+impl Default for CheckpointWrite<'_> {
+    fn default() -> Self {
+        CheckpointWrite {
+            inbox_seq: 0,
+            watch_time: &NO_ROWS,
+            campaign_state: &[],
+            breakers: &[],
+            keep_from_seq: None,
+            game_state: &[],
+            watchers: &[],
+            watchers_gone: &[],
+        }
+    }
 }
 
 const ROWS_PER_STATEMENT: usize = 1000;
@@ -122,7 +158,8 @@ impl Store {
             .await?;
         let pruned = pruned.unwrap_or(0);
         let prune_to = write.keep_from_seq.map_or(inbox_seq, |keep| inbox_seq.min(keep - 1)).max(pruned);
-        for chunk in changed.chunks(ROWS_PER_STATEMENT) {
+        for first in (0..changed.count()).step_by(ROWS_PER_STATEMENT) {
+            let chunk = changed.rows(first..(first + ROWS_PER_STATEMENT).min(changed.count()));
             let sql = format!(
                 "INSERT INTO watch_time (campaign_id, viewer_id, minutes, last_minute, recent_mask) VALUES {} \
                  ON CONFLICT (campaign_id, viewer_id) DO UPDATE SET minutes = excluded.minutes, \
@@ -130,7 +167,7 @@ impl Store {
                 values_placeholders(chunk.len(), 5)
             );
             let mut q = sqlx::query(&sql);
-            for row in chunk {
+            for row in &chunk {
                 q = q
                     .bind(&row.campaign_id)
                     .bind(&row.viewer_id)

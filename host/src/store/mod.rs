@@ -31,7 +31,7 @@ use tokio::sync::{Mutex, MutexGuard};
 
 use crate::config::SqliteSynchronous;
 
-pub use checkpoint::{Checkpoint, CheckpointWrite, GameStateRow, WatchTimeRow, WatcherRow};
+pub use checkpoint::{Checkpoint, CheckpointWrite, GameStateRow, WatchTimeRow, WatchTimeRows, WatcherRow};
 pub use grants::{GrantFilter, GrantRow};
 pub use history::{PluginVersion, RuleHistoryEntry};
 use inbox::InboxWriter;

@@ -306,7 +306,7 @@ async fn a_checkpoint_round_trips_and_prunes_what_it_passed() {
         store.insert_game_state(&game_state("conn:1")).await.unwrap();
         store.insert_heartbeats(&[heartbeat("h-3", "b-2", &["v-3"])]).await.unwrap();
         let seqs: Vec<i64> = store.inbox_after(0, 10).await.unwrap().iter().map(|e| e.seq).collect();
-        let watch_time = [WatchTimeRow {
+        let watch_time = vec![WatchTimeRow {
             campaign_id: "c-1".into(),
             viewer_id: "v-1".into(),
             minutes: 64,

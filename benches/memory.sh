@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Host memory per tracked viewer (docs/BENCHMARKS.md): the release host with
+# the watch-time-tiers campaign, fed CHANNELS x VIEWERS distinct viewers for
+# one minute, then its resident memory once the engine has counted them all
+# and checkpointed.
+# Usage: benches/memory.sh [channels=1000] [viewers=1000]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+channels=${1:-1000} viewers=${2:-1000}
+scripts/build-plugins.sh >/dev/null
+cargo build --quiet --release -p drops-host
+bin=target/release/drops-host
+work=$(mktemp -d /tmp/drops-mem.XXXXXX)
+mkdir -p "$work/rules/campaigns" "$work/rules/plugins"
+cp target/wasm32-unknown-unknown/plugin/watch_time_tiers.wasm "$work/rules/plugins/watch-time-tiers.wasm"
+cp examples/rules/campaigns/summer-boss-rush.toml "$work/rules/campaigns/"
+cat > "$work/drops-host.toml" <<TOML
+listen = "127.0.0.1:0"
+data_dir = "$work/data"
+rules_dir = "$work/rules"
+sqlite_synchronous = "normal"
+[engine]
+checkpoint_interval_secs = 2
+TOML
+"$bin" serve --config "$work/drops-host.toml" > "$work/stdout" 2> "$work/host.log" &
+host=$!
+trap 'kill $host 2>/dev/null; wait $host 2>/dev/null; rm -rf "$work"' EXIT
+for _ in $(seq 1 100); do grep -q listening "$work/stdout" && break; sleep 0.1; done
+url=$(sed -n 's/drops-host listening on //p' "$work/stdout")
+metric() { curl -s "$url/metrics" | awk -v m="$1" '$1==m {print $2}'; }
+idle=$(awk '/VmRSS/ {print $2}' /proc/$host/status)
+"$bin" simulate --target "$url" --channels "$channels" --viewers "$viewers" --multi-viewers 0 \
+  --minutes 1 --speed 1000000 --concurrency 8 --verbose false >/dev/null
+expected=$((channels * viewers))
+while [ "$(metric drops_engine_viewer_minutes_total | cut -d. -f1)" != "$expected" ]; do sleep 0.2; done
+sleep 6   # a checkpoint (every 2 s here) has written the changed rows
+rss=$(awk '/VmRSS/ {print $2}' /proc/$host/status)
+hwm=$(awk '/VmHWM/ {print $2}' /proc/$host/status)
+echo "tracked viewers: $expected"
+echo "resident: idle $((idle / 1024)) MiB, after $((rss / 1024)) MiB, peak $((hwm / 1024)) MiB"
+echo "per million tracked viewers: $(( (rss - idle) * 1000000 / expected / 1024 )) MiB resident, $(( (hwm - idle) * 1000000 / expected / 1024 )) MiB at the peak"
