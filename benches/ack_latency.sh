@@ -8,12 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 requests=${1:-300} viewers=${2:-1000} sync=${3:-full} database=${4:-}
-scripts/build-plugins.sh >/dev/null
-cargo build --quiet --release -p drops-host
-bin=target/release/drops-host
-work=$(mktemp -d /tmp/drops-ack.XXXXXX)
-mkdir -p "$work/rules/campaigns" "$work/rules/plugins" "$work/data"
-cp target/wasm32-unknown-unknown/plugin/watch_time_tiers.wasm "$work/rules/plugins/watch-time-tiers.wasm"
+. benches/common.sh
+bench_setup ack
+install_plugin watch_time_tiers
 [ -n "${NO_CAMPAIGN:-}" ] || cp examples/rules/campaigns/summer-boss-rush.toml "$work/rules/campaigns/"
 {
   echo "listen = \"127.0.0.1:0\""
@@ -24,11 +21,7 @@ cp target/wasm32-unknown-unknown/plugin/watch_time_tiers.wasm "$work/rules/plugi
   echo "[admin]"
   echo "token = \"bench-token-0123456\""
 } > "$work/drops-host.toml"
-"$bin" serve --config "$work/drops-host.toml" > "$work/stdout" 2> "$work/host.log" &
-host=$!
-trap 'kill $host 2>/dev/null; wait $host 2>/dev/null; rm -rf "$work"' EXIT
-for _ in $(seq 1 100); do grep -q listening "$work/stdout" && break; sleep 0.1; done
-url=$(sed -n 's/drops-host listening on //p' "$work/stdout")
+start_host
 ${ACK_NICE:+nice -n $ACK_NICE} "$bin" ack-latency --target "$url" --viewers "$viewers" --requests "$requests" --floor-dir "$work/data" --json
 echo "== host side (Prometheus summaries, seconds)"
 curl -s "$url/metrics" | grep -E '^drops_(inbox_commit_seconds|vhs_read_seconds|vhs_store_seconds|engine_viewer_minutes_total|grants_stored_total|plugin_eval_seconds)' | grep -v '_bucket' || true

@@ -7,14 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 conns=${1:-500} seconds=${2:-60} viewers=${3:-20} sync=${4:-normal}
-scripts/build-plugins.sh >/dev/null
-cargo build --quiet --release -p drops-host
-bin=target/release/drops-host
-work=$(mktemp -d /tmp/drops-e2load.XXXXXX)
-mkdir -p "$work/rules/campaigns" "$work/rules/plugins"
-for p in watch_time_tiers boss_defeated active_play_only; do
-  cp "target/wasm32-unknown-unknown/plugin/$p.wasm" "$work/rules/plugins/${p//_/-}.wasm"
-done
+. benches/common.sh
+bench_setup e2load
+for p in watch_time_tiers boss_defeated active_play_only; do install_plugin "$p"; done
 cp examples/rules/campaigns/{summer-boss-rush,boss-slayer,active-play}.toml "$work/rules/campaigns/"
 cat > "$work/drops-host.toml" <<TOML
 listen = "127.0.0.1:0"
@@ -31,12 +26,7 @@ kind = "app"
 client_id = "demo-client-id"
 TOML
 ulimit -n 65536 2>/dev/null || true
-"$bin" serve --config "$work/drops-host.toml" > "$work/stdout" 2> "$work/host.log" &
-host=$!
-trap 'kill $host 2>/dev/null; wait $host 2>/dev/null; rm -rf "$work"' EXIT
-for _ in $(seq 1 100); do grep -q listening "$work/stdout" && break; sleep 0.1; done
-url=$(sed -n 's/drops-host listening on //p' "$work/stdout")
-metric() { curl -s "$url/metrics" | awk -v m="$1" '$1==m {print $2}'; }
+start_host
 
 echo "== $conns E2 connections x $seconds s at 1 message/s, $conns channels x $viewers viewers, sqlite_synchronous=$sync"
 # --speed 60: one simulated minute a second, so each game server sends one delta a second.

@@ -7,12 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 channels=${1:-200} viewers=${2:-1000} minutes=${3:-10} sync=${4:-full}
-scripts/build-plugins.sh >/dev/null
-cargo build --quiet --release -p drops-host
-bin=target/release/drops-host
-work=$(mktemp -d /tmp/drops-load.XXXXXX)
-mkdir -p "$work/rules/campaigns" "$work/rules/plugins"
-cp target/wasm32-unknown-unknown/plugin/watch_time_tiers.wasm "$work/rules/plugins/watch-time-tiers.wasm"
+. benches/common.sh
+bench_setup load
+install_plugin watch_time_tiers
 cp examples/rules/campaigns/summer-boss-rush.toml "$work/rules/campaigns/"
 cat > "$work/drops-host.toml" <<TOML
 listen = "127.0.0.1:0"
@@ -22,12 +19,7 @@ sqlite_synchronous = "$sync"
 [admin]
 token = "bench-token-0123456"
 TOML
-"$bin" serve --config "$work/drops-host.toml" > "$work/stdout" 2> "$work/host.log" &
-host=$!
-trap 'kill $host 2>/dev/null; wait $host 2>/dev/null; rm -rf "$work"' EXIT
-for _ in $(seq 1 100); do grep -q listening "$work/stdout" && break; sleep 0.1; done
-url=$(sed -n 's/drops-host listening on //p' "$work/stdout")
-metric() { curl -s "$url/metrics" | awk -v m="$1" '$1==m {print $2}'; }
+start_host
 
 echo "== 1. $channels channels x $viewers viewers x $minutes minutes, 4 in flight, sqlite_synchronous=$sync"
 "$bin" simulate --target "$url" --channels "$channels" --viewers "$viewers" --multi-viewers 0 \

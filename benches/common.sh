@@ -1,0 +1,28 @@
+# Sourced by the bench scripts: the release build, a work folder, and the
+# host started on its config and killed (with the folder removed) on exit.
+
+# Builds the plugins and the release host; makes $work with empty rules and data folders.
+bench_setup() {
+  scripts/build-plugins.sh >/dev/null
+  cargo build --quiet --release -p drops-host
+  bin=target/release/drops-host
+  work=$(mktemp -d "/tmp/drops-$1.XXXXXX")
+  mkdir -p "$work/rules/campaigns" "$work/rules/plugins" "$work/data"
+}
+
+# Installs an example plugin by its file stem (watch_time_tiers -> watch-time-tiers.wasm).
+install_plugin() {
+  cp "target/wasm32-unknown-unknown/plugin/$1.wasm" "$work/rules/plugins/${1//_/-}.wasm"
+}
+
+# Serves $work/drops-host.toml; sets $host (pid) and $url.
+start_host() {
+  "$bin" serve --config "$work/drops-host.toml" > "$work/stdout" 2> "$work/host.log" &
+  host=$!
+  trap 'kill -9 $host 2>/dev/null; wait $host 2>/dev/null || true; rm -rf "$work"' EXIT
+  for _ in $(seq 1 100); do grep -q listening "$work/stdout" && break; sleep 0.1; done
+  url=$(sed -n 's/drops-host listening on //p' "$work/stdout")
+}
+
+# A metric's value from the host's /metrics.
+metric() { curl -s "$url/metrics" | awk -v m="$1" '$1==m {print $2}'; }
