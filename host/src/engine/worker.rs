@@ -1,7 +1,10 @@
-//! The engine's own thread for evaluating events, at a lower scheduling
-//! priority than the threads that acknowledge Twitch: on a busy machine the
-//! kernel runs a waiting acknowledgement first, and evaluation (which may
-//! fall behind and catch up) takes what is left.
+//! The engine's own thread for evaluating events, so evaluation never takes
+//! a thread of the blocking pool that request bodies are parsed on.
+//!
+//! It runs at normal priority on purpose: a lower one (nice 10) did not
+//! measurably help acknowledgement latency, and plugin calls have a
+//! wall-clock backstop, so a starved thread would turn load into timeouts
+//! that the circuit breaker counts and `replay` cannot reproduce.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc;
@@ -9,9 +12,6 @@ use std::sync::mpsc;
 use tokio::sync::oneshot;
 
 type Job = Box<dyn FnOnce() + Send>;
-
-/// Nice value of the evaluation thread (0 is the default, 19 the lowest).
-const NICE: i32 = 10;
 
 /// A thread that runs the engine's evaluation jobs, one at a time.
 pub struct EvalThread {
@@ -30,7 +30,6 @@ impl EvalThread {
         std::thread::Builder::new()
             .name("engine-eval".into())
             .spawn(move || {
-                lower_priority();
                 for job in queue {
                     // A panicking job drops its answer; the caller sees the failure.
                     let _ = catch_unwind(AssertUnwindSafe(job));
@@ -49,18 +48,6 @@ impl EvalThread {
             }))
             .map_err(|_| EvalFailed("it has stopped".into()))?;
         answered.await.map_err(|_| EvalFailed("a job panicked".into()))
-    }
-}
-
-/// Lowers the calling thread's priority (on Linux, nice values are per thread).
-fn lower_priority() {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: setpriority reads no memory of ours; `0` names the calling thread.
-        let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, NICE) };
-        if rc != 0 {
-            tracing::debug!("could not lower the evaluation thread's priority: {}", std::io::Error::last_os_error());
-        }
     }
 }
 

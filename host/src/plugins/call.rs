@@ -23,6 +23,11 @@ trait Answer {
 
     fn grants_mut(&mut self) -> &mut [Grant];
 
+    /// Whether two parts of one decision say the same beyond their grants.
+    fn agrees_with(&self, _other: &Self) -> bool {
+        true
+    }
+
     /// Makes the handles of a part's grants count from the start of the event.
     fn shift_handles(&mut self, first: u32) {
         for grant in self.grants_mut() {
@@ -43,6 +48,10 @@ impl Answer for HeartbeatVerdict {
 
     fn grants_mut(&mut self) -> &mut [Grant] {
         &mut self.grants
+    }
+
+    fn agrees_with(&self, other: &Self) -> bool {
+        self.count_minutes == other.count_minutes
     }
 }
 
@@ -80,7 +89,7 @@ impl PluginRuntime {
         ids: Arc<ViewerList>,
         state: &mut CampaignKv,
     ) -> Result<HeartbeatVerdict, PluginError> {
-        let mut parts = self.in_parts(
+        let parts = self.in_parts(
             viewers,
             ids,
             state,
@@ -88,10 +97,10 @@ impl PluginRuntime {
             plugin,
             campaign,
         )?;
-        let mut verdict = parts.next().unwrap_or(HeartbeatVerdict { count_minutes: true, grants: Vec::new() });
-        for part in parts {
-            if part.count_minutes != verdict.count_minutes {
-                return Err(PluginError::BadOutput("the calls for one heartbeat disagreed on count-minutes".into()));
+        let mut verdict = HeartbeatVerdict { count_minutes: true, grants: Vec::new() };
+        for (i, part) in parts.enumerate() {
+            if i == 0 {
+                verdict.count_minutes = part.count_minutes;
             }
             verdict.grants.extend(part.grants);
         }
@@ -151,6 +160,10 @@ impl PluginRuntime {
             let mut answer = self.call(plugin, campaign, (ids.clone(), range), &mut working, |rules, store| {
                 invoke(&part, store, rules)
             })?;
+            if answers.first().is_some_and(|first: &T| !first.agrees_with(&answer)) {
+                // A failed decision: none of the parts' state writes are kept.
+                return Err(PluginError::BadOutput("the calls for one heartbeat disagreed on count-minutes".into()));
+            }
             answer.shift_handles(first as u32);
             answers.push(answer);
         }

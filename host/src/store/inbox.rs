@@ -24,6 +24,10 @@ const QUEUE: usize = 256;
 /// Jobs committed together at most, so one commit stays short.
 const MAX_GROUP: usize = 64;
 
+/// Bytes committed together at most: a group never grows past what one
+/// statement should carry (a larger request is a group of its own).
+const MAX_GROUP_BYTES: usize = 64 << 20;
+
 /// Rows per INSERT statement (5 parameters each, well under every backend's limit).
 const ROWS_PER_STATEMENT: usize = 1000;
 
@@ -80,28 +84,91 @@ impl InboxWriter {
 }
 
 async fn write_loop(pool: AnyPool, signals: Arc<Signals>, mut jobs: mpsc::Receiver<Job>) {
-    let mut group = Vec::with_capacity(MAX_GROUP);
-    while jobs.recv_many(&mut group, MAX_GROUP).await > 0 {
-        let started = std::time::Instant::now();
-        let result = commit(&pool, &group).await;
-        metrics::histogram!("drops_inbox_commit_seconds").record(started.elapsed().as_secs_f64());
-        metrics::histogram!("drops_inbox_commit_jobs").record(group.len() as f64);
-        match result {
-            Ok(outcomes) => {
-                if outcomes.iter().any(|o| o.accepted > 0) {
-                    signals.inbox_grew();
-                }
-                for (job, outcome) in group.drain(..).zip(outcomes) {
-                    let _ = job.reply.send(Ok(outcome));
-                }
+    let mut next = None;
+    loop {
+        let first = match next.take() {
+            Some(job) => job,
+            None => match jobs.recv().await {
+                Some(job) => job,
+                None => return,
+            },
+        };
+        let mut bytes = first.work.bytes();
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            let Ok(job) = jobs.try_recv() else { break };
+            if bytes + job.work.bytes() > MAX_GROUP_BYTES {
+                next = Some(job);
+                break;
             }
-            Err(e) => {
-                // Nothing of the group was stored: each caller answers 503 and Twitch retries.
-                let shared = Arc::new(e);
-                for job in group.drain(..) {
-                    let _ = job.reply.send(Err(StoreError::Shared(shared.clone())));
-                }
+            bytes += job.work.bytes();
+            group.push(job);
+        }
+        // A prune commits on its own: it never delays or fails an acknowledgement's group.
+        let (prunes, inserts): (Vec<Job>, Vec<Job>) = group.into_iter().partition(|j| matches!(j.work, Work::Prune(_)));
+        if !inserts.is_empty() {
+            let started = std::time::Instant::now();
+            let result = commit(&pool, &inserts).await;
+            metrics::histogram!("drops_inbox_commit_seconds").record(started.elapsed().as_secs_f64());
+            metrics::histogram!("drops_inbox_commit_jobs").record(inserts.len() as f64);
+            answer(inserts, result, &signals);
+        }
+        for job in prunes {
+            let Work::Prune(to) = job.work else { continue };
+            let result = prune(&pool, to).await.map(|()| vec![InsertOutcome::default()]);
+            answer(vec![job], result, &signals);
+        }
+    }
+}
+
+/// Tells each job of a group how it went.
+fn answer(group: Vec<Job>, result: Result<Vec<InsertOutcome>, StoreError>, signals: &Signals) {
+    match result {
+        Ok(outcomes) => {
+            if outcomes.iter().any(|o| o.accepted > 0) {
+                signals.inbox_grew();
             }
+            for (job, outcome) in group.into_iter().zip(outcomes) {
+                let _ = job.reply.send(Ok(outcome));
+            }
+        }
+        Err(e) => {
+            // Nothing of the group was stored: each caller answers 503 and Twitch retries.
+            let shared = Arc::new(e);
+            for job in group {
+                let _ = job.reply.send(Err(StoreError::Shared(shared.clone())));
+            }
+        }
+    }
+}
+
+/// Events behind the checkpoint are never read again; their ids stay for
+/// deduplication. Each broadcaster's latest heartbeat keeps its viewers (who
+/// watches now). Game-state messages live on in the checkpointed state and
+/// are never resent.
+async fn prune(pool: &AnyPool, to: i64) -> Result<(), StoreError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "UPDATE inbox SET viewers = NULL WHERE viewers IS NOT NULL AND seq <= $1 \
+         AND seq NOT IN (SELECT inbox_seq FROM watchers)",
+    )
+    .bind(to)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("DELETE FROM inbox WHERE source = 'e2' AND seq <= $1").bind(to).execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+impl Work {
+    /// Bytes the job stores.
+    fn bytes(&self) -> usize {
+        match self {
+            Work::Heartbeats(heartbeats) => {
+                heartbeats.iter().map(|hb| hb.id.len() + hb.header.len() + hb.viewers.joined().len()).sum()
+            }
+            Work::GameState { dedup_key, header, .. } => dedup_key.len() + header.len(),
+            Work::Prune(_) => 0,
         }
     }
 }
@@ -115,13 +182,12 @@ struct NewRow<'a> {
     received_at: i64,
 }
 
-/// Stores a group of jobs atomically: the inserts as one statement when they
-/// fit in one (autocommit: one round trip to the database and one fsync),
-/// otherwise in one transaction with any pruning.
+/// Stores a group of jobs atomically: as one statement when the rows fit in
+/// one (autocommit: one round trip to the database and one fsync), otherwise
+/// in one transaction.
 async fn commit(pool: &AnyPool, group: &[Job]) -> Result<Vec<InsertOutcome>, StoreError> {
     let now = now_ms();
     let mut rows = Vec::new();
-    let mut prune_to = None;
     for job in group {
         match &job.work {
             Work::Heartbeats(heartbeats) => rows.extend(heartbeats.iter().map(|hb| NewRow {
@@ -134,11 +200,11 @@ async fn commit(pool: &AnyPool, group: &[Job]) -> Result<Vec<InsertOutcome>, Sto
             Work::GameState { dedup_key, header, received_at } => {
                 rows.push(NewRow { source: "e2", dedup_key, header, viewers: None, received_at: *received_at })
             }
-            Work::Prune(to) => prune_to = prune_to.max(Some(*to)),
+            Work::Prune(_) => {}
         }
     }
     let mut inserted = HashSet::new();
-    if prune_to.is_none() && rows.len() <= ROWS_PER_STATEMENT {
+    if rows.len() <= ROWS_PER_STATEMENT {
         if !rows.is_empty() {
             inserted = insert(pool, &rows).await?;
         }
@@ -146,20 +212,6 @@ async fn commit(pool: &AnyPool, group: &[Job]) -> Result<Vec<InsertOutcome>, Sto
         let mut tx = pool.begin().await?;
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
             inserted.extend(insert(&mut *tx, chunk).await?);
-        }
-        if let Some(to) = prune_to {
-            // Events behind the checkpoint are never read again; their ids
-            // stay for deduplication. Each broadcaster's latest heartbeat
-            // keeps its viewers (who watches now). Game-state messages live
-            // on in the checkpointed state and are never resent.
-            sqlx::query(
-                "UPDATE inbox SET viewers = NULL WHERE viewers IS NOT NULL AND seq <= $1 \
-                 AND seq NOT IN (SELECT inbox_seq FROM watchers)",
-            )
-            .bind(to)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query("DELETE FROM inbox WHERE source = 'e2' AND seq <= $1").bind(to).execute(&mut *tx).await?;
         }
         tx.commit().await?;
     }

@@ -126,7 +126,12 @@ impl Store {
         let files = SqliteFiles::of(url)?;
         // Every connection sees the other file attached: the main pool reads
         // the inbox, the inbox writer reads `watchers` when it prunes.
-        let pool = sqlite_pool(&files.main_url, 4, synchronous, ("inbox_file", files.inbox_path.clone())).await?;
+        // The main file is always synced at commit: nothing there is on the
+        // acknowledgement path, and the inbox is pruned only behind a
+        // checkpoint that is durable (else a power cut could keep the prune
+        // and lose the checkpoint). `sqlite_synchronous` is the inbox's.
+        let main = SqliteSynchronous::Full;
+        let pool = sqlite_pool(&files.main_url, 4, main, ("inbox_file", files.inbox_path.clone())).await?;
         let inbox_pool = sqlite_pool(&files.inbox_url, 1, synchronous, ("engine_file", files.main_path)).await?;
         let inbox = InboxWriter::start(inbox_pool.clone(), signals.clone());
         Ok(Store {
@@ -232,7 +237,9 @@ struct SqliteFiles {
 }
 
 impl SqliteFiles {
-    /// `data/drops-host.db` keeps its inbox in `data/drops-host.inbox.db`.
+    /// `data/drops-host.db` keeps its inbox in `data/drops-host.inbox.db`;
+    /// a file of another extension adds to its whole name (`x.sqlite.inbox.db`),
+    /// so two databases in one folder never share an inbox.
     /// Creates the folder; the URLs get `mode=rwc` so the files are created.
     fn of(url: &str) -> Result<SqliteFiles, StoreError> {
         let rest = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
@@ -247,8 +254,12 @@ impl SqliteFiles {
         if let Some(dir) = main.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| StoreError::Sqlx(sqlx::Error::Io(e)))?;
         }
-        let stem = main.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        let inbox = main.with_file_name(format!("{stem}.inbox.db")).to_string_lossy().into_owned();
+        let name = match main.extension().and_then(|e| e.to_str()) {
+            Some("db") => main.file_stem(),
+            _ => main.file_name(),
+        };
+        let name = name.map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let inbox = main.with_file_name(format!("{name}.inbox.db")).to_string_lossy().into_owned();
         let query = if query.contains("mode=") {
             query.to_string()
         } else if query.is_empty() {
@@ -352,5 +363,6 @@ mod unit {
             ("sqlite://x.db?mode=ro", "sqlite://x.inbox.db?mode=ro")
         );
         assert!(SqliteFiles::of("sqlite::memory:").is_err());
+        assert_eq!(SqliteFiles::of("sqlite://x.sqlite").unwrap().inbox_path, "x.sqlite.inbox.db");
     }
 }
