@@ -12,15 +12,7 @@ requests=${1:-300} viewers=${2:-1000} sync=${3:-full} database=${4:-}
 bench_setup ack
 install_plugin watch_time_tiers
 [ -n "${NO_CAMPAIGN:-}" ] || cp examples/rules/campaigns/summer-boss-rush.toml "$work/rules/campaigns/"
-{
-  echo "listen = \"127.0.0.1:0\""
-  echo "data_dir = \"$work/data\""
-  echo "rules_dir = \"$work/rules\""
-  echo "sqlite_synchronous = \"$sync\""
-  [ -n "$database" ] && echo "database_url = \"$database\""
-  echo "[admin]"
-  echo "token = \"bench-token-0123456\""
-} > "$work/drops-host.toml"
+write_config "$sync" "${database:+database_url = \"$database\"}"
 start_host
 ${ACK_NICE:+nice -n $ACK_NICE} "$bin" ack-latency --target "$url" --viewers "$viewers" --requests "$requests" --floor-dir "$work/data" --json
 echo "== host side (Prometheus summaries, seconds)"

@@ -15,6 +15,21 @@ install_plugin() {
   cp "target/wasm32-unknown-unknown/plugin/$1.wasm" "$work/rules/plugins/${1//_/-}.wasm"
 }
 
+# Writes $work/drops-host.toml: a free port, $work's folders, SQLite durability
+# $1, any further top-level lines in $2, and the admin token the scripts use.
+# Scripts append their own sections after it.
+write_config() {
+  cat > "$work/drops-host.toml" <<TOML
+listen = "127.0.0.1:0"
+data_dir = "$work/data"
+rules_dir = "$work/rules"
+sqlite_synchronous = "$1"
+${2:-}
+[admin]
+token = "bench-token-0123456"
+TOML
+}
+
 # Serves $work/drops-host.toml; sets $host (pid) and $url.
 start_host() {
   "$bin" serve --config "$work/drops-host.toml" > "$work/stdout" 2> "$work/host.log" &

@@ -11,13 +11,8 @@ conns=${1:-500} seconds=${2:-60} viewers=${3:-20} sync=${4:-normal}
 bench_setup e2load
 for p in watch_time_tiers boss_defeated active_play_only; do install_plugin "$p"; done
 cp examples/rules/campaigns/{summer-boss-rush,boss-slayer,active-play}.toml "$work/rules/campaigns/"
-cat > "$work/drops-host.toml" <<TOML
-listen = "127.0.0.1:0"
-data_dir = "$work/data"
-rules_dir = "$work/rules"
-sqlite_synchronous = "$sync"
-[admin]
-token = "bench-token-0123456"
+write_config "$sync"
+cat >> "$work/drops-host.toml" <<TOML
 [e2]
 allowlist = [ { client_id = "demo-client-id", game_id = "demo-game-id" } ]
 [[e2.tokens]]

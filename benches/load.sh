@@ -11,14 +11,7 @@ channels=${1:-200} viewers=${2:-1000} minutes=${3:-10} sync=${4:-full}
 bench_setup load
 install_plugin watch_time_tiers
 cp examples/rules/campaigns/summer-boss-rush.toml "$work/rules/campaigns/"
-cat > "$work/drops-host.toml" <<TOML
-listen = "127.0.0.1:0"
-data_dir = "$work/data"
-rules_dir = "$work/rules"
-sqlite_synchronous = "$sync"
-[admin]
-token = "bench-token-0123456"
-TOML
+write_config "$sync"
 start_host
 
 echo "== 1. $channels channels x $viewers viewers x $minutes minutes, 4 in flight, sqlite_synchronous=$sync"

@@ -11,14 +11,8 @@ channels=${1:-1000} viewers=${2:-1000}
 bench_setup mem
 install_plugin watch_time_tiers
 cp examples/rules/campaigns/summer-boss-rush.toml "$work/rules/campaigns/"
-cat > "$work/drops-host.toml" <<TOML
-listen = "127.0.0.1:0"
-data_dir = "$work/data"
-rules_dir = "$work/rules"
-sqlite_synchronous = "normal"
-[engine]
-checkpoint_interval_secs = 2
-TOML
+write_config normal
+printf '[engine]\ncheckpoint_interval_secs = 2\n' >> "$work/drops-host.toml"
 start_host
 idle=$(awk '/VmRSS/ {print $2}' /proc/$host/status)
 "$bin" simulate --target "$url" --channels "$channels" --viewers "$viewers" --multi-viewers 0 \

@@ -103,17 +103,6 @@ pub(crate) fn connect_message(token: &str, broadcasters: Option<&[&str]>, data: 
     m
 }
 
-async fn wait_for_grants(host: &TestHost, n: usize) -> Vec<Value> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let grants = host.grants().await;
-        if grants.len() >= n || std::time::Instant::now() > deadline {
-            return grants;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 async fn boss_kill(backend: Backend) {
     let Some(mut host) = host(backend, "").await else { return };
     let links = host.admin_get("/links?twitch_user_id=twitch-b1").await;
@@ -132,7 +121,7 @@ async fn boss_kill(backend: Backend) {
     // The same delta again (a client retrying a message whose ack it lost) changes nothing.
     send(&mut ws, kill).await;
     assert_eq!(recv(&mut ws).await, json!({"type": "ack", "seq": 2}));
-    let grants = wait_for_grants(&host, 2).await;
+    let grants = host.wait_for_grants(2).await;
     let mut who: Vec<(&str, &str, &str)> = grants
         .iter()
         .map(|g| {
@@ -169,7 +158,7 @@ async fn boss_kill(backend: Backend) {
     assert_eq!(recv(&mut ws).await["type"], "ack");
     send(&mut ws, json!({"type": "delta", "seq": 6, "data": {"boss_defeated": true, "boss_kills": 2}})).await;
     assert_eq!(recv(&mut ws).await["type"], "ack");
-    let grants = wait_for_grants(&host, 4).await;
+    let grants = host.wait_for_grants(4).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let grants_after = host.grants().await;
     assert_eq!(grants.len(), grants_after.len());
@@ -193,7 +182,7 @@ async fn boss_kill(backend: Backend) {
     assert_eq!(recv(&mut shared).await["type"], "ack");
     send(&mut shared, json!({"type": "delta", "data": {"boss_defeated": true, "boss_kills": 3}})).await;
     assert_eq!(recv(&mut shared).await["type"], "ack");
-    let grants = wait_for_grants(&host, 7).await;
+    let grants = host.wait_for_grants(7).await;
     let mut third: Vec<(&str, &str)> = grants
         .iter()
         .filter(|g| g["grant_key"].as_str().unwrap().ends_with("=3"))
@@ -381,7 +370,7 @@ async fn minutes_of_a_stream_whose_game_does_not_move_do_not_count() {
             assert_eq!(host.post_vhs(None, &hb).await.0, 200);
         }
     }
-    let grants = wait_for_grants(&host, 1).await;
+    let grants = host.wait_for_grants(1).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let users: Vec<Value> = host.grants().await.iter().map(|g| g["user_id"].clone()).collect();
     assert_eq!(users, [json!("v1")], "{grants:?}");
@@ -399,7 +388,7 @@ async fn an_acknowledged_message_survives_sigkill_before_any_checkpoint() {
     // Killed the moment the kill is acked: the engine may not even have read it.
     host.kill();
     host.restart();
-    let grants = wait_for_grants(&host, 1).await;
+    let grants = host.wait_for_grants(1).await;
     let got: Vec<(&str, &str)> =
         grants.iter().map(|g| (g["user_id"].as_str().unwrap(), g["grant_key"].as_str().unwrap())).collect();
     assert_eq!(got, [("v1", "b-1:boss_kills=1")]);

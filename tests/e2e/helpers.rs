@@ -229,6 +229,18 @@ impl TestHost {
         self.admin_get("/grants?limit=100000").await.as_array().cloned().unwrap_or_default()
     }
 
+    /// The stored grants once there are at least `n`, or whatever there are after 20 s.
+    pub async fn wait_for_grants(&self, n: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let grants = self.grants().await;
+            if grants.len() >= n || Instant::now() > deadline {
+                return grants;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits until `n` manifests are recorded as written.
     pub async fn wait_for_manifests(&self, n: usize) -> Vec<Value> {
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -97,14 +97,7 @@ async fn a_hostile_campaign_does_not_stop_the_others() {
         let hb = heartbeat(&format!("h{m}"), "b", "GameName", &format!("2026-11-06T10:0{m}:00Z"), &["v1", "v2"]);
         assert_eq!(host.post_vhs(None, &hb).await.0, 200);
     }
-    let started = Instant::now();
-    let grants = loop {
-        let grants = host.grants().await;
-        if grants.len() >= 2 || started.elapsed() > Duration::from_secs(20) {
-            break grants;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let grants = host.wait_for_grants(2).await;
     let rewards: Vec<(&str, &str)> =
         grants.iter().map(|g| (g["campaign_id"].as_str().unwrap(), g["user_id"].as_str().unwrap())).collect();
     assert_eq!(rewards, vec![("good", "v1"), ("good", "v2")], "only the good campaign grants");
@@ -303,14 +296,7 @@ async fn a_heartbeat_larger_than_one_call_is_decided_in_parts() {
     let crowd: Vec<&str> = crowd.iter().map(String::as_str).collect();
     let hb = heartbeat("huge", "b-huge", "GameName", "2026-11-06T10:00:00Z", &crowd);
     assert_eq!(host.post_vhs(None, &hb).await.0, 200);
-    let started = Instant::now();
-    let grants = loop {
-        let grants = host.grants().await;
-        if grants.len() >= crowd.len() || started.elapsed() > Duration::from_secs(20) {
-            break grants;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let grants = host.wait_for_grants(crowd.len()).await;
     let mut users: Vec<&str> = grants.iter().map(|g| g["user_id"].as_str().unwrap()).collect();
     users.sort_unstable();
     let mut expected = crowd.clone();

@@ -89,7 +89,7 @@ impl PluginRuntime {
         ids: Arc<ViewerList>,
         state: &mut CampaignKv,
     ) -> Result<HeartbeatVerdict, PluginError> {
-        let parts = self.in_parts(
+        let mut parts = self.in_parts(
             viewers,
             ids,
             state,
@@ -97,11 +97,9 @@ impl PluginRuntime {
             plugin,
             campaign,
         )?;
-        let mut verdict = HeartbeatVerdict { count_minutes: true, grants: Vec::new() };
-        for (i, part) in parts.enumerate() {
-            if i == 0 {
-                verdict.count_minutes = part.count_minutes;
-            }
+        // The parts agree on count-minutes (checked in `in_parts`): the first speaks for all.
+        let mut verdict = parts.next().unwrap_or(HeartbeatVerdict { count_minutes: true, grants: Vec::new() });
+        for part in parts {
             verdict.grants.extend(part.grants);
         }
         Ok(verdict)

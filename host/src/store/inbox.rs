@@ -97,11 +97,12 @@ async fn write_loop(pool: AnyPool, signals: Arc<Signals>, mut jobs: mpsc::Receiv
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
             let Ok(job) = jobs.try_recv() else { break };
-            if bytes + job.work.bytes() > MAX_GROUP_BYTES {
+            let more = job.work.bytes();
+            if bytes + more > MAX_GROUP_BYTES {
                 next = Some(job);
                 break;
             }
-            bytes += job.work.bytes();
+            bytes += more;
             group.push(job);
         }
         // A prune commits on its own: it never delays or fails an acknowledgement's group.
