@@ -28,7 +28,7 @@ pub fn run(settings: &Settings, rules_dir: &Path, events: &Path) -> anyhow::Resu
     let mut progress = Progress::new(total_bytes);
     let mut state = State::new(&Judgement::from_settings(settings));
     let here = runtime.fingerprint();
-    let mut warned = HashSet::new();
+    let mut noted: Option<String> = None;
     let mut seen_ids = HashSet::new();
     let mut made = HashSet::new();
     let mut table: BTreeMap<(String, String), u64> = BTreeMap::new();
@@ -42,12 +42,8 @@ pub fn run(settings: &Settings, rules_dir: &Path, events: &Path) -> anyhow::Resu
         let recorded = match parse_line(&line).map_err(|e| anyhow::anyhow!("line {}: {e}", i + 1))? {
             Line::Event(recorded) => recorded,
             Line::RecordedUnder(recorded) => {
-                if recorded != here && warned.insert(recorded.clone()) {
-                    println!(
-                        "note: the events from line {} on were judged under {recorded}; this replay runs under {here}: \
-                         a verdict that ran out of fuel or memory, or near a limit, may differ",
-                        i + 2
-                    );
+                if let Some(note) = runtime_note(i + 2, recorded, &here, &mut noted) {
+                    println!("{note}");
                 }
                 continue;
             }
@@ -85,6 +81,25 @@ pub fn run(settings: &Settings, rules_dir: &Path, events: &Path) -> anyhow::Resu
     Ok(())
 }
 
+/// Longest runtime description a note quotes from a recording (the file may come from anywhere).
+const MAX_NOTED_BYTES: usize = 512;
+
+/// What to say when the events from `line` on were judged under `recorded`
+/// while this replay runs under `here`: once per change, never repeating the
+/// last note, and quoting at most [`MAX_NOTED_BYTES`] of the recording.
+fn runtime_note(line: usize, recorded: String, here: &str, noted: &mut Option<String>) -> Option<String> {
+    let recorded = crate::domain::cut(recorded, MAX_NOTED_BYTES);
+    if recorded == here || noted.as_deref() == Some(recorded.as_str()) {
+        return None;
+    }
+    let note = format!(
+        "note: the events from line {line} on were judged under {recorded}; this replay runs under {here}: \
+         a verdict that ran out of fuel or memory, or near a limit, may differ"
+    );
+    *noted = Some(recorded);
+    Some(note)
+}
+
 /// A progress bar on stderr, drawn only when stderr is a terminal.
 struct Progress {
     total: u64,
@@ -113,5 +128,22 @@ impl Progress {
         if self.enabled {
             eprintln!();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_runtime_change_is_noted_once_and_a_hostile_description_is_cut() {
+        let mut noted = None;
+        assert_eq!(runtime_note(1, "wasmtime 1".into(), "wasmtime 1", &mut noted), None);
+        let note = runtime_note(2, "wasmtime 0".into(), "wasmtime 1", &mut noted).unwrap();
+        assert!(note.contains("line 2 on were judged under wasmtime 0"), "{note}");
+        assert_eq!(runtime_note(9, "wasmtime 0".into(), "wasmtime 1", &mut noted), None, "noted already");
+        let huge = "é".repeat(1 << 20);
+        let note = runtime_note(10, huge, "wasmtime 1", &mut noted).unwrap();
+        assert!(note.len() < 1024, "{} bytes", note.len());
     }
 }
