@@ -59,6 +59,8 @@ python3 - "$work" <<'PY'
 import sqlite3, subprocess, sys, re
 work = sys.argv[1]
 db = sqlite3.connect(f"{work}/data/drops-host.db")
+# The inbox lives in its own file beside the database (docs/operations.md).
+db.execute("ATTACH DATABASE ? AS inbox_file", (f"{work}/data/drops-host.inbox.db",))
 acked = set(open(f"{work}/acked").read().split())
 stored = {row[0] for row in db.execute("SELECT dedup_key FROM inbox WHERE source = 'vhs'")}
 lost = acked - stored
