@@ -78,7 +78,26 @@ async fn connection(hub: Arc<E2Hub>, mut socket: WebSocket) {
         metrics::counter!("drops_e2_connection_panics_total").increment(1);
         tracing::error!("e2 connection task panicked; the connection is closed, the others go on");
     }
+    linger(&mut socket).await;
     drop(slot);
+}
+
+/// How long a closed connection waits for the client's close frame.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Finishes the close handshake: reads (and drops) what the client still
+/// sends until its close frame, for at most [`LINGER`]. Closing the socket
+/// with frames unread makes the kernel send a reset, and the client would
+/// lose the error and close frame that say why (`rate_limited`).
+async fn linger(socket: &mut WebSocket) {
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Some(Ok(frame)) = socket.recv().await {
+            if matches!(frame, axum::extract::ws::Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// One of `e2.max_connections`, given back on every path out of a
