@@ -10,10 +10,11 @@ cd "$(dirname "$0")/.."
 out=${RESULTS:-$(mktemp -d /tmp/drops-bench.XXXXXX)}
 if [ -z "${RESULTS:-}" ]; then
 scripts/build-plugins.sh >/dev/null
+cargo build --quiet --profile plugin --target wasm32-unknown-unknown -p json-abi-tiers
 cargo build --quiet --release -p drops-host
 
-echo "== criterion: plugin call and engine step"
-cargo bench --quiet -p drops-host --bench engine -- --warm-up-time 1 --measurement-time 3 2>&1 | tee "$out/criterion.txt" | grep -E "^[a-z_]+/|time:" || true
+echo "== criterion: plugin call (and its peers: native, JSON ABI, Rhai) and engine step"
+cargo bench --quiet -p drops-host --bench engine --features bench-peers -- --warm-up-time 1 --measurement-time 3 2>&1 | tee "$out/criterion.txt" | grep -E "^[a-z_]+/|time:" || true
 echo "== sequential acknowledgement latency"
 benches/ack_latency.sh 300 1000 | tee "$out/ack.txt"
 echo "== one 10 M viewer heartbeat, hot reload"
@@ -42,6 +43,11 @@ marg_w = (w[10000] - w[1]) / 9999
 marg_n = (nat[10000] - nat[1]) / 9999
 rows.append(("plugin call, fixed cost (1 viewer)", us(w[1]), f"native {us(nat[1])}; goal ≤ 10 µs", "`cargo bench -p drops-host --bench engine`"))
 rows.append(("plugin call, per viewer (1 → 10,000)", f"{marg_w:.1f} ns", f"native {marg_n:.1f} ns ({marg_w / marg_n:.1f}x); goal ≤ 15 ns", "same"))
+peer = lambda name: (est("plugin_call", f"{name}/10000") - est("plugin_call", f"{name}/1")) / 9999
+marg_j, marg_r = peer("json_abi"), peer("rhai")
+rows.append(("the same tiers rule per viewer, done the other ways", f"JSON ABI {marg_j:.0f} ns, Rhai {marg_r:.0f} ns",
+             f"the plugin is {marg_j / marg_w:.0f}x faster than the JSON ABI (goal ≥ 5x), {marg_r / marg_w:.0f}x faster than Rhai (goal ≥ 50x)",
+             "`cargo bench -p drops-host --bench engine --features bench-peers`"))
 rows.append(("plugin call, 1,000 / 10,000 viewers", f"{us(w[1000])} / {us(w[10000])}", f"native {us(nat[1000])} / {us(nat[10000])} ({w[1000] / nat[1000]:.0f}x / {w[10000] / nat[10000]:.0f}x)", "same"))
 step = {n: est("engine_step", f"count_and_decide/{n}") for n in (1000, 10000)}
 for n, ns in step.items():

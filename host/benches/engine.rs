@@ -1,9 +1,13 @@
 //! The cost of a rule decision: the watch-time-tiers rule as a sandboxed wasm
-//! component against the very same Rust code called natively, and a whole
+//! component against the same rule done the ways a studio could pick instead
+//! (the very same Rust code called natively, the limit; a core wasm module fed
+//! JSON in linear memory, the Extism-style ABI; a Rhai script), and a whole
 //! engine step (watch-time counting plus the plugin call).
 //!
-//! Needs the example plugin: `scripts/build-plugins.sh`, then
-//! `cargo bench -p drops-host --bench engine`.
+//! Needs the example plugin and the JSON-ABI peer: `scripts/build-plugins.sh`
+//! and `cargo build --profile plugin --target wasm32-unknown-unknown -p json-abi-tiers`,
+//! then `cargo bench -p drops-host --bench engine --features bench-peers`
+//! (without the feature the Rhai peer is left out).
 
 use std::hint::black_box;
 use std::path::Path;
@@ -20,10 +24,128 @@ const CONFIG: &str =
     r#"{"tiers":[{"minutes":10,"reward":"bronze"},{"minutes":20,"reward":"silver"},{"minutes":30,"reward":"gold"}]}"#;
 const REWARDS: [&str; 3] = ["bronze", "silver", "gold"];
 
+fn wasm_file(name: &str, how: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-unknown-unknown/plugin").join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}; {how}", path.display()))
+}
+
 fn plugin_bytes() -> Vec<u8> {
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-unknown-unknown/plugin/watch_time_tiers.wasm");
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}; run scripts/build-plugins.sh", path.display()))
+    wasm_file("watch_time_tiers.wasm", "run scripts/build-plugins.sh")
+}
+
+/// The grants as (viewer handle, reward index), in the order the rule made them.
+type Grants = Vec<(u32, u32)>;
+
+/// The tiers rule as a core module behind a JSON ABI (`benches/json-abi-tiers`),
+/// run as the host runs plugins: a fresh pooled instance per call, fuel on.
+struct JsonAbi {
+    engine: wasmtime::Engine,
+    pre: wasmtime::InstancePre<()>,
+}
+
+impl JsonAbi {
+    fn new() -> JsonAbi {
+        let bytes = wasm_file(
+            "json_abi_tiers.wasm",
+            "run cargo build --profile plugin --target wasm32-unknown-unknown -p json-abi-tiers",
+        );
+        let mut config = wasmtime::Config::new();
+        config.consume_fuel(true);
+        config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(Default::default()));
+        let engine = wasmtime::Engine::new(&config).unwrap();
+        let module = wasmtime::Module::new(&engine, bytes).unwrap();
+        let pre = wasmtime::Linker::new(&engine).instantiate_pre(&module).unwrap();
+        JsonAbi { engine, pre }
+    }
+
+    /// One call: the host writes the input JSON, the guest parses it, decides
+    /// and writes JSON back, the host parses that.
+    fn call(&self, viewers: &[drops_plugin_sdk::Viewer]) -> Grants {
+        #[derive(serde::Serialize)]
+        struct Viewer {
+            handle: u32,
+            minutes: u32,
+            counted: bool,
+        }
+        let mut input = Vec::with_capacity(64 + CONFIG.len() + viewers.len() * 48);
+        input.extend_from_slice(br#"{"rewards":["bronze","silver","gold"],"config":"#);
+        input.extend_from_slice(CONFIG.as_bytes());
+        input.extend_from_slice(br#","viewers":"#);
+        let viewers = viewers.iter().map(|v| Viewer { handle: v.handle, minutes: v.minutes, counted: v.counted });
+        serde_json::to_writer(&mut input, &viewers.collect::<Vec<_>>()).unwrap();
+        input.push(b'}');
+        let mut store = wasmtime::Store::new(&self.engine, ());
+        store.set_fuel(u64::MAX / 2).unwrap();
+        let instance = self.pre.instantiate(&mut store).unwrap();
+        let memory = instance.get_memory(&mut store, "memory").unwrap();
+        let alloc = instance.get_typed_func::<u32, u32>(&mut store, "alloc").unwrap();
+        let decide = instance.get_typed_func::<(u32, u32), u64>(&mut store, "on_heartbeat").unwrap();
+        let len = input.len() as u32;
+        let ptr = alloc.call(&mut store, len).unwrap();
+        memory.write(&mut store, ptr as usize, &input).unwrap();
+        let out = decide.call(&mut store, (ptr, len)).unwrap();
+        assert_ne!(out, 0, "the JSON-ABI guest refused its input");
+        let (at, len) = ((out >> 32) as usize, (out & 0xffff_ffff) as usize);
+        serde_json::from_slice(&memory.data(&store)[at..at + len]).unwrap()
+    }
+}
+
+/// The tiers rule as a Rhai script, embedded the cheap way: viewers are a
+/// registered Rust type read through getters, not maps built per viewer.
+#[cfg(feature = "bench-peers")]
+struct RhaiTiers {
+    engine: rhai::Engine,
+    ast: rhai::AST,
+    tiers: rhai::Array,
+}
+
+#[cfg(feature = "bench-peers")]
+impl RhaiTiers {
+    const SCRIPT: &str = r#"
+        fn on_heartbeat(tiers, viewers) {
+            let grants = [];
+            for v in viewers {
+                if v.counted {
+                    for t in tiers {
+                        if v.minutes == t.minutes {
+                            grants.push(v.handle);
+                            grants.push(t.reward);
+                        }
+                    }
+                }
+            }
+            grants
+        }
+    "#;
+
+    fn new() -> RhaiTiers {
+        let mut engine = rhai::Engine::new();
+        engine
+            .register_type_with_name::<drops_plugin_sdk::Viewer>("Viewer")
+            .register_get("handle", |v: &mut drops_plugin_sdk::Viewer| v.handle as rhai::INT)
+            .register_get("minutes", |v: &mut drops_plugin_sdk::Viewer| v.minutes as rhai::INT)
+            .register_get("counted", |v: &mut drops_plugin_sdk::Viewer| v.counted);
+        let ast = engine.compile(Self::SCRIPT).unwrap();
+        let tiers = [(10, 0), (20, 1), (30, 2)]
+            .into_iter()
+            .map(|(minutes, reward): (rhai::INT, rhai::INT)| {
+                let mut tier = rhai::Map::new();
+                tier.insert("minutes".into(), minutes.into());
+                tier.insert("reward".into(), reward.into());
+                rhai::Dynamic::from_map(tier)
+            })
+            .collect();
+        RhaiTiers { engine, ast, tiers }
+    }
+
+    fn call(&self, viewers: &[drops_plugin_sdk::Viewer]) -> Grants {
+        let viewers: rhai::Array = viewers.iter().map(|v| rhai::Dynamic::from(*v)).collect();
+        let mut scope = rhai::Scope::new();
+        let flat: rhai::Array =
+            self.engine.call_fn(&mut scope, &self.ast, "on_heartbeat", (self.tiers.clone(), viewers)).unwrap();
+        let flat: Vec<u32> = flat.into_iter().map(|x| x.as_int().unwrap() as u32).collect();
+        flat.chunks_exact(2).map(|g| (g[0], g[1])).collect()
+    }
 }
 
 fn plugin_call(c: &mut Criterion) {
@@ -33,6 +155,9 @@ fn plugin_call(c: &mut Criterion) {
         WitCampaign { id: "c".into(), rewards: REWARDS.iter().map(|r| r.to_string()).collect(), config: CONFIG.into() };
     let native_campaign = drops_plugin_sdk::Campaign::new("c", &REWARDS, CONFIG);
     let native_config = drops_plugin_sdk::parse_config::<watch_time_tiers::WatchTimeTiers>(&native_campaign).unwrap();
+    let json_abi = JsonAbi::new();
+    #[cfg(feature = "bench-peers")]
+    let rhai = RhaiTiers::new();
     let mut group = c.benchmark_group("plugin_call");
     for n in [1usize, 1000, 10_000] {
         group.throughput(Throughput::Elements(n as u64));
@@ -75,6 +200,27 @@ fn plugin_call(c: &mut Criterion) {
                 )
             })
         });
+        // The peers must decide what the rule decides, or their figures mean nothing.
+        let expected: Grants = watch_time_tiers::WatchTimeTiers::on_heartbeat(
+            &native_config,
+            &native_campaign,
+            &native_hb,
+            &native_viewers,
+        )
+        .into_iter()
+        .map(|g| (g.viewer, g.reward))
+        .collect();
+        assert_eq!(json_abi.call(&native_viewers), expected, "JSON ABI, {n} viewers");
+        group.bench_with_input(BenchmarkId::new("json_abi", n), &native_viewers, |b, viewers| {
+            b.iter(|| json_abi.call(black_box(viewers)))
+        });
+        #[cfg(feature = "bench-peers")]
+        {
+            assert_eq!(rhai.call(&native_viewers), expected, "Rhai, {n} viewers");
+            group.bench_with_input(BenchmarkId::new("rhai", n), &native_viewers, |b, viewers| {
+                b.iter(|| rhai.call(black_box(viewers)))
+            });
+        }
     }
     group.finish();
 }
