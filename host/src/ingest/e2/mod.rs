@@ -78,8 +78,11 @@ async fn connection(hub: Arc<E2Hub>, mut socket: WebSocket) {
         metrics::counter!("drops_e2_connection_panics_total").increment(1);
         tracing::error!("e2 connection task panicked; the connection is closed, the others go on");
     }
-    linger(&mut socket).await;
+    // The slot is given back first: a closed connection no longer publishes,
+    // and a client that never answers the close must not keep a game server
+    // out for the linger's second. The linger itself is bounded in time.
     drop(slot);
+    linger(&mut socket).await;
 }
 
 /// How long a closed connection waits for the client's close frame.
