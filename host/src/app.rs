@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, Admin, AppState, Health};
 use crate::config::Settings;
+use crate::delivery::{TwitchClient, Uploader};
 use crate::engine::{Engine, EngineOptions, PausedCampaigns};
 use crate::health::Liveness;
 use crate::http::{self, server::ServerLimits};
@@ -79,7 +80,12 @@ impl RunningHost {
         let (engine_stop, batcher_stop) = (CancellationToken::new(), CancellationToken::new());
         let options = EngineOptions::from_settings(&settings);
         let engine = Engine::new(store.clone(), rules.clone(), runtime.clone(), options, paused);
-        let batcher = Batcher::new(store.clone(), settings.manifest_dir(), settings.manifests.clone());
+        let twitch = TwitchClient::new(&settings.twitch)?;
+        if twitch.is_none() {
+            tracing::warn!("twitch.client_id and twitch.client_secret are not set: manifests are written, not uploaded (not_configured)");
+        }
+        let batcher =
+            Batcher::new(store.clone(), settings.manifest_dir(), settings.manifests.clone(), twitch.is_some());
         let engine_task = tokio::spawn(supervise_engine(engine, engine_stop.clone(), liveness, stop.clone()));
         let reload_stop = stop.clone();
         match reloader.watch() {
@@ -89,6 +95,11 @@ impl RunningHost {
             Err(e) => tracing::error!("rules hot reload is off: cannot watch the rules directory: {e}"),
         }
         let batcher_task = tokio::spawn(batcher.run(batcher_stop.clone()));
+        let uploader_stop = CancellationToken::new();
+        let uploader_task = twitch.map(|client| {
+            let uploader = Uploader::new(store.clone(), client, settings.twitch.clone());
+            tokio::spawn(uploader.run(uploader_stop.clone()))
+        });
         if let Some(handle) = metrics {
             let stop = stop.clone();
             tokio::spawn(async move {
@@ -121,6 +132,11 @@ impl RunningHost {
             let engine = engine_task.await;
             batcher_stop.cancel();
             let _ = batcher_task.await;
+            // Uploads in flight are cut off: they go again, same manifest id, at the next start.
+            uploader_stop.cancel();
+            if let Some(uploader) = uploader_task {
+                let _ = uploader.await;
+            }
             task_store.close().await;
             engine??;
             tracing::info!("shut down cleanly");

@@ -32,6 +32,7 @@ pub struct Settings {
     pub engine: EngineSettings,
     pub plugins: PluginSettings,
     pub e2: E2Settings,
+    pub twitch: TwitchSettings,
 }
 
 /// SQLite's `synchronous` pragma, as offered.
@@ -95,12 +96,78 @@ pub struct AdminSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ManifestSettings {
-    /// How often new grants are batched into manifest files.
+    /// The longest a grant waits for its manifest: every interval all waiting
+    /// grants are batched, each file filled up to `max_file_bytes`.
     pub flush_interval_secs: u64,
     /// Flush early once this many grants wait.
     pub flush_at_grants: u64,
     /// Largest manifest file; a larger batch is split. Twitch takes up to 100 MB.
     pub max_file_bytes: u64,
+}
+
+/// Uploading manifests to Twitch: the app's credentials and how hard to try.
+/// Without `client_id` and `client_secret`, manifests are only written.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TwitchSettings {
+    /// The Twitch application's client id (the one the campaigns belong to).
+    pub client_id: Option<String>,
+    /// Its secret, for app access tokens (client-credentials flow). Never logged.
+    #[serde(deserialize_with = "secret_text")]
+    pub client_secret: Option<String>,
+    /// Twitch's OAuth service (`<base>/oauth2/token`).
+    pub auth_base_url: String,
+    /// Twitch's API (`<base>/helix/entitlements/upload`).
+    pub api_base_url: String,
+    /// A token or upload-URL request must answer within this.
+    pub request_timeout_secs: u64,
+    /// A file's PUT must be done within this (the upload URL lives 900 s).
+    pub upload_timeout_secs: u64,
+    /// First wait after a failed attempt; doubled per attempt, with jitter.
+    pub retry_initial_ms: u64,
+    /// Longest wait between attempts (also caps `Retry-After` and `Ratelimit-Reset`).
+    pub retry_max_secs: u64,
+    /// Manifests uploaded at once.
+    pub uploads_in_flight: usize,
+}
+
+impl std::fmt::Debug for TwitchSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TwitchSettings")
+            .field("client_id", &self.client_id)
+            .field("client_secret", &self.client_secret.as_ref().map(|_| "***"))
+            .field("auth_base_url", &self.auth_base_url)
+            .field("api_base_url", &self.api_base_url)
+            .field("request_timeout_secs", &self.request_timeout_secs)
+            .field("upload_timeout_secs", &self.upload_timeout_secs)
+            .field("retry_initial_ms", &self.retry_initial_ms)
+            .field("retry_max_secs", &self.retry_max_secs)
+            .field("uploads_in_flight", &self.uploads_in_flight)
+            .finish()
+    }
+}
+
+impl TwitchSettings {
+    /// The client id and secret, when both are set.
+    pub fn credentials(&self) -> Option<(&str, &str)> {
+        Some((self.client_id.as_deref()?, self.client_secret.as_deref()?))
+    }
+}
+
+impl Default for TwitchSettings {
+    fn default() -> Self {
+        TwitchSettings {
+            client_id: None,
+            client_secret: None,
+            auth_base_url: "https://id.twitch.tv".into(),
+            api_base_url: "https://api.twitch.tv".into(),
+            request_timeout_secs: 30,
+            upload_timeout_secs: 900,
+            retry_initial_ms: 1_000,
+            retry_max_secs: 300,
+            uploads_in_flight: 4,
+        }
+    }
 }
 
 /// The engine that turns inbox events into grants.
@@ -248,6 +315,7 @@ impl Default for Settings {
             engine: EngineSettings::default(),
             plugins: PluginSettings::default(),
             e2: E2Settings::default(),
+            twitch: TwitchSettings::default(),
         }
     }
 }
@@ -292,7 +360,7 @@ impl Default for VhsSettings {
 
 impl Default for ManifestSettings {
     fn default() -> Self {
-        ManifestSettings { flush_interval_secs: 10, flush_at_grants: 100_000, max_file_bytes: 100_000_000 }
+        ManifestSettings { flush_interval_secs: 60, flush_at_grants: 100_000, max_file_bytes: 100_000_000 }
     }
 }
 
@@ -348,6 +416,19 @@ fn secret_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>,
 
 /// Ten years: no setting of seconds needs more, and `Instant + Duration` must not overflow.
 const MAX_SECS: u64 = 10 * 365 * 24 * 3600;
+
+fn invalid(key: &'static str, message: &str) -> Result<(), ConfigError> {
+    Err(ConfigError::Invalid { key, message: message.into() })
+}
+
+/// Checks `url` is an absolute `http://` or `https://` URL with a host.
+fn http_url(key: &'static str, url: &str) -> Result<(), ConfigError> {
+    match reqwest::Url::parse(url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),
+        Ok(_) => invalid(key, "must be an http:// or https:// URL"),
+        Err(e) => Err(ConfigError::Invalid { key, message: format!("is not a URL: {e}") }),
+    }
+}
 
 /// Checks `value` is in `min..=max`, naming the key and the range otherwise.
 fn in_range(key: &'static str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
@@ -408,6 +489,25 @@ impl Settings {
         in_range("manifests.flush_interval_secs", self.manifests.flush_interval_secs, 1, 86_400)?;
         in_range("manifests.flush_at_grants", self.manifests.flush_at_grants, 1, u32::MAX as u64)?;
         in_range("manifests.max_file_bytes", self.manifests.max_file_bytes, 4096, 100_000_000)?;
+        let t = &self.twitch;
+        match (t.client_id.as_deref().map(str::trim), t.client_secret.as_deref()) {
+            (None, None) | (Some(_), Some(_)) => {}
+            (Some(_), None) => return invalid("twitch.client_secret", "is needed with twitch.client_id"),
+            (None, Some(_)) => return invalid("twitch.client_id", "is needed with twitch.client_secret"),
+        }
+        if t.client_id.as_deref().is_some_and(|id| id.trim().is_empty() || id.len() > 256) {
+            return invalid("twitch.client_id", "must be 1 to 256 characters");
+        }
+        if t.client_secret.as_deref().is_some_and(|s| s.is_empty() || s.len() > 256) {
+            return invalid("twitch.client_secret", "must be 1 to 256 characters");
+        }
+        http_url("twitch.auth_base_url", &t.auth_base_url)?;
+        http_url("twitch.api_base_url", &t.api_base_url)?;
+        in_range("twitch.request_timeout_secs", t.request_timeout_secs, 1, 600)?;
+        in_range("twitch.upload_timeout_secs", t.upload_timeout_secs, 1, 3600)?;
+        in_range("twitch.retry_initial_ms", t.retry_initial_ms, 1, 3_600_000)?;
+        in_range("twitch.retry_max_secs", t.retry_max_secs, 1, 86_400)?;
+        in_range("twitch.uploads_in_flight", t.uploads_in_flight as u64, 1, 64)?;
         in_range("engine.checkpoint_interval_secs", self.engine.checkpoint_interval_secs, 1, 3600)?;
         in_range("engine.batch_events", self.engine.batch_events.into(), 1, 100_000)?;
         in_range("engine.max_paused_backlog_events", self.engine.max_paused_backlog_events, 1, 1 << 40)?;

@@ -7,7 +7,7 @@
 //! | --- | --- | --- |
 //! | commands | [`cli`], [`app`], [`demo`], [`simulate`], [`replay`], [`scaffold`] | starting things |
 //! | routers | [`api`] | one router: ingest, health, metrics, the admin API |
-//! | edges and tasks | [`ingest`] (VHS, E2), [`engine`], [`manifests`] | events in, judgement, files out |
+//! | edges and tasks | [`ingest`] (VHS, E2), [`engine`], [`manifests`], [`delivery`] | events in, judgement, files out, uploads |
 //! | rules | [`rules`] | campaign files bound to plugins, hot reload |
 //! | services | [`plugins`], [`store`], [`http`] | the sandbox, the database, HTTP errors |
 //! | bottom | [`domain`], [`config`], [`files`], [`health`], [`secrets`], [`telemetry`] | what it is about; settings |
@@ -16,12 +16,14 @@
 //! [`store`]'s inbox → the [`engine`] reads it in order, counts watch-time
 //! and keeps each broadcaster's game state → it asks each campaign's
 //! [`plugins`] rule (bound by [`rules`]) for grants → the [`store`] keeps
-//! each grant once → [`manifests`] batches them into Twitch's files.
+//! each grant once → [`manifests`] batches them into Twitch's files →
+//! [`delivery`] uploads each file to Twitch, exactly once per manifest id.
 
 pub mod api;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod delivery;
 pub mod demo;
 pub mod domain;
 pub mod engine;

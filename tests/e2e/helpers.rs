@@ -241,12 +241,17 @@ impl TestHost {
         }
     }
 
-    /// Waits until `n` manifests are recorded as written.
+    /// Waits until `n` manifests have their file written and every manifest is past that.
     pub async fn wait_for_manifests(&self, n: usize) -> Vec<Value> {
+        self.wait_for_manifests_in(n, &["written", "not_configured", "uploading", "uploaded"]).await
+    }
+
+    /// Waits until `n` manifests are in one of `states` and no manifest is in another.
+    pub async fn wait_for_manifests_in(&self, n: usize, states: &[&str]) -> Vec<Value> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let manifests = self.admin_get("/manifests").await.as_array().cloned().unwrap_or_default();
-            let written = manifests.iter().filter(|m| m["status"] == "written").count();
+            let written = manifests.iter().filter(|m| states.iter().any(|s| m["status"] == *s)).count();
             if written >= n && written == manifests.len() {
                 return manifests;
             }

@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod crash;
+mod delivery;
 mod designer;
 mod e2;
 mod hard_edges;

@@ -21,7 +21,7 @@ use crate::http::{ApiError, ApiQuery};
 use crate::rules::reload::Reloader;
 use crate::rules::{LoadError, RuleSet, RulesError};
 use crate::secrets::same_secret;
-use crate::store::{GrantFilter, GrantRow, ManifestRow, PluginVersion, RuleHistoryEntry, Store};
+use crate::store::{manifest_status, GrantFilter, GrantRow, ManifestRow, PluginVersion, RuleHistoryEntry, Store};
 
 /// What the admin handlers need.
 pub struct Admin {
@@ -43,6 +43,7 @@ pub fn router(state: Arc<Admin>) -> Router<AppState> {
     Router::new()
         .route("/grants", get(grants))
         .route("/manifests", get(manifests))
+        .route("/manifests/{id}/retry", post(retry_manifest))
         .route("/campaigns", get(campaigns))
         .route("/campaigns/{id}/history", get(campaign_history))
         .route("/plugins", get(plugins))
@@ -138,8 +139,41 @@ async fn get_links(
         .map_err(ApiError::from)
 }
 
-async fn manifests(State(app): State<Arc<Admin>>) -> Result<Json<Vec<ManifestRow>>, ApiError> {
-    app.store.list_manifests().await.map(Json).map_err(ApiError::from)
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ManifestQuery {
+    status: Option<String>,
+}
+
+async fn manifests(
+    State(app): State<Arc<Admin>>,
+    ApiQuery(q): ApiQuery<ManifestQuery>,
+) -> Result<Json<Vec<ManifestRow>>, ApiError> {
+    if let Some(status) = q.status.as_deref().filter(|s| !manifest_status::ALL.contains(s)) {
+        let known = manifest_status::ALL.join(", ");
+        return Err(ApiError::bad_request("status", format!("`{}` is not one of {known}", status.escape_debug())));
+    }
+    let mut rows = app.store.list_manifests().await.map_err(ApiError::from)?;
+    if let Some(status) = q.status.as_deref() {
+        rows.retain(|m| m.status == status);
+    }
+    Ok(Json(rows))
+}
+
+/// Queues a failed manifest for upload again: same id, same users.
+async fn retry_manifest(State(app): State<Arc<Admin>>, Path(id): Path<String>) -> Result<Json<ManifestRow>, ApiError> {
+    if app.store.retry_manifest(&id).await.map_err(ApiError::from)? {
+        tracing::info!(manifest = %id, "manifest queued for upload again by the admin API");
+    } else {
+        return Err(match app.store.manifest(&id).await.map_err(ApiError::from)? {
+            None => ApiError::not_found("no manifest has that id"),
+            Some(m) => ApiError::conflict(format!("only a failed manifest is retried; this one is {}", m.status)),
+        });
+    }
+    match app.store.manifest(&id).await.map_err(ApiError::from)? {
+        Some(m) => Ok(Json(m)),
+        None => Err(ApiError::not_found("no manifest has that id")),
+    }
 }
 
 #[derive(Serialize)]

@@ -120,6 +120,11 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, what)
     }
 
+    /// 409: the resource is not in a state that allows this.
+    pub fn conflict(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::CONFLICT, message)
+    }
+
     /// 500.
     pub fn internal(e: impl std::fmt::Display) -> ApiError {
         tracing::error!("internal error: {e}");

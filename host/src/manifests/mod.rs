@@ -4,14 +4,23 @@
 //! one transaction; its file is then written (temp file, fsync, rename) and
 //! the manifest marked written. A crash in between leaves a pending manifest
 //! whose file is rebuilt from its grants at the next start: every grant ends
-//! up in exactly one manifest file.
+//! up in exactly one manifest file. Its grants never change after that, so
+//! every upload attempt (`crate::delivery`) sends the same users under the
+//! same id.
+//!
+//! Twitch processes one large file faster than many small ones, so a flush
+//! keeps filling a group's manifest across the pages it reads, up to
+//! `max_file_bytes`, and files are streamed: neither the batcher's memory nor
+//! the writer's grows with a manifest's users.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ManifestSettings;
@@ -20,6 +29,8 @@ use crate::store::{ManifestRow, Store, StoreError, UnbatchedGrant};
 
 /// Grants read per step.
 const READ_BATCH: u32 = 50_000;
+/// Users read per page while a file is written.
+const WRITE_PAGE: u32 = 10_000;
 /// JSON bytes of a manifest apart from its users (generous).
 const FIXED_BYTES: u64 = 1024;
 
@@ -51,19 +62,21 @@ pub struct Batcher {
     store: Arc<Store>,
     dir: PathBuf,
     settings: ManifestSettings,
+    /// Whether written manifests are to be uploaded (Twitch credentials are set).
+    upload: bool,
 }
 
 type BatchKey = (String, String, String, String, String, String);
 
 impl Batcher {
-    /// A batcher writing manifest files into `dir`.
-    pub fn new(store: Arc<Store>, dir: PathBuf, settings: ManifestSettings) -> Batcher {
-        Batcher { store, dir, settings }
+    /// A batcher writing manifest files into `dir`; `upload` says whether
+    /// they go on to Twitch or stay `not_configured`.
+    pub fn new(store: Arc<Store>, dir: PathBuf, settings: ManifestSettings, upload: bool) -> Batcher {
+        Batcher { store, dir, settings, upload }
     }
 
-    /// Flushes every interval, or early once `flush_at_grants` grants wait
-    /// (one large file is processed faster by Twitch than many small ones),
-    /// until `stop`, then once more.
+    /// Flushes every interval (the longest a grant waits for its manifest),
+    /// or early once `flush_at_grants` grants wait, until `stop`, then once more.
     pub async fn run(self, stop: CancellationToken) {
         let interval = Duration::from_secs(self.settings.flush_interval_secs.max(1));
         let mut next = tokio::time::Instant::now() + interval;
@@ -97,97 +110,217 @@ impl Batcher {
             self.write(&pending).await?;
             written.push(pending);
         }
+        let mut open = OpenManifests::new(self.settings.max_file_bytes);
         loop {
             let grants = self.store.unbatched_grants(READ_BATCH).await?;
             if grants.is_empty() {
                 break;
             }
-            for (row, ids) in batches(grants, self.settings.max_file_bytes) {
-                self.store.create_manifest(&row, &ids).await?;
-                self.write(&row).await?;
-                written.push(row);
+            for part in open.assign(grants) {
+                if part.new {
+                    self.store.create_manifest(&part.row, &part.grant_ids).await?;
+                } else {
+                    self.store.add_to_manifest(&part.row.id, &part.grant_ids).await?;
+                }
             }
+        }
+        for row in open.finish() {
+            self.write(&row).await?;
+            written.push(row);
         }
         Ok(written)
     }
 
+    /// Streams a manifest's file from its grants, page by page, then marks it written.
     async fn write(&self, row: &ManifestRow) -> Result<(), ManifestError> {
-        let users = self.store.manifest_users(&row.id).await?;
-        let count = users.len();
-        let file = ManifestFile {
-            campaign_id: row.campaign_id.clone(),
-            client_id: row.client_id.clone(),
-            game_watched: row.game.clone(),
-            broadcaster_id: row.broadcaster_id.clone(),
-            item_id: row.item_id.clone(),
-            reason: row.reason.clone(),
-            users,
-        };
         let path = self.dir.join(format!("{}.json", row.id));
-        let target = path.clone();
-        tokio::task::spawn_blocking(move || {
-            write_atomically_with(&target, |out| serde_json::to_writer(out, &file).map_err(std::io::Error::from))
-        })
-        .await?
-        .map_err(|source| ManifestError::Io { path: path.clone(), source })?;
-        self.store.mark_manifest_written(&row.id, &path.display().to_string()).await?;
+        let (pages, mut next_page) = mpsc::channel::<Option<Vec<(i64, String)>>>(2);
+        let (target, header) = (path.clone(), row.clone());
+        let writer = tokio::task::spawn_blocking(move || {
+            write_atomically_with(&target, |out| {
+                let pages = std::iter::from_fn(|| next_page.blocking_recv());
+                write_manifest(out, &header, pages)
+            })
+        });
+        let (mut after, mut count) = (0, 0u64);
+        let read = loop {
+            match self.store.manifest_users_page(&row.id, after, WRITE_PAGE).await {
+                Ok(page) if page.is_empty() => break Ok(()),
+                Ok(page) => {
+                    after = page.last().map_or(after, |(id, _)| *id);
+                    count += page.len() as u64;
+                    if pages.send(Some(page)).await.is_err() {
+                        break Ok(());
+                    }
+                }
+                Err(e) => {
+                    // Tell the writer to fail, so no file with some users missing is renamed into place.
+                    let _ = pages.send(None).await;
+                    break Err(e);
+                }
+            }
+        };
+        drop(pages);
+        let written = writer.await?;
+        read?;
+        written.map_err(|source| ManifestError::Io { path: path.clone(), source })?;
+        let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        self.store.mark_manifest_written(&row.id, &path.display().to_string(), bytes, self.upload).await?;
         metrics::counter!("drops_manifests_written_total").increment(1);
-        metrics::counter!("drops_manifest_users_total").increment(count as u64);
+        metrics::counter!("drops_manifest_users_total").increment(count);
         tracing::info!(manifest = %row.id, campaign = %row.campaign_id, broadcaster = %row.broadcaster_id,
-            item = %row.item_id, users = count, path = %path.display(), "manifest written");
+            item = %row.item_id, users = count, bytes, path = %path.display(), "manifest written");
         Ok(())
     }
 }
 
-/// Groups grants by (campaign, client, game, broadcaster, reward, reason),
-/// splitting a group whose file would pass `max_bytes`.
+/// Writes a manifest file: the row's fields, then the users from `pages`. A
+/// `None` page means reading the users failed: the file must not be kept.
+fn write_manifest(
+    out: &mut impl Write,
+    row: &ManifestRow,
+    pages: impl Iterator<Item = Option<Vec<(i64, String)>>>,
+) -> std::io::Result<()> {
+    out.write_all(b"{")?;
+    let fields = [
+        ("campaign_id", &row.campaign_id),
+        ("client_id", &row.client_id),
+        ("game_watched", &row.game),
+        ("broadcaster_id", &row.broadcaster_id),
+        ("item_id", &row.item_id),
+        ("reason", &row.reason),
+    ];
+    for (name, value) in fields {
+        write!(out, "\"{name}\":")?;
+        serde_json::to_writer(&mut *out, value)?;
+        out.write_all(b",")?;
+    }
+    out.write_all(b"\"users\":[")?;
+    let mut first = true;
+    for page in pages {
+        let page = page.ok_or_else(|| std::io::Error::other("reading the manifest's users failed"))?;
+        for (_, user) in page {
+            if !first {
+                out.write_all(b",")?;
+            }
+            first = false;
+            serde_json::to_writer(&mut *out, &user)?;
+        }
+    }
+    out.write_all(b"]}")
+}
+
+/// Bytes `s` takes as a JSON string with its quotes (ids have no control characters,
+/// but count their escapes anyway).
+fn json_string_len(s: &str) -> u64 {
+    let escaped: u64 = s
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 1,
+            0..=0x1f => 5,
+            _ => 0,
+        })
+        .sum();
+    s.len() as u64 + escaped + 2
+}
+
+/// Grants given to a manifest in one step: a new manifest, or more for one
+/// created earlier in the same flush.
+#[derive(Debug)]
+struct Part {
+    row: ManifestRow,
+    grant_ids: Vec<i64>,
+    new: bool,
+}
+
+/// The manifests a flush is filling: one open manifest per batch key, in
+/// first-seen order, each closed when the next user would take it past the
+/// size limit. They stay pending (not uploadable) until the flush writes them.
+struct OpenManifests {
+    max_bytes: u64,
+    order: Vec<BatchKey>,
+    open: HashMap<BatchKey, (ManifestRow, u64)>,
+    closed: Vec<ManifestRow>,
+}
+
+impl OpenManifests {
+    fn new(max_bytes: u64) -> OpenManifests {
+        OpenManifests { max_bytes, order: Vec::new(), open: HashMap::new(), closed: Vec::new() }
+    }
+
+    /// Gives each grant a manifest of its (campaign, client, game,
+    /// broadcaster, reward, reason), opening a new one where the current one is full.
+    fn assign(&mut self, grants: Vec<UnbatchedGrant>) -> Vec<Part> {
+        let mut parts: Vec<Part> = Vec::new();
+        let mut part_of: HashMap<String, usize> = HashMap::new();
+        for g in grants {
+            let key = (g.campaign_id, g.client_id, g.game, g.broadcaster_id, g.reward_id, g.reason);
+            // The user id, its quotes and its comma.
+            let user_bytes = json_string_len(&g.user_id) + 1;
+            let full = self
+                .open
+                .get(&key)
+                .is_some_and(|(row, bytes)| row.users > 0 && bytes + user_bytes + FIXED_BYTES > self.max_bytes);
+            if full {
+                if let Some((row, _)) = self.open.remove(&key) {
+                    self.closed.push(row);
+                }
+            }
+            let (row, bytes) = self.open.entry(key.clone()).or_insert_with(|| {
+                if !self.order.contains(&key) {
+                    self.order.push(key.clone());
+                }
+                let row = new_row(&key);
+                part_of.insert(row.id.clone(), parts.len());
+                parts.push(Part { row: row.clone(), grant_ids: Vec::new(), new: true });
+                (row, 0)
+            });
+            *bytes += user_bytes;
+            row.users += 1;
+            let at = *part_of.entry(row.id.clone()).or_insert_with(|| {
+                parts.push(Part { row: row.clone(), grant_ids: Vec::new(), new: false });
+                parts.len() - 1
+            });
+            parts[at].grant_ids.push(g.id);
+        }
+        for part in &mut parts {
+            part.row.users = part.grant_ids.len() as i64;
+        }
+        parts
+    }
+
+    /// Every manifest filled, closed ones first, then the open ones in first-seen order.
+    fn finish(mut self) -> Vec<ManifestRow> {
+        for key in &self.order {
+            if let Some((row, _)) = self.open.remove(key) {
+                self.closed.push(row);
+            }
+        }
+        self.closed
+    }
+}
+
+fn new_row(key: &BatchKey) -> ManifestRow {
+    let (campaign_id, client_id, game, broadcaster_id, item_id, reason) = key.clone();
+    ManifestRow {
+        id: uuid::Uuid::new_v4().to_string(),
+        campaign_id,
+        client_id,
+        game,
+        broadcaster_id,
+        item_id,
+        reason,
+        status: crate::store::manifest_status::PENDING.into(),
+        ..Default::default()
+    }
+}
+
+/// Groups grants of one read by key, splitting a group whose file would pass
+/// `max_bytes` (what one flush of a single page does).
+#[cfg(test)]
 fn batches(grants: Vec<UnbatchedGrant>, max_bytes: u64) -> Vec<(ManifestRow, Vec<i64>)> {
-    /// The parts of one group so far; the last one's users take `last_bytes`.
-    #[derive(Default)]
-    struct Parts {
-        parts: Vec<Vec<i64>>,
-        last_bytes: u64,
-    }
-    let mut order: Vec<BatchKey> = Vec::new();
-    let mut groups: HashMap<BatchKey, Parts> = HashMap::new();
-    for g in grants {
-        let key = (g.campaign_id, g.client_id, g.game, g.broadcaster_id, g.reward_id, g.reason);
-        let group = groups.entry(key.clone()).or_insert_with(|| {
-            order.push(key);
-            Parts { parts: vec![Vec::new()], last_bytes: 0 }
-        });
-        // The user id, its quotes and its comma.
-        let user_bytes = g.user_id.len() as u64 + 3;
-        let last_is_empty = group.parts.last().is_none_or(Vec::is_empty);
-        if group.last_bytes + user_bytes + FIXED_BYTES > max_bytes && !last_is_empty {
-            group.parts.push(Vec::new());
-            group.last_bytes = 0;
-        }
-        group.last_bytes += user_bytes;
-        if let Some(part) = group.parts.last_mut() {
-            part.push(g.id);
-        }
-    }
-    let mut out = Vec::new();
-    for key in order {
-        for part in groups.remove(&key).map(|g| g.parts).unwrap_or_default() {
-            let (campaign_id, client_id, game, broadcaster_id, item_id, reason) = key.clone();
-            let row = ManifestRow {
-                id: uuid::Uuid::new_v4().to_string(),
-                campaign_id,
-                client_id,
-                game,
-                broadcaster_id,
-                item_id,
-                reason,
-                users: part.len() as i64,
-                status: "pending".into(),
-                path: None,
-            };
-            out.push((row, part));
-        }
-    }
-    out
+    let mut open = OpenManifests::new(max_bytes);
+    open.assign(grants).into_iter().map(|p| (p.row, p.grant_ids)).collect()
 }
 
 #[cfg(test)]
@@ -222,6 +355,46 @@ mod tests {
         assert_eq!(b.iter().map(|(_, ids)| ids.len()).collect::<Vec<_>>(), vec![2, 2, 2, 2, 2]);
     }
 
+    #[test]
+    fn a_later_page_fills_the_same_manifest_until_it_is_full() {
+        let mut open = OpenManifests::new(FIXED_BYTES + 36);
+        let first = open.assign(vec![grant(1, "b", "user-0001"), grant(2, "b", "user-0002")]);
+        assert_eq!(first.iter().map(|p| (p.new, p.grant_ids.clone())).collect::<Vec<_>>(), vec![(true, vec![1, 2])]);
+        let second = open.assign(vec![grant(3, "b", "user-0003"), grant(4, "b", "user-0004")]);
+        assert_eq!(
+            second.iter().map(|p| (p.new, p.grant_ids.clone())).collect::<Vec<_>>(),
+            vec![(false, vec![3]), (true, vec![4])]
+        );
+        assert_eq!(second[0].row.id, first[0].row.id, "the open manifest took the next page's grant");
+        let rows = open.finish();
+        assert_eq!(rows.iter().map(|r| r.users).collect::<Vec<_>>(), vec![3, 1]);
+    }
+
+    #[test]
+    fn a_streamed_file_is_the_manifest_with_its_users_in_order() {
+        let row = ManifestRow {
+            campaign_id: "c".into(),
+            client_id: "cl".into(),
+            game: "Gé \"x\"".into(),
+            broadcaster_id: "b".into(),
+            item_id: "r".into(),
+            reason: "watching".into(),
+            ..Default::default()
+        };
+        let pages = vec![Some(vec![(1, "u1".to_string()), (2, "ü\\2".into())]), Some(vec![(5, "日本".into())])];
+        let mut out = Vec::new();
+        write_manifest(&mut out, &row, pages.into_iter()).unwrap();
+        let file: ManifestFile = serde_json::from_slice(&out).unwrap();
+        assert_eq!(file.game_watched, "Gé \"x\"");
+        assert_eq!(file.users, ["u1", "ü\\2", "日本"]);
+        let mut none = Vec::new();
+        assert!(write_manifest(&mut none, &row, vec![Some(vec![]), None].into_iter()).is_err());
+        assert!(serde_json::from_slice::<ManifestFile>(br#"{"users":[]}"#).is_err());
+        for s in ["plain", "quo\"te", "back\\slash", "日本語"] {
+            assert_eq!(json_string_len(s), serde_json::to_string(s).unwrap().len() as u64, "{s}");
+        }
+    }
+
     mod properties {
         use super::*;
         use crate::test_values::hostile_string;
@@ -244,7 +417,7 @@ mod tests {
                 prop_assert_eq!(seen, (0..grants.len() as i64).collect::<Vec<_>>());
                 for (row, ids) in &out {
                     prop_assert!(!ids.is_empty());
-                    let bytes: u64 = ids.iter().map(|&i| grants[i as usize].user_id.len() as u64 + 3).sum();
+                    let bytes: u64 = ids.iter().map(|&i| json_string_len(&grants[i as usize].user_id) + 1).sum();
                     prop_assert!(ids.len() == 1 || bytes + FIXED_BYTES <= max_bytes, "{} bytes", bytes);
                     prop_assert!(ids.iter().all(|&i| grants[i as usize].broadcaster_id == row.broadcaster_id));
                 }

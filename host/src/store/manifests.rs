@@ -20,8 +20,8 @@ pub struct UnbatchedGrant {
     pub user_id: String,
 }
 
-/// A manifest as recorded in the database.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq, sqlx::FromRow)]
+/// A manifest as recorded in the database: what it holds and how its delivery goes.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq, sqlx::FromRow)]
 pub struct ManifestRow {
     pub id: String,
     pub campaign_id: String,
@@ -31,13 +31,57 @@ pub struct ManifestRow {
     pub item_id: String,
     pub reason: String,
     pub users: i64,
+    /// One of the [`status`] values.
     pub status: String,
     pub path: Option<String>,
+    /// Size of the written file.
+    pub bytes: Option<i64>,
+    /// Upload attempts started (a restart mid-upload counts one more).
+    pub attempts: i64,
+    /// Why the last attempt did not succeed.
+    pub last_error: Option<String>,
+    /// When the next upload attempt is due (ms since the epoch).
+    pub next_attempt_at: Option<i64>,
+    pub created_at: i64,
+    pub uploaded_at: Option<i64>,
+}
+
+/// The values of `manifests.status`.
+pub mod status {
+    /// Grants assigned; the file is not written yet.
+    pub const PENDING: &str = "pending";
+    /// The file is written and waits for its first upload attempt.
+    pub const WRITTEN: &str = "written";
+    /// Attempts have started; retried until Twitch takes it or refuses it for good.
+    pub const UPLOADING: &str = "uploading";
+    /// Twitch answered 200 to the file's PUT.
+    pub const UPLOADED: &str = "uploaded";
+    /// Twitch refused it for good; `POST /v1/manifests/{id}/retry` queues it again.
+    pub const FAILED: &str = "failed";
+    /// Written while no Twitch credentials were configured.
+    pub const NOT_CONFIGURED: &str = "not_configured";
+    /// Every value, for validating filters.
+    pub const ALL: [&str; 6] = [PENDING, WRITTEN, UPLOADING, UPLOADED, FAILED, NOT_CONFIGURED];
+}
+
+/// What an upload attempt ended with, to record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UploadOutcome {
+    Uploaded,
+    /// Try again at this time (ms since the epoch).
+    RetryAt {
+        at_ms: i64,
+        error: String,
+    },
+    Failed {
+        error: String,
+    },
 }
 
 const IDS_PER_STATEMENT: usize = 900;
 
-const MANIFEST_COLUMNS: &str = "id, campaign_id, client_id, game, broadcaster_id, item_id, reason, users, status, path";
+const MANIFEST_COLUMNS: &str = "id, campaign_id, client_id, game, broadcaster_id, item_id, reason, users, status, \
+     path, bytes, attempts, last_error, next_attempt_at, created_at, uploaded_at";
 
 impl Store {
     /// Up to `limit` grants not yet in a manifest, oldest first.
@@ -66,21 +110,21 @@ impl Store {
         .bind(&manifest.broadcaster_id)
         .bind(&manifest.item_id)
         .bind(&manifest.reason)
-        .bind(grant_ids.len() as i64)
+        .bind(0i64)
         .bind(now_ms())
         .execute(&mut *tx)
         .await?;
-        for chunk in grant_ids.chunks(IDS_PER_STATEMENT) {
-            let sql = format!(
-                "UPDATE grants SET manifest_id = $1 WHERE manifest_id IS NULL AND id IN ({})",
-                list_placeholders(2, chunk.len())
-            );
-            let mut q = sqlx::query(&sql).bind(&manifest.id);
-            for id in chunk {
-                q = q.bind(*id);
-            }
-            q.execute(&mut *tx).await?;
-        }
+        assign_grants(&mut tx, &manifest.id, grant_ids).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Assigns more grants to a pending manifest (a flush filling it across
+    /// pages), atomically with its user count.
+    pub async fn add_to_manifest(&self, manifest_id: &str, grant_ids: &[i64]) -> Result<(), StoreError> {
+        let _guard = self.write_lock().await;
+        let mut tx = self.pool.begin().await?;
+        assign_grants(&mut tx, manifest_id, grant_ids).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -93,16 +137,149 @@ impl Store {
             .await?)
     }
 
-    /// Marks a manifest's file as written.
-    pub async fn mark_manifest_written(&self, manifest_id: &str, path: &str) -> Result<(), StoreError> {
-        let _guard = self.write_lock().await;
-        sqlx::query("UPDATE manifests SET status = 'written', path = $2, written_at = $3 WHERE id = $1")
+    /// Up to `limit` users of a manifest after grant `after` (exclusive), in
+    /// grant order, with their grant ids: a manifest of millions is read in pages.
+    pub async fn manifest_users_page(
+        &self,
+        manifest_id: &str,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        Ok(sqlx::query_as("SELECT id, user_id FROM grants WHERE manifest_id = $1 AND id > $2 ORDER BY id LIMIT $3")
             .bind(manifest_id)
-            .bind(path)
-            .bind(now_ms())
-            .execute(&self.pool)
-            .await?;
+            .bind(after)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// Marks a manifest's file as written, `bytes` long; it is then `written`
+    /// (to upload) or `not_configured` (no Twitch credentials).
+    pub async fn mark_manifest_written(
+        &self,
+        manifest_id: &str,
+        path: &str,
+        bytes: u64,
+        upload: bool,
+    ) -> Result<(), StoreError> {
+        {
+            let _guard = self.write_lock().await;
+            sqlx::query("UPDATE manifests SET status = $2, path = $3, bytes = $4, written_at = $5 WHERE id = $1")
+                .bind(manifest_id)
+                .bind(if upload { status::WRITTEN } else { status::NOT_CONFIGURED })
+                .bind(path)
+                .bind(bytes as i64)
+                .bind(now_ms())
+                .execute(&self.pool)
+                .await?;
+        }
+        self.signals.manifest_written();
         Ok(())
+    }
+
+    /// Manifests whose upload is due at `now_ms`, oldest first: written ones
+    /// and those whose attempts go on (including one a crash interrupted).
+    pub async fn manifests_to_upload(&self, now_ms: i64, limit: u32) -> Result<Vec<ManifestRow>, StoreError> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {MANIFEST_COLUMNS} FROM manifests WHERE status IN ('written', 'uploading') \
+             AND (next_attempt_at IS NULL OR next_attempt_at <= $1) ORDER BY created_at, id LIMIT $2"
+        ))
+        .bind(now_ms)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Records that an upload attempt starts, before anything is sent: a
+    /// crash from here on leaves the manifest `uploading`, to be sent again
+    /// under the same id.
+    pub async fn start_upload_attempt(&self, manifest_id: &str) -> Result<(), StoreError> {
+        let _guard = self.write_lock().await;
+        sqlx::query(
+            "UPDATE manifests SET status = 'uploading', attempts = attempts + 1, next_attempt_at = NULL \
+             WHERE id = $1 AND status IN ('written', 'uploading')",
+        )
+        .bind(manifest_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records how an upload attempt ended.
+    pub async fn finish_upload_attempt(&self, manifest_id: &str, outcome: &UploadOutcome) -> Result<(), StoreError> {
+        let _guard = self.write_lock().await;
+        let query = match outcome {
+            UploadOutcome::Uploaded => sqlx::query(
+                "UPDATE manifests SET status = 'uploaded', uploaded_at = $2, last_error = NULL, \
+                 next_attempt_at = NULL WHERE id = $1",
+            )
+            .bind(manifest_id)
+            .bind(now_ms()),
+            UploadOutcome::RetryAt { at_ms, error } => sqlx::query(
+                "UPDATE manifests SET status = 'uploading', next_attempt_at = $2, last_error = $3 WHERE id = $1",
+            )
+            .bind(manifest_id)
+            .bind(*at_ms)
+            .bind(error.as_str()),
+            UploadOutcome::Failed { error } => sqlx::query(
+                "UPDATE manifests SET status = 'failed', next_attempt_at = NULL, last_error = $2 WHERE id = $1",
+            )
+            .bind(manifest_id)
+            .bind(error.as_str()),
+        };
+        query.execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Queues a failed manifest for upload again (same id, same users).
+    /// Returns false when no failed manifest has that id.
+    pub async fn retry_manifest(&self, manifest_id: &str) -> Result<bool, StoreError> {
+        let done = {
+            let _guard = self.write_lock().await;
+            sqlx::query(
+                "UPDATE manifests SET status = 'written', next_attempt_at = NULL WHERE id = $1 AND status = 'failed'",
+            )
+            .bind(manifest_id)
+            .execute(&self.pool)
+            .await?
+            .rows_affected()
+                == 1
+        };
+        if done {
+            self.signals.manifest_written();
+        }
+        Ok(done)
+    }
+
+    /// Turns manifests written without credentials into ones to upload, now
+    /// that credentials are configured. Returns how many.
+    pub async fn queue_unconfigured_manifests(&self) -> Result<u64, StoreError> {
+        let _guard = self.write_lock().await;
+        Ok(sqlx::query("UPDATE manifests SET status = 'written' WHERE status = 'not_configured'")
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
+    }
+
+    /// How many manifests are in each status, and the creation time of the
+    /// oldest one not yet uploaded (pending, written or uploading).
+    pub async fn manifest_backlog(&self) -> Result<(Vec<(String, i64)>, Option<i64>), StoreError> {
+        let counts =
+            sqlx::query_as("SELECT status, COUNT(*) FROM manifests GROUP BY status").fetch_all(&self.pool).await?;
+        let oldest = sqlx::query_scalar(
+            "SELECT MIN(created_at) FROM manifests WHERE status IN ('pending', 'written', 'uploading')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((counts, oldest))
+    }
+
+    /// One manifest by id.
+    pub async fn manifest(&self, manifest_id: &str) -> Result<Option<ManifestRow>, StoreError> {
+        Ok(sqlx::query_as(&format!("SELECT {MANIFEST_COLUMNS} FROM manifests WHERE id = $1"))
+            .bind(manifest_id)
+            .fetch_optional(&self.pool)
+            .await?)
     }
 
     /// Manifests whose file may not have been written (a crash in between).
@@ -121,4 +298,31 @@ impl Store {
     async fn query_manifests(&self, sql: &str) -> Result<Vec<ManifestRow>, StoreError> {
         Ok(sqlx::query_as(sql).fetch_all(&self.pool).await?)
     }
+}
+
+/// Gives the still unassigned `grant_ids` to a pending manifest and counts
+/// them in its `users`: a grant another manifest holds stays there.
+async fn assign_grants(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    manifest_id: &str,
+    grant_ids: &[i64],
+) -> Result<(), StoreError> {
+    let mut added = 0;
+    for chunk in grant_ids.chunks(IDS_PER_STATEMENT) {
+        let sql = format!(
+            "UPDATE grants SET manifest_id = $1 WHERE manifest_id IS NULL AND id IN ({})",
+            list_placeholders(2, chunk.len())
+        );
+        let mut q = sqlx::query(&sql).bind(manifest_id);
+        for id in chunk {
+            q = q.bind(*id);
+        }
+        added += q.execute(&mut **tx).await?.rows_affected();
+    }
+    sqlx::query("UPDATE manifests SET users = users + $2 WHERE id = $1 AND status = 'pending'")
+        .bind(manifest_id)
+        .bind(added as i64)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }

@@ -36,7 +36,7 @@ pub use grants::{GrantFilter, GrantRow};
 pub use history::{PluginVersion, RuleHistoryEntry};
 use inbox::InboxWriter;
 pub use inbox::InsertOutcome;
-pub use manifests::{ManifestRow, UnbatchedGrant};
+pub use manifests::{status as manifest_status, ManifestRow, UnbatchedGrant, UploadOutcome};
 pub use signals::Signals;
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");

@@ -13,6 +13,7 @@ pub struct Signals {
     inbox: Notify,
     grants: Notify,
     grants_waiting: AtomicU64,
+    manifests: Notify,
 }
 
 impl Signals {
@@ -42,6 +43,16 @@ impl Signals {
     /// Grants committed since the last [`Signals::take_grants_waiting`].
     pub fn grants_waiting(&self) -> u64 {
         self.grants_waiting.load(Ordering::Relaxed)
+    }
+
+    /// A manifest file was written (or queued again) and can be uploaded.
+    pub(super) fn manifest_written(&self) {
+        self.manifests.notify_one();
+    }
+
+    /// Waits until a manifest is ready to upload (or was since the last wait).
+    pub async fn manifest_ready(&self) {
+        self.manifests.notified().await
     }
 
     /// Resets the count of waiting grants (the batcher is about to take them all).

@@ -189,7 +189,7 @@ async fn each_grant_lands_in_one_manifest() {
             reason: "watching".into(),
             users: 2,
             status: "pending".into(),
-            path: None,
+            ..Default::default()
         };
         store.create_manifest(&row, &[unbatched[0].id, unbatched[2].id]).await.unwrap();
         // A second manifest cannot take grants the first holds.
@@ -199,12 +199,64 @@ async fn each_grant_lands_in_one_manifest() {
         assert_eq!(store.manifest_users("m-2").await.unwrap(), ["u-2"], "{backend}");
         assert!(store.unbatched_grants(10).await.unwrap().is_empty(), "{backend}");
         assert_eq!(store.pending_manifests().await.unwrap().len(), 2, "{backend}");
-        store.mark_manifest_written("m-1", "/tmp/m-1.json").await.unwrap();
+        store.mark_manifest_written("m-1", "/tmp/m-1.json", 120, true).await.unwrap();
         let pending = store.pending_manifests().await.unwrap();
         assert_eq!(pending.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), ["m-2"], "{backend}");
         let listed = store.list_manifests().await.unwrap();
         let m1 = listed.iter().find(|m| m.id == "m-1").unwrap();
         assert_eq!((m1.status.as_str(), m1.path.as_deref()), ("written", Some("/tmp/m-1.json")), "{backend}");
+        assert_eq!(m1.bytes, Some(120), "{backend}");
+        let page = store.manifest_users_page("m-1", 0, 1).await.unwrap();
+        assert_eq!(page.iter().map(|(_, u)| u.as_str()).collect::<Vec<_>>(), ["u-1"], "{backend}");
+        let rest = store.manifest_users_page("m-1", page[0].0, 10).await.unwrap();
+        assert_eq!(rest.iter().map(|(_, u)| u.as_str()).collect::<Vec<_>>(), ["u-3"], "{backend}");
+    }
+    dbs.drop_postgres().await;
+}
+
+#[tokio::test]
+async fn upload_attempts_keep_the_manifest_and_count() {
+    use crate::store::{manifest_status as status, UploadOutcome};
+    let dbs = Databases::new().await;
+    for (backend, store) in &dbs.stores {
+        store.insert_grants(&[grant("u-1", "")]).await.unwrap();
+        let ids: Vec<i64> = store.unbatched_grants(10).await.unwrap().iter().map(|g| g.id).collect();
+        let row = ManifestRow { id: "m-1".into(), users: 1, status: "pending".into(), ..Default::default() };
+        store.create_manifest(&row, &ids).await.unwrap();
+        assert!(store.manifests_to_upload(i64::MAX, 10).await.unwrap().is_empty(), "{backend}: pending is not due");
+        store.mark_manifest_written("m-1", "/tmp/m-1.json", 10, true).await.unwrap();
+        assert_eq!(store.manifests_to_upload(0, 10).await.unwrap().len(), 1, "{backend}");
+        store.start_upload_attempt("m-1").await.unwrap();
+        let later = UploadOutcome::RetryAt { at_ms: 5_000, error: "HTTP 500".into() };
+        store.finish_upload_attempt("m-1", &later).await.unwrap();
+        assert!(store.manifests_to_upload(4_999, 10).await.unwrap().is_empty(), "{backend}: not due yet");
+        let due = store.manifests_to_upload(5_000, 10).await.unwrap();
+        assert_eq!((due[0].status.as_str(), due[0].attempts), (status::UPLOADING, 1), "{backend}");
+        assert_eq!(due[0].last_error.as_deref(), Some("HTTP 500"), "{backend}");
+        // A crash mid-attempt: the manifest is still due, under the same id.
+        store.start_upload_attempt("m-1").await.unwrap();
+        assert_eq!(store.manifests_to_upload(0, 10).await.unwrap()[0].attempts, 2, "{backend}");
+        store.finish_upload_attempt("m-1", &UploadOutcome::Failed { error: "HTTP 400".into() }).await.unwrap();
+        assert!(store.manifests_to_upload(i64::MAX, 10).await.unwrap().is_empty(), "{backend}");
+        assert!(!store.retry_manifest("nope").await.unwrap(), "{backend}");
+        assert!(store.retry_manifest("m-1").await.unwrap(), "{backend}");
+        store.start_upload_attempt("m-1").await.unwrap();
+        store.finish_upload_attempt("m-1", &UploadOutcome::Uploaded).await.unwrap();
+        let m = store.manifest("m-1").await.unwrap().unwrap();
+        assert_eq!((m.status.as_str(), m.attempts, m.last_error), (status::UPLOADED, 3, None), "{backend}");
+        assert!(!store.retry_manifest("m-1").await.unwrap(), "{backend}: only a failed one is retried");
+        // Written without credentials, queued once they exist.
+        store.insert_grants(&[grant("u-2", "")]).await.unwrap();
+        let ids: Vec<i64> = store.unbatched_grants(10).await.unwrap().iter().map(|g| g.id).collect();
+        store.create_manifest(&ManifestRow { id: "m-2".into(), ..row.clone() }, &ids).await.unwrap();
+        store.mark_manifest_written("m-2", "/tmp/m-2.json", 10, false).await.unwrap();
+        assert!(store.manifests_to_upload(i64::MAX, 10).await.unwrap().is_empty(), "{backend}");
+        assert_eq!(store.queue_unconfigured_manifests().await.unwrap(), 1, "{backend}");
+        assert_eq!(store.manifests_to_upload(0, 10).await.unwrap()[0].id, "m-2", "{backend}");
+        let (mut counts, oldest) = store.manifest_backlog().await.unwrap();
+        counts.sort();
+        assert_eq!(counts, [("uploaded".to_string(), 1), ("written".to_string(), 1)], "{backend}");
+        assert!(oldest.is_some(), "{backend}: m-2 is not uploaded yet");
     }
     dbs.drop_postgres().await;
 }

@@ -1,0 +1,348 @@
+//! Twitch's side of a manifest upload, as the VHS and Drops guide describes
+//! it ("Notify the viewers about earned Rewards"): an app access token by the
+//! client-credentials flow, an upload URL from
+//! `POST /helix/entitlements/upload?manifest_id=..&type=bulk_drops_grant`, and
+//! a PUT of the file to that URL.
+//!
+//! Every answer is bounded: Twitch's bodies are read up to
+//! [`MAX_ANSWER_BYTES`] and every request has a deadline.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use reqwest::header::{HeaderMap, CONTENT_LENGTH, CONTENT_TYPE};
+use reqwest::{Response, StatusCode};
+use serde::Deserialize;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use crate::config::TwitchSettings;
+
+/// Most bytes read of any Twitch answer (a token, an upload URL, an error).
+pub const MAX_ANSWER_BYTES: usize = 64 << 10;
+/// Most bytes of an answer quoted in an error.
+const QUOTED_BYTES: usize = 300;
+/// A token is renewed this long before Twitch says it expires.
+const RENEW_MARGIN: Duration = Duration::from_secs(300);
+
+/// Why an upload did not go through.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UploadError {
+    /// Worth trying again later (a timeout, a 5xx, a 429); `wait` is what
+    /// Twitch asked for (`Retry-After`, `Ratelimit-Reset`), if anything.
+    #[error("{reason}")]
+    Transient { reason: String, wait: Option<Duration> },
+    /// Twitch refused it in a way that will not change by itself (400, a
+    /// 403 for a wrong client, bad credentials, a missing file).
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl UploadError {
+    fn transient(reason: impl Into<String>) -> UploadError {
+        UploadError::Transient { reason: reason.into(), wait: None }
+    }
+}
+
+/// An app access token and when to stop using it.
+struct AppToken {
+    value: String,
+    renew_at: Instant,
+}
+
+/// Talks to Twitch for one application (its client id and secret).
+pub struct TwitchClient {
+    http: reqwest::Client,
+    client_id: String,
+    client_secret: String,
+    settings: TwitchSettings,
+    token: Mutex<Option<AppToken>>,
+}
+
+#[derive(Deserialize)]
+struct TokenAnswer {
+    access_token: String,
+    expires_in: u64,
+}
+
+#[derive(Deserialize)]
+struct UploadAnswer {
+    data: Vec<UploadUrl>,
+}
+
+#[derive(Deserialize)]
+struct UploadUrl {
+    url: String,
+}
+
+impl TwitchClient {
+    /// A client for the configured application, or None without credentials.
+    pub fn new(settings: &TwitchSettings) -> Result<Option<TwitchClient>, reqwest::Error> {
+        let Some((client_id, client_secret)) = settings.credentials() else { return Ok(None) };
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(settings.request_timeout_secs))
+            // A presigned URL that redirected would not be Twitch's any more.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        Ok(Some(TwitchClient {
+            http,
+            client_id: client_id.trim().to_string(),
+            client_secret: client_secret.to_string(),
+            settings: settings.clone(),
+            token: Mutex::new(None),
+        }))
+    }
+
+    fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.settings.request_timeout_secs)
+    }
+
+    /// Uploads one manifest file: an upload URL for `manifest_id`, then the
+    /// file PUT to it; a URL that expired before the PUT is replaced once.
+    pub async fn upload(&self, manifest_id: &str, file: &Path) -> Result<(), UploadError> {
+        for _ in 0..2 {
+            let url = self.upload_url(manifest_id).await?;
+            match self.put(&url, file).await? {
+                Put::Done => return Ok(()),
+                Put::Expired(why) => {
+                    tracing::warn!(manifest = manifest_id, "upload URL refused ({why}); asking for a new one")
+                }
+            }
+        }
+        Err(UploadError::transient("the upload URL was refused twice (403); trying again later"))
+    }
+
+    /// An app access token, cached until shortly before it expires.
+    async fn token(&self) -> Result<String, UploadError> {
+        let mut slot = self.token.lock().await;
+        if let Some(token) = slot.as_ref().filter(|t| Instant::now() < t.renew_at) {
+            return Ok(token.value.clone());
+        }
+        let url = format!("{}/oauth2/token", self.settings.auth_base_url.trim_end_matches('/'));
+        let form = [
+            ("client_id", self.client_id.as_str()),
+            ("client_secret", self.client_secret.as_str()),
+            ("grant_type", "client_credentials"),
+        ];
+        let answer = self.http.post(&url).form(&form).timeout(self.request_timeout()).send().await;
+        let answer = answer.map_err(|e| transport("token request", &e))?;
+        let status = answer.status();
+        let headers = answer.headers().clone();
+        let body = read_bounded(answer).await?;
+        if !status.is_success() {
+            return Err(classify("token request", status, &headers, &body, "Twitch refused the app credentials"));
+        }
+        let token: TokenAnswer = serde_json::from_slice(&body)
+            .map_err(|e| UploadError::transient(format!("token request: unreadable answer: {e}")))?;
+        if token.access_token.is_empty() || token.access_token.len() > 4096 {
+            return Err(UploadError::transient("token request: the answer's access_token is empty or too long"));
+        }
+        let life = Duration::from_secs(token.expires_in.min(365 * 86_400));
+        let renew_at = Instant::now() + life.saturating_sub(RENEW_MARGIN).max(life / 2);
+        metrics::counter!("drops_twitch_tokens_total").increment(1);
+        tracing::info!(expires_in_secs = token.expires_in, "Twitch app access token obtained");
+        *slot = Some(AppToken { value: token.access_token.clone(), renew_at });
+        Ok(token.access_token)
+    }
+
+    /// Drops the cached token if it is still `value` (Twitch answered 401 to it).
+    async fn forget_token(&self, value: &str) {
+        let mut slot = self.token.lock().await;
+        if slot.as_ref().is_some_and(|t| t.value == value) {
+            *slot = None;
+        }
+    }
+
+    /// Asks Helix for a presigned upload URL for `manifest_id`; a 401 renews the token once.
+    async fn upload_url(&self, manifest_id: &str) -> Result<String, UploadError> {
+        let url = format!("{}/helix/entitlements/upload", self.settings.api_base_url.trim_end_matches('/'));
+        for renewed in [false, true] {
+            let token = self.token().await?;
+            let answer = self
+                .http
+                .post(&url)
+                .query(&[("manifest_id", manifest_id), ("type", "bulk_drops_grant")])
+                .header("Client-ID", &self.client_id)
+                .bearer_auth(&token)
+                .timeout(self.request_timeout())
+                .send()
+                .await
+                .map_err(|e| transport("upload URL request", &e))?;
+            let status = answer.status();
+            let headers = answer.headers().clone();
+            let body = read_bounded(answer).await?;
+            if status == StatusCode::UNAUTHORIZED {
+                self.forget_token(&token).await;
+                if !renewed {
+                    tracing::info!("Twitch answered 401 to the app token; renewing it");
+                    continue;
+                }
+            }
+            if !status.is_success() {
+                return Err(classify("upload URL request", status, &headers, &body, "Twitch refused the upload"));
+            }
+            // A real JSON parser turns the answer's `\u0026` escapes into `&`.
+            let answer: UploadAnswer = serde_json::from_slice(&body)
+                .map_err(|e| UploadError::transient(format!("upload URL request: unreadable answer: {e}")))?;
+            let url = answer
+                .data
+                .into_iter()
+                .next()
+                .map(|d| d.url)
+                .ok_or_else(|| UploadError::transient("upload URL request: the answer holds no URL"))?;
+            return match reqwest::Url::parse(&url) {
+                Ok(u) if matches!(u.scheme(), "https" | "http") => Ok(url),
+                _ => Err(UploadError::transient(format!(
+                    "upload URL request: not an http(s) URL: {}",
+                    quote(url.as_bytes())
+                ))),
+            };
+        }
+        Err(UploadError::transient("upload URL request: 401 after renewing the token"))
+    }
+
+    /// PUTs the file to a presigned URL, streamed from disk with its length.
+    async fn put(&self, url: &str, file: &Path) -> Result<Put, UploadError> {
+        let opened = tokio::fs::File::open(file).await;
+        let opened = opened.map_err(|e| UploadError::Permanent(format!("reading {}: {e}", file.display())))?;
+        let len = opened
+            .metadata()
+            .await
+            .map_err(|e| UploadError::Permanent(format!("reading {}: {e}", file.display())))?
+            .len();
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(opened, 256 << 10));
+        let answer = self
+            .http
+            .put(url)
+            // Presigned S3 URLs refuse chunked bodies: the length goes first.
+            .header(CONTENT_LENGTH, len)
+            .header(CONTENT_TYPE, "application/json")
+            .body(body)
+            .timeout(Duration::from_secs(self.settings.upload_timeout_secs))
+            .send()
+            .await
+            .map_err(|e| transport("file upload", &e))?;
+        let status = answer.status();
+        let headers = answer.headers().clone();
+        let body = read_bounded(answer).await?;
+        if status.is_success() {
+            return Ok(Put::Done);
+        }
+        if status == StatusCode::FORBIDDEN {
+            // Presigned URLs live 900 s; S3 answers an expired one with 403 and an XML body.
+            return Ok(Put::Expired(format!("HTTP 403: {}", quote(&body))));
+        }
+        Err(classify("file upload", status, &headers, &body, "the upload URL refused the file"))
+    }
+}
+
+enum Put {
+    Done,
+    Expired(String),
+}
+
+/// A request that got no answer: always worth another try.
+fn transport(what: &str, e: &reqwest::Error) -> UploadError {
+    if e.is_timeout() {
+        UploadError::transient(format!("{what}: timed out"))
+    } else {
+        UploadError::transient(format!("{what}: {}", without_url(e)))
+    }
+}
+
+/// A request's error without its URL (a presigned URL carries credentials).
+fn without_url(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    if let Some(url) = e.url() {
+        text = text.replace(url.as_str(), "<url>");
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
+/// Sorts a non-2xx answer into try-again (429, 5xx, 408) and give-up (other 4xx).
+fn classify(what: &str, status: StatusCode, headers: &HeaderMap, body: &[u8], refused: &str) -> UploadError {
+    let text = format!("{what}: HTTP {}: {}", status.as_u16(), quote(body));
+    if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT {
+        UploadError::Transient { reason: text, wait: asked_wait(headers) }
+    } else if status == StatusCode::UNAUTHORIZED {
+        UploadError::transient(text)
+    } else {
+        UploadError::Permanent(format!("{refused}: {text}"))
+    }
+}
+
+/// The wait an answer asks for: `Retry-After` (seconds) or Helix's
+/// `Ratelimit-Reset` (a Unix time in seconds).
+fn asked_wait(headers: &HeaderMap) -> Option<Duration> {
+    let number = |name: &str| headers.get(name)?.to_str().ok()?.trim().parse::<u64>().ok();
+    if let Some(secs) = number("retry-after") {
+        return Some(Duration::from_secs(secs));
+    }
+    let reset = number("ratelimit-reset")?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    Some(Duration::from_secs(reset.saturating_sub(now).max(1)))
+}
+
+/// Reads an answer's body, at most [`MAX_ANSWER_BYTES`].
+async fn read_bounded(mut answer: Response) -> Result<Vec<u8>, UploadError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = answer.chunk().await.map_err(|e| transport("reading the answer", &e))? {
+        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Err(UploadError::transient(format!("an answer was longer than {MAX_ANSWER_BYTES} bytes")));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// The start of an answer, fit for a log line and the manifest's last error.
+fn quote(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&body[..body.len().min(QUOTED_BYTES)]);
+    let text: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    if body.len() > QUOTED_BYTES {
+        format!("{}…", text.trim())
+    } else {
+        text.trim().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    #[test]
+    fn statuses_sort_into_retry_and_give_up() {
+        let h = HeaderMap::new();
+        assert!(matches!(classify("x", StatusCode::INTERNAL_SERVER_ERROR, &h, b"", ""), UploadError::Transient { .. }));
+        assert!(matches!(classify("x", StatusCode::TOO_MANY_REQUESTS, &h, b"", ""), UploadError::Transient { .. }));
+        assert!(matches!(classify("x", StatusCode::BAD_REQUEST, &h, b"", ""), UploadError::Permanent(_)));
+        assert!(matches!(classify("x", StatusCode::FORBIDDEN, &h, b"", ""), UploadError::Permanent(_)));
+    }
+
+    #[test]
+    fn waits_come_from_retry_after_or_the_rate_limit_reset() {
+        let mut h = HeaderMap::new();
+        assert_eq!(asked_wait(&h), None);
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        h.insert("ratelimit-reset", HeaderValue::from_str(&(now + 30).to_string()).unwrap());
+        let wait = asked_wait(&h).unwrap();
+        assert!((Duration::from_secs(29)..=Duration::from_secs(30)).contains(&wait), "{wait:?}");
+        h.insert("retry-after", HeaderValue::from_static("7"));
+        assert_eq!(asked_wait(&h), Some(Duration::from_secs(7)));
+        h.insert("retry-after", HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"));
+        assert!(asked_wait(&h).is_some(), "an unreadable Retry-After falls back to the reset");
+    }
+
+    #[test]
+    fn quotes_are_short_and_single_line() {
+        assert_eq!(quote(b"<Error>\n<Code>AccessDenied</Code></Error>"), "<Error> <Code>AccessDenied</Code></Error>");
+        assert_eq!(quote(&[b'a'; 1000]).chars().count(), QUOTED_BYTES + 1);
+        assert_eq!(quote(&[0xff, 0xfe]), "\u{fffd}\u{fffd}");
+    }
+}

@@ -1,0 +1,185 @@
+//! The upload task: takes written manifests from the database and uploads
+//! them to Twitch, a few at a time, each until Twitch takes it (200 to the
+//! PUT) or refuses it for good.
+//!
+//! Exactly once, by construction: a manifest's users and id are fixed when
+//! it is created; an attempt is recorded as started before anything is
+//! sent; an attempt that a crash or a shutdown cuts off leaves the manifest
+//! `uploading`, and it is sent again, whole and under the same id, at the
+//! next start. Twitch never sees one user under two manifest ids.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::twitch::{TwitchClient, UploadError};
+use crate::config::TwitchSettings;
+use crate::domain::now_ms;
+use crate::store::{ManifestRow, Store, UploadOutcome};
+
+/// How often due retries are looked for when nothing else wakes the task.
+const POLL: Duration = Duration::from_secs(1);
+/// How often the backlog gauges are refreshed.
+const GAUGES_EVERY: Duration = Duration::from_secs(5);
+
+/// Uploads written manifests; runs only with Twitch credentials.
+pub struct Uploader {
+    store: Arc<Store>,
+    client: Arc<TwitchClient>,
+    settings: TwitchSettings,
+}
+
+impl Uploader {
+    /// An uploader through `client`.
+    pub fn new(store: Arc<Store>, client: TwitchClient, settings: TwitchSettings) -> Uploader {
+        Uploader { store, client: Arc::new(client), settings }
+    }
+
+    /// Uploads until `stop`. Attempts in flight then are abandoned; their
+    /// manifests stay `uploading` and go again (same id) at the next start.
+    pub async fn run(self, stop: CancellationToken) {
+        match self.store.queue_unconfigured_manifests().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(manifests = n, "Twitch credentials are set: queued manifests written without them"),
+            Err(e) => tracing::error!("queueing manifests written without credentials: {e}"),
+        }
+        let limit = self.settings.uploads_in_flight.max(1);
+        let mut attempts: JoinSet<String> = JoinSet::new();
+        let mut busy: HashSet<String> = HashSet::new();
+        let mut gauges_due = tokio::time::Instant::now();
+        loop {
+            if tokio::time::Instant::now() >= gauges_due {
+                report_backlog(&self.store).await;
+                gauges_due = tokio::time::Instant::now() + GAUGES_EVERY;
+            }
+            if attempts.len() < limit {
+                match self.store.manifests_to_upload(now_ms(), (limit * 2) as u32).await {
+                    Ok(due) => {
+                        let free = limit - attempts.len();
+                        let due: Vec<ManifestRow> =
+                            due.into_iter().filter(|m| !busy.contains(&m.id)).take(free).collect();
+                        for manifest in due {
+                            busy.insert(manifest.id.clone());
+                            let (store, client, settings) =
+                                (self.store.clone(), self.client.clone(), self.settings.clone());
+                            attempts.spawn(async move {
+                                attempt(&store, &client, &settings, &manifest).await;
+                                manifest.id
+                            });
+                        }
+                    }
+                    Err(e) => tracing::error!("reading manifests to upload: {e}"),
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = self.store.signals().manifest_ready() => {}
+                Some(done) = attempts.join_next(), if !attempts.is_empty() => {
+                    match done {
+                        Ok(id) => { busy.remove(&id); }
+                        Err(e) => {
+                            // The attempt panicked: its id is lost with it, so start over from the database.
+                            tracing::error!("an upload attempt failed unexpectedly: {e}");
+                            busy.clear();
+                            attempts.abort_all();
+                        }
+                    }
+                }
+                _ = tokio::time::sleep(POLL) => {}
+            }
+        }
+        if !attempts.is_empty() {
+            tracing::info!(
+                manifests = attempts.len(),
+                "stopping with uploads in flight; they are sent again at the next start"
+            );
+        }
+        attempts.shutdown().await;
+    }
+}
+
+/// Sets the delivery gauges: manifests per status and the age of the oldest not yet uploaded.
+async fn report_backlog(store: &Store) {
+    match store.manifest_backlog().await {
+        Ok((counts, oldest)) => {
+            for status in crate::store::manifest_status::ALL {
+                let n = counts.iter().find(|(s, _)| s == status).map_or(0, |(_, n)| *n);
+                metrics::gauge!("drops_manifests", "status" => status).set(n as f64);
+            }
+            let age = oldest.map_or(0.0, |created| (now_ms() - created).max(0) as f64 / 1000.0);
+            metrics::gauge!("drops_manifest_oldest_undelivered_age_seconds").set(age);
+        }
+        Err(e) => tracing::warn!("reading the manifest backlog: {e}"),
+    }
+}
+
+/// One upload attempt of one manifest, recorded before and after.
+async fn attempt(store: &Store, client: &TwitchClient, settings: &TwitchSettings, manifest: &ManifestRow) {
+    if let Err(e) = store.start_upload_attempt(&manifest.id).await {
+        tracing::error!(manifest = %manifest.id, "recording an upload attempt: {e}");
+        return;
+    }
+    let number = manifest.attempts + 1;
+    let path = manifest.path.as_deref().map(PathBuf::from);
+    let result = match &path {
+        Some(path) => client.upload(&manifest.id, path).await,
+        None => Err(UploadError::Permanent("the manifest has no file".into())),
+    };
+    let outcome = match result {
+        Ok(()) => {
+            metrics::counter!("drops_manifest_uploads_total", "outcome" => "uploaded").increment(1);
+            metrics::counter!("drops_manifest_users_uploaded_total").increment(manifest.users.max(0) as u64);
+            tracing::info!(manifest = %manifest.id, users = manifest.users, attempt = number, "manifest uploaded to Twitch");
+            UploadOutcome::Uploaded
+        }
+        Err(UploadError::Transient { reason, wait }) => {
+            let wait =
+                wait.unwrap_or_else(|| backoff(settings, number)).min(Duration::from_secs(settings.retry_max_secs));
+            metrics::counter!("drops_manifest_uploads_total", "outcome" => "retry").increment(1);
+            tracing::warn!(manifest = %manifest.id, attempt = number, retry_in_ms = wait.as_millis() as u64,
+                "manifest upload failed, will retry: {reason}");
+            UploadOutcome::RetryAt { at_ms: now_ms() + wait.as_millis() as i64, error: reason }
+        }
+        Err(UploadError::Permanent(error)) => {
+            metrics::counter!("drops_manifest_uploads_total", "outcome" => "failed").increment(1);
+            tracing::error!(manifest = %manifest.id, attempt = number,
+                "manifest upload refused for good (retry with POST /v1/manifests/{{id}}/retry): {error}");
+            UploadOutcome::Failed { error }
+        }
+    };
+    if let Err(e) = store.finish_upload_attempt(&manifest.id, &outcome).await {
+        // Not recorded: the manifest stays `uploading` and is sent again, same id.
+        tracing::error!(manifest = %manifest.id, "recording an upload's outcome: {e}");
+    }
+}
+
+/// Exponential backoff with full jitter in its upper half: attempt 1 waits
+/// `retry_initial_ms`, each further one twice as long, up to `retry_max_secs`.
+fn backoff(settings: &TwitchSettings, attempt: i64) -> Duration {
+    let exponent = attempt.clamp(1, 32) as u32 - 1;
+    let base = settings.retry_initial_ms.saturating_mul(1u64 << exponent.min(30));
+    let capped = base.min(settings.retry_max_secs.saturating_mul(1000));
+    Duration::from_millis(capped / 2 + fastrand::u64(0..=capped / 2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_stops_at_the_cap() {
+        let settings = TwitchSettings { retry_initial_ms: 1000, retry_max_secs: 60, ..Default::default() };
+        for _ in 0..100 {
+            let first = backoff(&settings, 1);
+            assert!((Duration::from_millis(500)..=Duration::from_millis(1000)).contains(&first), "{first:?}");
+            let fourth = backoff(&settings, 4);
+            assert!((Duration::from_millis(4000)..=Duration::from_millis(8000)).contains(&fourth), "{fourth:?}");
+            let late = backoff(&settings, 1_000);
+            assert!((Duration::from_secs(30)..=Duration::from_secs(60)).contains(&late), "{late:?}");
+        }
+    }
+}

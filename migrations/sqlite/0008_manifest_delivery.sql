@@ -1,0 +1,11 @@
+-- Delivery of each manifest to Twitch (issue 11). A manifest's id and grants
+-- are fixed when it is created; these columns only track the attempts to
+-- upload it, so a retry or a restart re-sends the same id.
+--   status: pending (file not yet written) -> written -> uploading -> uploaded,
+--           or failed (a permanent refusal), or not_configured (no Twitch
+--           credentials; becomes written when credentials appear).
+ALTER TABLE manifests ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE manifests ADD COLUMN last_error TEXT;
+ALTER TABLE manifests ADD COLUMN next_attempt_at INTEGER;
+ALTER TABLE manifests ADD COLUMN uploaded_at INTEGER;
+ALTER TABLE manifests ADD COLUMN bytes INTEGER;

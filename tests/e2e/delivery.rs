@@ -1,0 +1,353 @@
+//! Manifests delivered to a fake Twitch: a real HTTP server in the test that
+//! issues app tokens, hands out presigned-style upload URLs escaped with
+//! `\u0026` as Twitch does, takes PUTs, and can be told to fail in each of
+//! the ways Twitch and S3 fail.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{post, put};
+use axum::Router;
+use serde_json::{json, Value};
+
+use crate::helpers::{heartbeat, tiers_campaign, Backend, HostConfig, TestHost};
+
+const WINDOW: (&str, &str) = ("2026-11-01T10:00:00Z", "2026-11-01T11:00:00Z");
+const CLIENT_ID: &str = "drops-e2e-client";
+const CLIENT_SECRET: &str = "drops-e2e-secret-0123456789";
+
+/// What the fake does to the next request of a kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// 500.
+    ServerError,
+    /// Never answers (the host's timeout must fire).
+    Hang,
+    /// 429 with a `Ratelimit-Reset` a second ahead.
+    RateLimited,
+    /// 401: the app token is no longer valid.
+    Unauthorized,
+    /// 400: refused for good.
+    BadRequest,
+    /// PUT: 403 with S3's XML body, as an expired presigned URL answers.
+    Expired,
+    /// PUT: takes the whole file, then never answers.
+    TakeAndHang,
+}
+
+#[derive(Default)]
+struct Fake {
+    tokens_issued: u32,
+    valid_token: Option<String>,
+    url_requests: Vec<String>,
+    /// (manifest id, body) of every PUT whose body arrived.
+    puts: Vec<(String, Vec<u8>)>,
+    /// PUTs answered 200.
+    accepted: Vec<String>,
+    url_faults: VecDeque<Fault>,
+    put_faults: VecDeque<Fault>,
+}
+
+#[derive(Clone)]
+struct FakeTwitch {
+    addr: SocketAddr,
+    state: Arc<Mutex<Fake>>,
+}
+
+impl FakeTwitch {
+    async fn start() -> FakeTwitch {
+        let state = Arc::new(Mutex::new(Fake::default()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let fake = FakeTwitch { addr, state };
+        let app = Router::new()
+            .route("/oauth2/token", post(token))
+            .route("/helix/entitlements/upload", post(upload_url))
+            .route("/s3/{name}", put(take_file))
+            .with_state(fake.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        fake
+    }
+
+    fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Fake) -> T) -> T {
+        f(&mut self.state.lock().unwrap())
+    }
+
+    /// The `[twitch]` table pointing the host here, with short timeouts and backoff.
+    fn config(&self) -> String {
+        format!(
+            "[twitch]\nclient_id = \"{CLIENT_ID}\"\nclient_secret = \"{CLIENT_SECRET}\"\nauth_base_url = \"{0}\"\n\
+             api_base_url = \"{0}\"\nrequest_timeout_secs = 1\nupload_timeout_secs = 30\nretry_initial_ms = 50\nretry_max_secs = 2\n",
+            self.base()
+        )
+    }
+}
+
+async fn token(State(fake): State<FakeTwitch>, body: String) -> Response {
+    let form: Vec<(String, String)> = serde_urlencoded::from_str(&body).unwrap_or_default();
+    let field = |k: &str| form.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+    if field("client_id") != Some(CLIENT_ID)
+        || field("client_secret") != Some(CLIENT_SECRET)
+        || field("grant_type") != Some("client_credentials")
+    {
+        return (StatusCode::FORBIDDEN, r#"{"status":403,"message":"invalid client secret"}"#).into_response();
+    }
+    let token = fake.with(|f| {
+        f.tokens_issued += 1;
+        let token = format!("app-token-{}", f.tokens_issued);
+        f.valid_token = Some(token.clone());
+        token
+    });
+    axum::Json(json!({"access_token": token, "expires_in": 5_000_000, "token_type": "bearer"})).into_response()
+}
+
+async fn upload_url(
+    State(fake): State<FakeTwitch>,
+    headers: HeaderMap,
+    Query(q): Query<Vec<(String, String)>>,
+) -> Response {
+    let param = |k: &str| q.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone()).unwrap_or_default();
+    let bearer = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let (fault, authorized) = fake.with(|f| {
+        let authorized = f.valid_token.as_ref().is_some_and(|t| bearer == format!("Bearer {t}"));
+        (if authorized { f.url_faults.pop_front() } else { None }, authorized)
+    });
+    if !authorized || headers.get("client-id").and_then(|v| v.to_str().ok()) != Some(CLIENT_ID) {
+        return (StatusCode::UNAUTHORIZED, r#"{"error":"Unauthorized","status":401,"message":"Invalid OAuth token"}"#)
+            .into_response();
+    }
+    assert_eq!(param("type"), "bulk_drops_grant");
+    let manifest_id = param("manifest_id");
+    fake.with(|f| f.url_requests.push(manifest_id.clone()));
+    match fault {
+        Some(Fault::ServerError) => return (StatusCode::INTERNAL_SERVER_ERROR, "oops").into_response(),
+        Some(Fault::Hang) => std::future::pending::<()>().await,
+        Some(Fault::RateLimited) => {
+            let reset = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 1;
+            let mut answer = (StatusCode::TOO_MANY_REQUESTS, "rate limited").into_response();
+            answer.headers_mut().insert("ratelimit-reset", reset.to_string().parse().unwrap());
+            answer.headers_mut().insert("ratelimit-remaining", "0".parse().unwrap());
+            return answer;
+        }
+        Some(Fault::Unauthorized) => {
+            fake.with(|f| f.valid_token = None);
+            return (StatusCode::UNAUTHORIZED, r#"{"status":401,"message":"Invalid OAuth token"}"#).into_response();
+        }
+        Some(Fault::BadRequest) => {
+            return (StatusCode::BAD_REQUEST, r#"{"status":400,"message":"manifest_id is invalid"}"#).into_response()
+        }
+        _ => {}
+    }
+    // Exactly as Twitch writes it: `&` escaped as \u0026 inside the JSON string.
+    let url = format!(
+        "http://{}/s3/{manifest_id}.json?X-Amz-Algorithm=AWS4-HMAC-SHA256\\u0026X-Amz-Expires=900\\u0026X-Amz-Signature=sig-{}",
+        fake.addr,
+        fake.with(|f| f.url_requests.len())
+    );
+    ([("content-type", "application/json")], format!(r#"{{"data":[{{"url":"{url}"}}]}}"#)).into_response()
+}
+
+async fn take_file(
+    State(fake): State<FakeTwitch>,
+    Path(name): Path<String>,
+    Query(q): Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    // A URL whose \u0026 were not turned into & arrives as one parameter.
+    let keys: BTreeSet<&str> = q.iter().map(|(k, _)| k.as_str()).collect();
+    if keys != BTreeSet::from(["X-Amz-Algorithm", "X-Amz-Expires", "X-Amz-Signature"]) {
+        return (StatusCode::BAD_REQUEST, format!("bad presigned query: {keys:?}")).into_response();
+    }
+    let length = headers.get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    if length != Some(body.len()) {
+        return (StatusCode::LENGTH_REQUIRED, "S3 needs a Content-Length").into_response();
+    }
+    let id = name.trim_end_matches(".json").to_string();
+    let fault = fake.with(|f| f.put_faults.pop_front());
+    if fault == Some(Fault::Expired) {
+        let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>";
+        return (StatusCode::FORBIDDEN, xml).into_response();
+    }
+    fake.with(|f| f.puts.push((id.clone(), body.to_vec())));
+    match fault {
+        Some(Fault::TakeAndHang) | Some(Fault::Hang) => std::future::pending::<()>().await,
+        Some(Fault::ServerError) => return (StatusCode::INTERNAL_SERVER_ERROR, "oops").into_response(),
+        _ => {}
+    }
+    fake.with(|f| f.accepted.push(id));
+    StatusCode::OK.into_response()
+}
+
+fn at(minute: i64) -> String {
+    let t = time::OffsetDateTime::parse(WINDOW.0, &time::format_description::well_known::Rfc3339).unwrap()
+        + time::Duration::minutes(minute);
+    t.format(&time::format_description::well_known::Rfc3339).unwrap()
+}
+
+async fn host_with(fake: &FakeTwitch, campaigns: &[(&str, &str)], env: &[(&str, &str)]) -> TestHost {
+    let campaigns = campaigns
+        .iter()
+        .map(|(id, reward)| (id.to_string(), tiers_campaign(id, "GameName", WINDOW, &[], &[(1, reward)])))
+        .collect();
+    let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let config = HostConfig { campaigns, extra_toml: fake.config(), env, ..Default::default() };
+    TestHost::spawn(Backend::Sqlite, config).await.expect("sqlite is always there")
+}
+
+/// Sends one minute of `viewers` watching broadcaster `b`: every one earns the tier.
+async fn watch(host: &TestHost, id: &str, viewers: &[String]) {
+    let viewers: Vec<&str> = viewers.iter().map(String::as_str).collect();
+    let (status, body) = host.post_vhs(None, &heartbeat(id, "b-1", "GameName", &at(0), &viewers)).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+async fn wait_until(what: &str, host: &TestHost, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}; log:\n{}", host.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn users_of(body: &[u8]) -> Vec<String> {
+    let file: Value = serde_json::from_slice(body).expect("a PUT body is a manifest");
+    file["users"].as_array().unwrap().iter().map(|u| u.as_str().unwrap().to_string()).collect()
+}
+
+#[tokio::test]
+async fn a_manifest_reaches_twitch_through_every_transient_fault_under_one_id() {
+    let fake = FakeTwitch::start().await;
+    fake.with(|f| {
+        f.url_faults = [Fault::ServerError, Fault::Hang, Fault::RateLimited, Fault::Unauthorized].into();
+        f.put_faults = [Fault::Expired].into();
+    });
+    let host = host_with(&fake, &[("camp-a", "badge")], &[]).await;
+    let viewers: Vec<String> = ["v1", "vé2", "日本-3"].iter().map(|s| s.to_string()).collect();
+    watch(&host, "h-1", &viewers).await;
+    let manifests = host.wait_for_manifests_in(1, &["uploaded"]).await;
+    let manifest = &manifests[0];
+    let id = manifest["id"].as_str().unwrap();
+    // 500, a timeout, 429 (its reset honoured), then 401 renews the token and
+    // an expired URL is replaced within the last attempt.
+    assert_eq!(manifest["attempts"], 4, "{manifest}");
+    assert_eq!(manifest["last_error"], Value::Null);
+    fake.with(|f| {
+        assert!(f.url_requests.iter().all(|m| m == id), "one manifest id on every retry: {:?}", f.url_requests);
+        assert_eq!(f.url_requests.len(), 6, "{:?}", f.url_requests);
+        assert_eq!(f.tokens_issued, 2, "a 401 renews the app token");
+        assert_eq!(f.accepted, [id]);
+        let (_, body) = f.puts.last().unwrap();
+        assert_eq!(users_of(body), viewers);
+        let file = std::fs::read(host.dir.path().join(format!("data/manifests/{id}.json"))).unwrap();
+        assert_eq!(body, &file, "the PUT is the file, byte for byte");
+    });
+    let log = host.log();
+    assert!(!log.contains(CLIENT_SECRET), "the client secret is never logged");
+    assert!(!log.contains("X-Amz-Signature"), "presigned URLs are not logged");
+}
+
+#[tokio::test]
+async fn a_refused_manifest_fails_alone_and_is_sent_again_on_request() {
+    let fake = FakeTwitch::start().await;
+    fake.with(|f| f.url_faults = [Fault::BadRequest].into());
+    let host = host_with(&fake, &[("camp-a", "badge"), ("camp-b", "hat")], &[]).await;
+    watch(&host, "h-1", &["v1".to_string(), "v2".to_string()]).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (failed, uploaded) = loop {
+        let manifests = host.admin_get("/manifests").await.as_array().cloned().unwrap_or_default();
+        let by = |s: &str| manifests.iter().filter(|m| m["status"] == s).cloned().collect::<Vec<_>>();
+        if by("failed").len() == 1 && by("uploaded").len() == 1 {
+            break (by("failed").remove(0), by("uploaded").remove(0));
+        }
+        assert!(Instant::now() < deadline, "{manifests:?}\n{}", host.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(failed["last_error"].as_str().unwrap().contains("HTTP 400"), "{failed}");
+    assert_eq!(host.admin_get("/manifests?status=failed").await.as_array().unwrap().len(), 1);
+    let (status, body) = host.admin_send(reqwest::Method::GET, "/manifests?status=lost", vec![]).await;
+    assert_eq!((status, body["field"].as_str()), (400, Some("status")), "{body}");
+    let id = failed["id"].as_str().unwrap();
+    let (status, body) = host
+        .admin_send(reqwest::Method::POST, &format!("/manifests/{}/retry", uploaded["id"].as_str().unwrap()), vec![])
+        .await;
+    assert_eq!(status, 409, "{body}");
+    let (status, _) = host.admin_send(reqwest::Method::POST, "/manifests/no-such-manifest/retry", vec![]).await;
+    assert_eq!(status, 404);
+    let (status, body) = host.admin_send(reqwest::Method::POST, &format!("/manifests/{id}/retry"), vec![]).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("written")), "{body}");
+    host.wait_for_manifests_in(2, &["uploaded"]).await;
+    fake.with(|f| {
+        assert_eq!(f.accepted.len(), 2);
+        assert_eq!(f.url_requests.iter().filter(|m| *m == id).count(), 2, "the retry re-sends the same id");
+    });
+    let metrics = host.get_text("/metrics").await;
+    assert!(metrics.contains("drops_manifest_uploads_total{outcome=\"failed\"} 1"), "{metrics}");
+}
+
+#[tokio::test]
+async fn a_crash_between_the_put_and_its_record_resends_the_same_manifest() {
+    let fake = FakeTwitch::start().await;
+    fake.with(|f| f.put_faults = [Fault::TakeAndHang].into());
+    let mut host = host_with(&fake, &[("camp-a", "badge")], &[]).await;
+    let viewers: Vec<String> = (0..50).map(|i| format!("viewer-{i}")).collect();
+    watch(&host, "h-1", &viewers).await;
+    wait_until("the first PUT", &host, || fake.with(|f| f.puts.len() == 1)).await;
+    host.kill();
+    host.restart();
+    let manifests = host.wait_for_manifests_in(1, &["uploaded"]).await;
+    assert_eq!(manifests.len(), 1, "no second manifest for the same users");
+    assert_eq!(manifests[0]["attempts"], 2, "{}", manifests[0]);
+    fake.with(|f| {
+        let ids: BTreeSet<&str> = f.puts.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(ids.len(), 1, "the same manifest id both times: {ids:?}");
+        assert_eq!(f.puts.len(), 2);
+        assert_eq!(f.puts[0].1, f.puts[1].1, "the same users, byte for byte");
+        assert_eq!(users_of(&f.puts[1].1), viewers);
+    });
+}
+
+#[tokio::test]
+async fn a_large_batch_splits_into_valid_manifests_each_user_in_one() {
+    let fake = FakeTwitch::start().await;
+    let host = host_with(&fake, &[("camp-a", "badge")], &[("DROPS_HOST_MANIFESTS__MAX_FILE_BYTES", "4096")]).await;
+    let viewers: Vec<String> = (0..1000).map(|i| format!("viewer-{i:05}")).collect();
+    watch(&host, "h-1", &viewers).await;
+    host.wait_for_grants(1000).await;
+    wait_until("every user uploaded", &host, || {
+        fake.with(|f| f.puts.iter().map(|(_, body)| users_of(body).len()).sum::<usize>() >= 1000)
+    })
+    .await;
+    fake.with(|f| {
+        assert!(f.puts.len() >= 4, "{} pieces", f.puts.len());
+        let mut all = Vec::new();
+        for (_, body) in &f.puts {
+            assert!(body.len() <= 4096, "a piece of {} bytes", body.len());
+            let file: Value = serde_json::from_slice(body).unwrap();
+            assert_eq!((file["campaign_id"].as_str(), file["item_id"].as_str()), (Some("camp-a"), Some("badge")));
+            all.extend(users_of(body));
+        }
+        all.sort();
+        assert_eq!(all, viewers, "every user in exactly one piece");
+    });
+}
+
+#[tokio::test]
+async fn without_credentials_manifests_are_written_and_say_not_configured() {
+    let campaigns = vec![("camp-a".to_string(), tiers_campaign("camp-a", "GameName", WINDOW, &[], &[(1, "badge")]))];
+    let host = TestHost::spawn(Backend::Sqlite, HostConfig { campaigns, ..Default::default() }).await.unwrap();
+    watch(&host, "h-1", &["v1".to_string()]).await;
+    let manifests = host.wait_for_manifests_in(1, &["not_configured"]).await;
+    assert_eq!(manifests[0]["attempts"], 0);
+    assert_eq!(host.manifest_files().len(), 1);
+}
