@@ -69,6 +69,15 @@ pub enum Command {
     /// Measure how long a host takes to acknowledge heartbeats sent one at a
     /// time (as Twitch sends them), beside the fdatasync and HTTP floors.
     AckLatency(crate::simulate::ack_latency::AckLatencyArgs),
+    /// Serve a local stand-in for Twitch's upload path (app tokens, upload
+    /// URLs, the files' PUTs), for demos and the upload benchmark: point
+    /// `[twitch] auth_base_url` and `api_base_url` at it. Prints what it took
+    /// every few seconds; stops on SIGINT or SIGTERM.
+    TwitchStandIn {
+        /// Address to listen on (port 0: any free port; the address is printed).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+    },
 }
 
 /// Plugin tools.
@@ -152,6 +161,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::AckLatency(args) => {
             crate::simulate::ack_latency::run(&args).await?;
         }
+        Command::TwitchStandIn { listen } => twitch_stand_in(listen).await?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -221,4 +231,25 @@ fn plugin_check(file: &std::path::Path, config: &str, rewards: Vec<String>) -> a
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// Serves the Twitch stand-in until SIGINT or SIGTERM, reporting what it took.
+async fn twitch_stand_in(listen: std::net::SocketAddr) -> anyhow::Result<()> {
+    let stand_in = crate::simulate::twitch_upload::start(listen).await?;
+    println!("twitch stand-in listening on {}", stand_in.addr);
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    let mut last = (0, 0);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+        }
+        let now = stand_in.received.lock().map(|r| (r.puts, r.users())).unwrap_or_default();
+        if now != last {
+            println!("took {} PUTs: {} users", now.0, now.1);
+            last = now;
+        }
+    }
+    Ok(())
 }

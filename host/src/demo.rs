@@ -1,5 +1,7 @@
 //! `drops-host demo`: a host with the example campaigns and plugins on SQLite,
-//! fed by simulated Twitch traffic, showing grants and manifests as they come.
+//! fed by simulated Twitch traffic, showing grants and manifests as they come,
+//! and the manifests uploaded to a local stand-in for Twitch
+//! ([`crate::simulate::twitch_upload`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,7 +12,7 @@ use anyhow::Context;
 use crate::app::RunningHost;
 use crate::config::{E2Publisher, Settings, StaticToken, TokenKind};
 use crate::manifests::ManifestFile;
-use crate::simulate::{self, SimulateArgs};
+use crate::simulate::{self, twitch_upload, SimulateArgs};
 use crate::store::GrantFilter;
 
 const DEMO_ADMIN_TOKEN: &str = "demo-admin-token";
@@ -61,9 +63,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }];
     settings.manifests.flush_interval_secs = 3;
     settings.engine.checkpoint_interval_secs = 2;
+    let stand_in = twitch_upload::start(([127, 0, 0, 1], 0).into()).await.context("starting the Twitch stand-in")?;
+    settings.twitch.client_id = Some(DEMO_CLIENT_ID.into());
+    settings.twitch.client_secret = Some("demo-client-secret".into());
+    settings.twitch.auth_base_url = format!("http://{}", stand_in.addr);
+    settings.twitch.api_base_url = format!("http://{}", stand_in.addr);
+    settings.twitch.retry_initial_ms = 200;
     let host = RunningHost::start(settings.clone(), crate::telemetry::init_metrics()).await?;
     let rules = host.rules.load_full();
     println!("\n== drops-host demo: serving on http://{} with SQLite at {}", host.addr, settings.database_url());
+    println!("   manifests are uploaded to a local stand-in for Twitch at http://{}", stand_in.addr);
     for c in rules.campaigns() {
         println!(
             "   campaign `{}` ({}): game {}, plugin {} ({}…), rule {}",
@@ -116,8 +125,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     );
     let watcher = tokio::spawn(watch_grants(host.store.clone()));
     let report = simulate::run(&sim).await?;
-    // Let the engine catch up and the batcher write the last manifests.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Let the engine catch up, the batcher write the last manifests and the uploader send them.
+    wait_for_delivery(&host.store, Duration::from_secs(20)).await;
     if let Some(addr) = args.keep_serving {
         println!("\n== still serving on http://{addr} (admin token demo-admin-token); Ctrl-C to stop");
         let _ = tokio::signal::ctrl_c().await;
@@ -127,8 +136,30 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     host.wait().await?;
     watcher.abort();
     summary(&settings, &report).await?;
+    if let Ok(received) = stand_in.received.lock() {
+        println!(
+            "   the Twitch stand-in took {} PUTs: {} manifests, {} users",
+            received.puts,
+            received.manifests.len(),
+            received.users()
+        );
+    }
     store.close().await;
     Ok(())
+}
+
+/// Waits (at most `limit`) until every grant is in a manifest and no manifest waits for upload.
+async fn wait_for_delivery(store: &crate::store::Store, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    while tokio::time::Instant::now() < deadline {
+        let unbatched = store.unbatched_grants(1).await.map(|g| g.len()).unwrap_or(1);
+        let undelivered = store.manifest_backlog().await.map(|(_, oldest)| oldest.is_some()).unwrap_or(true);
+        if unbatched == 0 && !undelivered {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// Copies the example campaigns and built plugins into a fresh rules directory.

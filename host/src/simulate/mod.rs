@@ -9,6 +9,7 @@
 
 pub mod ack_latency;
 pub mod game_server;
+pub mod twitch_upload;
 
 use std::time::{Duration, Instant};
 

@@ -1,0 +1,137 @@
+//! A stand-in for Twitch's upload path, for the demo and the upload
+//! benchmark (`drops-host twitch-stand-in`): it issues app tokens, answers
+//! upload-URL requests the way Helix does (the URL's `&` escaped as
+//! `\u0026`) and takes the files PUT to those URLs, checking that each is a
+//! manifest. Pointing `[twitch]` at it runs the real uploader end to end
+//! without Twitch.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{post, put};
+use axum::{Json, Router};
+use serde::de::{IgnoredAny, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+
+/// Largest file taken: Twitch's limit.
+const MAX_FILE_BYTES: usize = 100_000_000;
+
+/// What the stand-in has received.
+#[derive(Debug, Default)]
+pub struct Received {
+    /// Users per manifest id, from the last PUT of each.
+    pub manifests: HashMap<String, u64>,
+    /// PUTs taken, repeats included.
+    pub puts: u64,
+    /// Bytes of the largest file taken.
+    pub largest_bytes: usize,
+}
+
+impl Received {
+    /// Users across the manifests taken (each manifest counted once).
+    pub fn users(&self) -> u64 {
+        self.manifests.values().sum()
+    }
+}
+
+/// A running stand-in.
+pub struct StandIn {
+    pub addr: SocketAddr,
+    pub received: Arc<Mutex<Received>>,
+}
+
+type Shared = (SocketAddr, Arc<Mutex<Received>>);
+
+/// Starts the stand-in on `listen`.
+pub async fn start(listen: SocketAddr) -> std::io::Result<StandIn> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let received = Arc::new(Mutex::new(Received::default()));
+    let app = Router::new()
+        .route("/oauth2/token", post(token))
+        .route("/helix/entitlements/upload", post(upload_url))
+        .route("/upload/{file}", put(take_file).layer(DefaultBodyLimit::max(MAX_FILE_BYTES)))
+        .with_state((addr, received.clone()));
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("Twitch stand-in stopped: {e}");
+        }
+    });
+    Ok(StandIn { addr, received })
+}
+
+async fn token() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"access_token": "stand-in-app-token", "expires_in": 3600, "token_type": "bearer"}))
+}
+
+async fn upload_url(
+    State((addr, _)): State<Shared>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<String, StatusCode> {
+    let id = q.get("manifest_id").filter(|id| !id.is_empty() && id.len() <= 64).ok_or(StatusCode::BAD_REQUEST)?;
+    if !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        return Err(StatusCode::BAD_REQUEST);
+    }
+    // Helix escapes the URL's ampersands; the uploader's JSON parser turns them back.
+    Ok(format!(
+        r#"{{"data":[{{"url":"http://{addr}/upload/{id}.json?X-Amz-Expires=900\u0026X-Amz-Signature=stand-in"}}]}}"#
+    ))
+}
+
+/// A manifest file, its users counted rather than kept.
+#[derive(Deserialize)]
+#[allow(dead_code)] // The fields are read to check the file has them.
+struct CountedManifest {
+    campaign_id: String,
+    client_id: String,
+    game_watched: String,
+    broadcaster_id: String,
+    item_id: String,
+    reason: String,
+    users: UserCount,
+}
+
+struct UserCount(u64);
+
+impl<'de> Deserialize<'de> for UserCount {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Counter;
+        impl<'de> Visitor<'de> for Counter {
+            type Value = u64;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a list of user ids")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<u64, A::Error> {
+                let mut n = 0;
+                while seq.next_element::<IgnoredAny>()?.is_some() {
+                    n += 1;
+                }
+                Ok(n)
+            }
+        }
+        d.deserialize_seq(Counter).map(UserCount)
+    }
+}
+
+async fn take_file(
+    State((_, received)): State<Shared>,
+    Path(file): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> StatusCode {
+    if !q.contains_key("X-Amz-Signature") || !q.contains_key("X-Amz-Expires") {
+        return StatusCode::FORBIDDEN;
+    }
+    let Ok(manifest) = serde_json::from_slice::<CountedManifest>(&body) else { return StatusCode::BAD_REQUEST };
+    if let Ok(mut r) = received.lock() {
+        r.puts += 1;
+        r.largest_bytes = r.largest_bytes.max(body.len());
+        r.manifests.insert(file.trim_end_matches(".json").to_string(), manifest.users.0);
+    }
+    StatusCode::OK
+}
