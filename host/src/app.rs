@@ -15,7 +15,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, Admin, AppState, Health};
 use crate::config::Settings;
-use crate::delivery::{TwitchClient, Uploader};
+use crate::delivery::webhook::WebhookSink;
+use crate::delivery::{sink, Backoff, TwitchClient, Uploader};
 use crate::engine::{Engine, EngineOptions, PausedCampaigns};
 use crate::health::Liveness;
 use crate::http::{self, server::ServerLimits};
@@ -95,6 +96,14 @@ impl RunningHost {
             Err(e) => tracing::error!("rules hot reload is off: cannot watch the rules directory: {e}"),
         }
         let batcher_task = tokio::spawn(batcher.run(batcher_stop.clone()));
+        let sink_stop = CancellationToken::new();
+        let mut sink_tasks = Vec::new();
+        if let Some(webhook) = &settings.sink.webhook {
+            let backoff = Backoff { initial_ms: webhook.retry_initial_ms, max_secs: webhook.retry_max_secs };
+            let sink = WebhookSink::new(webhook)?;
+            tracing::info!(url = %crate::secrets::redact_url(&webhook.url), "grants go to the webhook sink");
+            sink_tasks.push(tokio::spawn(sink::run(sink, store.clone(), backoff, sink_stop.clone())));
+        }
         let uploader_stop = CancellationToken::new();
         let uploader_task = twitch.map(|client| {
             let uploader = Uploader::new(store.clone(), client, settings.twitch.clone());
@@ -134,8 +143,12 @@ impl RunningHost {
             let _ = batcher_task.await;
             // Uploads in flight are cut off: they go again, same manifest id, at the next start.
             uploader_stop.cancel();
+            sink_stop.cancel();
             if let Some(uploader) = uploader_task {
                 let _ = uploader.await;
+            }
+            for task in sink_tasks {
+                let _ = task.await;
             }
             task_store.close().await;
             engine??;

@@ -251,5 +251,14 @@ async fn twitch_stand_in(listen: std::net::SocketAddr) -> anyhow::Result<()> {
             last = now;
         }
     }
+    if let Ok(r) = stand_in.received.lock() {
+        println!(
+            "stopping; took {} PUTs: {} manifests, {} users, largest file {} bytes",
+            r.puts,
+            r.manifests.len(),
+            r.users(),
+            r.largest_bytes
+        );
+    }
     Ok(())
 }

@@ -33,6 +33,7 @@ pub struct Settings {
     pub plugins: PluginSettings,
     pub e2: E2Settings,
     pub twitch: TwitchSettings,
+    pub sink: SinkSettings,
 }
 
 /// SQLite's `synchronous` pragma, as offered.
@@ -167,6 +168,65 @@ impl Default for TwitchSettings {
             retry_max_secs: 300,
             uploads_in_flight: 4,
         }
+    }
+}
+
+/// The studio's own entitlement systems, told of every grant.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SinkSettings {
+    /// POST every grant, in batches, to the studio's HTTP endpoint.
+    pub webhook: Option<WebhookSettings>,
+}
+
+/// The webhook sink: signed JSON batches, retried until the endpoint answers 2xx.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// Where batches are POSTed.
+    pub url: String,
+    /// HMAC-SHA256 key of the `Drops-Message-Signature` header. Never logged.
+    #[serde(default, deserialize_with = "secret_text")]
+    pub secret: Option<String>,
+    /// Most grants in one POST.
+    #[serde(default = "defaults::webhook_batch")]
+    pub max_batch: u32,
+    /// The endpoint must answer within this.
+    #[serde(default = "defaults::webhook_timeout")]
+    pub request_timeout_secs: u64,
+    /// First wait after a failed POST; doubled per failure, with jitter.
+    #[serde(default = "defaults::retry_initial_ms")]
+    pub retry_initial_ms: u64,
+    /// Longest wait between POSTs of a failing batch.
+    #[serde(default = "defaults::retry_max_secs")]
+    pub retry_max_secs: u64,
+}
+
+impl std::fmt::Debug for WebhookSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookSettings")
+            .field("url", &crate::secrets::redact_url(&self.url))
+            .field("secret", &self.secret.as_ref().map(|_| "***"))
+            .field("max_batch", &self.max_batch)
+            .field("request_timeout_secs", &self.request_timeout_secs)
+            .field("retry_initial_ms", &self.retry_initial_ms)
+            .field("retry_max_secs", &self.retry_max_secs)
+            .finish()
+    }
+}
+
+mod defaults {
+    pub fn webhook_batch() -> u32 {
+        500
+    }
+    pub fn webhook_timeout() -> u64 {
+        10
+    }
+    pub fn retry_initial_ms() -> u64 {
+        1_000
+    }
+    pub fn retry_max_secs() -> u64 {
+        300
     }
 }
 
@@ -316,6 +376,7 @@ impl Default for Settings {
             plugins: PluginSettings::default(),
             e2: E2Settings::default(),
             twitch: TwitchSettings::default(),
+            sink: SinkSettings::default(),
         }
     }
 }
@@ -508,6 +569,19 @@ impl Settings {
         in_range("twitch.retry_initial_ms", t.retry_initial_ms, 1, 3_600_000)?;
         in_range("twitch.retry_max_secs", t.retry_max_secs, 1, 86_400)?;
         in_range("twitch.uploads_in_flight", t.uploads_in_flight as u64, 1, 64)?;
+        if let Some(w) = &self.sink.webhook {
+            http_url("sink.webhook.url", &w.url)?;
+            match w.secret.as_deref() {
+                None => {
+                    return invalid("sink.webhook.secret", "is needed: the receiver checks every batch's signature")
+                }
+                Some(s) => secret("sink.webhook.secret", Some(s))?,
+            }
+            in_range("sink.webhook.max_batch", w.max_batch.into(), 1, 10_000)?;
+            in_range("sink.webhook.request_timeout_secs", w.request_timeout_secs, 1, 600)?;
+            in_range("sink.webhook.retry_initial_ms", w.retry_initial_ms, 1, 3_600_000)?;
+            in_range("sink.webhook.retry_max_secs", w.retry_max_secs, 1, 86_400)?;
+        }
         in_range("engine.checkpoint_interval_secs", self.engine.checkpoint_interval_secs, 1, 3600)?;
         in_range("engine.batch_events", self.engine.batch_events.into(), 1, 100_000)?;
         in_range("engine.max_paused_backlog_events", self.engine.max_paused_backlog_events, 1, 1 << 40)?;

@@ -69,10 +69,21 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     settings.twitch.auth_base_url = format!("http://{}", stand_in.addr);
     settings.twitch.api_base_url = format!("http://{}", stand_in.addr);
     settings.twitch.retry_initial_ms = 200;
+    settings.sink.webhook = Some(crate::config::WebhookSettings {
+        url: format!("http://{}/webhook", stand_in.addr),
+        secret: Some(twitch_upload::WEBHOOK_SECRET.into()),
+        max_batch: 100,
+        request_timeout_secs: 5,
+        retry_initial_ms: 200,
+        retry_max_secs: 5,
+    });
     let host = RunningHost::start(settings.clone(), crate::telemetry::init_metrics()).await?;
     let rules = host.rules.load_full();
     println!("\n== drops-host demo: serving on http://{} with SQLite at {}", host.addr, settings.database_url());
-    println!("   manifests are uploaded to a local stand-in for Twitch at http://{}", stand_in.addr);
+    println!(
+        "   manifests are uploaded to a local stand-in for Twitch, and every grant is POSTed to a stand-in studio webhook, at http://{}",
+        stand_in.addr
+    );
     for c in rules.campaigns() {
         println!(
             "   campaign `{}` ({}): game {}, plugin {} ({}…), rule {}",
@@ -143,19 +154,26 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             received.manifests.len(),
             received.users()
         );
+        println!(
+            "   the studio's webhook took {} grants (signatures checked; {} refused)",
+            received.webhook_grants.len(),
+            received.webhook_bad_signatures
+        );
     }
     store.close().await;
     Ok(())
 }
 
-/// Waits (at most `limit`) until every grant is in a manifest and no manifest waits for upload.
+/// Waits (at most `limit`) until every grant is in a manifest, no manifest
+/// waits for upload and the webhook has every grant.
 async fn wait_for_delivery(store: &crate::store::Store, limit: Duration) {
     let deadline = tokio::time::Instant::now() + limit;
     tokio::time::sleep(Duration::from_secs(1)).await;
     while tokio::time::Instant::now() < deadline {
         let unbatched = store.unbatched_grants(1).await.map(|g| g.len()).unwrap_or(1);
         let undelivered = store.manifest_backlog().await.map(|(_, oldest)| oldest.is_some()).unwrap_or(true);
-        if unbatched == 0 && !undelivered {
+        let webhook_behind = store.sink_backlog("webhook").await.map(|b| b.pending > 0).unwrap_or(true);
+        if unbatched == 0 && !undelivered && !webhook_behind {
             return;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;

@@ -351,3 +351,134 @@ async fn without_credentials_manifests_are_written_and_say_not_configured() {
     assert_eq!(manifests[0]["attempts"], 0);
     assert_eq!(host.manifest_files().len(), 1);
 }
+
+/// One grant as the receiver saw it: (idempotency key, grant id, user).
+type Seen = (String, i64, String);
+
+/// The studio's entitlement endpoint: checks each batch's signature and keeps what it took.
+#[derive(Default)]
+struct Receiver {
+    /// (batch id, [(idempotency key, grant id, user)]) of every signed batch that arrived.
+    arrived: Vec<(String, Vec<Seen>)>,
+    /// Grant ids acknowledged with 2xx, in order.
+    acknowledged: Vec<i64>,
+    bad_signatures: u32,
+    faults: VecDeque<Fault>,
+}
+
+const HOOK_SECRET: &str = "webhook-secret-0123456789";
+
+async fn start_receiver() -> (SocketAddr, Arc<Mutex<Receiver>>) {
+    let state = Arc::new(Mutex::new(Receiver::default()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = Router::new().route("/hook", post(take_batch)).with_state(state.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, state)
+}
+
+async fn take_batch(State(state): State<Arc<Mutex<Receiver>>>, headers: HeaderMap, body: Bytes) -> Response {
+    use hmac::{Hmac, Mac};
+    let header = |k: &str| headers.get(k).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let (id, timestamp) = (header("drops-message-id"), header("drops-message-timestamp"));
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(HOOK_SECRET.as_bytes()).unwrap();
+    mac.update(id.as_bytes());
+    mac.update(timestamp.as_bytes());
+    mac.update(&body);
+    let expected = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    if header("drops-message-signature") != expected {
+        state.lock().unwrap().bad_signatures += 1;
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let batch: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(batch["batch_id"], id.as_str());
+    let grants: Vec<Seen> = batch["grants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            assert_eq!(g["reason"], "watching");
+            (
+                g["idempotency_key"].as_str().unwrap().into(),
+                g["grant_id"].as_i64().unwrap(),
+                g["user_id"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let fault = {
+        let mut r = state.lock().unwrap();
+        r.arrived.push((id, grants.clone()));
+        r.faults.pop_front()
+    };
+    match fault {
+        Some(Fault::ServerError) => return (StatusCode::INTERNAL_SERVER_ERROR, "try later").into_response(),
+        Some(Fault::Hang) | Some(Fault::TakeAndHang) => std::future::pending::<()>().await,
+        _ => {}
+    }
+    state.lock().unwrap().acknowledged.extend(grants.iter().map(|(_, id, _)| *id));
+    StatusCode::NO_CONTENT.into_response()
+}
+
+fn webhook_config(addr: SocketAddr) -> String {
+    format!(
+        "[sink.webhook]\nurl = \"http://{addr}/hook\"\nsecret = \"{HOOK_SECRET}\"\nmax_batch = 2\nrequest_timeout_secs = 30\n\
+         retry_initial_ms = 50\nretry_max_secs = 1\n"
+    )
+}
+
+async fn webhook_host(addr: SocketAddr) -> TestHost {
+    let campaigns = vec![("camp-a".to_string(), tiers_campaign("camp-a", "GameName", WINDOW, &[], &[(1, "badge")]))];
+    let config = HostConfig { campaigns, extra_toml: webhook_config(addr), ..Default::default() };
+    TestHost::spawn(Backend::Sqlite, config).await.unwrap()
+}
+
+/// Each key names one grant, and every grant arrived under its key.
+fn check_keys(arrived: &[(String, Vec<Seen>)]) -> BTreeSet<i64> {
+    let mut key_of = std::collections::HashMap::new();
+    for (_, grants) in arrived {
+        for (key, id, _) in grants {
+            let previous = key_of.insert(*id, key.clone());
+            assert!(previous.is_none_or(|p| p == *key), "grant {id} under two keys");
+        }
+    }
+    let keys: BTreeSet<&String> = key_of.values().collect();
+    assert_eq!(keys.len(), key_of.len(), "two grants under one key");
+    key_of.keys().copied().collect()
+}
+
+#[tokio::test]
+async fn the_webhook_gets_every_grant_signed_in_order_through_failures() {
+    let (addr, receiver) = start_receiver().await;
+    receiver.lock().unwrap().faults = [Fault::ServerError, Fault::ServerError].into();
+    let host = webhook_host(addr).await;
+    let viewers: Vec<String> = (0..5).map(|i| format!("viewer-{i}")).collect();
+    watch(&host, "h-1", &viewers).await;
+    let grants = host.wait_for_grants(5).await;
+    wait_until("every grant acknowledged", &host, || receiver.lock().unwrap().acknowledged.len() >= 5).await;
+    let r = receiver.lock().unwrap();
+    assert_eq!(r.bad_signatures, 0);
+    let ids: Vec<i64> = grants.iter().map(|g| g["id"].as_i64().unwrap()).collect();
+    assert_eq!(r.acknowledged, ids, "each grant acknowledged once, in grant order");
+    assert_eq!(check_keys(&r.arrived), ids.iter().copied().collect());
+    assert!(r.arrived.iter().all(|(_, g)| g.len() <= 2), "max_batch holds");
+    assert_eq!(r.arrived[0].0, r.arrived[2].0, "a failed batch goes again as the same batch");
+}
+
+#[tokio::test]
+async fn a_crash_mid_delivery_loses_no_grant_and_keeps_every_key() {
+    let (addr, receiver) = start_receiver().await;
+    receiver.lock().unwrap().faults = [Fault::TakeAndHang].into();
+    let mut host = webhook_host(addr).await;
+    let viewers: Vec<String> = (0..5).map(|i| format!("viewer-{i}")).collect();
+    watch(&host, "h-1", &viewers).await;
+    let grants = host.wait_for_grants(5).await;
+    wait_until("the first batch", &host, || !receiver.lock().unwrap().arrived.is_empty()).await;
+    host.kill();
+    host.restart();
+    wait_until("every grant acknowledged", &host, || receiver.lock().unwrap().acknowledged.len() >= 5).await;
+    let r = receiver.lock().unwrap();
+    let ids: BTreeSet<i64> = grants.iter().map(|g| g["id"].as_i64().unwrap()).collect();
+    assert_eq!(check_keys(&r.arrived), ids, "every grant arrived, each under one key");
+    assert_eq!(r.acknowledged.iter().copied().collect::<BTreeSet<_>>(), ids);
+    assert_eq!(r.arrived[0].1, r.arrived[1].1, "the batch cut off by the crash went again, same grants and keys");
+}

@@ -5,23 +5,20 @@
 //! a PUT of the file to that URL.
 //!
 //! Every answer is bounded: Twitch's bodies are read up to
-//! [`MAX_ANSWER_BYTES`] and every request has a deadline.
+//! [`super::MAX_ANSWER_BYTES`] and every request has a deadline.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use reqwest::header::{HeaderMap, CONTENT_LENGTH, CONTENT_TYPE};
-use reqwest::{Response, StatusCode};
+use reqwest::StatusCode;
 use serde::Deserialize;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
+use super::{quote, read_bounded, without_url};
 use crate::config::TwitchSettings;
 
-/// Most bytes read of any Twitch answer (a token, an upload URL, an error).
-pub const MAX_ANSWER_BYTES: usize = 64 << 10;
-/// Most bytes of an answer quoted in an error.
-const QUOTED_BYTES: usize = 300;
 /// A token is renewed this long before Twitch says it expires.
 const RENEW_MARGIN: Duration = Duration::from_secs(300);
 
@@ -39,7 +36,7 @@ pub enum UploadError {
 }
 
 impl UploadError {
-    fn transient(reason: impl Into<String>) -> UploadError {
+    pub(crate) fn transient(reason: impl Into<String>) -> UploadError {
         UploadError::Transient { reason: reason.into(), wait: None }
     }
 }
@@ -250,20 +247,6 @@ fn transport(what: &str, e: &reqwest::Error) -> UploadError {
     }
 }
 
-/// A request's error without its URL (a presigned URL carries credentials).
-fn without_url(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
-    if let Some(url) = e.url() {
-        text = text.replace(url.as_str(), "<url>");
-    }
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        text.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
-    text
-}
-
 /// Sorts a non-2xx answer into try-again (429, 5xx, 408) and give-up (other 4xx).
 fn classify(what: &str, status: StatusCode, headers: &HeaderMap, body: &[u8], refused: &str) -> UploadError {
     let text = format!("{what}: HTTP {}: {}", status.as_u16(), quote(body));
@@ -286,29 +269,6 @@ fn asked_wait(headers: &HeaderMap) -> Option<Duration> {
     let reset = number("ratelimit-reset")?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
     Some(Duration::from_secs(reset.saturating_sub(now).max(1)))
-}
-
-/// Reads an answer's body, at most [`MAX_ANSWER_BYTES`].
-async fn read_bounded(mut answer: Response) -> Result<Vec<u8>, UploadError> {
-    let mut body = Vec::new();
-    while let Some(chunk) = answer.chunk().await.map_err(|e| transport("reading the answer", &e))? {
-        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
-            return Err(UploadError::transient(format!("an answer was longer than {MAX_ANSWER_BYTES} bytes")));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
-}
-
-/// The start of an answer, fit for a log line and the manifest's last error.
-fn quote(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(&body[..body.len().min(QUOTED_BYTES)]);
-    let text: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
-    if body.len() > QUOTED_BYTES {
-        format!("{}…", text.trim())
-    } else {
-        text.trim().to_string()
-    }
 }
 
 #[cfg(test)]
@@ -337,12 +297,5 @@ mod tests {
         assert_eq!(asked_wait(&h), Some(Duration::from_secs(7)));
         h.insert("retry-after", HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"));
         assert!(asked_wait(&h).is_some(), "an unreadable Retry-After falls back to the reset");
-    }
-
-    #[test]
-    fn quotes_are_short_and_single_line() {
-        assert_eq!(quote(b"<Error>\n<Code>AccessDenied</Code></Error>"), "<Error> <Code>AccessDenied</Code></Error>");
-        assert_eq!(quote(&[b'a'; 1000]).chars().count(), QUOTED_BYTES + 1);
-        assert_eq!(quote(&[0xff, 0xfe]), "\u{fffd}\u{fffd}");
     }
 }

@@ -17,6 +17,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::twitch::{TwitchClient, UploadError};
+use super::Backoff;
 use crate::config::TwitchSettings;
 use crate::domain::now_ms;
 use crate::store::{ManifestRow, Store, UploadOutcome};
@@ -137,8 +138,9 @@ async fn attempt(store: &Store, client: &TwitchClient, settings: &TwitchSettings
             UploadOutcome::Uploaded
         }
         Err(UploadError::Transient { reason, wait }) => {
-            let wait =
-                wait.unwrap_or_else(|| backoff(settings, number)).min(Duration::from_secs(settings.retry_max_secs));
+            let backoff = Backoff { initial_ms: settings.retry_initial_ms, max_secs: settings.retry_max_secs };
+            let failures = u32::try_from(number).unwrap_or(u32::MAX);
+            let wait = wait.unwrap_or_else(|| backoff.wait(failures)).min(Duration::from_secs(settings.retry_max_secs));
             metrics::counter!("drops_manifest_uploads_total", "outcome" => "retry").increment(1);
             tracing::warn!(manifest = %manifest.id, attempt = number, retry_in_ms = wait.as_millis() as u64,
                 "manifest upload failed, will retry: {reason}");
@@ -154,32 +156,5 @@ async fn attempt(store: &Store, client: &TwitchClient, settings: &TwitchSettings
     if let Err(e) = store.finish_upload_attempt(&manifest.id, &outcome).await {
         // Not recorded: the manifest stays `uploading` and is sent again, same id.
         tracing::error!(manifest = %manifest.id, "recording an upload's outcome: {e}");
-    }
-}
-
-/// Exponential backoff with full jitter in its upper half: attempt 1 waits
-/// `retry_initial_ms`, each further one twice as long, up to `retry_max_secs`.
-fn backoff(settings: &TwitchSettings, attempt: i64) -> Duration {
-    let exponent = attempt.clamp(1, 32) as u32 - 1;
-    let base = settings.retry_initial_ms.saturating_mul(1u64 << exponent.min(30));
-    let capped = base.min(settings.retry_max_secs.saturating_mul(1000));
-    Duration::from_millis(capped / 2 + fastrand::u64(0..=capped / 2))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_with_jitter_and_stops_at_the_cap() {
-        let settings = TwitchSettings { retry_initial_ms: 1000, retry_max_secs: 60, ..Default::default() };
-        for _ in 0..100 {
-            let first = backoff(&settings, 1);
-            assert!((Duration::from_millis(500)..=Duration::from_millis(1000)).contains(&first), "{first:?}");
-            let fourth = backoff(&settings, 4);
-            assert!((Duration::from_millis(4000)..=Duration::from_millis(8000)).contains(&fourth), "{fourth:?}");
-            let late = backoff(&settings, 1_000);
-            assert!((Duration::from_secs(30)..=Duration::from_secs(60)).contains(&late), "{late:?}");
-        }
     }
 }

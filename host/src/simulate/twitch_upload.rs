@@ -3,7 +3,9 @@
 //! upload-URL requests the way Helix does (the URL's `&` escaped as
 //! `\u0026`) and takes the files PUT to those URLs, checking that each is a
 //! manifest. Pointing `[twitch]` at it runs the real uploader end to end
-//! without Twitch.
+//! without Twitch. It also stands in for a studio's entitlement webhook
+//! (`POST /webhook`, signed with [`WEBHOOK_SECRET`]), counting the grants
+//! whose signature checks out.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -20,6 +22,8 @@ use serde::{Deserialize, Deserializer};
 
 /// Largest file taken: Twitch's limit.
 const MAX_FILE_BYTES: usize = 100_000_000;
+/// The secret the stand-in's webhook checks signatures with.
+pub const WEBHOOK_SECRET: &str = "stand-in-webhook-secret";
 
 /// What the stand-in has received.
 #[derive(Debug, Default)]
@@ -30,6 +34,10 @@ pub struct Received {
     pub puts: u64,
     /// Bytes of the largest file taken.
     pub largest_bytes: usize,
+    /// Grants the webhook took (signature checked), by idempotency key.
+    pub webhook_grants: std::collections::HashSet<String>,
+    /// Webhook batches refused for a bad signature.
+    pub webhook_bad_signatures: u64,
 }
 
 impl Received {
@@ -56,6 +64,7 @@ pub async fn start(listen: SocketAddr) -> std::io::Result<StandIn> {
         .route("/oauth2/token", post(token))
         .route("/helix/entitlements/upload", post(upload_url))
         .route("/upload/{file}", put(take_file).layer(DefaultBodyLimit::max(MAX_FILE_BYTES)))
+        .route("/webhook", post(take_grants))
         .with_state((addr, received.clone()));
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
@@ -134,4 +143,32 @@ async fn take_file(
         r.manifests.insert(file.trim_end_matches(".json").to_string(), manifest.users.0);
     }
     StatusCode::OK
+}
+
+#[derive(Deserialize)]
+struct WebhookBatch {
+    grants: Vec<WebhookGrant>,
+}
+
+#[derive(Deserialize)]
+struct WebhookGrant {
+    idempotency_key: String,
+}
+
+async fn take_grants(State((_, received)): State<Shared>, headers: axum::http::HeaderMap, body: Bytes) -> StatusCode {
+    let header = |k: &str| headers.get(k).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let expected = crate::delivery::webhook::signature(
+        WEBHOOK_SECRET,
+        header("drops-message-id"),
+        header("drops-message-timestamp"),
+        &body,
+    );
+    let Ok(mut r) = received.lock() else { return StatusCode::INTERNAL_SERVER_ERROR };
+    if !crate::secrets::same_secret(header("drops-message-signature"), &expected) {
+        r.webhook_bad_signatures += 1;
+        return StatusCode::UNAUTHORIZED;
+    }
+    let Ok(batch) = serde_json::from_slice::<WebhookBatch>(&body) else { return StatusCode::BAD_REQUEST };
+    r.webhook_grants.extend(batch.grants.into_iter().map(|g| g.idempotency_key));
+    StatusCode::NO_CONTENT
 }

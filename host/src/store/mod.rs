@@ -18,6 +18,7 @@ mod inbox;
 mod links;
 mod manifests;
 mod signals;
+mod sinks;
 #[cfg(test)]
 mod tests;
 
@@ -38,6 +39,7 @@ use inbox::InboxWriter;
 pub use inbox::InsertOutcome;
 pub use manifests::{status as manifest_status, ManifestRow, UnbatchedGrant, UploadOutcome};
 pub use signals::Signals;
+pub use sinks::{SinkBacklog, SinkGrant};
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 static SQLITE_INBOX_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite-inbox");

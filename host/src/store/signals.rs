@@ -14,6 +14,7 @@ pub struct Signals {
     grants: Notify,
     grants_waiting: AtomicU64,
     manifests: Notify,
+    sinks: Notify,
 }
 
 impl Signals {
@@ -32,6 +33,7 @@ impl Signals {
         if n > 0 {
             self.grants_waiting.fetch_add(n, Ordering::Relaxed);
             self.grants.notify_one();
+            self.sinks.notify_waiters();
         }
     }
 
@@ -43,6 +45,12 @@ impl Signals {
     /// Grants committed since the last [`Signals::take_grants_waiting`].
     pub fn grants_waiting(&self) -> u64 {
         self.grants_waiting.load(Ordering::Relaxed)
+    }
+
+    /// Waits until grants are committed, for the entitlement sinks (each
+    /// sink waits here; all of them are woken).
+    pub async fn grants_for_sinks(&self) {
+        self.sinks.notified().await
     }
 
     /// A manifest file was written (or queued again) and can be uploaded.

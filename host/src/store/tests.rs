@@ -413,3 +413,25 @@ async fn a_checkpoint_round_trips_and_prunes_what_it_passed() {
     }
     dbs.drop_postgres().await;
 }
+
+#[tokio::test]
+async fn a_sink_cursor_only_moves_forward_and_counts_what_waits() {
+    let dbs = Databases::new().await;
+    for (backend, store) in &dbs.stores {
+        store.insert_grants(&[grant("u-1", ""), grant("u-2", ""), grant("u-3", "")]).await.unwrap();
+        assert_eq!(store.sink_cursor("webhook").await.unwrap(), 0, "{backend}");
+        let first = store.grants_for_sink(0, 2).await.unwrap();
+        assert_eq!(first.iter().map(|g| g.user_id.as_str()).collect::<Vec<_>>(), ["u-1", "u-2"], "{backend}");
+        store.record_sink_failure("webhook", "HTTP 500").await.unwrap();
+        assert_eq!(store.sink_cursor("webhook").await.unwrap(), 0, "{backend}: a failure moves nothing");
+        store.advance_sink("webhook", first[1].id).await.unwrap();
+        store.advance_sink("webhook", first[0].id).await.unwrap();
+        assert_eq!(store.sink_cursor("webhook").await.unwrap(), first[1].id, "{backend}: never backwards");
+        let backlog = store.sink_backlog("webhook").await.unwrap();
+        assert_eq!((backlog.pending, backlog.oldest_pending_at.is_some()), (1, true), "{backend}");
+        let rest = store.grants_for_sink(first[1].id, 10).await.unwrap();
+        assert_eq!(rest.iter().map(|g| g.user_id.as_str()).collect::<Vec<_>>(), ["u-3"], "{backend}");
+        assert_eq!(store.sink_cursor("nats").await.unwrap(), 0, "{backend}: each sink its own cursor");
+    }
+    dbs.drop_postgres().await;
+}

@@ -1,0 +1,101 @@
+//! Entitlement sinks' progress: one cursor per sink over the grants, in id
+//! order. A batch is read after the cursor, delivered, and only then the
+//! cursor moves past it, so a crash in between delivers that batch again
+//! (the sink deduplicates by each grant's idempotency key).
+
+use super::{Store, StoreError};
+use crate::domain::now_ms;
+
+/// A grant as a sink receives it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct SinkGrant {
+    pub id: i64,
+    pub campaign_id: String,
+    pub reward_id: String,
+    pub user_id: String,
+    pub grant_key: String,
+    pub broadcaster_id: String,
+    pub game: String,
+    pub client_id: String,
+    pub reason: String,
+    pub campaign_revision: String,
+    pub plugin_hash: String,
+    pub created_at: i64,
+}
+
+/// A sink's progress, for the API and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkBacklog {
+    pub delivered_through: i64,
+    /// Grants not yet delivered.
+    pub pending: i64,
+    /// When the oldest of them was made (ms since the epoch).
+    pub oldest_pending_at: Option<i64>,
+}
+
+impl Store {
+    /// The id of the last grant `sink` has acknowledged (0: none yet).
+    pub async fn sink_cursor(&self, sink: &str) -> Result<i64, StoreError> {
+        let at: Option<i64> = sqlx::query_scalar("SELECT delivered_through FROM sink_cursors WHERE sink = $1")
+            .bind(sink)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(at.unwrap_or(0))
+    }
+
+    /// Up to `limit` grants after `after`, in id order.
+    pub async fn grants_for_sink(&self, after: i64, limit: u32) -> Result<Vec<SinkGrant>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT id, campaign_id, reward_id, user_id, grant_key, broadcaster_id, game, client_id, reason, \
+             campaign_revision, plugin_hash, created_at FROM grants WHERE id > $1 ORDER BY id LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Records that `sink` acknowledged every grant through `through`.
+    pub async fn advance_sink(&self, sink: &str, through: i64) -> Result<(), StoreError> {
+        let _guard = self.write_lock().await;
+        sqlx::query(
+            "INSERT INTO sink_cursors (sink, delivered_through, attempts, last_error, updated_at) \
+             VALUES ($1, $2, 0, NULL, $3) ON CONFLICT (sink) DO UPDATE SET \
+             delivered_through = CASE WHEN sink_cursors.delivered_through > $2 \
+             THEN sink_cursors.delivered_through ELSE $2 END, attempts = 0, last_error = NULL, updated_at = $3",
+        )
+        .bind(sink)
+        .bind(through)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records a failed delivery attempt of `sink` (the cursor stays).
+    pub async fn record_sink_failure(&self, sink: &str, error: &str) -> Result<(), StoreError> {
+        let _guard = self.write_lock().await;
+        sqlx::query(
+            "INSERT INTO sink_cursors (sink, delivered_through, attempts, last_error, updated_at) \
+             VALUES ($1, 0, 1, $2, $3) ON CONFLICT (sink) DO UPDATE SET \
+             attempts = sink_cursors.attempts + 1, last_error = $2, updated_at = $3",
+        )
+        .bind(sink)
+        .bind(error)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// How far behind `sink` is.
+    pub async fn sink_backlog(&self, sink: &str) -> Result<SinkBacklog, StoreError> {
+        let delivered_through = self.sink_cursor(sink).await?;
+        let (pending, oldest): (i64, Option<i64>) =
+            sqlx::query_as("SELECT COUNT(*), MIN(created_at) FROM grants WHERE id > $1")
+                .bind(delivered_through)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(SinkBacklog { delivered_through, pending, oldest_pending_at: oldest })
+    }
+}
