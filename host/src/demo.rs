@@ -170,7 +170,7 @@ async fn wait_for_delivery(store: &crate::store::Store, limit: Duration) {
     let deadline = tokio::time::Instant::now() + limit;
     tokio::time::sleep(Duration::from_secs(1)).await;
     while tokio::time::Instant::now() < deadline {
-        let unbatched = store.unbatched_grants(1).await.map(|g| g.len()).unwrap_or(1);
+        let unbatched = store.unbatched_grants(i64::MAX, 1).await.map(|g| g.len()).unwrap_or(1);
         let undelivered = store.manifest_backlog().await.map(|(_, oldest)| oldest.is_some()).unwrap_or(true);
         let webhook_behind = store.sink_backlog("webhook").await.map(|b| b.pending > 0).unwrap_or(true);
         if unbatched == 0 && !undelivered && !webhook_behind {

@@ -32,6 +32,20 @@ pub(crate) async fn read_bounded(mut answer: reqwest::Response) -> Result<Vec<u8
     Ok(body)
 }
 
+/// The start of an answer we only quote (an error's body): at most
+/// [`QUOTED_BYTES`] are kept and the rest is not read, so a long answer is
+/// never a failure of its own and never fills memory.
+pub(crate) async fn read_prefix(mut answer: reqwest::Response) -> Vec<u8> {
+    let mut body = Vec::new();
+    while body.len() <= QUOTED_BYTES {
+        match answer.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk[..chunk.len().min(QUOTED_BYTES + 1 - body.len())]),
+            _ => break,
+        }
+    }
+    body
+}
+
 /// The start of an answer, fit for a log line and the manifest's last error.
 pub(crate) fn quote(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(&body[..body.len().min(QUOTED_BYTES)]);

@@ -1,10 +1,16 @@
 //! Telling the studio's entitlement systems of every grant: one task per
 //! sink walks the grants in id order from the sink's cursor, delivers a
 //! batch, and moves the cursor past it only once the sink acknowledged it.
-//! A failing batch is retried (with backoff) until it goes through, so grants
-//! reach a sink in the order they were made, per viewer and overall; a crash
-//! before the cursor moved delivers the batch again, under the same
-//! idempotency keys.
+//! A failing batch is retried as it was (same batch id, same grants, with
+//! backoff) until it goes through, so grants reach a sink in the order they
+//! were made, per viewer and overall; a crash before the cursor moved
+//! delivers the batch again, under the same idempotency keys (the batch id
+//! may differ then: deduplicate on the grants' keys, not on the batch id).
+//!
+//! The cursor relies on grants committing in id order: they do, because
+//! every grant insert holds the store's write lock until it commits. A
+//! second writer of grants (several hosts) needs a per-grant delivery mark
+//! instead.
 //!
 //! A sink is anything that can take a batch and say it has it: the webhook
 //! (`webhook.rs`) today; a message broker (NATS JetStream with a message id
@@ -20,50 +26,30 @@ use tokio_util::sync::CancellationToken;
 
 use super::Backoff;
 use crate::domain::now_ms;
-use crate::store::{SinkGrant, Store};
+use crate::store::{GrantRow, Store};
 
 /// How often a sink with nothing to deliver looks again (besides being woken by new grants).
 const POLL: Duration = Duration::from_secs(1);
 
-/// A grant as sinks send it.
+/// A grant as sinks send it: the stored grant (`id`, campaign, reward,
+/// user, ...) with its idempotency key and its time in RFC 3339.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct GrantMessage {
     /// Stable for the grant: the same grant always carries the same key,
     /// whatever batch or attempt it travels in. Deduplicate on it.
     pub idempotency_key: String,
-    pub grant_id: i64,
-    pub campaign_id: String,
-    pub reward_id: String,
-    pub user_id: String,
-    /// Empty for a once-only reward; the rule's key for a repeatable one.
-    pub grant_key: String,
-    pub broadcaster_id: String,
-    pub game: String,
-    pub client_id: String,
-    pub reason: String,
-    /// RFC 3339.
     pub granted_at: String,
-    pub campaign_revision: String,
-    pub plugin_hash: String,
+    #[serde(flatten)]
+    pub grant: GrantRow,
 }
 
 impl GrantMessage {
     /// The message for a stored grant.
-    pub fn new(g: SinkGrant) -> GrantMessage {
+    pub fn new(grant: GrantRow) -> GrantMessage {
         GrantMessage {
-            idempotency_key: idempotency_key(&g.campaign_id, &g.reward_id, &g.user_id, &g.grant_key),
-            grant_id: g.id,
-            granted_at: rfc3339_ms(g.created_at),
-            campaign_id: g.campaign_id,
-            reward_id: g.reward_id,
-            user_id: g.user_id,
-            grant_key: g.grant_key,
-            broadcaster_id: g.broadcaster_id,
-            game: g.game,
-            client_id: g.client_id,
-            reason: g.reason,
-            campaign_revision: g.campaign_revision,
-            plugin_hash: g.plugin_hash,
+            idempotency_key: idempotency_key(&grant.campaign_id, &grant.reward_id, &grant.user_id, &grant.grant_key),
+            granted_at: rfc3339_ms(grant.created_at),
+            grant,
         }
     }
 }
@@ -111,57 +97,85 @@ pub trait Sink: Send + Sync + 'static {
 pub async fn run<S: Sink>(sink: S, store: Arc<Store>, backoff: Backoff, stop: CancellationToken) {
     let name = sink.name();
     let mut failures = 0u32;
+    let mut held: Option<GrantBatch> = None;
+    let mut unrecorded: Option<i64> = None;
     let mut gauges_due = tokio::time::Instant::now();
     loop {
         if tokio::time::Instant::now() >= gauges_due {
             report_backlog(&store, name).await;
             gauges_due = tokio::time::Instant::now() + Duration::from_secs(5);
         }
-        let wait = match next_batch(&store, &sink).await {
-            Ok(None) => {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = store.signals().grants_for_sinks() => {}
-                    _ = tokio::time::sleep(POLL) => {}
-                }
-                continue;
-            }
-            Ok(Some(batch)) => match tokio::select! {
-                _ = stop.cancelled() => return,
-                outcome = sink.deliver(&batch) => outcome,
-            } {
-                Ok(()) => {
-                    let through = batch.grants.last().map_or(0, |g| g.grant_id);
-                    if let Err(e) = store.advance_sink(name, through).await {
-                        // Not recorded: the batch goes again, same keys; the sink deduplicates.
-                        tracing::error!(sink = name, "recording a delivered batch: {e}");
+        // A delivered batch whose cursor could not be recorded: record it before anything else,
+        // so a database that refuses writes neither loops nor re-sends.
+        if let Some(through) = unrecorded {
+            match store.advance_sink(name, through).await {
+                Ok(()) => unrecorded = None,
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    tracing::error!(sink = name, "recording a delivered batch: {e}");
+                    if pause(&stop, backoff.wait(failures)).await {
+                        return;
                     }
-                    metrics::counter!("drops_sink_grants_delivered_total", "sink" => name)
-                        .increment(batch.grants.len() as u64);
-                    failures = 0;
+                    continue;
+                }
+            }
+        }
+        // A failed batch is retried as it was (same id, same grants) until it goes through.
+        let batch = match held.take() {
+            Some(batch) => batch,
+            None => match next_batch(&store, &sink).await {
+                Ok(Some(batch)) => batch,
+                Ok(None) => {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = store.signals().grants_for_sinks() => {}
+                        _ = tokio::time::sleep(POLL) => {}
+                    }
                     continue;
                 }
                 Err(e) => {
-                    failures = failures.saturating_add(1);
-                    metrics::counter!("drops_sink_failures_total", "sink" => name).increment(1);
-                    let wait = backoff.wait(failures);
-                    tracing::warn!(sink = name, batch = %batch.batch_id, failures, retry_in_ms = wait.as_millis() as u64,
-                        "delivery failed, will retry: {e}");
-                    if let Err(e) = store.record_sink_failure(name, &e.0).await {
-                        tracing::error!(sink = name, "recording a failed delivery: {e}");
+                    tracing::error!(sink = name, "reading grants to deliver: {e}");
+                    if pause(&stop, POLL).await {
+                        return;
                     }
-                    wait
+                    continue;
                 }
             },
-            Err(e) => {
-                tracing::error!(sink = name, "reading grants to deliver: {e}");
-                POLL
-            }
         };
-        tokio::select! {
+        let outcome = tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
+            outcome = sink.deliver(&batch) => outcome,
+        };
+        match outcome {
+            Ok(()) => {
+                metrics::counter!("drops_sink_grants_delivered_total", "sink" => name)
+                    .increment(batch.grants.len() as u64);
+                failures = 0;
+                unrecorded = batch.grants.last().map(|g| g.grant.id);
+            }
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                metrics::counter!("drops_sink_failures_total", "sink" => name).increment(1);
+                let wait = backoff.wait(failures);
+                tracing::warn!(sink = name, batch = %batch.batch_id, failures, retry_in_ms = wait.as_millis() as u64,
+                    "delivery failed, will retry: {e}");
+                if let Err(e) = store.record_sink_failure(name, &e.0).await {
+                    tracing::error!(sink = name, "recording a failed delivery: {e}");
+                }
+                held = Some(batch);
+                if pause(&stop, wait).await {
+                    return;
+                }
+            }
         }
+    }
+}
+
+/// Sleeps `wait`; true when asked to stop meanwhile.
+async fn pause(stop: &CancellationToken, wait: Duration) -> bool {
+    tokio::select! {
+        _ = stop.cancelled() => true,
+        _ = tokio::time::sleep(wait) => false,
     }
 }
 

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use super::{quote, read_bounded, without_url};
+use super::{quote, read_bounded, read_prefix, without_url};
 use crate::config::TwitchSettings;
 
 /// A token is renewed this long before Twitch says it expires.
@@ -30,9 +30,12 @@ pub enum UploadError {
     #[error("{reason}")]
     Transient { reason: String, wait: Option<Duration> },
     /// Twitch refused it in a way that will not change by itself (400, a
-    /// 403 for a wrong client, bad credentials, a missing file).
+    /// 403 for a wrong client).
     #[error("{0}")]
     Permanent(String),
+    /// The manifest's file is gone or unreadable: it is rebuilt from its grants.
+    #[error("{0}")]
+    MissingFile(String),
 }
 
 impl UploadError {
@@ -97,6 +100,9 @@ impl TwitchClient {
     /// Uploads one manifest file: an upload URL for `manifest_id`, then the
     /// file PUT to it; a URL that expired before the PUT is replaced once.
     pub async fn upload(&self, manifest_id: &str, file: &Path) -> Result<(), UploadError> {
+        if let Err(e) = tokio::fs::metadata(file).await {
+            return Err(UploadError::MissingFile(format!("reading {}: {e}", file.display())));
+        }
         for _ in 0..2 {
             let url = self.upload_url(manifest_id).await?;
             match self.put(&url, file).await? {
@@ -124,11 +130,20 @@ impl TwitchClient {
         let answer = self.http.post(&url).form(&form).timeout(self.request_timeout()).send().await;
         let answer = answer.map_err(|e| transport("token request", &e))?;
         let status = answer.status();
-        let headers = answer.headers().clone();
-        let body = read_bounded(answer).await?;
         if !status.is_success() {
-            return Err(classify("token request", status, &headers, &body, "Twitch refused the app credentials"));
+            let headers = answer.headers().clone();
+            let body = read_prefix(answer).await;
+            // Refused credentials concern every manifest, not this one: retried (with the
+            // backoff growing to its cap) rather than failing each manifest in turn.
+            metrics::counter!("drops_twitch_token_refusals_total").increment(1);
+            tracing::error!(status = status.as_u16(), "Twitch refused the app credentials: {}", quote(&body));
+            let error = classify("token request", status, &headers, &body, "Twitch refused the app credentials");
+            return Err(match error {
+                UploadError::Permanent(reason) => UploadError::transient(reason),
+                transient => transient,
+            });
         }
+        let body = read_bounded(answer).await?;
         let token: TokenAnswer = serde_json::from_slice(&body)
             .map_err(|e| UploadError::transient(format!("token request: unreadable answer: {e}")))?;
         if token.access_token.is_empty() || token.access_token.len() > 4096 {
@@ -167,7 +182,7 @@ impl TwitchClient {
                 .map_err(|e| transport("upload URL request", &e))?;
             let status = answer.status();
             let headers = answer.headers().clone();
-            let body = read_bounded(answer).await?;
+            let body = if status.is_success() { read_bounded(answer).await? } else { read_prefix(answer).await };
             if status == StatusCode::UNAUTHORIZED {
                 self.forget_token(&token).await;
                 if !renewed {
@@ -187,12 +202,12 @@ impl TwitchClient {
                 .next()
                 .map(|d| d.url)
                 .ok_or_else(|| UploadError::transient("upload URL request: the answer holds no URL"))?;
+            // User ids travel in the file: https only, unless the API itself is plain http (a local stand-in).
+            let plain_allowed = self.settings.api_base_url.starts_with("http://");
             return match reqwest::Url::parse(&url) {
-                Ok(u) if matches!(u.scheme(), "https" | "http") => Ok(url),
-                _ => Err(UploadError::transient(format!(
-                    "upload URL request: not an http(s) URL: {}",
-                    quote(url.as_bytes())
-                ))),
+                Ok(u) if u.scheme() == "https" || (plain_allowed && u.scheme() == "http") => Ok(url),
+                // Not quoted: a presigned URL carries credentials.
+                _ => Err(UploadError::transient("upload URL request: the answer's URL is not an https URL")),
             };
         }
         Err(UploadError::transient("upload URL request: 401 after renewing the token"))
@@ -200,13 +215,9 @@ impl TwitchClient {
 
     /// PUTs the file to a presigned URL, streamed from disk with its length.
     async fn put(&self, url: &str, file: &Path) -> Result<Put, UploadError> {
-        let opened = tokio::fs::File::open(file).await;
-        let opened = opened.map_err(|e| UploadError::Permanent(format!("reading {}: {e}", file.display())))?;
-        let len = opened
-            .metadata()
-            .await
-            .map_err(|e| UploadError::Permanent(format!("reading {}: {e}", file.display())))?
-            .len();
+        let unreadable = |e: std::io::Error| UploadError::MissingFile(format!("reading {}: {e}", file.display()));
+        let opened = tokio::fs::File::open(file).await.map_err(unreadable)?;
+        let len = opened.metadata().await.map_err(unreadable)?.len();
         let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(opened, 256 << 10));
         let answer = self
             .http
@@ -220,11 +231,12 @@ impl TwitchClient {
             .await
             .map_err(|e| transport("file upload", &e))?;
         let status = answer.status();
-        let headers = answer.headers().clone();
-        let body = read_bounded(answer).await?;
         if status.is_success() {
+            // Whatever the body says, 200 is the answer; it is not read.
             return Ok(Put::Done);
         }
+        let headers = answer.headers().clone();
+        let body = read_prefix(answer).await;
         if status == StatusCode::FORBIDDEN {
             // Presigned URLs live 900 s; S3 answers an expired one with 403 and an XML body.
             return Ok(Put::Expired(format!("HTTP 403: {}", quote(&body))));

@@ -8,7 +8,7 @@
 //! `uploading`, and it is sent again, whole and under the same id, at the
 //! next start. Twitch never sees one user under two manifest ids.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +26,8 @@ use crate::store::{ManifestRow, Store, UploadOutcome};
 const POLL: Duration = Duration::from_secs(1);
 /// How often the backlog gauges are refreshed.
 const GAUGES_EVERY: Duration = Duration::from_secs(5);
+/// How long a manifest whose attempt could not be recorded waits before the next.
+const FAILED_RECORD_PAUSE: Duration = Duration::from_secs(10);
 
 /// Uploads written manifests; runs only with Twitch credentials.
 pub struct Uploader {
@@ -49,28 +51,37 @@ impl Uploader {
             Err(e) => tracing::error!("queueing manifests written without credentials: {e}"),
         }
         let limit = self.settings.uploads_in_flight.max(1);
-        let mut attempts: JoinSet<String> = JoinSet::new();
-        let mut busy: HashSet<String> = HashSet::new();
+        let mut attempts: JoinSet<Option<Duration>> = JoinSet::new();
+        // The manifest each attempt works on, by task: a panicked task still gives its id back.
+        let mut busy: HashMap<tokio::task::Id, String> = HashMap::new();
+        // Manifests whose last attempt could not be recorded: not retried before this time,
+        // so a database that refuses writes does not turn into a loop of uploads.
+        let mut cooling: HashMap<String, tokio::time::Instant> = HashMap::new();
         let mut gauges_due = tokio::time::Instant::now();
         loop {
-            if tokio::time::Instant::now() >= gauges_due {
+            let now = tokio::time::Instant::now();
+            if now >= gauges_due {
                 report_backlog(&self.store).await;
-                gauges_due = tokio::time::Instant::now() + GAUGES_EVERY;
+                gauges_due = now + GAUGES_EVERY;
             }
+            cooling.retain(|_, until| *until > now);
             if attempts.len() < limit {
                 match self.store.manifests_to_upload(now_ms(), (limit * 2) as u32).await {
                     Ok(due) => {
                         let free = limit - attempts.len();
-                        let due: Vec<ManifestRow> =
-                            due.into_iter().filter(|m| !busy.contains(&m.id)).take(free).collect();
+                        let taken: HashSet<&String> = busy.values().collect();
+                        let due: Vec<ManifestRow> = due
+                            .into_iter()
+                            .filter(|m| !taken.contains(&m.id) && !cooling.contains_key(&m.id))
+                            .take(free)
+                            .collect();
                         for manifest in due {
-                            busy.insert(manifest.id.clone());
+                            let id = manifest.id.clone();
                             let (store, client, settings) =
                                 (self.store.clone(), self.client.clone(), self.settings.clone());
-                            attempts.spawn(async move {
-                                attempt(&store, &client, &settings, &manifest).await;
-                                manifest.id
-                            });
+                            let task =
+                                attempts.spawn(async move { attempt(&store, &client, &settings, &manifest).await });
+                            busy.insert(task.id(), id);
                         }
                     }
                     Err(e) => tracing::error!("reading manifests to upload: {e}"),
@@ -79,15 +90,16 @@ impl Uploader {
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = self.store.signals().manifest_ready() => {}
-                Some(done) = attempts.join_next(), if !attempts.is_empty() => {
-                    match done {
-                        Ok(id) => { busy.remove(&id); }
+                Some(done) = attempts.join_next_with_id(), if !attempts.is_empty() => {
+                    let (task, cool_for) = match done {
+                        Ok((task, cool_for)) => (task, cool_for),
                         Err(e) => {
-                            // The attempt panicked: its id is lost with it, so start over from the database.
-                            tracing::error!("an upload attempt failed unexpectedly: {e}");
-                            busy.clear();
-                            attempts.abort_all();
+                            tracing::error!("an upload attempt panicked: {e}");
+                            (e.id(), Some(FAILED_RECORD_PAUSE))
                         }
+                    };
+                    if let (Some(id), Some(pause)) = (busy.remove(&task), cool_for) {
+                        cooling.insert(id, tokio::time::Instant::now() + pause);
                     }
                 }
                 _ = tokio::time::sleep(POLL) => {}
@@ -118,17 +130,28 @@ async fn report_backlog(store: &Store) {
     }
 }
 
-/// One upload attempt of one manifest, recorded before and after.
-async fn attempt(store: &Store, client: &TwitchClient, settings: &TwitchSettings, manifest: &ManifestRow) {
-    if let Err(e) = store.start_upload_attempt(&manifest.id).await {
-        tracing::error!(manifest = %manifest.id, "recording an upload attempt: {e}");
-        return;
+/// One upload attempt of one manifest, recorded before and after. Answers
+/// how long to leave the manifest alone when its record could not be written.
+async fn attempt(
+    store: &Store,
+    client: &TwitchClient,
+    settings: &TwitchSettings,
+    manifest: &ManifestRow,
+) -> Option<Duration> {
+    match store.start_upload_attempt(&manifest.id).await {
+        Ok(true) => {}
+        // Another status by now (an admin retry raced the read): nothing to do.
+        Ok(false) => return None,
+        Err(e) => {
+            tracing::error!(manifest = %manifest.id, "recording an upload attempt: {e}");
+            return Some(FAILED_RECORD_PAUSE);
+        }
     }
     let number = manifest.attempts + 1;
     let path = manifest.path.as_deref().map(PathBuf::from);
     let result = match &path {
         Some(path) => client.upload(&manifest.id, path).await,
-        None => Err(UploadError::Permanent("the manifest has no file".into())),
+        None => Err(UploadError::MissingFile("the manifest has no file".into())),
     };
     let outcome = match result {
         Ok(()) => {
@@ -140,11 +163,24 @@ async fn attempt(store: &Store, client: &TwitchClient, settings: &TwitchSettings
         Err(UploadError::Transient { reason, wait }) => {
             let backoff = Backoff { initial_ms: settings.retry_initial_ms, max_secs: settings.retry_max_secs };
             let failures = u32::try_from(number).unwrap_or(u32::MAX);
-            let wait = wait.unwrap_or_else(|| backoff.wait(failures)).min(Duration::from_secs(settings.retry_max_secs));
+            // What Twitch asks for, but never less than the backoff: a `Retry-After: 0` must not spin.
+            let wait =
+                wait.unwrap_or_default().max(backoff.wait(failures)).min(Duration::from_secs(settings.retry_max_secs));
             metrics::counter!("drops_manifest_uploads_total", "outcome" => "retry").increment(1);
             tracing::warn!(manifest = %manifest.id, attempt = number, retry_in_ms = wait.as_millis() as u64,
                 "manifest upload failed, will retry: {reason}");
             UploadOutcome::RetryAt { at_ms: now_ms() + wait.as_millis() as i64, error: reason }
+        }
+        Err(UploadError::MissingFile(error)) => {
+            // Its grants are fixed: the batcher writes the same file again, and it goes under the same id.
+            tracing::warn!(manifest = %manifest.id, "{error}; the file is rebuilt from the manifest's grants");
+            return match store.rewrite_manifest(&manifest.id).await {
+                Ok(()) => None,
+                Err(e) => {
+                    tracing::error!(manifest = %manifest.id, "marking a manifest for rewriting: {e}");
+                    Some(FAILED_RECORD_PAUSE)
+                }
+            };
         }
         Err(UploadError::Permanent(error)) => {
             metrics::counter!("drops_manifest_uploads_total", "outcome" => "failed").increment(1);
@@ -153,8 +189,12 @@ async fn attempt(store: &Store, client: &TwitchClient, settings: &TwitchSettings
             UploadOutcome::Failed { error }
         }
     };
-    if let Err(e) = store.finish_upload_attempt(&manifest.id, &outcome).await {
-        // Not recorded: the manifest stays `uploading` and is sent again, same id.
-        tracing::error!(manifest = %manifest.id, "recording an upload's outcome: {e}");
+    match store.finish_upload_attempt(&manifest.id, &outcome).await {
+        Ok(()) => None,
+        Err(e) => {
+            // Not recorded: the manifest stays `uploading` and is sent again, same id, after a pause.
+            tracing::error!(manifest = %manifest.id, "recording an upload's outcome: {e}");
+            Some(FAILED_RECORD_PAUSE)
+        }
     }
 }

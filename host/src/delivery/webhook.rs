@@ -16,7 +16,7 @@ use sha2::Sha256;
 use time::format_description::well_known::Rfc3339;
 
 use super::sink::{GrantBatch, Sink, SinkError};
-use super::{quote, read_bounded, without_url};
+use super::{quote, read_prefix, without_url};
 use crate::config::WebhookSettings;
 
 /// The webhook sink.
@@ -81,12 +81,12 @@ impl Sink for WebhookSink {
                 SinkError(format!("POST: {why}"))
             })?;
         let status = answer.status();
-        let text = read_bounded(answer).await.map_err(|e| SinkError(e.to_string()))?;
         if status.is_success() {
-            Ok(())
-        } else {
-            Err(SinkError(format!("HTTP {}: {}", status.as_u16(), quote(&text))))
+            // Any 2xx acknowledges the batch, whatever (and however long) its body.
+            return Ok(());
         }
+        let text = read_prefix(answer).await;
+        Err(SinkError(format!("HTTP {}: {}", status.as_u16(), quote(&text))))
     }
 }
 

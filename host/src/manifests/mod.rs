@@ -31,7 +31,7 @@ use crate::store::{ManifestRow, Store, StoreError, UnbatchedGrant};
 const READ_BATCH: u32 = 50_000;
 /// Users read per page while a file is written.
 const WRITE_PAGE: u32 = 10_000;
-/// JSON bytes of a manifest apart from its users (generous).
+/// JSON bytes of a manifest apart from its users, at least (see [`header_bytes`]).
 const FIXED_BYTES: u64 = 1024;
 
 /// Twitch's manifest file, field for field.
@@ -111,8 +111,11 @@ impl Batcher {
             written.push(pending);
         }
         let mut open = OpenManifests::new(self.settings.max_file_bytes);
+        // Grants committed while this flush runs wait for the next one: under
+        // steady load a flush still ends, and its files get written.
+        let through = self.store.last_grant_id().await?;
         loop {
-            let grants = self.store.unbatched_grants(READ_BATCH).await?;
+            let grants = self.store.unbatched_grants(through, READ_BATCH).await?;
             if grants.is_empty() {
                 break;
             }
@@ -239,13 +242,21 @@ struct Part {
 struct OpenManifests {
     max_bytes: u64,
     order: Vec<BatchKey>,
-    open: HashMap<BatchKey, (ManifestRow, u64)>,
+    seen: std::collections::HashSet<BatchKey>,
+    /// Each key's open manifest, the bytes its users take, and its header's bytes.
+    open: HashMap<BatchKey, (ManifestRow, u64, u64)>,
     closed: Vec<ManifestRow>,
 }
 
 impl OpenManifests {
     fn new(max_bytes: u64) -> OpenManifests {
-        OpenManifests { max_bytes, order: Vec::new(), open: HashMap::new(), closed: Vec::new() }
+        OpenManifests {
+            max_bytes,
+            order: Vec::new(),
+            seen: Default::default(),
+            open: HashMap::new(),
+            closed: Vec::new(),
+        }
     }
 
     /// Gives each grant a manifest of its (campaign, client, game,
@@ -260,20 +271,20 @@ impl OpenManifests {
             let full = self
                 .open
                 .get(&key)
-                .is_some_and(|(row, bytes)| row.users > 0 && bytes + user_bytes + FIXED_BYTES > self.max_bytes);
+                .is_some_and(|(row, bytes, header)| row.users > 0 && bytes + user_bytes + header > self.max_bytes);
             if full {
-                if let Some((row, _)) = self.open.remove(&key) {
+                if let Some((row, _, _)) = self.open.remove(&key) {
                     self.closed.push(row);
                 }
             }
-            let (row, bytes) = self.open.entry(key.clone()).or_insert_with(|| {
-                if !self.order.contains(&key) {
+            let (row, bytes, _) = self.open.entry(key.clone()).or_insert_with(|| {
+                if self.seen.insert(key.clone()) {
                     self.order.push(key.clone());
                 }
                 let row = new_row(&key);
                 part_of.insert(row.id.clone(), parts.len());
                 parts.push(Part { row: row.clone(), grant_ids: Vec::new(), new: true });
-                (row, 0)
+                (row, 0, header_bytes(&key))
             });
             *bytes += user_bytes;
             row.users += 1;
@@ -292,12 +303,21 @@ impl OpenManifests {
     /// Every manifest filled, closed ones first, then the open ones in first-seen order.
     fn finish(mut self) -> Vec<ManifestRow> {
         for key in &self.order {
-            if let Some((row, _)) = self.open.remove(key) {
+            if let Some((row, _, _)) = self.open.remove(key) {
                 self.closed.push(row);
             }
         }
         self.closed
     }
+}
+
+/// Bytes a manifest's file takes apart from its users: its six fields (ids
+/// may be 256 bytes, escapes doubled), at least [`FIXED_BYTES`].
+fn header_bytes(key: &BatchKey) -> u64 {
+    let (a, b, c, d, e, f) = key;
+    let fields: u64 = [a, b, c, d, e, f].iter().map(|v| json_string_len(v)).sum();
+    // Field names, colons, commas and brackets: about 110 bytes.
+    (fields + 128).max(FIXED_BYTES)
 }
 
 fn new_row(key: &BatchKey) -> ManifestRow {
@@ -393,6 +413,16 @@ mod tests {
         for s in ["plain", "quo\"te", "back\\slash", "日本語"] {
             assert_eq!(json_string_len(s), serde_json::to_string(s).unwrap().len() as u64, "{s}");
         }
+    }
+
+    #[test]
+    fn the_header_allowance_covers_the_longest_escaped_fields() {
+        let long = "\"".repeat(256);
+        let key: BatchKey = (long.clone(), long.clone(), long.clone(), long.clone(), long.clone(), "watching".into());
+        let mut out = Vec::new();
+        write_manifest(&mut out, &new_row(&key), std::iter::empty()).unwrap();
+        assert!(out.len() as u64 <= header_bytes(&key), "{} > {}", out.len(), header_bytes(&key));
+        assert!(header_bytes(&key) > FIXED_BYTES);
     }
 
     mod properties {

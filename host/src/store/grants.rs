@@ -15,12 +15,21 @@ pub struct GrantRow {
     pub grant_key: String,
     pub broadcaster_id: String,
     pub game: String,
+    pub client_id: String,
     pub reason: String,
     pub campaign_revision: String,
     pub plugin_hash: String,
     pub event_minute: i64,
+    /// When it was stored (ms since the epoch).
+    pub created_at: i64,
+    /// The Twitch manifest it is in, once it is in one.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub manifest_id: Option<String>,
 }
+
+/// The columns of a [`GrantRow`], for every query that reads one.
+pub(super) const GRANT_COLUMNS: &str = "id, campaign_id, reward_id, user_id, grant_key, broadcaster_id, game, \
+     client_id, reason, campaign_revision, plugin_hash, event_minute, created_at, manifest_id";
 
 /// Which grants to list.
 #[derive(Debug, Default, Clone, serde::Deserialize)]
@@ -78,12 +87,10 @@ impl Store {
 
     /// Lists grants in the order they were made.
     pub async fn list_grants(&self, filter: &GrantFilter) -> Result<Vec<GrantRow>, StoreError> {
-        let rows = sqlx::query_as(
-            "SELECT id, campaign_id, reward_id, user_id, grant_key, broadcaster_id, game, reason, \
-             campaign_revision, plugin_hash, event_minute, manifest_id FROM grants \
-             WHERE ($1 = '' OR campaign_id = $1) AND ($2 = '' OR user_id = $2) AND id > $3 \
-             ORDER BY id LIMIT $4",
-        )
+        let rows = sqlx::query_as(&format!(
+            "SELECT {GRANT_COLUMNS} FROM grants \
+             WHERE ($1 = '' OR campaign_id = $1) AND ($2 = '' OR user_id = $2) AND id > $3 ORDER BY id LIMIT $4"
+        ))
         .bind(filter.campaign_id.clone().unwrap_or_default())
         .bind(filter.user_id.clone().unwrap_or_default())
         .bind(filter.after_id.unwrap_or(0))

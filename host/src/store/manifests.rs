@@ -84,15 +84,23 @@ const MANIFEST_COLUMNS: &str = "id, campaign_id, client_id, game, broadcaster_id
      path, bytes, attempts, last_error, next_attempt_at, created_at, uploaded_at";
 
 impl Store {
-    /// Up to `limit` grants not yet in a manifest, oldest first.
-    pub async fn unbatched_grants(&self, limit: u32) -> Result<Vec<UnbatchedGrant>, StoreError> {
+    /// Up to `limit` grants not yet in a manifest with an id at most
+    /// `through`, oldest first.
+    pub async fn unbatched_grants(&self, through: i64, limit: u32) -> Result<Vec<UnbatchedGrant>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT id, campaign_id, client_id, game, broadcaster_id, reward_id, reason, user_id FROM grants \
-             WHERE manifest_id IS NULL ORDER BY id LIMIT $1",
+             WHERE manifest_id IS NULL AND id <= $1 ORDER BY id LIMIT $2",
         )
+        .bind(through)
         .bind(limit as i64)
         .fetch_all(&self.pool)
         .await?)
+    }
+
+    /// The id of the newest grant (0: none).
+    pub async fn last_grant_id(&self) -> Result<i64, StoreError> {
+        let last: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM grants").fetch_one(&self.pool).await?;
+        Ok(last.unwrap_or(0))
     }
 
     /// Records a pending manifest and assigns the grants to it, atomically.
@@ -164,14 +172,17 @@ impl Store {
     ) -> Result<(), StoreError> {
         {
             let _guard = self.write_lock().await;
-            sqlx::query("UPDATE manifests SET status = $2, path = $3, bytes = $4, written_at = $5 WHERE id = $1")
-                .bind(manifest_id)
-                .bind(if upload { status::WRITTEN } else { status::NOT_CONFIGURED })
-                .bind(path)
-                .bind(bytes as i64)
-                .bind(now_ms())
-                .execute(&self.pool)
-                .await?;
+            sqlx::query(
+                "UPDATE manifests SET status = $2, path = $3, bytes = $4, written_at = $5 \
+                 WHERE id = $1 AND status = 'pending'",
+            )
+            .bind(manifest_id)
+            .bind(if upload { status::WRITTEN } else { status::NOT_CONFIGURED })
+            .bind(path)
+            .bind(bytes as i64)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?;
         }
         self.signals.manifest_written();
         Ok(())
@@ -193,16 +204,18 @@ impl Store {
     /// Records that an upload attempt starts, before anything is sent: a
     /// crash from here on leaves the manifest `uploading`, to be sent again
     /// under the same id.
-    pub async fn start_upload_attempt(&self, manifest_id: &str) -> Result<(), StoreError> {
+    /// Answers false when the manifest is no longer one to upload.
+    pub async fn start_upload_attempt(&self, manifest_id: &str) -> Result<bool, StoreError> {
         let _guard = self.write_lock().await;
-        sqlx::query(
+        let started = sqlx::query(
             "UPDATE manifests SET status = 'uploading', attempts = attempts + 1, next_attempt_at = NULL \
              WHERE id = $1 AND status IN ('written', 'uploading')",
         )
         .bind(manifest_id)
         .execute(&self.pool)
-        .await?;
-        Ok(())
+        .await?
+        .rows_affected();
+        Ok(started == 1)
     }
 
     /// Records how an upload attempt ended.
@@ -211,18 +224,19 @@ impl Store {
         let query = match outcome {
             UploadOutcome::Uploaded => sqlx::query(
                 "UPDATE manifests SET status = 'uploaded', uploaded_at = $2, last_error = NULL, \
-                 next_attempt_at = NULL WHERE id = $1",
+                 next_attempt_at = NULL WHERE id = $1 AND status = 'uploading'",
             )
             .bind(manifest_id)
             .bind(now_ms()),
             UploadOutcome::RetryAt { at_ms, error } => sqlx::query(
-                "UPDATE manifests SET status = 'uploading', next_attempt_at = $2, last_error = $3 WHERE id = $1",
+                "UPDATE manifests SET next_attempt_at = $2, last_error = $3 WHERE id = $1 AND status = 'uploading'",
             )
             .bind(manifest_id)
             .bind(*at_ms)
             .bind(error.as_str()),
             UploadOutcome::Failed { error } => sqlx::query(
-                "UPDATE manifests SET status = 'failed', next_attempt_at = NULL, last_error = $2 WHERE id = $1",
+                "UPDATE manifests SET status = 'failed', next_attempt_at = NULL, last_error = $2 \
+                 WHERE id = $1 AND status = 'uploading'",
             )
             .bind(manifest_id)
             .bind(error.as_str()),
@@ -231,13 +245,26 @@ impl Store {
         Ok(())
     }
 
+    /// Sends a manifest whose file is gone back to `pending`, so the batcher
+    /// writes its file again from its (unchanged) grants.
+    pub async fn rewrite_manifest(&self, manifest_id: &str) -> Result<(), StoreError> {
+        let _guard = self.write_lock().await;
+        sqlx::query("UPDATE manifests SET status = 'pending' WHERE id = $1 AND status = 'uploading'")
+            .bind(manifest_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Queues a failed manifest for upload again (same id, same users).
     /// Returns false when no failed manifest has that id.
     pub async fn retry_manifest(&self, manifest_id: &str) -> Result<bool, StoreError> {
         let done = {
             let _guard = self.write_lock().await;
+            // Attempts start again from 0, so the backoff does too.
             sqlx::query(
-                "UPDATE manifests SET status = 'written', next_attempt_at = NULL WHERE id = $1 AND status = 'failed'",
+                "UPDATE manifests SET status = 'written', attempts = 0, next_attempt_at = NULL \
+                 WHERE id = $1 AND status = 'failed'",
             )
             .bind(manifest_id)
             .execute(&self.pool)
@@ -319,10 +346,15 @@ async fn assign_grants(
         }
         added += q.execute(&mut **tx).await?.rows_affected();
     }
-    sqlx::query("UPDATE manifests SET users = users + $2 WHERE id = $1 AND status = 'pending'")
+    let counted = sqlx::query("UPDATE manifests SET users = users + $2 WHERE id = $1 AND status = 'pending'")
         .bind(manifest_id)
         .bind(added as i64)
         .execute(&mut **tx)
-        .await?;
+        .await?
+        .rows_affected();
+    // A manifest past `pending` has its file, and maybe Twitch has it: its users never change.
+    if counted != 1 {
+        return Err(StoreError::Invariant(format!("manifest {manifest_id} is not pending; its grants are fixed")));
+    }
     Ok(())
 }

@@ -39,7 +39,7 @@ use inbox::InboxWriter;
 pub use inbox::InsertOutcome;
 pub use manifests::{status as manifest_status, ManifestRow, UnbatchedGrant, UploadOutcome};
 pub use signals::Signals;
-pub use sinks::{SinkBacklog, SinkGrant};
+pub use sinks::SinkBacklog;
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 static SQLITE_INBOX_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite-inbox");
@@ -67,6 +67,9 @@ pub enum StoreError {
     Encode(String),
     #[error("the inbox writer has stopped")]
     WriterStopped,
+    /// A write that would break one of the store's promises, refused.
+    #[error("refused: {0}")]
+    Invariant(String),
     #[error("{0}")]
     Shared(std::sync::Arc<StoreError>),
 }

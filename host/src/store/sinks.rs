@@ -3,25 +3,9 @@
 //! cursor moves past it, so a crash in between delivers that batch again
 //! (the sink deduplicates by each grant's idempotency key).
 
-use super::{Store, StoreError};
+use super::grants::GRANT_COLUMNS;
+use super::{GrantRow, Store, StoreError};
 use crate::domain::now_ms;
-
-/// A grant as a sink receives it.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct SinkGrant {
-    pub id: i64,
-    pub campaign_id: String,
-    pub reward_id: String,
-    pub user_id: String,
-    pub grant_key: String,
-    pub broadcaster_id: String,
-    pub game: String,
-    pub client_id: String,
-    pub reason: String,
-    pub campaign_revision: String,
-    pub plugin_hash: String,
-    pub created_at: i64,
-}
 
 /// A sink's progress, for the API and metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,15 +28,12 @@ impl Store {
     }
 
     /// Up to `limit` grants after `after`, in id order.
-    pub async fn grants_for_sink(&self, after: i64, limit: u32) -> Result<Vec<SinkGrant>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT id, campaign_id, reward_id, user_id, grant_key, broadcaster_id, game, client_id, reason, \
-             campaign_revision, plugin_hash, created_at FROM grants WHERE id > $1 ORDER BY id LIMIT $2",
-        )
-        .bind(after)
-        .bind(limit as i64)
-        .fetch_all(&self.pool)
-        .await?)
+    pub async fn grants_for_sink(&self, after: i64, limit: u32) -> Result<Vec<GrantRow>, StoreError> {
+        Ok(sqlx::query_as(&format!("SELECT {GRANT_COLUMNS} FROM grants WHERE id > $1 ORDER BY id LIMIT $2"))
+            .bind(after)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     /// Records that `sink` acknowledged every grant through `through`.
