@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, Admin, AppState, Health};
 use crate::config::Settings;
+use crate::delivery::nats::NatsSink;
 use crate::delivery::webhook::WebhookSink;
 use crate::delivery::{sink, Backoff, TwitchClient, Uploader};
 use crate::engine::{Engine, EngineOptions, PausedCampaigns};
@@ -102,6 +103,12 @@ impl RunningHost {
             let backoff = Backoff { initial_ms: webhook.retry_initial_ms, max_secs: webhook.retry_max_secs };
             let sink = WebhookSink::new(webhook)?;
             tracing::info!(url = %crate::secrets::redact_url(&webhook.url), "grants go to the webhook sink");
+            sink_tasks.push(tokio::spawn(sink::run(sink, store.clone(), backoff, sink_stop.clone())));
+        }
+        if let Some(nats) = &settings.sink.nats {
+            let backoff = Backoff { initial_ms: nats.retry_initial_ms, max_secs: nats.retry_max_secs };
+            let sink = NatsSink::connect(nats).await?;
+            tracing::info!(subject = %nats.subject, "grants go to the NATS JetStream sink");
             sink_tasks.push(tokio::spawn(sink::run(sink, store.clone(), backoff, sink_stop.clone())));
         }
         let uploader_stop = CancellationToken::new();

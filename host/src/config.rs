@@ -177,6 +177,30 @@ impl Default for TwitchSettings {
 pub struct SinkSettings {
     /// POST every grant, in batches, to the studio's HTTP endpoint.
     pub webhook: Option<WebhookSettings>,
+    /// Publish every grant to a NATS JetStream stream.
+    pub nats: Option<NatsSettings>,
+}
+
+/// The NATS JetStream sink: one message per grant, `Nats-Msg-Id` its idempotency key.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsSettings {
+    /// The server, `nats://host:port`.
+    pub url: String,
+    /// The subject grants are published to; a stream must capture it.
+    pub subject: String,
+    /// Most grants published before their acknowledgements are awaited.
+    #[serde(default = "defaults::webhook_batch")]
+    pub max_batch: u32,
+    /// JetStream must acknowledge a publish within this.
+    #[serde(default = "defaults::webhook_timeout")]
+    pub ack_timeout_secs: u64,
+    /// First wait after a failed batch; doubled per failure, with jitter.
+    #[serde(default = "defaults::retry_initial_ms")]
+    pub retry_initial_ms: u64,
+    /// Longest wait between attempts of a failing batch.
+    #[serde(default = "defaults::retry_max_secs")]
+    pub retry_max_secs: u64,
 }
 
 /// The webhook sink: signed JSON batches, retried until the endpoint answers 2xx.
@@ -212,6 +236,17 @@ impl std::fmt::Debug for WebhookSettings {
             .field("retry_initial_ms", &self.retry_initial_ms)
             .field("retry_max_secs", &self.retry_max_secs)
             .finish()
+    }
+}
+
+impl std::fmt::Debug for NatsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsSettings")
+            .field("url", &crate::secrets::redact_url(&self.url))
+            .field("subject", &self.subject)
+            .field("max_batch", &self.max_batch)
+            .field("ack_timeout_secs", &self.ack_timeout_secs)
+            .finish_non_exhaustive()
     }
 }
 
@@ -581,6 +616,22 @@ impl Settings {
             in_range("sink.webhook.request_timeout_secs", w.request_timeout_secs, 1, 600)?;
             in_range("sink.webhook.retry_initial_ms", w.retry_initial_ms, 1, 3_600_000)?;
             in_range("sink.webhook.retry_max_secs", w.retry_max_secs, 1, 86_400)?;
+        }
+        if let Some(n) = &self.sink.nats {
+            if !(n.url.starts_with("nats://") || n.url.starts_with("tls://")) || n.url.len() > 1024 {
+                return invalid("sink.nats.url", "must be a nats:// or tls:// URL");
+            }
+            let subject_ok = !n.subject.is_empty()
+                && n.subject.len() <= 256
+                && n.subject.split('.').all(|t| !t.is_empty() && t != "*" && t != ">")
+                && !n.subject.chars().any(|c| c.is_whitespace() || c.is_control());
+            if !subject_ok {
+                return invalid("sink.nats.subject", "must be a NATS subject without wildcards or spaces");
+            }
+            in_range("sink.nats.max_batch", n.max_batch.into(), 1, 10_000)?;
+            in_range("sink.nats.ack_timeout_secs", n.ack_timeout_secs, 1, 600)?;
+            in_range("sink.nats.retry_initial_ms", n.retry_initial_ms, 1, 3_600_000)?;
+            in_range("sink.nats.retry_max_secs", n.retry_max_secs, 1, 86_400)?;
         }
         in_range("engine.checkpoint_interval_secs", self.engine.checkpoint_interval_secs, 1, 3600)?;
         in_range("engine.batch_events", self.engine.batch_events.into(), 1, 100_000)?;

@@ -504,3 +504,74 @@ async fn a_manifest_file_lost_before_its_upload_is_rebuilt_and_sent_under_its_id
         assert_eq!(users_of(&f.puts[0].1), viewers);
     });
 }
+
+/// The NATS server these machines run, or None (with a notice) outside CI when none answers.
+async fn nats_or_skip() -> Option<async_nats::Client> {
+    match async_nats::connect("127.0.0.1:4222").await {
+        Ok(client) => Some(client),
+        Err(e) if std::env::var_os("CI").is_none() => {
+            eprintln!("SKIPPED: NATS JetStream test: no server at 127.0.0.1:4222 ({e})");
+            None
+        }
+        Err(e) => panic!("NATS at 127.0.0.1:4222 is required in CI: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn jetstream_stores_each_grant_once_even_when_the_cursor_is_lost() {
+    use async_nats::jetstream;
+    let Some(client) = nats_or_skip().await else { return };
+    let js = jetstream::new(client);
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let (name, subject) = (format!("DROPS_E2E_{tag}"), format!("drops-e2e.{tag}"));
+    let mut stream = js
+        .create_stream(jetstream::stream::Config {
+            name: name.clone(),
+            subjects: vec![subject.clone()],
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let campaigns = vec![("camp-a".to_string(), tiers_campaign("camp-a", "GameName", WINDOW, &[], &[(1, "badge")]))];
+    let extra_toml = format!(
+        "[sink.nats]\nurl = \"nats://127.0.0.1:4222\"\nsubject = \"{subject}\"\nmax_batch = 2\nretry_initial_ms = 50\nretry_max_secs = 1\n"
+    );
+    let config = HostConfig { campaigns, extra_toml, ..Default::default() };
+    let mut host = TestHost::spawn(Backend::Sqlite, config).await.unwrap();
+    let viewers: Vec<String> = (0..5).map(|i| format!("viewer-{i}")).collect();
+    watch(&host, "h-1", &viewers).await;
+    let grants = host.wait_for_grants(5).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stream.info().await.unwrap().state.messages < 5 {
+        assert!(Instant::now() < deadline, "JetStream has not got every grant; log:\n{}", host.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The worst case for exactly-once: every grant was stored, then the cursor is lost (a crash
+    // between the acknowledgements and their record). Everything is published again.
+    host.stop();
+    let pool = crate::helpers::open_database(&host.database_url).await;
+    sqlx::query("UPDATE sink_cursors SET delivered_through = 0 WHERE sink = 'nats'").execute(&pool).await.unwrap();
+    pool.close().await;
+    host.restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = host.get_text("/metrics").await;
+        if metrics.contains("drops_sink_grants_delivered_total{sink=\"nats\"} 5") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the re-send did not finish; log:\n{}", host.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(stream.info().await.unwrap().state.messages, 5, "JetStream dropped every re-sent grant by its id");
+    let mut ids = BTreeSet::new();
+    for seq in 1..=5 {
+        let message = stream.get_raw_message(seq).await.unwrap();
+        let grant: Value = serde_json::from_slice(&message.payload).unwrap();
+        let msg_id = message.headers.get(async_nats::header::NATS_MESSAGE_ID).map(|v| v.as_str().to_string());
+        assert_eq!(msg_id.as_deref(), grant["idempotency_key"].as_str(), "Nats-Msg-Id is the grant's key");
+        ids.insert(grant["id"].as_i64().unwrap());
+    }
+    assert_eq!(ids, grants.iter().map(|g| g["id"].as_i64().unwrap()).collect::<BTreeSet<_>>());
+    js.delete_stream(&name).await.unwrap();
+}

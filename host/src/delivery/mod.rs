@@ -2,8 +2,9 @@
 //! (`upload`, through `twitch`), each under the id it was created with, so a
 //! retry or a restart can only ever re-send the same users under the same id;
 //! and every grant told to the studio's own entitlement systems (`sink`, with
-//! `webhook`), in grant order, each under an idempotency key of its own.
+//! `webhook`, `nats`), in grant order, each under an idempotency key of its own.
 
+pub mod nats;
 pub mod sink;
 pub mod twitch;
 pub mod upload;

@@ -13,8 +13,8 @@
 //! instead.
 //!
 //! A sink is anything that can take a batch and say it has it: the webhook
-//! (`webhook.rs`) today; a message broker (NATS JetStream with a message id
-//! per grant, RabbitMQ with publisher confirms) fits the same [`Sink`] trait.
+//! (`webhook.rs`) and NATS JetStream (`nats.rs`, a message id per grant);
+//! RabbitMQ with publisher confirms would fit the same [`Sink`] trait.
 
 use std::future::Future;
 use std::sync::Arc;
