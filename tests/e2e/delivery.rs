@@ -274,6 +274,20 @@ async fn a_refused_manifest_fails_alone_and_is_sent_again_on_request() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(failed["last_error"].as_str().unwrap().contains("HTTP 400"), "{failed}");
+    // Grants by where their delivery stands, and the filters' refusals naming the field.
+    let of_failed = host.admin_get("/grants?delivery=failed").await;
+    assert_eq!(of_failed.as_array().unwrap().len(), 2, "{of_failed}");
+    assert!(of_failed.as_array().unwrap().iter().all(|g| g["manifest_id"] == failed["id"]));
+    for (query, field) in [
+        ("delivery=lost", "delivery"),
+        ("since=yesterday", "since"),
+        ("colour=red", ""),
+        ("since=2026-11-02T00:00:00Z&until=2026-11-01T00:00:00Z", "until"),
+    ] {
+        let (status, body) = host.admin_send(reqwest::Method::GET, &format!("/grants?{query}"), vec![]).await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert!(body["error"].as_str().unwrap().contains(field), "{query}: {body}");
+    }
     assert_eq!(host.admin_get("/manifests?status=failed").await.as_array().unwrap().len(), 1);
     let (status, body) = host.admin_send(reqwest::Method::GET, "/manifests?status=lost", vec![]).await;
     assert_eq!((status, body["field"].as_str()), (400, Some("status")), "{body}");

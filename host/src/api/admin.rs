@@ -74,6 +74,15 @@ async fn grants(
     State(app): State<Arc<Admin>>,
     ApiQuery(filter): ApiQuery<GrantFilter>,
 ) -> Result<Json<Vec<GrantRow>>, ApiError> {
+    if let Some(delivery) = filter.delivery.as_deref().filter(|d| !GrantFilter::DELIVERY.contains(d)) {
+        let known = GrantFilter::DELIVERY.join(", ");
+        return Err(ApiError::bad_request("delivery", format!("`{}` is not one of {known}", delivery.escape_debug())));
+    }
+    if let (Some(since), Some(until)) = (filter.since, filter.until) {
+        if until <= since {
+            return Err(ApiError::bad_request("until", "must be after `since`"));
+        }
+    }
     app.store.list_grants(&filter).await.map(Json).map_err(ApiError::from)
 }
 

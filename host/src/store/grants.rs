@@ -31,14 +31,38 @@ pub struct GrantRow {
 pub(super) const GRANT_COLUMNS: &str = "id, campaign_id, reward_id, user_id, grant_key, broadcaster_id, game, \
      client_id, reason, campaign_revision, plugin_hash, event_minute, created_at, manifest_id";
 
-/// Which grants to list.
+/// Which grants to list (every filter optional; `after_id` + `limit` page by grant id).
 #[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct GrantFilter {
     pub campaign_id: Option<String>,
+    pub reward_id: Option<String>,
+    /// The viewer (game account id).
     pub user_id: Option<String>,
-    /// Only grants with an id above this (paging).
+    pub broadcaster_id: Option<String>,
+    /// Where the grant's delivery to Twitch stands: `unbatched` (in no
+    /// manifest yet) or its manifest's status (`uploaded`, `failed`, ...).
+    pub delivery: Option<String>,
+    /// Granted at or after this time (RFC 3339).
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub since: Option<time::OffsetDateTime>,
+    /// Granted before this time (RFC 3339).
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub until: Option<time::OffsetDateTime>,
+    /// Only grants with an id above this: pass the last id of a page to get the next.
     pub after_id: Option<i64>,
+    /// At most this many (default 10,000, at most 100,000).
     pub limit: Option<u32>,
+}
+
+impl GrantFilter {
+    /// The filter's `delivery` values.
+    pub const DELIVERY: [&'static str; 7] =
+        ["unbatched", "pending", "written", "uploading", "uploaded", "failed", "not_configured"];
+}
+
+fn ms(t: Option<time::OffsetDateTime>, default: i64) -> i64 {
+    t.map_or(default, |t| i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(default))
 }
 
 const ROWS_PER_STATEMENT: usize = 400;
@@ -87,14 +111,24 @@ impl Store {
 
     /// Lists grants in the order they were made.
     pub async fn list_grants(&self, filter: &GrantFilter) -> Result<Vec<GrantRow>, StoreError> {
+        let columns: String = GRANT_COLUMNS.split(", ").map(|c| format!("g.{c}")).collect::<Vec<_>>().join(", ");
         let rows = sqlx::query_as(&format!(
-            "SELECT {GRANT_COLUMNS} FROM grants \
-             WHERE ($1 = '' OR campaign_id = $1) AND ($2 = '' OR user_id = $2) AND id > $3 ORDER BY id LIMIT $4"
+            "SELECT {columns} FROM grants g LEFT JOIN manifests m ON m.id = g.manifest_id \
+             WHERE ($1 = '' OR g.campaign_id = $1) AND ($2 = '' OR g.user_id = $2) AND g.id > $3 \
+             AND ($5 = '' OR g.reward_id = $5) AND ($6 = '' OR g.broadcaster_id = $6) \
+             AND ($7 = '' OR ($7 = 'unbatched' AND g.manifest_id IS NULL) OR m.status = $7) \
+             AND g.created_at >= $8 AND g.created_at < $9 \
+             ORDER BY g.id LIMIT $4"
         ))
         .bind(filter.campaign_id.clone().unwrap_or_default())
         .bind(filter.user_id.clone().unwrap_or_default())
         .bind(filter.after_id.unwrap_or(0))
         .bind(filter.limit.unwrap_or(10_000).min(100_000) as i64)
+        .bind(filter.reward_id.clone().unwrap_or_default())
+        .bind(filter.broadcaster_id.clone().unwrap_or_default())
+        .bind(filter.delivery.clone().unwrap_or_default())
+        .bind(ms(filter.since, i64::MIN))
+        .bind(ms(filter.until, i64::MAX))
         .fetch_all(&self.pool)
         .await?;
         Ok(rows)

@@ -168,6 +168,20 @@ async fn grants_are_unique_by_key_and_listed_by_filter_and_page() {
         assert_eq!(page.iter().map(|g| g.id).collect::<Vec<_>>(), vec![all[2].id], "{backend}");
         let other = GrantFilter { campaign_id: Some("c-2".into()), ..Default::default() };
         assert!(store.list_grants(&other).await.unwrap().is_empty(), "{backend}");
+        let by = |f: GrantFilter| async move { store.list_grants(&f).await.unwrap().len() };
+        assert_eq!(by(GrantFilter { reward_id: Some("r-1".into()), ..Default::default() }).await, 4, "{backend}");
+        assert_eq!(by(GrantFilter { broadcaster_id: Some("b-2".into()), ..Default::default() }).await, 0, "{backend}");
+        assert_eq!(by(GrantFilter { delivery: Some("unbatched".into()), ..Default::default() }).await, 4, "{backend}");
+        let ids: Vec<i64> = all.iter().take(2).map(|g| g.id).collect();
+        let row = ManifestRow { id: "m-f".into(), status: "pending".into(), ..Default::default() };
+        store.create_manifest(&row, &ids).await.unwrap();
+        assert_eq!(by(GrantFilter { delivery: Some("pending".into()), ..Default::default() }).await, 2, "{backend}");
+        assert_eq!(by(GrantFilter { delivery: Some("unbatched".into()), ..Default::default() }).await, 2, "{backend}");
+        let now = time::OffsetDateTime::now_utc();
+        let hour = time::Duration::hours(1);
+        assert_eq!(by(GrantFilter { since: Some(now - hour), ..Default::default() }).await, 4, "{backend}");
+        assert_eq!(by(GrantFilter { since: Some(now + hour), ..Default::default() }).await, 0, "{backend}");
+        assert_eq!(by(GrantFilter { until: Some(now - hour), ..Default::default() }).await, 0, "{backend}");
     }
     dbs.drop_postgres().await;
 }
