@@ -291,6 +291,11 @@ async fn a_refused_manifest_fails_alone_and_is_sent_again_on_request() {
     assert_eq!(host.admin_get("/manifests?status=failed").await.as_array().unwrap().len(), 1);
     let (status, body) = host.admin_send(reqwest::Method::GET, "/manifests?status=lost", vec![]).await;
     assert_eq!((status, body["field"].as_str()), (400, Some("status")), "{body}");
+    let (status, body) = host.admin_send(reqwest::Method::GET, "/manifests?after=nope", vec![]).await;
+    assert_eq!((status, body["field"].as_str()), (400, Some("after")), "{body}");
+    let page = host.admin_get("/manifests?limit=1").await;
+    let next = host.admin_get(&format!("/manifests?after={}", page[0]["id"].as_str().unwrap())).await;
+    assert_eq!((page.as_array().unwrap().len(), next.as_array().unwrap().len()), (1, 1), "two manifests, two pages");
     let id = failed["id"].as_str().unwrap();
     let (status, body) = host
         .admin_send(reqwest::Method::POST, &format!("/manifests/{}/retry", uploaded["id"].as_str().unwrap()), vec![])

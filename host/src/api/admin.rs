@@ -152,6 +152,10 @@ async fn get_links(
 #[serde(deny_unknown_fields)]
 struct ManifestQuery {
     status: Option<String>,
+    /// The last id of the previous page.
+    after: Option<String>,
+    /// At most this many (default 1,000, at most 10,000).
+    limit: Option<u32>,
 }
 
 async fn manifests(
@@ -162,11 +166,14 @@ async fn manifests(
         let known = manifest_status::ALL.join(", ");
         return Err(ApiError::bad_request("status", format!("`{}` is not one of {known}", status.escape_debug())));
     }
-    let mut rows = app.store.list_manifests().await.map_err(ApiError::from)?;
-    if let Some(status) = q.status.as_deref() {
-        rows.retain(|m| m.status == status);
+    if let Some(after) = q.after.as_deref() {
+        if app.store.manifest(after).await.map_err(ApiError::from)?.is_none() {
+            return Err(ApiError::bad_request("after", "no manifest has that id"));
+        }
     }
-    Ok(Json(rows))
+    let limit = q.limit.unwrap_or(1_000).clamp(1, 10_000);
+    let rows = app.store.list_manifests_page(q.status.as_deref(), q.after.as_deref(), limit).await;
+    rows.map(Json).map_err(ApiError::from)
 }
 
 /// Queues a failed manifest for upload again: same id, same users.

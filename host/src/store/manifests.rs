@@ -317,6 +317,26 @@ impl Store {
         .await
     }
 
+    /// Up to `limit` manifests, oldest first, in `status` if given, after the
+    /// manifest `after` if given (keyset paging: pass the last id of a page).
+    pub async fn list_manifests_page(
+        &self,
+        status: Option<&str>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<ManifestRow>, StoreError> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {MANIFEST_COLUMNS} FROM manifests WHERE ($1 = '' OR status = $1) AND ($2 = '' OR \
+             (created_at, id) > (SELECT created_at, id FROM manifests WHERE id = $2)) \
+             ORDER BY created_at, id LIMIT $3"
+        ))
+        .bind(status.unwrap_or_default())
+        .bind(after.unwrap_or_default())
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// Every manifest, oldest first.
     pub async fn list_manifests(&self) -> Result<Vec<ManifestRow>, StoreError> {
         self.query_manifests(&format!("SELECT {MANIFEST_COLUMNS} FROM manifests ORDER BY created_at, id")).await

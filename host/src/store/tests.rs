@@ -267,6 +267,12 @@ async fn upload_attempts_keep_the_manifest_and_count() {
         assert!(store.manifests_to_upload(i64::MAX, 10).await.unwrap().is_empty(), "{backend}");
         assert_eq!(store.queue_unconfigured_manifests().await.unwrap(), 1, "{backend}");
         assert_eq!(store.manifests_to_upload(0, 10).await.unwrap()[0].id, "m-2", "{backend}");
+        let first = store.list_manifests_page(None, None, 1).await.unwrap();
+        let rest = store.list_manifests_page(None, Some(&first[0].id), 10).await.unwrap();
+        assert_eq!((first.len(), rest.len()), (1, 1), "{backend}: pages");
+        assert_ne!(first[0].id, rest[0].id, "{backend}");
+        let uploaded = store.list_manifests_page(Some("uploaded"), None, 10).await.unwrap();
+        assert_eq!(uploaded.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), ["m-1"], "{backend}");
         let (mut counts, oldest) = store.manifest_backlog().await.unwrap();
         counts.sort();
         assert_eq!(counts, [("uploaded".to_string(), 1), ("written".to_string(), 1)], "{backend}");
