@@ -39,6 +39,9 @@ enum Fault {
     Expired,
     /// PUT: takes the whole file, then never answers.
     TakeAndHang,
+    /// 200 with a 1 MiB body: an upload-URL answer too long to read (refused, retried);
+    /// to a PUT, still a success.
+    HugeOk,
 }
 
 #[derive(Default)]
@@ -146,6 +149,7 @@ async fn upload_url(
         Some(Fault::BadRequest) => {
             return (StatusCode::BAD_REQUEST, r#"{"status":400,"message":"manifest_id is invalid"}"#).into_response()
         }
+        Some(Fault::HugeOk) => return (StatusCode::OK, vec![b' '; 1 << 20]).into_response(),
         _ => {}
     }
     // Exactly as Twitch writes it: `&` escaped as \u0026 inside the JSON string.
@@ -186,6 +190,9 @@ async fn take_file(
         _ => {}
     }
     fake.with(|f| f.accepted.push(id));
+    if fault == Some(Fault::HugeOk) {
+        return (StatusCode::OK, vec![b'x'; 1 << 20]).into_response();
+    }
     StatusCode::OK.into_response()
 }
 
@@ -229,8 +236,8 @@ fn users_of(body: &[u8]) -> Vec<String> {
 async fn a_manifest_reaches_twitch_through_every_transient_fault_under_one_id() {
     let fake = FakeTwitch::start().await;
     fake.with(|f| {
-        f.url_faults = [Fault::ServerError, Fault::Hang, Fault::RateLimited, Fault::Unauthorized].into();
-        f.put_faults = [Fault::Expired].into();
+        f.url_faults = [Fault::ServerError, Fault::Hang, Fault::HugeOk, Fault::RateLimited, Fault::Unauthorized].into();
+        f.put_faults = [Fault::Expired, Fault::HugeOk].into();
     });
     let host = host_with(&fake, &[("camp-a", "badge")], &[]).await;
     let viewers: Vec<String> = ["v1", "vé2", "日本-3"].iter().map(|s| s.to_string()).collect();
@@ -238,13 +245,14 @@ async fn a_manifest_reaches_twitch_through_every_transient_fault_under_one_id() 
     let manifests = host.wait_for_manifests_in(1, &["uploaded"]).await;
     let manifest = &manifests[0];
     let id = manifest["id"].as_str().unwrap();
-    // 500, a timeout, 429 (its reset honoured), then 401 renews the token and
-    // an expired URL is replaced within the last attempt.
-    assert_eq!(manifest["attempts"], 4, "{manifest}");
+    // 500, a timeout, an answer too long to read, 429 (its reset honoured), then 401
+    // renews the token and an expired URL is replaced within the last attempt,
+    // whose PUT is answered 200 with a long body (a success all the same).
+    assert_eq!(manifest["attempts"], 5, "{manifest}");
     assert_eq!(manifest["last_error"], Value::Null);
     fake.with(|f| {
         assert!(f.url_requests.iter().all(|m| m == id), "one manifest id on every retry: {:?}", f.url_requests);
-        assert_eq!(f.url_requests.len(), 6, "{:?}", f.url_requests);
+        assert_eq!(f.url_requests.len(), 7, "{:?}", f.url_requests);
         assert_eq!(f.tokens_issued, 2, "a 401 renews the app token");
         assert_eq!(f.accepted, [id]);
         let (_, body) = f.puts.last().unwrap();
@@ -537,31 +545,34 @@ async fn nats_or_skip() -> Option<async_nats::Client> {
 }
 
 #[tokio::test]
-async fn jetstream_stores_each_grant_once_even_when_the_cursor_is_lost() {
+async fn jetstream_stores_each_grant_once_through_failures_and_a_lost_cursor() {
     use async_nats::jetstream;
     let Some(client) = nats_or_skip().await else { return };
     let js = jetstream::new(client);
     let tag = uuid::Uuid::new_v4().simple().to_string();
     let (name, subject) = (format!("DROPS_E2E_{tag}"), format!("drops-e2e.{tag}"));
-    let mut stream = js
-        .create_stream(jetstream::stream::Config {
-            name: name.clone(),
-            subjects: vec![subject.clone()],
-            duplicate_window: Duration::from_secs(120),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let stream_config = jetstream::stream::Config {
+        name: name.clone(),
+        subjects: vec![subject.clone()],
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    };
     let campaigns = vec![("camp-a".to_string(), tiers_campaign("camp-a", "GameName", WINDOW, &[], &[(1, "badge")]))];
     let extra_toml = format!(
-        "[sink.nats]\nurl = \"nats://127.0.0.1:4222\"\nsubject = \"{subject}\"\nmax_batch = 2\nretry_initial_ms = 50\nretry_max_secs = 1\n"
+        "[sink.nats]\nurl = \"nats://127.0.0.1:4222\"\nsubject = \"{subject}\"\nmax_batch = 2\nack_timeout_secs = 1\nretry_initial_ms = 50\nretry_max_secs = 1\n"
     );
     let config = HostConfig { campaigns, extra_toml, ..Default::default() };
     let mut host = TestHost::spawn(Backend::Sqlite, config).await.unwrap();
     let viewers: Vec<String> = (0..5).map(|i| format!("viewer-{i}")).collect();
     watch(&host, "h-1", &viewers).await;
     let grants = host.wait_for_grants(5).await;
+    // No stream captures the subject yet: publishes fail, and are retried until one does.
     let deadline = Instant::now() + Duration::from_secs(30);
+    while !host.get_text("/metrics").await.contains("drops_sink_failures_total{sink=\"nats\"}") {
+        assert!(Instant::now() < deadline, "no failed publish; log:\n{}", host.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut stream = js.create_stream(stream_config).await.unwrap();
     while stream.info().await.unwrap().state.messages < 5 {
         assert!(Instant::now() < deadline, "JetStream has not got every grant; log:\n{}", host.log());
         tokio::time::sleep(Duration::from_millis(50)).await;

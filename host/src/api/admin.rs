@@ -9,7 +9,6 @@ use axum::extract::{Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Serialize;
 
@@ -17,11 +16,13 @@ use super::AppState;
 use crate::config::AdminSettings;
 use crate::domain::{AccountLink, Paused};
 use crate::engine::PausedCampaigns;
-use crate::http::{ApiError, ApiQuery};
+use crate::http::{ApiError, ApiQuery, ErrorBody};
 use crate::rules::reload::Reloader;
 use crate::rules::{LoadError, RuleSet, RulesError};
 use crate::secrets::same_secret;
 use crate::store::{manifest_status, GrantFilter, GrantRow, ManifestRow, PluginVersion, RuleHistoryEntry, Store};
+use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 /// What the admin handlers need.
 pub struct Admin {
@@ -38,20 +39,54 @@ pub struct Admin {
 const MAX_PLUGIN_BYTES: usize = 32 << 20;
 /// Largest bulk link upload (about half a million links).
 const MAX_LINKS_BYTES: usize = 64 << 20;
-/// The admin routes, behind the bearer token.
+/// The admin routes, behind the bearer token. Every route is registered
+/// together with its OpenAPI description (`utoipa-axum`'s `routes!`), so the
+/// document cannot miss one.
 pub fn router(state: Arc<Admin>) -> Router<AppState> {
-    Router::new()
-        .route("/grants", get(grants))
-        .route("/manifests", get(manifests))
-        .route("/manifests/{id}/retry", post(retry_manifest))
-        .route("/campaigns", get(campaigns))
-        .route("/campaigns/{id}/history", get(campaign_history))
-        .route("/plugins", get(plugins))
-        .route("/plugins/{name}", put(upload_plugin).layer(DefaultBodyLimit::max(MAX_PLUGIN_BYTES)))
-        .route("/plugins/{name}/versions", get(plugin_versions))
-        .route("/plugins/{name}/rollback", post(rollback_plugin))
-        .route("/links", put(put_links).get(get_links).layer(DefaultBodyLimit::max(MAX_LINKS_BYTES)))
-        .route_layer(middleware::from_fn_with_state(state, require_token))
+    let (router, _) = documented_routes().split_for_parts();
+    router.route_layer(middleware::from_fn_with_state(state, require_token))
+}
+
+fn documented_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(AdminApi::openapi())
+        .routes(routes!(grants))
+        .routes(routes!(manifests))
+        .routes(routes!(retry_manifest))
+        .routes(routes!(campaigns))
+        .routes(routes!(campaign_history))
+        .routes(routes!(plugins))
+        .routes(routes!(plugin_versions))
+        .routes(routes!(rollback_plugin))
+        .merge(OpenApiRouter::new().routes(routes!(upload_plugin)).layer(DefaultBodyLimit::max(MAX_PLUGIN_BYTES)))
+        .merge(OpenApiRouter::new().routes(routes!(put_links, get_links)).layer(DefaultBodyLimit::max(MAX_LINKS_BYTES)))
+}
+
+/// The OpenAPI 3.1 document of `/v1`, generated from the handlers and their types.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (_, mut doc) = documented_routes().split_for_parts();
+    // The routes are nested under /v1 by `api::router`.
+    let paths = std::mem::take(&mut doc.paths.paths);
+    doc.paths.paths = paths.into_iter().map(|(path, item)| (format!("/v1{path}"), item)).collect();
+    doc
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "drops-host admin API", description = "Grants, manifests and their delivery, campaigns, plugins and account links. Every route needs `Authorization: Bearer <admin.token>`; every error answers `{\"error\", \"field\"?}`."),
+    modifiers(&BearerToken),
+    security(("admin_token" = []))
+)]
+struct AdminApi;
+
+struct BearerToken;
+
+impl utoipa::Modify for BearerToken {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = doc.components.get_or_insert_with(Default::default);
+        let scheme = HttpBuilder::new().scheme(HttpAuthScheme::Bearer).description(Some("admin.token")).build();
+        components.add_security_scheme("admin_token", SecurityScheme::Http(scheme));
+    }
 }
 
 async fn require_token(State(app): State<Arc<Admin>>, request: Request, next: Next) -> Result<Response, ApiError> {
@@ -70,6 +105,12 @@ async fn require_token(State(app): State<Arc<Admin>>, request: Request, next: Ne
     Ok(next.run(request).await)
 }
 
+/// Grants in the order they were made, filtered and paged.
+#[utoipa::path(get, path = "/grants", tag = "grants", params(GrantFilter), responses(
+    (status = 200, description = "grants, oldest first", body = [GrantRow]),
+    (status = 400, description = "an unknown filter or value, named in `field`", body = ErrorBody),
+    (status = 401, description = "missing or wrong admin token", body = ErrorBody),
+    (status = 503, description = "storage unavailable", body = ErrorBody)))]
 async fn grants(
     State(app): State<Arc<Admin>>,
     ApiQuery(filter): ApiQuery<GrantFilter>,
@@ -86,12 +127,20 @@ async fn grants(
     app.store.list_grants(&filter).await.map(Json).map_err(ApiError::from)
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct Linked {
     linked: u64,
 }
 
-/// `PUT /v1/links`: registers one link or a JSON array of them, all or none.
+/// Registers one link or a JSON array of them, all or none.
+#[utoipa::path(put, path = "/links", tag = "links",
+    request_body(content = Vec<AccountLink>, description = "one link object, or an array of them"),
+    responses(
+        (status = 200, description = "how many links were stored", body = Linked),
+        (status = 400, description = "not JSON, or a link is malformed (named in `field`)", body = ErrorBody),
+        (status = 401, description = "missing or wrong admin token", body = ErrorBody),
+        (status = 413, description = "larger than 64 MiB"),
+        (status = 503, description = "storage unavailable", body = ErrorBody)))]
 async fn put_links(State(app): State<Arc<Admin>>, body: Bytes) -> Result<Json<Linked>, ApiError> {
     let links = parse_links(&body)?;
     let linked = app.store.put_links(&links).await?;
@@ -128,14 +177,20 @@ fn parse_links(body: &[u8]) -> Result<Vec<AccountLink>, ApiError> {
     Ok(links)
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct LinkQuery {
     twitch_user_id: Option<String>,
     game_account_id: Option<String>,
     limit: Option<u32>,
 }
 
-/// `GET /v1/links?twitch_user_id=...` (or `game_account_id`, or neither for all, `limit` up to 10,000).
+/// Links by `twitch_user_id` or `game_account_id`, or all (`limit` up to 10,000).
+#[utoipa::path(get, path = "/links", tag = "links", params(LinkQuery), responses(
+    (status = 200, description = "the links", body = [AccountLink]),
+    (status = 400, description = "a malformed query, named in `field`", body = ErrorBody),
+    (status = 401, description = "missing or wrong admin token", body = ErrorBody),
+    (status = 503, description = "storage unavailable", body = ErrorBody)))]
 async fn get_links(
     State(app): State<Arc<Admin>>,
     ApiQuery(q): ApiQuery<LinkQuery>,
@@ -148,8 +203,9 @@ async fn get_links(
         .map_err(ApiError::from)
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ManifestQuery {
     status: Option<String>,
     /// The last id of the previous page.
@@ -158,6 +214,12 @@ struct ManifestQuery {
     limit: Option<u32>,
 }
 
+/// Manifests, oldest first, with where their upload to Twitch stands.
+#[utoipa::path(get, path = "/manifests", tag = "manifests", params(ManifestQuery), responses(
+    (status = 200, description = "manifests", body = [ManifestRow]),
+    (status = 400, description = "an unknown status, filter or `after`, named in `field`", body = ErrorBody),
+    (status = 401, description = "missing or wrong admin token", body = ErrorBody),
+    (status = 503, description = "storage unavailable", body = ErrorBody)))]
 async fn manifests(
     State(app): State<Arc<Admin>>,
     ApiQuery(q): ApiQuery<ManifestQuery>,
@@ -177,6 +239,14 @@ async fn manifests(
 }
 
 /// Queues a failed manifest for upload again: same id, same users.
+#[utoipa::path(post, path = "/manifests/{id}/retry", tag = "manifests",
+    params(("id" = String, Path, description = "the manifest id")),
+    responses(
+        (status = 200, description = "the manifest, queued", body = ManifestRow),
+        (status = 401, description = "missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "no manifest has that id", body = ErrorBody),
+        (status = 409, description = "the manifest is not failed", body = ErrorBody),
+        (status = 503, description = "storage unavailable", body = ErrorBody)))]
 async fn retry_manifest(State(app): State<Arc<Admin>>, Path(id): Path<String>) -> Result<Json<ManifestRow>, ApiError> {
     if app.store.retry_manifest(&id).await.map_err(ApiError::from)? {
         tracing::info!(manifest = %id, "manifest queued for upload again by the admin API");
@@ -192,7 +262,7 @@ async fn retry_manifest(State(app): State<Arc<Admin>>, Path(id): Path<String>) -
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct CampaignView {
     id: String,
     name: String,
@@ -203,15 +273,22 @@ struct CampaignView {
     plugin_hash: String,
     enabled: bool,
     /// Set while the circuit breaker holds the campaign.
+    #[schema(value_type = Option<Object>)]
     paused: Option<Paused>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct CampaignsView {
     campaigns: Vec<CampaignView>,
+    /// Files that failed to load, with the reason.
+    #[schema(value_type = Vec<Object>)]
     errors: Vec<LoadError>,
 }
 
+/// Campaigns in force, and files that failed to load.
+#[utoipa::path(get, path = "/campaigns", tag = "campaigns", responses(
+    (status = 200, description = "campaigns and load errors", body = CampaignsView),
+    (status = 401, description = "missing or wrong admin token", body = ErrorBody)))]
 async fn campaigns(State(app): State<Arc<Admin>>) -> Json<CampaignsView> {
     let rules = app.rules.load();
     let paused = app.paused.load();
@@ -233,6 +310,14 @@ async fn campaigns(State(app): State<Arc<Admin>>) -> Json<CampaignsView> {
     Json(CampaignsView { campaigns, errors: rules.errors().to_vec() })
 }
 
+/// Which campaign revision ran with which plugin version, from when.
+#[utoipa::path(get, path = "/campaigns/{id}/history", tag = "campaigns",
+    params(("id" = String, Path, description = "the campaign id")),
+    responses(
+        (status = 200, description = "the history, oldest first", body = [RuleHistoryEntry]),
+        (status = 401, description = "missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "no such campaign has run here", body = ErrorBody),
+        (status = 503, description = "storage unavailable", body = ErrorBody)))]
 async fn campaign_history(
     State(app): State<Arc<Admin>>,
     Path(id): Path<String>,
@@ -244,13 +329,17 @@ async fn campaign_history(
     Ok(Json(history))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct PluginView {
     name: String,
     hash: String,
     campaigns: Vec<String>,
 }
 
+/// Plugins in force and the campaigns using them.
+#[utoipa::path(get, path = "/plugins", tag = "plugins", responses(
+    (status = 200, description = "plugins", body = [PluginView]),
+    (status = 401, description = "missing or wrong admin token", body = ErrorBody)))]
 async fn plugins(State(app): State<Arc<Admin>>) -> Json<Vec<PluginView>> {
     let rules = app.rules.load();
     let mut list: Vec<PluginView> = rules
@@ -282,13 +371,25 @@ fn check_name(name: &str) -> Result<(), ApiError> {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct Installed {
     name: String,
     hash: String,
     serving: bool,
 }
 
+/// Uploads a plugin version; answers once it serves.
+#[utoipa::path(put, path = "/plugins/{name}", tag = "plugins",
+    params(("name" = String, Path, description = "1-64 of a-z, 0-9, - and _")),
+    request_body(content = Vec<u8>, content_type = "application/wasm", description = "the .wasm bytes"),
+    responses(
+        (status = 200, description = "installed and serving", body = Installed),
+        (status = 400, description = "a bad name or an empty body, named in `field`", body = ErrorBody),
+        (status = 401, description = "missing or wrong admin token", body = ErrorBody),
+        (status = 413, description = "larger than 32 MiB"),
+        (status = 422, description = "the plugin does not load or validate", body = ErrorBody),
+        (status = 500, description = "the host failed to store or compile it", body = ErrorBody),
+        (status = 503, description = "shutting down, or storage unavailable", body = ErrorBody)))]
 async fn upload_plugin(
     State(app): State<Arc<Admin>>,
     Path(name): Path<String>,
@@ -303,13 +404,22 @@ async fn upload_plugin(
     Ok(Json(Installed { name, hash: hash.0, serving: true }))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct VersionView {
     #[serde(flatten)]
     version: PluginVersion,
     serving: bool,
 }
 
+/// Every version of a plugin served here, and which one serves now.
+#[utoipa::path(get, path = "/plugins/{name}/versions", tag = "plugins",
+    params(("name" = String, Path, description = "the plugin name")),
+    responses(
+        (status = 200, description = "versions, oldest first", body = [VersionView]),
+        (status = 400, description = "a bad name", body = ErrorBody),
+        (status = 401, description = "missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "no such plugin was loaded here", body = ErrorBody),
+        (status = 503, description = "storage unavailable", body = ErrorBody)))]
 async fn plugin_versions(
     State(app): State<Arc<Admin>>,
     Path(name): Path<String>,
@@ -328,12 +438,23 @@ async fn plugin_versions(
     ))
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, ToSchema)]
 struct RollbackRequest {
     hash: String,
 }
 
 /// Puts an earlier version of a plugin back in force, for every campaign that uses it.
+#[utoipa::path(post, path = "/plugins/{name}/rollback", tag = "plugins",
+    params(("name" = String, Path, description = "the plugin name")),
+    request_body = RollbackRequest,
+    responses(
+        (status = 200, description = "the version serves again", body = Installed),
+        (status = 400, description = "a bad name or body", body = ErrorBody),
+        (status = 401, description = "missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "the plugin has no such version", body = ErrorBody),
+        (status = 422, description = "the version no longer validates", body = ErrorBody),
+        (status = 500, description = "the host failed to install it", body = ErrorBody),
+        (status = 503, description = "shutting down, or storage unavailable", body = ErrorBody)))]
 async fn rollback_plugin(
     State(app): State<Arc<Admin>>,
     Path(name): Path<String>,
@@ -360,5 +481,44 @@ fn install_error(field: &str, e: RulesError) -> ApiError {
         e if e.is_refusal() => ApiError::unprocessable(field, e.to_string()),
         RulesError::Task(join) if join.is_cancelled() => ApiError::unavailable(join),
         e => ApiError::internal(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_document_describes_every_route_with_its_auth_and_errors() {
+        let doc = openapi();
+        let json = serde_json::to_value(&doc).unwrap();
+        assert_eq!(json["openapi"], "3.1.0");
+        assert_eq!(json["security"], serde_json::json!([{"admin_token": []}]));
+        let mut operations = Vec::new();
+        for (path, item) in json["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                assert!(op["responses"]["401"].is_object(), "{method} {path} documents 401");
+                operations.push(format!("{} {path}", method.to_uppercase()));
+            }
+        }
+        operations.sort();
+        assert_eq!(
+            operations,
+            [
+                "GET /v1/campaigns",
+                "GET /v1/campaigns/{id}/history",
+                "GET /v1/grants",
+                "GET /v1/links",
+                "GET /v1/manifests",
+                "GET /v1/plugins",
+                "GET /v1/plugins/{name}/versions",
+                "POST /v1/manifests/{id}/retry",
+                "POST /v1/plugins/{name}/rollback",
+                "PUT /v1/links",
+                "PUT /v1/plugins/{name}",
+            ]
+        );
+        assert!(json["components"]["schemas"]["GrantRow"].is_object());
+        assert!(json["components"]["schemas"]["ErrorBody"].is_object());
     }
 }

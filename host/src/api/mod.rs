@@ -56,6 +56,8 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        // The document of /v1 is public: it holds no data, and tools read it before they have a token.
+        .route("/v1/openapi.json", get(openapi))
         .nest("/v1", admin::router(state.admin.clone()))
         // The default span names the whole URI, and with it the VHS path token.
         .layer(TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
@@ -83,6 +85,12 @@ async fn metrics(State(health): State<Arc<Health>>) -> impl IntoResponse {
         Some(handle) => (StatusCode::OK, handle.render()),
         None => (StatusCode::NOT_FOUND, "metrics are not enabled in this process".to_string()),
     }
+}
+
+/// The admin API's OpenAPI 3.1 document, built once.
+async fn openapi() -> axum::Json<&'static utoipa::openapi::OpenApi> {
+    static DOC: std::sync::LazyLock<utoipa::openapi::OpenApi> = std::sync::LazyLock::new(admin::openapi);
+    axum::Json(&DOC)
 }
 
 #[cfg(test)]

@@ -39,6 +39,16 @@ pub struct ApiError {
     pub retry_after_secs: Option<u64>,
 }
 
+/// The body of every error answer, as the OpenAPI document describes it.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // Describes `Body` for the document; never built.
+pub struct ErrorBody {
+    /// What went wrong, naming the field when one is to blame.
+    error: String,
+    /// The field to blame (`status`, `[2].time`, `body`), when there is one.
+    field: Option<String>,
+}
+
 #[derive(Serialize)]
 struct Body<'a> {
     error: &'a str,

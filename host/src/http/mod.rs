@@ -4,4 +4,4 @@
 pub mod error;
 pub mod server;
 
-pub use error::{json_field, ApiError, ApiQuery};
+pub use error::{json_field, ApiError, ApiQuery, ErrorBody};

@@ -6,7 +6,7 @@ use super::{values_placeholders, Store, StoreError};
 use crate::domain::{now_ms, NewGrant};
 
 /// A stored grant.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, sqlx::FromRow, utoipa::ToSchema)]
 pub struct GrantRow {
     pub id: i64,
     pub campaign_id: String,
@@ -32,8 +32,9 @@ pub(super) const GRANT_COLUMNS: &str = "id, campaign_id, reward_id, user_id, gra
      client_id, reason, campaign_revision, plugin_hash, event_minute, created_at, manifest_id";
 
 /// Which grants to list (every filter optional; `after_id` + `limit` page by grant id).
-#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[derive(Debug, Default, Clone, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct GrantFilter {
     pub campaign_id: Option<String>,
     pub reward_id: Option<String>,
@@ -45,9 +46,11 @@ pub struct GrantFilter {
     pub delivery: Option<String>,
     /// Granted at or after this time (RFC 3339).
     #[serde(default, with = "time::serde::rfc3339::option")]
+    #[param(value_type = Option<String>, format = DateTime)]
     pub since: Option<time::OffsetDateTime>,
     /// Granted before this time (RFC 3339).
     #[serde(default, with = "time::serde::rfc3339::option")]
+    #[param(value_type = Option<String>, format = DateTime)]
     pub until: Option<time::OffsetDateTime>,
     /// Only grants with an id above this: pass the last id of a page to get the next.
     pub after_id: Option<i64>,

@@ -5,7 +5,7 @@ use crate::domain::now_ms;
 use serde::Serialize;
 
 /// A stored plugin version (without its bytes).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, sqlx::FromRow, utoipa::ToSchema)]
 pub struct PluginVersion {
     pub name: String,
     pub hash: String,
@@ -14,7 +14,7 @@ pub struct PluginVersion {
 }
 
 /// One entry of a campaign's history.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, sqlx::FromRow, utoipa::ToSchema)]
 pub struct RuleHistoryEntry {
     pub campaign_id: String,
     pub campaign_revision: String,

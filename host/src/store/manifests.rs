@@ -21,7 +21,7 @@ pub struct UnbatchedGrant {
 }
 
 /// A manifest as recorded in the database: what it holds and how its delivery goes.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq, sqlx::FromRow, utoipa::ToSchema)]
 pub struct ManifestRow {
     pub id: String,
     pub campaign_id: String,
