@@ -190,10 +190,10 @@ pub struct NatsSettings {
     /// The subject grants are published to; a stream must capture it.
     pub subject: String,
     /// Most grants published before their acknowledgements are awaited.
-    #[serde(default = "defaults::webhook_batch")]
+    #[serde(default = "defaults::sink_batch")]
     pub max_batch: u32,
     /// JetStream must acknowledge a publish within this.
-    #[serde(default = "defaults::webhook_timeout")]
+    #[serde(default = "defaults::sink_timeout_secs")]
     pub ack_timeout_secs: u64,
     /// First wait after a failed batch; doubled per failure, with jitter.
     #[serde(default = "defaults::retry_initial_ms")]
@@ -213,10 +213,10 @@ pub struct WebhookSettings {
     #[serde(default, deserialize_with = "secret_text")]
     pub secret: Option<String>,
     /// Most grants in one POST.
-    #[serde(default = "defaults::webhook_batch")]
+    #[serde(default = "defaults::sink_batch")]
     pub max_batch: u32,
     /// The endpoint must answer within this.
-    #[serde(default = "defaults::webhook_timeout")]
+    #[serde(default = "defaults::sink_timeout_secs")]
     pub request_timeout_secs: u64,
     /// First wait after a failed POST; doubled per failure, with jitter.
     #[serde(default = "defaults::retry_initial_ms")]
@@ -251,10 +251,10 @@ impl std::fmt::Debug for NatsSettings {
 }
 
 mod defaults {
-    pub fn webhook_batch() -> u32 {
+    pub fn sink_batch() -> u32 {
         500
     }
-    pub fn webhook_timeout() -> u64 {
+    pub fn sink_timeout_secs() -> u64 {
         10
     }
     pub fn retry_initial_ms() -> u64 {

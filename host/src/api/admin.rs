@@ -85,6 +85,14 @@ async fn openapi_document() {}
 )]
 struct AdminApi;
 
+/// The answer every route behind the token may give; in each route's responses.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // Describes `require_token`'s refusal; never built.
+enum TokenRefused {
+    #[response(status = 401, description = "missing or wrong admin token")]
+    Unauthorized(ErrorBody),
+}
+
 struct BearerToken;
 
 impl utoipa::Modify for BearerToken {
@@ -116,7 +124,7 @@ async fn require_token(State(app): State<Arc<Admin>>, request: Request, next: Ne
 #[utoipa::path(get, path = "/grants", tag = "grants", params(GrantFilter), responses(
     (status = 200, description = "grants, oldest first", body = [GrantRow]),
     (status = 400, description = "an unknown filter or value, named in `field`", body = ErrorBody),
-    (status = 401, description = "missing or wrong admin token", body = ErrorBody),
+    TokenRefused,
     (status = 503, description = "storage unavailable", body = ErrorBody)))]
 async fn grants(
     State(app): State<Arc<Admin>>,
@@ -145,7 +153,7 @@ struct Linked {
     responses(
         (status = 200, description = "how many links were stored", body = Linked),
         (status = 400, description = "not JSON, or a link is malformed (named in `field`)", body = ErrorBody),
-        (status = 401, description = "missing or wrong admin token", body = ErrorBody),
+        TokenRefused,
         (status = 413, description = "larger than 64 MiB"),
         (status = 503, description = "storage unavailable", body = ErrorBody)))]
 async fn put_links(State(app): State<Arc<Admin>>, body: Bytes) -> Result<Json<Linked>, ApiError> {
@@ -196,7 +204,7 @@ struct LinkQuery {
 #[utoipa::path(get, path = "/links", tag = "links", params(LinkQuery), responses(
     (status = 200, description = "the links", body = [AccountLink]),
     (status = 400, description = "a malformed query, named in `field`", body = ErrorBody),
-    (status = 401, description = "missing or wrong admin token", body = ErrorBody),
+    TokenRefused,
     (status = 503, description = "storage unavailable", body = ErrorBody)))]
 async fn get_links(
     State(app): State<Arc<Admin>>,
@@ -225,7 +233,7 @@ struct ManifestQuery {
 #[utoipa::path(get, path = "/manifests", tag = "manifests", params(ManifestQuery), responses(
     (status = 200, description = "manifests", body = [ManifestRow]),
     (status = 400, description = "an unknown status, filter or `after`, named in `field`", body = ErrorBody),
-    (status = 401, description = "missing or wrong admin token", body = ErrorBody),
+    TokenRefused,
     (status = 503, description = "storage unavailable", body = ErrorBody)))]
 async fn manifests(
     State(app): State<Arc<Admin>>,
@@ -250,7 +258,7 @@ async fn manifests(
     params(("id" = String, Path, description = "the manifest id")),
     responses(
         (status = 200, description = "the manifest, queued", body = ManifestRow),
-        (status = 401, description = "missing or wrong admin token", body = ErrorBody),
+        TokenRefused,
         (status = 404, description = "no manifest has that id", body = ErrorBody),
         (status = 409, description = "the manifest is not failed", body = ErrorBody),
         (status = 503, description = "storage unavailable", body = ErrorBody)))]
@@ -295,7 +303,7 @@ struct CampaignsView {
 /// Campaigns in force, and files that failed to load.
 #[utoipa::path(get, path = "/campaigns", tag = "campaigns", responses(
     (status = 200, description = "campaigns and load errors", body = CampaignsView),
-    (status = 401, description = "missing or wrong admin token", body = ErrorBody)))]
+    TokenRefused))]
 async fn campaigns(State(app): State<Arc<Admin>>) -> Json<CampaignsView> {
     let rules = app.rules.load();
     let paused = app.paused.load();
@@ -322,7 +330,7 @@ async fn campaigns(State(app): State<Arc<Admin>>) -> Json<CampaignsView> {
     params(("id" = String, Path, description = "the campaign id")),
     responses(
         (status = 200, description = "the history, oldest first", body = [RuleHistoryEntry]),
-        (status = 401, description = "missing or wrong admin token", body = ErrorBody),
+        TokenRefused,
         (status = 404, description = "no such campaign has run here", body = ErrorBody),
         (status = 503, description = "storage unavailable", body = ErrorBody)))]
 async fn campaign_history(
@@ -346,7 +354,7 @@ struct PluginView {
 /// Plugins in force and the campaigns using them.
 #[utoipa::path(get, path = "/plugins", tag = "plugins", responses(
     (status = 200, description = "plugins", body = [PluginView]),
-    (status = 401, description = "missing or wrong admin token", body = ErrorBody)))]
+    TokenRefused))]
 async fn plugins(State(app): State<Arc<Admin>>) -> Json<Vec<PluginView>> {
     let rules = app.rules.load();
     let mut list: Vec<PluginView> = rules
@@ -392,7 +400,7 @@ struct Installed {
     responses(
         (status = 200, description = "installed and serving", body = Installed),
         (status = 400, description = "a bad name or an empty body, named in `field`", body = ErrorBody),
-        (status = 401, description = "missing or wrong admin token", body = ErrorBody),
+        TokenRefused,
         (status = 413, description = "larger than 32 MiB"),
         (status = 422, description = "the plugin does not load or validate", body = ErrorBody),
         (status = 500, description = "the host failed to store or compile it", body = ErrorBody),
@@ -424,7 +432,7 @@ struct VersionView {
     responses(
         (status = 200, description = "versions, oldest first", body = [VersionView]),
         (status = 400, description = "a bad name", body = ErrorBody),
-        (status = 401, description = "missing or wrong admin token", body = ErrorBody),
+        TokenRefused,
         (status = 404, description = "no such plugin was loaded here", body = ErrorBody),
         (status = 503, description = "storage unavailable", body = ErrorBody)))]
 async fn plugin_versions(
@@ -457,7 +465,7 @@ struct RollbackRequest {
     responses(
         (status = 200, description = "the version serves again", body = Installed),
         (status = 400, description = "a bad name or body", body = ErrorBody),
-        (status = 401, description = "missing or wrong admin token", body = ErrorBody),
+        TokenRefused,
         (status = 404, description = "the plugin has no such version", body = ErrorBody),
         (status = 422, description = "the version no longer validates", body = ErrorBody),
         (status = 500, description = "the host failed to install it", body = ErrorBody),

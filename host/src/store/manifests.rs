@@ -137,14 +137,6 @@ impl Store {
         Ok(())
     }
 
-    /// The users of a manifest, in grant order.
-    pub async fn manifest_users(&self, manifest_id: &str) -> Result<Vec<String>, StoreError> {
-        Ok(sqlx::query_scalar("SELECT user_id FROM grants WHERE manifest_id = $1 ORDER BY id")
-            .bind(manifest_id)
-            .fetch_all(&self.pool)
-            .await?)
-    }
-
     /// Up to `limit` users of a manifest after grant `after` (exclusive), in
     /// grant order, with their grant ids: a manifest of millions is read in pages.
     pub async fn manifest_users_page(
