@@ -14,20 +14,23 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, Admin, AppState, Health};
+use crate::cancel::either;
+use crate::cluster::{Cluster, Role, RoleEnd, RoleRun};
 use crate::config::Settings;
 use crate::delivery::nats::NatsSink;
 use crate::delivery::webhook::WebhookSink;
 use crate::delivery::{sink, Backoff, TwitchClient, Uploader};
-use crate::engine::{Engine, EngineOptions, PausedCampaigns};
+use crate::engine::{Engine, EngineError, EngineOptions, PausedCampaigns};
 use crate::health::Liveness;
 use crate::http::{self, server::ServerLimits};
 use crate::ingest::e2::E2Hub;
 use crate::ingest::vhs::VhsIngest;
 use crate::manifests::Batcher;
 use crate::plugins::PluginRuntime;
+use crate::rules::mirror::RulesMirror;
 use crate::rules::reload::{record_history, Reloader};
 use crate::rules::RuleSet;
-use crate::store::Store;
+use crate::store::{PartitionKey, Store, StoreError};
 
 /// A running host.
 pub struct RunningHost {
@@ -48,6 +51,20 @@ impl RunningHost {
         store.migrate().await?;
         let runtime =
             Arc::new(PluginRuntime::new(settings.plugins.clone())?.with_cache(&settings.data_dir.join("plugin-cache")));
+        let host_id = settings.cluster.host_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+        // Several hosts serve the database's rules: bring the directory in step before loading it.
+        let mirror = match settings.cluster.enabled {
+            true => Some(Arc::new(
+                RulesMirror::start(
+                    store.clone(),
+                    settings.rules_dir.clone(),
+                    host_id.clone(),
+                    settings.cluster.publish_rules,
+                )
+                .await?,
+            )),
+            false => None,
+        };
         let rules = {
             let (dir, runtime) = (settings.rules_dir.clone(), runtime.clone());
             tokio::task::spawn_blocking(move || RuleSet::load(&dir, &runtime)).await?
@@ -75,20 +92,50 @@ impl RunningHost {
                 rules: rules.clone(),
                 reloader: reloader.clone(),
                 paused: paused.clone(),
+                lease_ttl_ms: settings.cluster.lease_ttl_ms,
             }),
             health: Arc::new(Health { store: store.clone(), liveness: liveness.clone(), metrics: metrics.clone() }),
         };
 
-        let (engine_stop, batcher_stop) = (CancellationToken::new(), CancellationToken::new());
         let options = EngineOptions::from_settings(&settings);
-        let engine = Engine::new(store.clone(), rules.clone(), runtime.clone(), options, paused);
+        let engine = Arc::new(Engine::new(store.clone(), rules.clone(), runtime.clone(), options, paused));
         let twitch = TwitchClient::new(&settings.twitch)?;
         if twitch.is_none() {
             tracing::warn!("twitch.client_id and twitch.client_secret are not set: manifests are written, not uploaded (not_configured)");
         }
-        let batcher =
-            Batcher::new(store.clone(), settings.manifest_dir(), settings.manifests.clone(), twitch.is_some());
-        let engine_task = tokio::spawn(supervise_engine(engine, engine_stop.clone(), liveness, stop.clone()));
+        let partitions = store.engine_partitions(settings.cluster.engine_partitions).await?;
+        let mut roles: Vec<Role> =
+            (0..partitions).map(|index| engine_role(engine.clone(), index, partitions)).collect();
+        roles.push(manifests_role(store.clone(), &settings));
+        if let Some(webhook) = &settings.sink.webhook {
+            let backoff = Backoff { initial_ms: webhook.retry_initial_ms, max_secs: webhook.retry_max_secs };
+            WebhookSink::new(webhook)?;
+            tracing::info!(url = %crate::secrets::redact_url(&webhook.url), "grants go to the webhook sink");
+            let (webhook, store) = (webhook.clone(), store.clone());
+            roles.push(Role::new("sink/webhook", false, move |run: RoleRun| {
+                let (sink, store) = (WebhookSink::new(&webhook), store.clone());
+                async move {
+                    match sink {
+                        Ok(sink) => sink::run(sink, store, backoff, either(run.stop, run.handover)).await,
+                        Err(e) => return RoleEnd::Fatal(e.into()),
+                    }
+                    RoleEnd::Done
+                }
+            }));
+        }
+        if let Some(nats) = &settings.sink.nats {
+            let backoff = Backoff { initial_ms: nats.retry_initial_ms, max_secs: nats.retry_max_secs };
+            let sink = NatsSink::connect(nats).await?;
+            tracing::info!(subject = %nats.subject, "grants go to the NATS JetStream sink");
+            let store = store.clone();
+            roles.push(Role::new("sink/nats", false, move |run: RoleRun| {
+                let (sink, store) = (sink.clone(), store.clone());
+                async move {
+                    sink::run(sink, store, backoff, either(run.stop, run.handover)).await;
+                    RoleEnd::Done
+                }
+            }));
+        }
         let reload_stop = stop.clone();
         match reloader.watch() {
             Ok(watch) => {
@@ -96,26 +143,31 @@ impl RunningHost {
             }
             Err(e) => tracing::error!("rules hot reload is off: cannot watch the rules directory: {e}"),
         }
-        let batcher_task = tokio::spawn(batcher.run(batcher_stop.clone()));
-        let sink_stop = CancellationToken::new();
-        let mut sink_tasks = Vec::new();
-        if let Some(webhook) = &settings.sink.webhook {
-            let backoff = Backoff { initial_ms: webhook.retry_initial_ms, max_secs: webhook.retry_max_secs };
-            let sink = WebhookSink::new(webhook)?;
-            tracing::info!(url = %crate::secrets::redact_url(&webhook.url), "grants go to the webhook sink");
-            sink_tasks.push(tokio::spawn(sink::run(sink, store.clone(), backoff, sink_stop.clone())));
+        store.listen_to_other_hosts(stop.clone());
+        if let Some(mirror) = mirror {
+            let _ = reloader.mirror.set(mirror.clone());
+            tokio::spawn(mirror.run(reloader.clone(), stop.clone()));
         }
-        if let Some(nats) = &settings.sink.nats {
-            let backoff = Backoff { initial_ms: nats.retry_initial_ms, max_secs: nats.retry_max_secs };
-            let sink = NatsSink::connect(nats).await?;
-            tracing::info!(subject = %nats.subject, "grants go to the NATS JetStream sink");
-            sink_tasks.push(tokio::spawn(sink::run(sink, store.clone(), backoff, sink_stop.clone())));
-        }
-        let uploader_stop = CancellationToken::new();
-        let uploader_task = twitch.map(|client| {
-            let uploader = Uploader::new(store.clone(), client, settings.twitch.clone());
-            tokio::spawn(uploader.run(uploader_stop.clone()))
-        });
+        tracing::info!(host = %host_id, partitions, cluster = settings.cluster.enabled, "taking leases");
+        let cluster = Cluster::new(
+            store.clone(),
+            host_id,
+            addr.to_string(),
+            settings.cluster.lease_ttl_ms,
+            !settings.cluster.enabled,
+            roles,
+        );
+        let cluster_stop = CancellationToken::new();
+        let (fatal_liveness, fatal_stop) = (liveness.clone(), stop.clone());
+        let cluster_task = tokio::spawn(cluster.run(cluster_stop.clone(), move |error: anyhow::Error| {
+            // Ingest must stop acknowledging what nobody will judge: the host
+            // is marked stopped and shuts down, so the process exits non-zero
+            // after draining and a supervisor restarts it.
+            metrics::counter!("drops_engine_stopped_total").increment(1);
+            tracing::error!("{error:#}; refusing new events and shutting down");
+            fatal_liveness.stop(format!("{error:#}"));
+            fatal_stop.cancel();
+        }));
         if let Some(handle) = metrics {
             let stop = stop.clone();
             tokio::spawn(async move {
@@ -132,7 +184,7 @@ impl RunningHost {
             shutdown_timeout: Duration::from_secs(settings.http.shutdown_timeout_secs),
         };
         let server = http::server::serve(listener, api::router(state), limits.clone(), stop.clone());
-        let task_store = store.clone();
+        let (task_store, fatal) = (store.clone(), liveness.clone());
         let task = tokio::spawn(async move {
             server.await;
             // Game servers were told to reconnect; wait (boundedly) for their last messages to be stored.
@@ -143,22 +195,13 @@ impl RunningHost {
                     limits.shutdown_timeout
                 );
             }
-            tracing::info!("HTTP stopped; draining the engine");
-            engine_stop.cancel();
-            let engine = engine_task.await;
-            batcher_stop.cancel();
-            let _ = batcher_task.await;
-            // Uploads in flight are cut off: they go again, same manifest id, at the next start.
-            uploader_stop.cancel();
-            sink_stop.cancel();
-            if let Some(uploader) = uploader_task {
-                let _ = uploader.await;
-            }
-            for task in sink_tasks {
-                let _ = task.await;
-            }
+            tracing::info!("HTTP stopped; draining the engine, then flushing manifests and sinks");
+            cluster_stop.cancel();
+            let _ = cluster_task.await;
             task_store.close().await;
-            engine??;
+            if let Some(reason) = fatal.stopped() {
+                return Err(anyhow!("stopped: {reason}"));
+            }
             tracing::info!("shut down cleanly");
             Ok(())
         });
@@ -182,25 +225,53 @@ impl RunningHost {
     }
 }
 
-/// Runs the engine. If it stops before it was asked to (a corrupt inbox row,
-/// a panic), ingest must stop acknowledging what nobody will judge: the host
-/// is marked stopped and shuts down, so the process exits non-zero after
-/// draining and a supervisor restarts it.
-async fn supervise_engine(
-    engine: Engine,
-    engine_stop: CancellationToken,
-    liveness: Arc<Liveness>,
-    host_stop: CancellationToken,
-) -> anyhow::Result<()> {
-    let outcome = match AssertUnwindSafe(engine.run(engine_stop.clone())).catch_unwind().await {
-        Ok(Ok(())) if engine_stop.is_cancelled() => return Ok(()),
-        Ok(Ok(())) => anyhow!("the engine returned before it was asked to stop"),
-        Ok(Err(e)) => anyhow!(e).context("the engine stopped"),
-        Err(_) => anyhow!("the engine panicked"),
-    };
-    metrics::counter!("drops_engine_stopped_total").increment(1);
-    tracing::error!("{outcome:#}; refusing new events and shutting down");
-    liveness.stop(format!("{outcome:#}"));
-    host_stop.cancel();
-    Err(outcome)
+/// The role of evaluating engine partition `index`.
+fn engine_role(engine: Arc<Engine>, index: u32, count: u32) -> Role {
+    Role::new(format!("engine/{index}"), true, move |run: RoleRun| {
+        let engine = engine.clone();
+        async move {
+            let key = PartitionKey { index, count, fence: Some(run.fence) };
+            let handover = run.handover.clone();
+            let ran = AssertUnwindSafe(engine.run(key, run.stop, run.handover)).catch_unwind().await;
+            match ran {
+                Ok(Ok(())) => RoleEnd::Done,
+                Ok(Err(EngineError::Store(StoreError::LeaseLost(_)))) => RoleEnd::LeaseLost,
+                // Handing over while the database is away: the successor starts from the last checkpoint.
+                Ok(Err(EngineError::Store(e))) if handover.is_cancelled() && !e.is_permanent() => {
+                    tracing::warn!(partition = index, "engine partition handed over without a last checkpoint: {e}");
+                    RoleEnd::Done
+                }
+                Ok(Err(e)) => RoleEnd::Fatal(anyhow!(e).context("the engine stopped")),
+                Err(_) => RoleEnd::Fatal(anyhow!("the engine panicked")),
+            }
+        }
+    })
+}
+
+/// The role of batching grants into manifests and uploading them: one host
+/// does both, so a manifest's file is on the host that uploads it.
+fn manifests_role(store: Arc<Store>, settings: &Settings) -> Role {
+    let (dir, manifests, twitch) = (settings.manifest_dir(), settings.manifests.clone(), settings.twitch.clone());
+    Role::new("manifests", false, move |run: RoleRun| {
+        let client = TwitchClient::new(&twitch);
+        let batcher = Batcher::new(store.clone(), dir.clone(), manifests.clone(), matches!(client, Ok(Some(_))));
+        let (store, twitch) = (store.clone(), twitch.clone());
+        async move {
+            let client = match client {
+                Ok(client) => client,
+                Err(e) => return RoleEnd::Fatal(e.into()),
+            };
+            let uploader_stop = CancellationToken::new();
+            let uploader =
+                client.map(|client| tokio::spawn(Uploader::new(store, client, twitch).run(uploader_stop.clone())));
+            // A handover stops the batcher where it is; a shutdown lets it flush first.
+            batcher.run(either(run.stop, run.handover)).await;
+            // Uploads in flight are cut off: they go again, same manifest id, at the next start.
+            uploader_stop.cancel();
+            if let Some(uploader) = uploader {
+                let _ = uploader.await;
+            }
+            RoleEnd::Done
+        }
+    })
 }

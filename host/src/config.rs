@@ -34,6 +34,38 @@ pub struct Settings {
     pub e2: E2Settings,
     pub twitch: TwitchSettings,
     pub sink: SinkSettings,
+    pub cluster: ClusterSettings,
+}
+
+/// Running several hosts on one PostgreSQL database (docs/operations.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// One of several hosts on this database: work is shared through leases
+    /// and rules through the database. Off: this host takes every lease.
+    pub enabled: bool,
+    /// This host's name in leases, logs and `/v1/cluster`; unset: a new random id per start.
+    pub host_id: Option<String>,
+    /// Campaigns are hashed over this many engine partitions, each evaluated
+    /// by one host at a time; fixed when a host first uses the database.
+    pub engine_partitions: u32,
+    /// A lease not renewed for this long is taken over by another host.
+    pub lease_ttl_ms: u64,
+    /// At start, this host's rules directory replaces the rules in the
+    /// database (set it on one host); other hosts mirror the database.
+    pub publish_rules: bool,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        ClusterSettings {
+            enabled: false,
+            host_id: None,
+            engine_partitions: 1,
+            lease_ttl_ms: 5_000,
+            publish_rules: false,
+        }
+    }
 }
 
 /// SQLite's `synchronous` pragma, as offered.
@@ -412,6 +444,7 @@ impl Default for Settings {
             e2: E2Settings::default(),
             twitch: TwitchSettings::default(),
             sink: SinkSettings::default(),
+            cluster: ClusterSettings::default(),
         }
     }
 }
@@ -633,6 +666,17 @@ impl Settings {
             in_range("sink.nats.retry_initial_ms", n.retry_initial_ms, 1, 3_600_000)?;
             in_range("sink.nats.retry_max_secs", n.retry_max_secs, 1, 86_400)?;
         }
+        let c = &self.cluster;
+        if c.enabled && !self.database_url().starts_with("postgres") {
+            return invalid("cluster.enabled", "needs a postgres:// database_url: hosts share state through it");
+        }
+        if c.host_id.as_deref().is_some_and(|id| {
+            id.is_empty() || id.len() > 128 || !id.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.:".contains(ch))
+        }) {
+            return invalid("cluster.host_id", "must be 1 to 128 characters of A-Z a-z 0-9 - _ . :");
+        }
+        in_range("cluster.engine_partitions", c.engine_partitions.into(), 1, 64)?;
+        in_range("cluster.lease_ttl_ms", c.lease_ttl_ms, 500, 600_000)?;
         in_range("engine.checkpoint_interval_secs", self.engine.checkpoint_interval_secs, 1, 3600)?;
         in_range("engine.batch_events", self.engine.batch_events.into(), 1, 100_000)?;
         in_range("engine.max_paused_backlog_events", self.engine.max_paused_backlog_events, 1, 1 << 40)?;

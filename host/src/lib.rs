@@ -21,7 +21,9 @@
 
 pub mod api;
 pub mod app;
+pub mod cancel;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod delivery;
 pub mod demo;

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::helpers::{heartbeat, tiers_campaign, Backend, HostConfig, TestHost};
 
-fn workload() -> Vec<Value> {
+pub(crate) fn workload() -> Vec<Value> {
     let mut reports = Vec::new();
     for minute in 0..30i64 {
         let t = time::OffsetDateTime::parse("2026-11-02T08:00:00Z", &time::format_description::well_known::Rfc3339)
@@ -34,7 +34,7 @@ fn workload() -> Vec<Value> {
     reports
 }
 
-fn config() -> HostConfig {
+pub(crate) fn config() -> HostConfig {
     let window = ("2026-11-02T00:00:00Z", "2026-11-03T00:00:00Z");
     // Rules' state must survive too: a daily cap of 7 on the official channel.
     let capped = format!(

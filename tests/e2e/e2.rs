@@ -12,12 +12,12 @@ use crate::helpers::{heartbeat, Backend, HostConfig, TestHost};
 
 pub(crate) type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-const E2_ALLOWLIST: &str = r#"
+pub(crate) const E2_ALLOWLIST: &str = r#"
 [e2]
 allowlist = [ { client_id = "client-e2e", game_id = "game-1" } ]
 "#;
 
-const E2_TOKENS: &str = r#"
+pub(crate) const E2_TOKENS: &str = r#"
 [[e2.tokens]]
 token = "app-token"
 kind = "app"
@@ -34,7 +34,7 @@ client_id = "client-e2e"
 expires_at = "2020-01-01T00:00:00Z"
 "#;
 
-fn boss_campaign() -> (String, String) {
+pub(crate) fn boss_campaign() -> (String, String) {
     let text = r#"
 id = "camp-boss"
 name = "Boss"

@@ -62,6 +62,10 @@ pub struct HostConfig {
     pub extra_toml: String,
     /// Environment variables of the process (for keys whose table the config file already has).
     pub env: Vec<(String, String)>,
+    /// Join this database (another host's) instead of a fresh one; it is not dropped with this host.
+    pub database_url: Option<String>,
+    /// Start with an empty rules directory (a host that mirrors the database's rules).
+    pub no_rules: bool,
 }
 
 /// A running drops-host process and its files.
@@ -71,6 +75,8 @@ pub struct TestHost {
     pub base: String,
     pub client: reqwest::Client,
     child: Child,
+    /// Drop the PostgreSQL database with this host (it created it).
+    owns_database: bool,
 }
 
 /// The example plugin, built by scripts/build-plugins.sh.
@@ -87,16 +93,22 @@ impl TestHost {
     /// Starts a host, or None when the backend is unavailable outside CI.
     pub async fn spawn(backend: Backend, config: HostConfig) -> Option<TestHost> {
         let dir = tempfile::tempdir().expect("tempdir");
-        let database_url = database_url(backend, dir.path()).await?;
+        let owns_database = config.database_url.is_none();
+        let database_url = match &config.database_url {
+            Some(url) => url.clone(),
+            None => database_url(backend, dir.path()).await?,
+        };
         let rules = dir.path().join("rules");
         std::fs::create_dir_all(rules.join("campaigns")).unwrap();
         std::fs::create_dir_all(rules.join("plugins")).unwrap();
-        std::fs::copy(plugin_path("watch-time-tiers"), rules.join("plugins/watch-time-tiers.wasm")).unwrap();
-        for name in &config.extra_plugins {
-            std::fs::copy(plugin_path(name), rules.join(format!("plugins/{name}.wasm"))).unwrap();
-        }
-        for (name, text) in &config.campaigns {
-            std::fs::write(rules.join("campaigns").join(format!("{name}.toml")), text).unwrap();
+        if !config.no_rules {
+            std::fs::copy(plugin_path("watch-time-tiers"), rules.join("plugins/watch-time-tiers.wasm")).unwrap();
+            for name in &config.extra_plugins {
+                std::fs::copy(plugin_path(name), rules.join(format!("plugins/{name}.wasm"))).unwrap();
+            }
+            for (name, text) in &config.campaigns {
+                std::fs::write(rules.join("campaigns").join(format!("{name}.toml")), text).unwrap();
+            }
         }
         let mut toml = format!(
             "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\ndatabase_url = \"{database_url}\"\nrules_dir = \"{}\"\n\
@@ -119,7 +131,7 @@ impl TestHost {
         let env: String = config.env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
         std::fs::write(dir.path().join("env"), env).unwrap();
         let (child, base) = start_process(dir.path());
-        Some(TestHost { dir, database_url, base, client: reqwest::Client::new(), child })
+        Some(TestHost { dir, database_url, base, client: reqwest::Client::new(), child, owns_database })
     }
 
     /// Kills the process with SIGKILL: no chance to flush anything.
@@ -343,7 +355,8 @@ impl Drop for TestHost {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        if let Some(name) = self.database_url.strip_prefix("postgres").and_then(|u| u.rsplit('/').next()) {
+        let owned = self.database_url.strip_prefix("postgres").filter(|_| self.owns_database);
+        if let Some(name) = owned.and_then(|u| u.rsplit('/').next()) {
             // Drop runs outside the test's runtime: a small one of its own drops the database.
             let name = name.to_string();
             let _ = std::thread::spawn(move || {

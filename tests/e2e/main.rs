@@ -1,6 +1,7 @@
 //! End-to-end tests: the real binary, real HTTP, real SQLite files and PostgreSQL databases.
 
 mod bad_input;
+mod cluster;
 mod crash;
 mod delivery;
 mod designer;

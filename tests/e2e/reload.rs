@@ -16,7 +16,7 @@ fn campaign(tiers: &[(u32, &str)]) -> String {
 }
 
 /// The same rule with a different hash: a custom section appended to the module.
-fn new_version(bytes: &[u8], tag: &str) -> Vec<u8> {
+pub(crate) fn new_version(bytes: &[u8], tag: &str) -> Vec<u8> {
     let mut out = bytes.to_vec();
     let payload = tag.as_bytes();
     out.push(0); // custom section
@@ -27,7 +27,7 @@ fn new_version(bytes: &[u8], tag: &str) -> Vec<u8> {
     out
 }
 
-fn sha(bytes: &[u8]) -> String {
+pub(crate) fn sha(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 

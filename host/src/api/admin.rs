@@ -20,7 +20,9 @@ use crate::http::{ApiError, ApiQuery, ErrorBody};
 use crate::rules::reload::Reloader;
 use crate::rules::{LoadError, RuleSet, RulesError};
 use crate::secrets::same_secret;
-use crate::store::{manifest_status, GrantFilter, GrantRow, ManifestRow, PluginVersion, RuleHistoryEntry, Store};
+use crate::store::{
+    manifest_status, GrantFilter, GrantRow, HostRow, LeaseRow, ManifestRow, PluginVersion, RuleHistoryEntry, Store,
+};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -33,6 +35,8 @@ pub struct Admin {
     pub reloader: Arc<Reloader>,
     /// Campaigns paused by their circuit breaker, as the engine last published.
     pub paused: Arc<PausedCampaigns>,
+    /// A host not seen for this long is no longer listed as up.
+    pub lease_ttl_ms: u64,
 }
 
 /// Largest plugin upload.
@@ -57,6 +61,7 @@ fn documented_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(plugins))
         .routes(routes!(plugin_versions))
         .routes(routes!(rollback_plugin))
+        .routes(routes!(cluster))
         .merge(OpenApiRouter::new().routes(routes!(upload_plugin)).layer(DefaultBodyLimit::max(MAX_PLUGIN_BYTES)))
         .merge(OpenApiRouter::new().routes(routes!(put_links, get_links)).layer(DefaultBodyLimit::max(MAX_LINKS_BYTES)))
 }
@@ -118,6 +123,26 @@ async fn require_token(State(app): State<Arc<Admin>>, request: Request, next: Ne
         return Err(ApiError::unauthorized("missing or wrong admin bearer token"));
     }
     Ok(next.run(request).await)
+}
+
+/// The hosts sharing this database and who runs what.
+#[derive(Debug, Serialize, ToSchema)]
+struct ClusterView {
+    /// Hosts that renewed their leases within a lease's lifetime.
+    hosts: Vec<HostRow>,
+    /// Every lease: engine partitions (`engine/<n>`), `manifests`, `sink/<name>`.
+    leases: Vec<LeaseRow>,
+}
+
+/// Which hosts are up and which host holds each lease (engine partitions, manifests, sinks).
+#[utoipa::path(get, path = "/cluster", tag = "cluster", responses(
+    (status = 200, description = "hosts and leases", body = ClusterView),
+    TokenRefused,
+    (status = 503, description = "storage unavailable", body = ErrorBody)))]
+async fn cluster(State(app): State<Arc<Admin>>) -> Result<Json<ClusterView>, ApiError> {
+    let hosts = app.store.live_hosts(app.lease_ttl_ms).await?;
+    let leases = app.store.leases().await?;
+    Ok(Json(ClusterView { hosts, leases }))
 }
 
 /// Grants in the order they were made, filtered and paged.
@@ -495,6 +520,7 @@ fn install_error(field: &str, e: RulesError) -> ApiError {
     match e {
         e if e.is_refusal() => ApiError::unprocessable(field, e.to_string()),
         RulesError::Task(join) if join.is_cancelled() => ApiError::unavailable(join),
+        e @ RulesError::Unpublished(_) => ApiError::unavailable(e),
         e => ApiError::internal(e),
     }
 }
@@ -523,6 +549,7 @@ mod tests {
             [
                 "GET /v1/campaigns",
                 "GET /v1/campaigns/{id}/history",
+                "GET /v1/cluster",
                 "GET /v1/grants",
                 "GET /v1/links",
                 "GET /v1/manifests",

@@ -13,6 +13,7 @@ use super::sink::{GrantBatch, Sink, SinkError};
 use crate::config::NatsSettings;
 
 /// The NATS JetStream sink.
+#[derive(Clone)]
 pub struct NatsSink {
     jetstream: jetstream::Context,
     subject: String,

@@ -13,6 +13,7 @@
 pub mod breaker;
 pub mod broadcasters;
 pub mod evaluate;
+pub mod partition;
 pub mod recording;
 pub mod state;
 pub mod task;

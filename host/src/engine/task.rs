@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
 use super::evaluate::{evaluate, evaluate_for, Evaluation};
+use super::partition::{self, RulesView};
 use super::recording::Recorder;
 use super::state::{Judgement, State};
 use super::worker::{EvalFailed, EvalThread};
@@ -18,7 +19,7 @@ use crate::config::{EngineSettings, Settings};
 use crate::domain::{Event, InboxEvent, Paused};
 use crate::plugins::PluginRuntime;
 use crate::rules::RuleSet;
-use crate::store::{CheckpointWrite, Store, StoreError, WatchTimeRows};
+use crate::store::{CheckpointWrite, PartitionKey, Store, StoreError, WatchTimeRows};
 
 /// How long an idle engine waits after a checkpoint before the next.
 const IDLE_CHECKPOINT_AFTER: Duration = Duration::from_secs(1);
@@ -79,52 +80,84 @@ impl Engine {
         Engine { store, rules, runtime, options, paused }
     }
 
-    /// Runs until `stop` is cancelled, then drains the inbox, checkpoints and returns.
-    pub async fn run(self, stop: CancellationToken) -> Result<(), EngineError> {
+    /// Evaluates the partition `key` until `stop` is cancelled (then drains
+    /// the inbox, checkpoints and returns) or `handover` is (then checkpoints
+    /// where it is and returns, so another host can take the partition).
+    pub async fn run(
+        &self,
+        key: PartitionKey,
+        stop: CancellationToken,
+        handover: CancellationToken,
+    ) -> Result<(), EngineError> {
         let worker = EvalThread::start()?;
-        let checkpoint = retry(|| self.store.load_checkpoint(), &stop).await?;
+        // Retries against an absent database give up on either.
+        let stop_or_handover = crate::cancel::either(stop.clone(), handover.clone());
+        let part = key.index.to_string();
+        let owned = key.clone();
+        let owns = move |campaign: &str| partition::owns(&owned, campaign);
+        let checkpoint = retry(|| self.store.load_checkpoint(key.index, &owns), &stop_or_handover).await?;
         let mut cursor = checkpoint.inbox_seq;
         let mut state = State::restore(checkpoint, &self.options.judgement);
-        tracing::info!(inbox_seq = cursor, paused = state.breakers.paused().len(), "engine resumed from checkpoint");
+        let mut view = RulesView::new(&key);
+        tracing::info!(
+            partition = key.index,
+            inbox_seq = cursor,
+            paused = state.breakers.paused().len(),
+            "engine resumed from checkpoint"
+        );
         let interval = Duration::from_secs(self.options.engine.checkpoint_interval_secs.max(1));
         let mut last_checkpoint = Instant::now();
         let mut checkpointed = cursor;
+        // One recording per host: the first partition writes it.
         let mut recorder = match &self.options.record_events {
-            Some(path) => Some(
+            Some(path) if key.index == 0 => Some(
                 Recorder::open(path, &self.runtime.fingerprint())
                     .map_err(|source| EngineError::Record { path: path.clone(), source })?,
             ),
-            None => None,
+            _ => None,
         };
+        let mut commits = self.store.signals().inbox_commits();
         loop {
-            state = self.resume_campaigns(&worker, state, cursor, &stop).await?;
-            self.publish_breakers(&state);
+            if handover.is_cancelled() {
+                if cursor != checkpointed {
+                    self.checkpoint(&key, &mut state, cursor, &stop_or_handover).await?;
+                }
+                self.unpublish_breakers(&owns);
+                tracing::info!(partition = key.index, inbox_seq = cursor, "engine partition handed over");
+                return Ok(());
+            }
+            let rules = view.of(self.rules.load_full());
+            state = self.resume_campaigns(&worker, &rules, state, cursor, &stop_or_handover).await?;
+            self.publish_breakers(&state, &owns);
             let events =
-                retry(|| self.store.inbox_after(cursor, self.options.engine.batch_events.max(1)), &stop).await?;
+                retry(|| self.store.inbox_after(cursor, self.options.engine.batch_events.max(1)), &stop_or_handover)
+                    .await?;
             if events.is_empty() {
                 // Idle: save progress soon, but not after every event of a
                 // trickle (each checkpoint writes every changed row).
                 let due = stop.is_cancelled() || last_checkpoint.elapsed() >= interval.min(IDLE_CHECKPOINT_AFTER);
                 if cursor != checkpointed && due {
-                    self.checkpoint(&mut state, cursor, &stop).await?;
+                    self.checkpoint(&key, &mut state, cursor, &stop_or_handover).await?;
                     checkpointed = cursor;
                     last_checkpoint = Instant::now();
                 }
                 if stop.is_cancelled() {
-                    tracing::info!(inbox_seq = cursor, "engine drained and stopped");
+                    tracing::info!(partition = key.index, inbox_seq = cursor, "engine drained and stopped");
                     return Ok(());
                 }
+                // Another host's commit arrives as a notification; polling
+                // covers one that was lost.
                 tokio::select! {
-                    _ = self.store.signals().inbox_grown() => {}
+                    _ = commits.changed() => {}
                     _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                     _ = stop.cancelled() => {}
+                    _ = handover.cancelled() => {}
                 }
                 continue;
             }
             let last = events.last().map(|e| e.seq).unwrap_or(cursor);
             let e2_arrivals: Vec<i64> =
                 events.iter().filter(|e| matches!(e.event, Event::GameState(_))).map(|e| e.received_at_ms).collect();
-            let rules = self.rules.load_full();
             let runtime = self.runtime.clone();
             let (returned, evaluation, recorder_back) = worker
                 .run(move || {
@@ -140,16 +173,16 @@ impl Engine {
                 .await?;
             state = returned;
             recorder = recorder_back;
-            self.store_grants(&evaluation, &stop).await?;
+            self.store_grants(&evaluation, &stop_or_handover).await?;
             // From a game-state message's arrival to its grants being stored.
             let now = crate::domain::now_ms();
             for arrived in e2_arrivals {
                 metrics::histogram!("drops_e2_decision_seconds").record((now - arrived).max(0) as f64 / 1000.0);
             }
             cursor = last;
-            metrics::gauge!("drops_engine_inbox_seq").set(cursor as f64);
+            metrics::gauge!("drops_engine_inbox_seq", "partition" => part.clone()).set(cursor as f64);
             if last_checkpoint.elapsed() >= interval {
-                self.checkpoint(&mut state, cursor, &stop).await?;
+                self.checkpoint(&key, &mut state, cursor, &stop_or_handover).await?;
                 checkpointed = cursor;
                 last_checkpoint = Instant::now();
             }
@@ -173,12 +206,12 @@ impl Engine {
     async fn resume_campaigns(
         &self,
         worker: &EvalThread,
+        rules: &RuleSet,
         mut state: State,
         cursor: i64,
         stop: &CancellationToken,
     ) -> Result<State, EngineError> {
-        let rules = self.rules.load_full();
-        for (id, paused) in state.breakers.resumable(&rules) {
+        for (id, paused) in state.breakers.resumable(rules) {
             state.breakers.resume(&id);
             let Some(campaign) = rules.campaign(&id).cloned() else {
                 tracing::info!(campaign = %id, "paused campaign is gone from the rules: dropped");
@@ -213,16 +246,36 @@ impl Engine {
         Ok(state)
     }
 
-    /// Makes the paused campaigns visible to the admin API and metrics.
-    fn publish_breakers(&self, state: &State) {
+    /// Makes this partition's paused campaigns visible to the admin API and metrics.
+    fn publish_breakers(&self, state: &State, owns: &impl Fn(&str) -> bool) {
         let paused = state.breakers.paused();
-        if **self.paused.load() != *paused {
-            metrics::gauge!("drops_campaigns_paused").set(paused.len() as f64);
-            self.paused.store(Arc::new(paused.clone()));
+        let current = self.paused.load();
+        let mine: BTreeMap<&String, &Paused> = current.iter().filter(|(id, _)| owns(id)).collect();
+        if mine.len() != paused.len() || paused.iter().any(|(id, p)| mine.get(id) != Some(&p)) {
+            self.paused.rcu(|all| {
+                let mut all: BTreeMap<String, Paused> =
+                    all.iter().filter(|(id, _)| !owns(id)).map(|(k, v)| (k.clone(), v.clone())).collect();
+                all.extend(paused.iter().map(|(k, v)| (k.clone(), v.clone())));
+                all
+            });
+            metrics::gauge!("drops_campaigns_paused").set(self.paused.load().len() as f64);
         }
     }
 
-    async fn checkpoint(&self, state: &mut State, cursor: i64, stop: &CancellationToken) -> Result<(), EngineError> {
+    /// This host no longer knows the partition's paused campaigns.
+    fn unpublish_breakers(&self, owns: &impl Fn(&str) -> bool) {
+        self.paused.rcu(|all| {
+            all.iter().filter(|(id, _)| !owns(id)).map(|(k, v)| (k.clone(), v.clone())).collect::<BTreeMap<_, _>>()
+        });
+    }
+
+    async fn checkpoint(
+        &self,
+        key: &PartitionKey,
+        state: &mut State,
+        cursor: i64,
+        stop: &CancellationToken,
+    ) -> Result<(), EngineError> {
         self.bound_memory(state, cursor);
         let rows = state.watch_time.dirty_rows();
         let kv = state.dirty_campaign_state();
@@ -230,6 +283,7 @@ impl Engine {
         let breakers: Vec<(String, Paused)> =
             state.breakers.paused().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let write = CheckpointWrite {
+            partition: key,
             inbox_seq: cursor,
             watch_time: &rows,
             campaign_state: &kv,

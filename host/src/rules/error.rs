@@ -30,12 +30,15 @@ pub enum RulesError {
     /// The blocking task that compiles rules failed.
     #[error("rules task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// Serving here, but not stored for the other hosts (the database is away).
+    #[error("installed on this host but not published to the others: {0}")]
+    Unpublished(String),
 }
 
 impl RulesError {
     /// Whether the error is a refusal of the input (rather than the host failing).
     pub fn is_refusal(&self) -> bool {
-        !matches!(self, RulesError::Io { .. } | RulesError::Task(_))
+        !matches!(self, RulesError::Io { .. } | RulesError::Task(_) | RulesError::Unpublished(_))
     }
 
     pub(super) fn read(path: &std::path::Path, source: std::io::Error) -> RulesError {

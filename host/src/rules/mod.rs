@@ -5,6 +5,7 @@
 
 mod campaign;
 mod error;
+pub mod mirror;
 pub mod reload;
 #[cfg(test)]
 mod tests;
@@ -125,6 +126,16 @@ impl RuleSet {
         }
         self.by_game.entry(campaign.def.game.clone()).or_default().push(self.campaigns.len());
         self.campaigns.push(campaign);
+    }
+
+    /// The same set with only the campaigns `keep` selects (an engine
+    /// partition's share); plugins and errors are kept whole.
+    pub fn only(&self, keep: impl Fn(&str) -> bool) -> RuleSet {
+        let mut set = RuleSet { plugins: self.plugins.clone(), errors: self.errors.clone(), ..RuleSet::default() };
+        for campaign in self.campaigns.iter().filter(|c| keep(&c.def.id)) {
+            set.add(campaign.clone());
+        }
+        set
     }
 
     /// The campaigns a heartbeat counts for: same game (exactly), enabled,

@@ -19,6 +19,7 @@ use notify::{Event, EventKind, RecursiveMode, Watcher as _};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
+use super::mirror::RulesMirror;
 use super::{RuleSet, RulesError};
 use crate::files::write_atomically;
 use crate::plugins::{PluginHash, PluginRuntime};
@@ -44,6 +45,11 @@ pub struct Reloader {
     /// Swapped-in sets, recorded in order by a task of their own: a reload
     /// never waits for the database (a long checkpoint holds its writer).
     history: tokio::sync::mpsc::UnboundedSender<HistoryJob>,
+    /// Counts reloads, for the rules mirror (a changed file here is published).
+    reloads: tokio::sync::watch::Sender<u64>,
+    /// Set when rules are shared with other hosts: an upload is published
+    /// before it is acknowledged.
+    pub mirror: std::sync::OnceLock<Arc<RulesMirror>>,
 }
 
 /// What the history task is asked.
@@ -70,7 +76,21 @@ impl Reloader {
                 }
             }
         });
-        Reloader { dir, runtime, rules, store, lock: Mutex::new(()), history }
+        Reloader {
+            dir,
+            runtime,
+            rules,
+            store,
+            lock: Mutex::new(()),
+            history,
+            reloads: tokio::sync::watch::Sender::new(0),
+            mirror: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// A receiver that sees every later reload (swapped or not).
+    pub fn swaps(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.reloads.subscribe()
     }
 
     /// Starts watching the rules directory. Call it before serving, so no
@@ -130,6 +150,9 @@ impl Reloader {
         .await??;
         self.reload_locked().await;
         drop(one_at_a_time);
+        if let Some(mirror) = self.mirror.get() {
+            mirror.sync().await.map_err(|e| RulesError::Unpublished(e.to_string()))?;
+        }
         // The caller lists versions and rolls back next: they must be recorded.
         let (done, recorded) = tokio::sync::oneshot::channel();
         if self.history.send(HistoryJob::Flush(done)).is_ok() {
@@ -150,6 +173,7 @@ impl Reloader {
     }
 
     async fn reload_locked(&self) {
+        self.reloads.send_modify(|n| *n = n.wrapping_add(1));
         let started = Instant::now();
         let previous = self.rules.load_full();
         let (dir, runtime, old) = (self.dir.clone(), self.runtime.clone(), previous.clone());

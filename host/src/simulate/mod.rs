@@ -25,7 +25,9 @@ use time::OffsetDateTime;
 /// Options of `drops-host simulate`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SimulateArgs {
-    /// Base URL of the host (reports go to <target>/vhs).
+    /// Base URL of the host (reports go to <target>/vhs). Several hosts
+    /// behind no load balancer: comma-separated; reports are spread over
+    /// them in turn and a retry goes to the next one, as behind a balancer.
     #[arg(long)]
     pub target: String,
     /// VHS shared secret (sent as /vhs/{token}).
@@ -116,6 +118,9 @@ pub struct SimulateReport {
     pub skipped: u64,
     pub viewer_minutes: u64,
     pub elapsed_secs: f64,
+    /// Acknowledged tries' latency in milliseconds: median and 99th percentile.
+    pub ack_p50_ms: f64,
+    pub ack_p99_ms: f64,
     /// What the game servers saw, summed.
     pub e2: GameServerReport,
     /// Boss kills the game servers published.
@@ -153,13 +158,25 @@ pub fn channel_viewers(args: &SimulateArgs) -> Vec<Vec<String>> {
         .collect()
 }
 
+impl SimulateArgs {
+    /// The hosts' base URLs (`--target`, comma-separated).
+    pub fn targets(&self) -> impl Iterator<Item = &str> {
+        self.target.split(',').map(|t| t.trim().trim_end_matches('/')).filter(|t| !t.is_empty())
+    }
+}
+
 /// Runs the simulation and prints what was sent and how the host answered.
 pub async fn run(args: &SimulateArgs) -> anyhow::Result<SimulateReport> {
     let client = reqwest::Client::builder().timeout(Duration::from_secs(args.timeout_secs)).build()?;
-    let url = match &args.token {
-        Some(token) => format!("{}/vhs/{token}", args.target.trim_end_matches('/')),
-        None => format!("{}/vhs", args.target.trim_end_matches('/')),
-    };
+    let urls: Vec<String> = args
+        .targets()
+        .map(|target| match &args.token {
+            Some(token) => format!("{target}/vhs/{token}"),
+            None => format!("{target}/vhs"),
+        })
+        .collect();
+    anyhow::ensure!(!urls.is_empty(), "--target: give at least one host URL");
+    let mut latencies_us: Vec<u64> = Vec::new();
     let start = match &args.start {
         Some(s) => OffsetDateTime::parse(s, &Rfc3339).context("--start is not an RFC 3339 time")?,
         None => OffsetDateTime::now_utc() - time::Duration::minutes(args.minutes as i64),
@@ -167,7 +184,7 @@ pub async fn run(args: &SimulateArgs) -> anyhow::Result<SimulateReport> {
     let viewers = channel_viewers(args);
     let broadcasters: Vec<String> = (0..args.channels).map(|c| format!("{}{c}", args.broadcaster_prefix)).collect();
     if let Some(admin) = &args.admin_token {
-        register_links(&client, &args.target, admin, &broadcasters).await?;
+        register_links(&client, args.targets().next().unwrap_or_default(), admin, &broadcasters).await?;
     }
     let (game_servers, servers) = start_game_servers(args, &broadcasters);
     let mut kills = vec![0u32; broadcasters.len()];
@@ -179,6 +196,7 @@ pub async fn run(args: &SimulateArgs) -> anyhow::Result<SimulateReport> {
         let minute_began = Instant::now();
         let at = (start + time::Duration::minutes(minute as i64)).format(&Rfc3339)?;
         let reports = (0..args.channels as usize).map(|c| {
+            let first = minute as usize * args.channels as usize + c;
             let report = Report {
                 broadcaster: format!("{}{c}", args.broadcaster_prefix),
                 broadcast_id: 27_388_295_120 + c as u64,
@@ -192,7 +210,7 @@ pub async fn run(args: &SimulateArgs) -> anyhow::Result<SimulateReport> {
             };
             let twice = args.redeliver_every > 0
                 && (minute as usize * args.channels as usize + c) % args.redeliver_every as usize == 0;
-            (report, twice)
+            (report, twice, first)
         });
         // Twitch stops a minute's remaining reports once one fails four times.
         let reports: Vec<_> = reports.collect();
@@ -205,7 +223,7 @@ pub async fn run(args: &SimulateArgs) -> anyhow::Result<SimulateReport> {
                 break;
             }
             let done: Vec<MinuteResult> = stream::iter(chunk)
-                .map(|(report, twice)| send_with_retries(&client, &url, report, twice))
+                .map(|(report, twice, first)| send_with_retries(&client, &urls, first, report, twice))
                 .buffer_unordered(args.concurrency.max(1))
                 .collect()
                 .await;
@@ -225,6 +243,7 @@ pub async fn run(args: &SimulateArgs) -> anyhow::Result<SimulateReport> {
             log.sync_data()?;
         }
         for r in &results {
+            latencies_us.extend(&r.latencies_us);
             line.reports += 1;
             line.tries += r.tries;
             line.accepted += r.accepted;
@@ -276,6 +295,13 @@ pub async fn run(args: &SimulateArgs) -> anyhow::Result<SimulateReport> {
         }
     }
     total.elapsed_secs = began.elapsed().as_secs_f64();
+    latencies_us.sort_unstable();
+    let percentile = |p: f64| {
+        let i = ((latencies_us.len() as f64 * p).ceil() as usize).clamp(1, latencies_us.len().max(1)) - 1;
+        latencies_us.get(i).map_or(0.0, |us| *us as f64 / 1000.0)
+    };
+    total.ack_p50_ms = percentile(0.50);
+    total.ack_p99_ms = percentile(0.99);
     if args.e2_token.is_some() {
         println!(
             "simulate: game servers sent {} E2 messages ({:.0}/s, {} boss kills): {} acknowledged, {} errors, {} reconnects, {} merged to stay within the rate limit",
@@ -289,15 +315,18 @@ pub async fn run(args: &SimulateArgs) -> anyhow::Result<SimulateReport> {
         );
     }
     println!(
-        "simulate: sent {} reports in {:.1} s ({} tries): host accepted {}, {} duplicates, {} failed; {} viewer-minutes ({:.0}/s)",
+        "simulate: sent {} reports in {:.1} s ({} tries, {:.0}/s): host accepted {}, {} duplicates, {} failed; {} viewer-minutes ({:.0}/s); acknowledged in p50 {:.2} ms, p99 {:.2} ms",
         total.reports,
         total.elapsed_secs,
         total.tries,
+        total.reports as f64 / total.elapsed_secs.max(1e-9),
         total.accepted,
         total.duplicates,
         total.failed,
         total.viewer_minutes,
-        total.viewer_minutes as f64 / total.elapsed_secs.max(1e-9)
+        total.viewer_minutes as f64 / total.elapsed_secs.max(1e-9),
+        total.ack_p50_ms,
+        total.ack_p99_ms
     );
     Ok(total)
 }
@@ -331,7 +360,8 @@ fn start_game_servers(
     broadcasters: &[String],
 ) -> (Vec<mpsc::Sender<serde_json::Value>>, Vec<tokio::task::JoinHandle<GameServerReport>>) {
     let Some(token) = &args.e2_token else { return (Vec::new(), Vec::new()) };
-    let ws_base = args.target.trim_end_matches('/').replacen("http", "ws", 1);
+    // Game servers connect to the first host (a websocket stays where it connected).
+    let ws_base = args.targets().next().unwrap_or_default().replacen("http", "ws", 1);
     broadcasters
         .iter()
         .map(|b| {
@@ -359,19 +389,34 @@ struct MinuteResult {
     viewers: u64,
     /// The report's id, once the host acknowledged it.
     acked: Option<String>,
+    /// How long each acknowledged try took, in microseconds.
+    latencies_us: Vec<u64>,
 }
 
-async fn send_with_retries(client: &reqwest::Client, url: &str, mut report: Report<'_>, twice: bool) -> MinuteResult {
+/// Sends a report (twice, when asked) until a host acknowledges it: the
+/// first try to `urls[first % n]`, each retry and repeat to the next host.
+async fn send_with_retries(
+    client: &reqwest::Client,
+    urls: &[String],
+    first: usize,
+    mut report: Report<'_>,
+    twice: bool,
+) -> MinuteResult {
     let mut result = MinuteResult { viewers: report.viewer_list.len() as u64, ..Default::default() };
     let sends = if twice { 2 } else { 1 };
+    let mut next = first;
     for _ in 0..sends {
         report.retries = 0;
         let mut delivered = false;
         for attempt in 0..4u32 {
             report.retries = attempt;
             result.tries += 1;
+            let url = &urls[next % urls.len().max(1)];
+            next += 1;
+            let sent = Instant::now();
             match client.post(url).json(&report).send().await {
                 Ok(resp) if resp.status().is_success() => {
+                    result.latencies_us.push(sent.elapsed().as_micros() as u64);
                     if let Ok(answer) = resp.json::<Answer>().await {
                         result.accepted += answer.accepted;
                         result.duplicates += answer.duplicates;

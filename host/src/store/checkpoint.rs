@@ -1,6 +1,7 @@
 //! Watch-time checkpoints: the engine's in-memory state and its inbox position,
 //! committed together so a restart resumes exactly where the state left off.
 
+use super::cluster::Fence;
 use super::encoding::decode_heartbeat;
 use super::{values_placeholders, Store, StoreError};
 use crate::domain::{now_ms, Heartbeat, Paused};
@@ -72,8 +73,27 @@ impl WatchTimeRows for Vec<WatchTimeRow> {
     }
 }
 
+/// Which engine partition a checkpoint is of, and the lease it is written under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionKey {
+    /// The partition (0-based).
+    pub index: u32,
+    /// How many there are (every partition's checkpoint is needed before the inbox is pruned).
+    pub count: u32,
+    /// The lease the engine holds the partition by; a write without it is refused.
+    pub fence: Option<Fence>,
+}
+
+impl Default for PartitionKey {
+    /// The one partition of a single engine, unfenced (tests, tools).
+    fn default() -> Self {
+        PartitionKey { index: 0, count: 1, fence: None }
+    }
+}
+
 /// What a checkpoint commits.
 pub struct CheckpointWrite<'a> {
+    pub partition: &'a PartitionKey,
     pub inbox_seq: i64,
     /// Changed watch-time rows.
     pub watch_time: &'a dyn WatchTimeRows,
@@ -92,10 +112,12 @@ pub struct CheckpointWrite<'a> {
 }
 
 static NO_ROWS: Vec<WatchTimeRow> = Vec::new();
+static ONE_PARTITION: PartitionKey = PartitionKey { index: 0, count: 1, fence: None };
 
 impl Default for CheckpointWrite<'_> {
     fn default() -> Self {
         CheckpointWrite {
+            partition: &ONE_PARTITION,
             inbox_seq: 0,
             watch_time: &NO_ROWS,
             campaign_state: &[],
@@ -111,35 +133,54 @@ impl Default for CheckpointWrite<'_> {
 const ROWS_PER_STATEMENT: usize = 1000;
 
 impl Store {
-    /// Loads the last checkpoint (empty on a new database).
-    pub async fn load_checkpoint(&self) -> Result<Checkpoint, StoreError> {
-        let seq: Option<i64> = sqlx::query_scalar("SELECT inbox_seq FROM engine_checkpoint WHERE id = 1")
+    /// Loads the last checkpoint of partition `part` (empty on a new
+    /// database): the rows of the campaigns `owns` says are in it.
+    pub async fn load_checkpoint(
+        &self,
+        part: u32,
+        owns: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<Checkpoint, StoreError> {
+        let part = i64::from(part);
+        let seq: Option<i64> = sqlx::query_scalar("SELECT inbox_seq FROM engine_checkpoint WHERE id = $1")
+            .bind(part)
             .fetch_optional(&self.pool)
             .await?;
+        // Partitions are by campaign id: every partition reads the table and
+        // keeps its own campaigns (paid once, when a partition is taken).
         let watch_time: Vec<StoredWatchTime> =
             sqlx::query_as("SELECT campaign_id, viewer_id, minutes, last_minute, recent_mask FROM watch_time")
                 .fetch_all(&self.pool)
                 .await?;
-        let campaign_state =
+        let campaign_state: Vec<(String, String, Vec<u8>)> =
             sqlx::query_as("SELECT campaign_id, key, value FROM campaign_state").fetch_all(&self.pool).await?;
         let breakers: Vec<StoredBreaker> = sqlx::query_as(
-            "SELECT campaign_id, paused_since_seq, plugin_hash, campaign_revision, reason FROM campaign_breakers",
+            "SELECT campaign_id, paused_since_seq, plugin_hash, campaign_revision, reason FROM campaign_breakers \
+             WHERE part = $1",
         )
+        .bind(part)
         .fetch_all(&self.pool)
         .await?;
-        let game_state = sqlx::query_as("SELECT broadcaster_id, twitch_user_id, state, changed_minute FROM game_state")
-            .fetch_all(&self.pool)
-            .await?;
+        let game_state = sqlx::query_as(
+            "SELECT broadcaster_id, twitch_user_id, state, changed_minute FROM game_state WHERE part = $1",
+        )
+        .bind(part)
+        .fetch_all(&self.pool)
+        .await?;
         let watchers: Vec<StoredWatcher> = sqlx::query_as(
             "SELECT w.broadcaster_id, w.inbox_seq, w.minute, i.header, i.viewers, i.received_at \
-             FROM watchers w JOIN inbox i ON i.seq = w.inbox_seq",
+             FROM watchers w JOIN inbox i ON i.seq = w.inbox_seq WHERE w.part = $1",
         )
+        .bind(part)
         .fetch_all(&self.pool)
         .await?;
         Ok(Checkpoint {
             inbox_seq: seq.unwrap_or(0),
-            watch_time: watch_time.into_iter().map(StoredWatchTime::into_row).collect(),
-            campaign_state,
+            watch_time: watch_time
+                .into_iter()
+                .filter(|row| owns(&row.campaign_id))
+                .map(StoredWatchTime::into_row)
+                .collect(),
+            campaign_state: campaign_state.into_iter().filter(|(campaign, _, _)| owns(campaign)).collect(),
             breakers: breakers.into_iter().map(StoredBreaker::into_pause).collect(),
             game_state,
             watchers: watchers.into_iter().map(StoredWatcher::decode).collect::<Result<_, _>>()?,
@@ -151,9 +192,15 @@ impl Store {
     /// (through the inbox's own writer: the inbox is not written here).
     pub async fn save_checkpoint(&self, write: &CheckpointWrite<'_>) -> Result<(), StoreError> {
         let (inbox_seq, changed, campaign_state) = (write.inbox_seq, write.watch_time, write.campaign_state);
+        let key = write.partition;
+        let part = i64::from(key.index);
         let guard = self.write_lock().await;
         let mut tx = self.pool.begin().await?;
-        let pruned: Option<i64> = sqlx::query_scalar("SELECT pruned_seq FROM engine_checkpoint WHERE id = 1")
+        if let Some(fence) = &key.fence {
+            Store::check_fence(&mut tx, fence).await?;
+        }
+        let pruned: Option<i64> = sqlx::query_scalar("SELECT pruned_seq FROM engine_checkpoint WHERE id = $1")
+            .bind(part)
             .fetch_optional(&mut *tx)
             .await?;
         let pruned = pruned.unwrap_or(0);
@@ -200,62 +247,81 @@ impl Store {
             }
             q.execute(&mut *tx).await?;
         }
-        sqlx::query("DELETE FROM campaign_breakers").execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM campaign_breakers WHERE part = $1").bind(part).execute(&mut *tx).await?;
         for (campaign, paused) in write.breakers {
             sqlx::query(
-                "INSERT INTO campaign_breakers (campaign_id, paused_since_seq, plugin_hash, campaign_revision, reason) \
-                 VALUES ($1, $2, $3, $4, $5)",
+                "INSERT INTO campaign_breakers (campaign_id, paused_since_seq, plugin_hash, campaign_revision, reason, part) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (campaign_id) DO UPDATE SET \
+                 paused_since_seq = excluded.paused_since_seq, plugin_hash = excluded.plugin_hash, \
+                 campaign_revision = excluded.campaign_revision, reason = excluded.reason, part = excluded.part",
             )
             .bind(campaign)
             .bind(paused.since_seq)
             .bind(&paused.plugin_hash)
             .bind(&paused.campaign_revision)
             .bind(&paused.reason)
+            .bind(part)
             .execute(&mut *tx)
             .await?;
         }
         for row in write.game_state {
             sqlx::query(
-                "INSERT INTO game_state (broadcaster_id, twitch_user_id, state, changed_minute) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (broadcaster_id) DO UPDATE SET twitch_user_id = excluded.twitch_user_id, \
+                "INSERT INTO game_state (broadcaster_id, twitch_user_id, state, changed_minute, part) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (part, broadcaster_id) DO UPDATE SET twitch_user_id = excluded.twitch_user_id, \
                  state = excluded.state, changed_minute = excluded.changed_minute",
             )
             .bind(&row.broadcaster_id)
             .bind(&row.twitch_user_id)
             .bind(&row.state)
             .bind(row.changed_minute as i64)
+            .bind(part)
             .execute(&mut *tx)
             .await?;
         }
         for row in write.watchers {
             sqlx::query(
-                "INSERT INTO watchers (broadcaster_id, inbox_seq, minute) VALUES ($1, $2, $3) \
-                 ON CONFLICT (broadcaster_id) DO UPDATE SET inbox_seq = excluded.inbox_seq, minute = excluded.minute",
+                "INSERT INTO watchers (broadcaster_id, inbox_seq, minute, part) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (part, broadcaster_id) DO UPDATE SET inbox_seq = excluded.inbox_seq, minute = excluded.minute",
             )
             .bind(&row.broadcaster_id)
             .bind(row.inbox_seq)
             .bind(row.minute as i64)
+            .bind(part)
             .execute(&mut *tx)
             .await?;
         }
         for broadcaster in write.watchers_gone {
-            sqlx::query("DELETE FROM watchers WHERE broadcaster_id = $1").bind(broadcaster).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM watchers WHERE part = $1 AND broadcaster_id = $2")
+                .bind(part)
+                .bind(broadcaster)
+                .execute(&mut *tx)
+                .await?;
         }
         sqlx::query(
-            "INSERT INTO engine_checkpoint (id, inbox_seq, taken_at, pruned_seq) VALUES (1, $1, $2, $3) \
+            "INSERT INTO engine_checkpoint (id, inbox_seq, taken_at, pruned_seq) VALUES ($4, $1, $2, $3) \
              ON CONFLICT (id) DO UPDATE SET inbox_seq = excluded.inbox_seq, taken_at = excluded.taken_at, \
              pruned_seq = excluded.pruned_seq",
         )
         .bind(inbox_seq)
         .bind(now_ms())
         .bind(prune_to)
+        .bind(part)
         .execute(&mut *tx)
         .await?;
+        // The inbox is shared by the partitions: only what every one of them has passed goes.
+        let (checkpoints, everyone_passed): (i64, Option<i64>) =
+            sqlx::query_as("SELECT count(*), min(pruned_seq) FROM engine_checkpoint WHERE id < $1")
+                .bind(i64::from(key.count))
+                .fetch_one(&mut *tx)
+                .await?;
         tx.commit().await?;
         drop(guard);
         // Only behind a committed checkpoint: a crash before this prunes
         // nothing, and the next checkpoint prunes what this one would have.
-        self.prune_inbox(prune_to).await
+        match everyone_passed {
+            Some(seq) if checkpoints >= i64::from(key.count) => self.prune_inbox(seq).await,
+            _ => Ok(()),
+        }
     }
 }
 

@@ -2,7 +2,10 @@
 
 use serde::Serialize;
 
-use super::{values_placeholders, Store, StoreError};
+use super::{values_placeholders, Backend, Store, StoreError};
+
+/// The PostgreSQL advisory lock that orders grant commits across hosts ("dropsgrn").
+const GRANTS_ORDER_LOCK: i64 = 0x6472_6f70_7367_726e;
 use crate::domain::{now_ms, NewGrant};
 
 /// A stored grant.
@@ -79,6 +82,12 @@ impl Store {
         }
         let _guard = self.write_lock().await;
         let mut tx = self.pool.begin().await?;
+        let shared = self.backend == Backend::Postgres;
+        if shared {
+            // Sinks walk grants by id and never go back: ids must commit in
+            // order across hosts, as inbox sequence numbers do (store/inbox.rs).
+            sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(GRANTS_ORDER_LOCK).execute(&mut *tx).await?;
+        }
         let now = now_ms();
         let mut inserted = 0;
         for chunk in grants.chunks(ROWS_PER_STATEMENT) {
@@ -106,6 +115,13 @@ impl Store {
                     .bind(now);
             }
             inserted += q.execute(&mut *tx).await?.rows_affected();
+        }
+        if shared && inserted > 0 {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(super::notify::GRANTS)
+                .bind(self.notification(inserted))
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         self.signals.grants_stored(inserted);

@@ -4,8 +4,15 @@
 //! connection (on SQLite, to its own file), so an acknowledgement never waits
 //! for the engine's checkpoints or grant writes. The writer commits whatever
 //! is waiting in one transaction: requests that arrive together share one
-//! fsync (group commit), and since it is the only writer, sequence numbers
-//! commit in order and the engine never skips one.
+//! fsync (group commit).
+//!
+//! The engine reads the inbox in sequence order and never goes back, so a
+//! sequence number must never become visible after a higher one. On SQLite
+//! this writer is the only one. On PostgreSQL several hosts write: each
+//! commit takes a transaction-scoped advisory lock before it draws its
+//! sequence numbers and holds it until it has committed, so commits (and
+//! their numbers) are serialized across hosts: when a reader sees number n,
+//! every lower number's transaction had already committed.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -30,6 +37,9 @@ const MAX_GROUP_BYTES: usize = 64 << 20;
 
 /// Rows per INSERT statement (5 parameters each, well under every backend's limit).
 const ROWS_PER_STATEMENT: usize = 1000;
+
+/// The PostgreSQL advisory lock that orders inbox commits across hosts ("dropsinb").
+const INBOX_ORDER_LOCK: i64 = 0x6472_6f70_7369_6e62;
 
 /// How a batch of heartbeats was taken.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -69,10 +79,12 @@ pub(super) struct InboxWriter {
 }
 
 impl InboxWriter {
-    /// Starts the writer task on `pool` (whose connections the task alone writes the inbox with).
-    pub(super) fn start(pool: AnyPool, signals: Arc<Signals>) -> InboxWriter {
+    /// Starts the writer task on `pool` (whose connections the task alone
+    /// writes the inbox with). `shared` is the notification payload when
+    /// other hosts write the same database (PostgreSQL).
+    pub(super) fn start(pool: AnyPool, signals: Arc<Signals>, shared: Option<String>) -> InboxWriter {
         let (queue, jobs) = mpsc::channel(QUEUE);
-        tokio::spawn(write_loop(pool, signals, jobs));
+        tokio::spawn(write_loop(pool, signals, jobs, shared));
         InboxWriter { queue }
     }
 
@@ -83,7 +95,7 @@ impl InboxWriter {
     }
 }
 
-async fn write_loop(pool: AnyPool, signals: Arc<Signals>, mut jobs: mpsc::Receiver<Job>) {
+async fn write_loop(pool: AnyPool, signals: Arc<Signals>, mut jobs: mpsc::Receiver<Job>, shared: Option<String>) {
     let mut next = None;
     loop {
         let first = match next.take() {
@@ -109,7 +121,7 @@ async fn write_loop(pool: AnyPool, signals: Arc<Signals>, mut jobs: mpsc::Receiv
         let (prunes, inserts): (Vec<Job>, Vec<Job>) = group.into_iter().partition(|j| matches!(j.work, Work::Prune(_)));
         if !inserts.is_empty() {
             let started = std::time::Instant::now();
-            let result = commit(&pool, &inserts).await;
+            let result = commit(&pool, &inserts, shared.as_deref()).await;
             metrics::histogram!("drops_inbox_commit_seconds").record(started.elapsed().as_secs_f64());
             metrics::histogram!("drops_inbox_commit_jobs").record(inserts.len() as f64);
             answer(inserts, result, &signals);
@@ -183,10 +195,12 @@ struct NewRow<'a> {
     received_at: i64,
 }
 
-/// Stores a group of jobs atomically: as one statement when the rows fit in
-/// one (autocommit: one round trip to the database and one fsync), otherwise
-/// in one transaction.
-async fn commit(pool: &AnyPool, group: &[Job]) -> Result<Vec<InsertOutcome>, StoreError> {
+/// Stores a group of jobs atomically: on a database of its own, as one
+/// statement when the rows fit in one (autocommit: one round trip to the
+/// database and one fsync), otherwise in one transaction; on a shared one,
+/// in a transaction ordered by [`INBOX_ORDER_LOCK`] that notifies the other
+/// hosts as it commits.
+async fn commit(pool: &AnyPool, group: &[Job], shared: Option<&str>) -> Result<Vec<InsertOutcome>, StoreError> {
     let now = now_ms();
     let mut rows = Vec::new();
     for job in group {
@@ -205,7 +219,19 @@ async fn commit(pool: &AnyPool, group: &[Job]) -> Result<Vec<InsertOutcome>, Sto
         }
     }
     let mut inserted = HashSet::new();
-    if rows.len() <= ROWS_PER_STATEMENT {
+    if let Some(payload) = shared {
+        let mut tx = pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1), pg_notify($2, $3)")
+            .bind(INBOX_ORDER_LOCK)
+            .bind(super::notify::INBOX)
+            .bind(payload)
+            .execute(&mut *tx)
+            .await?;
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            inserted.extend(insert(&mut *tx, chunk).await?);
+        }
+        tx.commit().await?;
+    } else if rows.len() <= ROWS_PER_STATEMENT {
         if !rows.is_empty() {
             inserted = insert(pool, &rows).await?;
         }

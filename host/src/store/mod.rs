@@ -11,12 +11,14 @@
 //! SQLite has a single writer per file anyway.
 
 mod checkpoint;
+mod cluster;
 mod encoding;
 mod grants;
 mod history;
 mod inbox;
 mod links;
 mod manifests;
+mod notify;
 mod signals;
 mod sinks;
 #[cfg(test)]
@@ -32,7 +34,10 @@ use tokio::sync::{Mutex, MutexGuard};
 
 use crate::config::SqliteSynchronous;
 
-pub use checkpoint::{Checkpoint, CheckpointWrite, GameStateRow, WatchTimeRow, WatchTimeRows, WatcherRow};
+pub use checkpoint::{
+    Checkpoint, CheckpointWrite, GameStateRow, PartitionKey, WatchTimeRow, WatchTimeRows, WatcherRow,
+};
+pub use cluster::{Fence, HostRow, LeaseRow, RuleFileChange, RuleFileRow};
 pub use grants::{GrantFilter, GrantRow};
 pub use history::{PluginVersion, RuleHistoryEntry};
 use inbox::InboxWriter;
@@ -70,6 +75,9 @@ pub enum StoreError {
     /// A write that would break one of the store's promises, refused.
     #[error("refused: {0}")]
     Invariant(String),
+    /// A fenced write by a host that no longer holds the lease.
+    #[error("lease `{0}` is held by another host now")]
+    LeaseLost(String),
     #[error("{0}")]
     Shared(std::sync::Arc<StoreError>),
 }
@@ -81,7 +89,7 @@ impl StoreError {
     /// forever while ingest keeps acknowledging.
     pub fn is_permanent(&self) -> bool {
         match self {
-            StoreError::Corrupt { .. } | StoreError::Encode(_) => true,
+            StoreError::Corrupt { .. } | StoreError::Encode(_) | StoreError::LeaseLost(_) => true,
             StoreError::Sqlx(sqlx::Error::Database(db)) => db.code().is_some_and(|c| c.starts_with("22")),
             StoreError::Shared(e) => e.is_permanent(),
             _ => false,
@@ -99,6 +107,10 @@ pub struct Store {
     inbox: InboxWriter,
     /// The inbox writer's own connection (SQLite), closed with the store.
     inbox_pool: Option<AnyPool>,
+    /// For the connection that listens to other hosts' notifications (PostgreSQL).
+    url: String,
+    /// Names this store's notifications, so it does not hear its own.
+    instance: String,
 }
 
 impl Store {
@@ -115,7 +127,8 @@ impl Store {
         if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let options = AnyConnectOptions::from_str(url)?;
             let pool = AnyPoolOptions::new().max_connections(8).connect_with(options).await?;
-            let inbox = InboxWriter::start(pool.clone(), signals.clone());
+            let instance = uuid::Uuid::new_v4().simple().to_string();
+            let inbox = InboxWriter::start(pool.clone(), signals.clone(), Some(format!("{instance} 1")));
             return Ok(Store {
                 pool,
                 backend: Backend::Postgres,
@@ -123,6 +136,8 @@ impl Store {
                 signals,
                 inbox,
                 inbox_pool: None,
+                url: url.to_string(),
+                instance,
             });
         }
         if !url.starts_with("sqlite:") {
@@ -138,7 +153,7 @@ impl Store {
         let main = SqliteSynchronous::Full;
         let pool = sqlite_pool(&files.main_url, 4, main, ("inbox_file", files.inbox_path.clone())).await?;
         let inbox_pool = sqlite_pool(&files.inbox_url, 1, synchronous, ("engine_file", files.main_path)).await?;
-        let inbox = InboxWriter::start(inbox_pool.clone(), signals.clone());
+        let inbox = InboxWriter::start(inbox_pool.clone(), signals.clone(), None);
         Ok(Store {
             pool,
             backend: Backend::Sqlite,
@@ -146,6 +161,8 @@ impl Store {
             signals,
             inbox,
             inbox_pool: Some(inbox_pool),
+            url: url.to_string(),
+            instance: uuid::Uuid::new_v4().simple().to_string(),
         })
     }
 
@@ -187,9 +204,9 @@ impl Store {
     /// backup) would number new events behind the engine's checkpoint, and the
     /// engine would never read them; numbering continues after the checkpoint.
     async fn align_sqlite_inbox_sequence(&self, inbox_pool: &AnyPool) -> Result<(), StoreError> {
-        let checkpoint: Option<i64> = sqlx::query_scalar("SELECT inbox_seq FROM engine_checkpoint WHERE id = 1")
-            .fetch_optional(&self.pool)
-            .await?;
+        // Partitions' checkpoints: numbering continues after the newest.
+        let checkpoint: Option<i64> =
+            sqlx::query_scalar("SELECT max(inbox_seq) FROM engine_checkpoint").fetch_one(&self.pool).await?;
         let Some(checkpoint) = checkpoint else { return Ok(()) };
         let last: Option<i64> = sqlx::query_scalar("SELECT max(seq) FROM inbox").fetch_one(inbox_pool).await?;
         if last.unwrap_or(0) < checkpoint {

@@ -5,27 +5,53 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
 /// The store's wake-ups.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Signals {
-    inbox: Notify,
+    /// Counts inbox commits; each engine partition watches it.
+    inbox: watch::Sender<u64>,
+    rules: Notify,
     grants: Notify,
     grants_waiting: AtomicU64,
     manifests: Notify,
     sinks: Notify,
 }
 
+impl Default for Signals {
+    fn default() -> Self {
+        Signals {
+            inbox: watch::Sender::new(0),
+            rules: Notify::new(),
+            grants: Notify::new(),
+            grants_waiting: AtomicU64::new(0),
+            manifests: Notify::new(),
+            sinks: Notify::new(),
+        }
+    }
+}
+
 impl Signals {
     /// Events were committed to the inbox.
     pub(super) fn inbox_grew(&self) {
-        self.inbox.notify_one();
+        self.inbox.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    /// Waits until events are committed to the inbox (or were since the last wait).
-    pub async fn inbox_grown(&self) {
-        self.inbox.notified().await
+    /// A receiver that sees every later commit to the inbox (`changed()`);
+    /// each engine partition holds its own.
+    pub fn inbox_commits(&self) -> watch::Receiver<u64> {
+        self.inbox.subscribe()
+    }
+
+    /// Rule files changed in the database (another host published them).
+    pub(super) fn rules_published(&self) {
+        self.rules.notify_one();
+    }
+
+    /// Waits until rule files are published by any host (or were since the last wait).
+    pub async fn rules_changed(&self) {
+        self.rules.notified().await
     }
 
     /// `n` new grants were committed.

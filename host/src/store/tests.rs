@@ -142,10 +142,12 @@ async fn the_inbox_keeps_order_and_counts_a_retry_once() {
 async fn a_commit_raises_its_signal() {
     let dbs = Databases::new().await;
     for (backend, store) in &dbs.stores {
+        let mut commits = store.signals().inbox_commits();
         store.insert_heartbeats(&[heartbeat("h-1", "b-1", &["v-1"])]).await.unwrap();
-        tokio::time::timeout(std::time::Duration::from_secs(1), store.signals().inbox_grown())
+        tokio::time::timeout(std::time::Duration::from_secs(1), commits.changed())
             .await
-            .unwrap_or_else(|_| panic!("{backend}: no inbox signal"));
+            .unwrap_or_else(|_| panic!("{backend}: no inbox signal"))
+            .unwrap();
         assert_eq!(store.insert_grants(&[grant("u-1", ""), grant("u-2", "")]).await.unwrap(), 2);
         assert_eq!(store.insert_grants(&[grant("u-1", "")]).await.unwrap(), 0, "{backend}: a repeat is no grant");
         assert_eq!(store.signals().grants_waiting(), 2, "{backend}");
@@ -349,10 +351,10 @@ async fn rule_state_is_written_and_deleted_in_batches() {
         };
         let many: &'static [_] = Box::leak(many.into_boxed_slice());
         store.save_checkpoint(&write(many)).await.unwrap();
-        assert_eq!(store.load_checkpoint().await.unwrap().campaign_state.len(), 2500, "{backend}");
+        assert_eq!(store.load_checkpoint(0, &|_| true).await.unwrap().campaign_state.len(), 2500, "{backend}");
         let gone: Vec<_> = (0..2400).map(|i| ("c-1".to_string(), format!("k{i}"), None)).collect();
         store.save_checkpoint(&write(Box::leak(gone.into_boxed_slice()))).await.unwrap();
-        let left = store.load_checkpoint().await.unwrap().campaign_state;
+        let left = store.load_checkpoint(0, &|_| true).await.unwrap().campaign_state;
         assert_eq!(left.len(), 100, "{backend}");
         assert!(left.iter().all(|(_, k, _)| k[1..].parse::<u32>().unwrap() >= 2400), "{backend}");
     }
@@ -413,7 +415,7 @@ async fn a_checkpoint_round_trips_and_prunes_what_it_passed() {
         };
         store.save_checkpoint(&write).await.unwrap();
 
-        let loaded = store.load_checkpoint().await.unwrap();
+        let loaded = store.load_checkpoint(0, &|_| true).await.unwrap();
         assert_eq!(loaded.inbox_seq, seqs[2], "{backend}");
         assert_eq!(loaded.watch_time, watch_time, "{backend}");
         assert_eq!(loaded.campaign_state, [("c-1".to_string(), "k".to_string(), vec![1, 2])], "{backend}");

@@ -1,0 +1,225 @@
+//! Rules shared through the database, for several hosts.
+//!
+//! The database holds the rule files every host serves (`rule_files`). Each
+//! host keeps its rules directory in step with it: a file changed here (an
+//! edit, an upload through this host's admin API) is published; a file
+//! changed in the database (by another host) is written here, and the
+//! ordinary reload path picks it up. Each side's change is told apart by
+//! the hash both sides last agreed on. Publishing sends `NOTIFY
+//! drops_rules`, so the other hosts mirror it at once, not at their next
+//! poll.
+//!
+//! At start one host (`cluster.publish_rules`) replaces the database's rules
+//! with its directory; every other host replaces its directory with the
+//! database's (or, before any host published, keeps its own).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use super::reload::Reloader;
+use crate::files::write_atomically;
+use crate::store::{Store, StoreError};
+
+/// A rules file larger than this is not mirrored (plugins and campaign files are far smaller).
+const MAX_RULE_FILE_BYTES: u64 = 64 << 20;
+
+/// How often the database is compared even without a notification.
+const POLL: Duration = Duration::from_secs(2);
+
+/// A failure to keep the directory and the database in step.
+#[derive(Debug, thiserror::Error)]
+pub enum MirrorError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("rules mirror: {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+/// Keeps one host's rules directory and the database's rules in step.
+pub struct RulesMirror {
+    store: Arc<Store>,
+    dir: PathBuf,
+    host: String,
+    /// Path → hash both sides last agreed on; `None` until this host first
+    /// mirrored (it waits for a publisher).
+    agreed: Mutex<Option<BTreeMap<String, String>>>,
+}
+
+impl RulesMirror {
+    /// Brings the directory and the database in step before the first load:
+    /// `publish` makes the directory the source, otherwise the database is.
+    pub async fn start(
+        store: Arc<Store>,
+        dir: PathBuf,
+        host: String,
+        publish: bool,
+    ) -> Result<RulesMirror, MirrorError> {
+        let mirror = RulesMirror { store, dir, host, agreed: Mutex::new(None) };
+        if publish {
+            let local = local_files(&mirror.dir)?;
+            let stored = mirror.stored().await?;
+            let mut changes = Vec::new();
+            for path in local.keys().chain(stored.keys()).collect::<BTreeSet<_>>() {
+                match (local.get(path), stored.get(path)) {
+                    (Some(l), Some(s)) if l == s => {}
+                    (Some(_), _) => changes.push((path.clone(), Some(mirror.read(path)?))),
+                    (None, _) => changes.push((path.clone(), None)),
+                }
+            }
+            mirror.store.publish_rule_files(&changes, &mirror.host).await?;
+            tracing::info!(files = local.len(), changed = changes.len(), dir = %mirror.dir.display(), "rules published to the database");
+            *mirror.agreed.lock().await = Some(local);
+        } else {
+            mirror.sync().await?;
+        }
+        Ok(mirror)
+    }
+
+    /// Keeps the two in step until `stop`: on another host's notification,
+    /// after this host's reloads, and every few seconds.
+    pub async fn run(self: Arc<Self>, reloader: Arc<Reloader>, stop: CancellationToken) {
+        let mut reloads = reloader.swaps();
+        loop {
+            tokio::select! {
+                _ = self.store.signals().rules_changed() => {}
+                _ = reloads.changed() => {}
+                _ = tokio::time::sleep(POLL) => {}
+                _ = stop.cancelled() => return,
+            }
+            match self.sync().await {
+                Ok(true) => reloader.reload_now().await,
+                Ok(false) => {}
+                Err(e) => tracing::warn!("rules mirror: {e}"),
+            }
+        }
+    }
+
+    /// One comparison: publishes what changed here, writes what changed in
+    /// the database. Returns whether files here were written.
+    pub async fn sync(&self) -> Result<bool, MirrorError> {
+        let mut agreed = self.agreed.lock().await;
+        let stored = self.stored().await?;
+        let local = local_files(&self.dir)?;
+        let Some(agreed) = agreed.as_mut() else {
+            if !self.store.rules_published().await? {
+                return Ok(false);
+            }
+            // First mirror: the database is the source.
+            let wrote = self.write_local(&local, &stored, stored.keys().chain(local.keys())).await?;
+            *agreed = Some(stored);
+            return Ok(wrote);
+        };
+        let mut publish = Vec::new();
+        let mut from_db = Vec::new();
+        for path in local.keys().chain(stored.keys()).chain(agreed.keys()).cloned().collect::<BTreeSet<_>>() {
+            let (l, s, a) = (local.get(&path), stored.get(&path), agreed.get(&path));
+            if l == s {
+                match l {
+                    Some(hash) => agreed.insert(path, hash.clone()),
+                    None => agreed.remove(&path),
+                };
+            } else if s == a {
+                // Changed here only.
+                publish.push((path.clone(), if l.is_some() { Some(self.read(&path)?) } else { None }));
+            } else {
+                // Changed in the database (and maybe here too: the database wins).
+                from_db.push(path);
+            }
+        }
+        if !publish.is_empty() {
+            self.store.publish_rule_files(&publish, &self.host).await?;
+            for (path, change) in &publish {
+                match change {
+                    Some((_, hash)) => agreed.insert(path.clone(), hash.clone()),
+                    None => agreed.remove(path),
+                };
+                tracing::info!(file = %path, deleted = change.is_none(), "rules file published to the other hosts");
+            }
+        }
+        let wrote = self.write_local(&local, &stored, from_db.iter()).await?;
+        for path in &from_db {
+            match stored.get(path) {
+                Some(hash) => agreed.insert(path.clone(), hash.clone()),
+                None => agreed.remove(path),
+            };
+        }
+        Ok(wrote)
+    }
+
+    /// Makes each of `paths` here what the database holds; whether any changed.
+    async fn write_local<'a>(
+        &self,
+        local: &BTreeMap<String, String>,
+        stored: &BTreeMap<String, String>,
+        paths: impl Iterator<Item = &'a String>,
+    ) -> Result<bool, MirrorError> {
+        let mut wrote = false;
+        for path in paths.collect::<BTreeSet<_>>() {
+            if local.get(path) == stored.get(path) {
+                continue;
+            }
+            let target = self.dir.join(path);
+            let io = |source| MirrorError::Io { path: target.clone(), source };
+            match self.store.rule_file(path).await? {
+                Some((bytes, _)) => {
+                    if let Some(parent) = target.parent() {
+                        std::fs::create_dir_all(parent).map_err(io)?;
+                    }
+                    write_atomically(&target, &bytes).map_err(io)?;
+                }
+                None => match std::fs::remove_file(&target) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io(e)),
+                },
+            }
+            tracing::info!(file = %path, "rules file mirrored from the database");
+            wrote = true;
+        }
+        Ok(wrote)
+    }
+
+    /// The database's rule files: path → hash.
+    async fn stored(&self) -> Result<BTreeMap<String, String>, MirrorError> {
+        Ok(self.store.rule_files().await?.into_iter().map(|f| (f.path, f.sha256)).collect())
+    }
+
+    /// A local file's bytes and hash.
+    fn read(&self, path: &str) -> Result<(Vec<u8>, String), MirrorError> {
+        let full = self.dir.join(path);
+        let bytes = std::fs::read(&full).map_err(|source| MirrorError::Io { path: full, source })?;
+        let hash = hex::encode(Sha256::digest(&bytes));
+        Ok((bytes, hash))
+    }
+}
+
+/// The rules directory's files (`campaigns/*.toml`, `plugins/*.wasm`): path → hash.
+fn local_files(dir: &Path) -> Result<BTreeMap<String, String>, MirrorError> {
+    let mut files = BTreeMap::new();
+    for (sub, ext) in [("campaigns", "toml"), ("plugins", "wasm")] {
+        let folder = dir.join(sub);
+        let entries = match std::fs::read_dir(&folder) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => return Err(MirrorError::Io { path: folder, source }),
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
+            let plain = path.extension().is_some_and(|e| e == ext) && !name.starts_with('.');
+            let small = entry.metadata().is_ok_and(|m| m.is_file() && m.len() <= MAX_RULE_FILE_BYTES);
+            if !plain || !small {
+                continue;
+            }
+            let bytes = std::fs::read(&path).map_err(|source| MirrorError::Io { path: path.clone(), source })?;
+            files.insert(format!("{sub}/{name}"), hex::encode(Sha256::digest(&bytes)));
+        }
+    }
+    Ok(files)
+}
