@@ -5,11 +5,11 @@
 # latency, and viewer-minutes per second with grants decided (from the first
 # report sent until every engine partition has evaluated the whole inbox);
 # then a plugin uploaded to one host until it serves on all three.
-# Usage: benches/cluster.sh [channels=100] [viewers=1000] [minutes=10] [campaigns=6] [concurrency=12]
+# Usage: benches/cluster.sh [channels=100] [viewers=1000] [minutes=40] [campaigns=6] [concurrency=12]
 # PostgreSQL: DROPS_TEST_POSTGRES_URL (default postgres://postgres@127.0.0.1:5432/test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-channels=${1:-100} viewers=${2:-1000} minutes=${3:-10} campaigns=${4:-6} concurrency=${5:-12}
+channels=${1:-100} viewers=${2:-1000} minutes=${3:-40} campaigns=${4:-6} concurrency=${5:-12}
 admin_url=${DROPS_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}
 partitions=6
 . benches/common.sh
@@ -17,7 +17,7 @@ bench_setup cluster
 install_plugin watch_time_tiers
 # Several campaigns, so the engine partitions have work to share.
 for i in $(seq 1 "$campaigns"); do
-  sed "s/^id = .*/id = \"bench-campaign-$i\"/" examples/rules/campaigns/summer-boss-rush.toml \
+  sed "0,/^id = .*/s//id = \"bench-campaign-$i\"/" examples/rules/campaigns/summer-boss-rush.toml \
     > "$work/rules/campaigns/bench-$i.toml"
 done
 pids=()
@@ -29,6 +29,8 @@ cleanup() {
 }
 trap cleanup EXIT
 sql() { psql "${admin_url%/*}/$1" -qAt -c "$2"; }
+# CPU seconds (user + system) used so far by the given processes.
+cpu_of() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done; echo "scale=1; $t / $(getconf CLK_TCK)" | bc; }
 
 # Starts host $2 of run $1 on database $3; appends its URL to $urls.
 start_cluster_host() {
@@ -56,17 +58,29 @@ TOML
   urls+=("$(sed -n 's/drops-host listening on //p' "$dir/stdout")")
 }
 
-for hosts in 1 3; do
+for hosts in ${HOSTS:-1 3}; do
   db="drops_bench_$(date +%s%N)"
   databases+=("$db")
   psql "$admin_url" -qAt -c "CREATE DATABASE $db" >/dev/null
   urls=()
   for h in $(seq 1 "$hosts"); do start_cluster_host "$hosts" "$h" "$db"; done
-  # Let the hosts share out the partitions (a few lease ticks).
-  sleep 4
+  # Let the hosts share out the partitions (one handover per host per lease tick).
+  for _ in $(seq 1 300); do
+    [ "$(sql "$db" "SELECT count(*) = $hosts AND sum(n) = $partitions AND max(n) <= ($partitions + $hosts - 1) / $hosts FROM (SELECT holder, count(*) AS n FROM leases WHERE name LIKE 'engine/%' AND holder IS NOT NULL GROUP BY holder) h")" = t ] && break
+    sleep 0.1
+  done
+  if [ "$(sql "$db" "SELECT count(*) FROM leases WHERE name LIKE 'engine/%' AND holder IS NOT NULL")" != "$partitions" ]; then
+    echo "partitions not all held:"; sql "$db" "SELECT name, holder, epoch FROM leases ORDER BY name"
+    grep -h cluster "$work/run$hosts"/host*/host.log | tail -20
+    exit 1
+  fi
+  [ "$(curl -s -H 'authorization: Bearer bench-token-0123456' "${urls[0]}/v1/campaigns" | grep -o '"revision"' | wc -l)" = "$campaigns" ] || { echo "campaigns did not load"; exit 1; }
   echo "== $hosts host(s), $partitions engine partitions, $campaigns campaigns: $channels channels x $viewers viewers x $minutes minutes, $concurrency in flight"
   sql "$db" "SELECT holder, count(*) FROM leases WHERE name LIKE 'engine/%' GROUP BY holder ORDER BY holder" | sed 's/^/  partitions held: /'
   target=$(IFS=,; echo "${urls[*]}")
+  run_pids=("${pids[@]: -$hosts}")
+  pg_pids=($(pgrep -x postgres || true))
+  hosts_cpu_before=$(cpu_of "${run_pids[@]}") pg_cpu_before=$(cpu_of "${pg_pids[@]}")
   start=$(date +%s.%N)
   "$bin" simulate --target "$target" --channels "$channels" --viewers "$viewers" --multi-viewers 0 \
     --minutes "$minutes" --speed 1000000 --concurrency "$concurrency" --verbose false | grep '^simulate: sent'
@@ -77,6 +91,8 @@ for hosts in 1 3; do
   done_at=$(date +%s.%N)
   viewer_minutes=$((channels * viewers * minutes))
   grants=$(sql "$db" "SELECT count(*) FROM grants")
+  pg_pids=($(pgrep -x postgres || true))
+  echo "CPU used meanwhile: drops-host $(echo "$(cpu_of "${run_pids[@]}") - $hosts_cpu_before" | bc) s (per host: $(for p in "${run_pids[@]}"; do echo -n "$(cpu_of "$p") "; done)s since start), PostgreSQL $(echo "$(cpu_of "${pg_pids[@]}") - $pg_cpu_before" | bc) s (processes alive at the end), in $(echo "$done_at - $start" | bc) s of wall time on $(nproc) cores"
   echo "evaluated by every partition $(echo "$done_at - $acked" | bc) s after the last acknowledgement; $(echo "$viewer_minutes / ($done_at - $start)" | bc) viewer-minutes/s decided end to end ($viewer_minutes viewer-minutes x $campaigns campaigns, $grants grants)"
 done
 

@@ -93,6 +93,7 @@ impl RunningHost {
                 reloader: reloader.clone(),
                 paused: paused.clone(),
                 lease_ttl_ms: settings.cluster.lease_ttl_ms,
+                cluster: settings.cluster.enabled,
             }),
             health: Arc::new(Health { store: store.clone(), liveness: liveness.clone(), metrics: metrics.clone() }),
         };

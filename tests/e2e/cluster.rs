@@ -373,6 +373,8 @@ async fn a_plugin_uploaded_to_one_host_serves_on_all_three() {
         let host = TestHost::spawn(Backend::Postgres, config(Some(database.clone()), Some((name, publish, 3)))).await;
         hosts.push(host.expect("joins the database"));
     }
+    let started = Instant::now();
+    let uploaded_deadline = || started.elapsed() < Duration::from_secs(30);
     let serving = |view: &Value| -> Option<String> {
         let campaign = view["campaigns"].as_array()?.iter().find(|c| c["id"] == "camp-crash")?;
         campaign["plugin_hash"].as_str().map(String::from)
@@ -381,6 +383,52 @@ async fn a_plugin_uploaded_to_one_host_serves_on_all_three() {
     let v1 = std::fs::read(crate::helpers::plugin_path("watch-time-tiers")).unwrap();
     for host in &hosts {
         assert_eq!(serving(&host.admin_get("/campaigns").await), Some(sha(&v1)), "{}", host.log());
+    }
+    // Hostile rows in the shared rules (the database is trusted, but bounded
+    // anyway): a path out of the rules folder, a campaign that is not UTF-8,
+    // a plugin that is not wasm; and notifications that are not ours.
+    let pool = crate::helpers::open_database(&database).await;
+    for (path, bytes) in [
+        ("../../escape.toml", b"id = \"x\"".to_vec()),
+        ("campaigns/../../escape.toml", b"id = \"x\"".to_vec()),
+        ("campaigns/not-utf8.toml", vec![0xff, 0xfe, b'i', b'd', 0xc3]),
+        ("plugins/garbage.wasm", vec![0u8; 4096]),
+    ] {
+        sqlx::query(
+            "INSERT INTO rule_files (path, bytes, sha256, updated_at, updated_by) VALUES ($1, $2, $3, 0, 'attacker')",
+        )
+        .bind(path)
+        .bind(bytes.as_slice())
+        .bind(sha(&bytes))
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    for payload in ["", "not-a-host", "x y z", "é 99999999999999999999999", "\u{0}"] {
+        let _ = sqlx::query(
+            "SELECT pg_notify('drops_rules', $1), pg_notify('drops_inbox', $1), pg_notify('drops_grants', $1)",
+        )
+        .bind(payload)
+        .execute(&pool)
+        .await;
+    }
+    pool.close().await;
+    for host in &hosts {
+        let errors = loop {
+            let view = host.admin_get("/campaigns").await;
+            let errors = view["errors"].to_string();
+            if errors.contains("not-utf8.toml") && errors.contains("garbage.wasm") {
+                break errors;
+            }
+            assert!(uploaded_deadline(), "the hostile rules never reached {}: {view}", host.base);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(!errors.contains("escape"), "{errors}");
+        // Still serving the good version; nothing written outside the rules folder.
+        assert_eq!(serving(&host.admin_get("/campaigns").await), Some(sha(&v1)));
+        let outside = [host.dir.path().join("escape.toml"), host.dir.path().parent().unwrap().join("escape.toml")];
+        assert!(outside.iter().all(|p| !p.exists()), "{outside:?}");
+        assert!(host.log().contains("not a rule file's path"), "{}", host.base);
     }
     let v2 = new_version(&v1, "cluster-v2");
     let uploaded = Instant::now();

@@ -40,6 +40,11 @@ fn empty_and_short_secrets_and_out_of_range_settings_are_refused_at_start() {
         ("", vec![("DROPS_HOST_E2__IDLE_TIMEOUT_SECS", "18446744073709551615")], "`e2.idle_timeout_secs`"),
         ("", vec![("DROPS_HOST_VHS__MAX_FUTURE_SECS", "18446744073709551615")], "`vhs.max_future_secs`"),
         ("[engine]\nbatch_events = 0\n", vec![], "`engine.batch_events` is 0; it must be from 1"),
+        // Several hosts share state through PostgreSQL only; host ids name leases and log lines.
+        ("[cluster]\nenabled = true\n", vec![], "`cluster.enabled` needs a postgres:// database_url"),
+        ("[cluster]\nhost_id = \"../../é\"\n", vec![], "`cluster.host_id` must be 1 to 128 characters"),
+        ("", vec![("DROPS_HOST_CLUSTER__ENGINE_PARTITIONS", "0")], "`cluster.engine_partitions` is 0"),
+        ("", vec![("DROPS_HOST_CLUSTER__LEASE_TTL_MS", "18446744073709551615")], "`cluster.lease_ttl_ms`"),
     ];
     for (config, env, named) in cases {
         let out = refused_start(config, &env);

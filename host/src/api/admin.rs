@@ -37,6 +37,8 @@ pub struct Admin {
     pub paused: Arc<PausedCampaigns>,
     /// A host not seen for this long is no longer listed as up.
     pub lease_ttl_ms: u64,
+    /// Other hosts evaluate some campaigns: their pauses are read from the database.
+    pub cluster: bool,
 }
 
 /// Largest plugin upload.
@@ -331,7 +333,19 @@ struct CampaignsView {
     TokenRefused))]
 async fn campaigns(State(app): State<Arc<Admin>>) -> Json<CampaignsView> {
     let rules = app.rules.load();
-    let paused = app.paused.load();
+    let mut paused = (**app.paused.load()).clone();
+    if app.cluster {
+        // Campaigns of partitions other hosts evaluate: as of their last
+        // checkpoint. This host's own knowledge is newer where it has any.
+        match app.store.paused_campaigns().await {
+            Ok(stored) => {
+                for (id, pause) in stored {
+                    paused.entry(id).or_insert(pause);
+                }
+            }
+            Err(e) => tracing::warn!("paused campaigns of other hosts not shown: {e}"),
+        }
+    }
     let campaigns = rules
         .campaigns()
         .iter()

@@ -185,9 +185,18 @@ impl RulesMirror {
         Ok(wrote)
     }
 
-    /// The database's rule files: path → hash.
+    /// The database's rule files: path → hash. A path that is not a rule
+    /// file's (`../x`, another folder) is never written here.
     async fn stored(&self) -> Result<BTreeMap<String, String>, MirrorError> {
-        Ok(self.store.rule_files().await?.into_iter().map(|f| (f.path, f.sha256)).collect())
+        let mut files = BTreeMap::new();
+        for file in self.store.rule_files().await? {
+            if rule_file_path(&file.path) {
+                files.insert(file.path, file.sha256);
+            } else {
+                tracing::warn!(path = %file.path.escape_debug(), "rules mirror: not a rule file's path; ignored");
+            }
+        }
+        Ok(files)
     }
 
     /// A local file's bytes and hash.
@@ -197,6 +206,23 @@ impl RulesMirror {
         let hash = hex::encode(Sha256::digest(&bytes));
         Ok((bytes, hash))
     }
+}
+
+/// Whether `path` names a rule file: `campaigns/<name>.toml` or
+/// `plugins/<name>.wasm`, the name of ASCII letters, digits, `-`, `_`, `.`
+/// and not starting with a dot.
+fn rule_file_path(path: &str) -> bool {
+    let Some((folder, name)) = path.split_once('/') else { return false };
+    let extension = match folder {
+        "campaigns" => ".toml",
+        "plugins" => ".wasm",
+        _ => return false,
+    };
+    name.len() > extension.len()
+        && name.len() <= 255
+        && name.ends_with(extension)
+        && !name.starts_with('.')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
 /// The rules directory's files (`campaigns/*.toml`, `plugins/*.wasm`): path → hash.
@@ -212,7 +238,7 @@ fn local_files(dir: &Path) -> Result<BTreeMap<String, String>, MirrorError> {
         for entry in entries.flatten() {
             let path = entry.path();
             let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
-            let plain = path.extension().is_some_and(|e| e == ext) && !name.starts_with('.');
+            let plain = path.extension().is_some_and(|e| e == ext) && rule_file_path(&format!("{sub}/{name}"));
             let small = entry.metadata().is_ok_and(|m| m.is_file() && m.len() <= MAX_RULE_FILE_BYTES);
             if !plain || !small {
                 continue;
@@ -222,4 +248,31 @@ fn local_files(dir: &Path) -> Result<BTreeMap<String, String>, MirrorError> {
         }
     }
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_rule_files_paths_are_mirrored() {
+        for good in ["campaigns/summer-boss-rush.toml", "plugins/watch-time-tiers.wasm", "plugins/a.b_c.wasm"] {
+            assert!(rule_file_path(good), "{good}");
+        }
+        for bad in [
+            "../etc/passwd",
+            "campaigns/../../x.toml",
+            "campaigns/.hidden.toml",
+            "campaigns/x.wasm",
+            "plugins/x.toml",
+            "plugins/.wasm",
+            "other/x.toml",
+            "campaigns/sub/x.toml",
+            "campaigns/ünï.toml",
+            "campaigns/x y.toml",
+            "campaigns/x\0.toml",
+        ] {
+            assert!(!rule_file_path(bad), "{bad}");
+        }
+    }
 }

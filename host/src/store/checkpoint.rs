@@ -187,6 +187,16 @@ impl Store {
         })
     }
 
+    /// Campaigns paused by their circuit breaker in any partition, as of each partition's last checkpoint.
+    pub async fn paused_campaigns(&self) -> Result<Vec<(String, Paused)>, StoreError> {
+        let breakers: Vec<StoredBreaker> = sqlx::query_as(
+            "SELECT campaign_id, paused_since_seq, plugin_hash, campaign_revision, reason FROM campaign_breakers",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(breakers.into_iter().map(StoredBreaker::into_pause).collect())
+    }
+
     /// Commits changed watch-time rows and the inbox position in one
     /// transaction, then drops the viewer lists the checkpoint has passed
     /// (through the inbox's own writer: the inbox is not written here).
