@@ -58,6 +58,7 @@ impl RunningHost {
                 RulesMirror::start(
                     store.clone(),
                     settings.rules_dir.clone(),
+                    settings.data_dir.join("rules-mirror.json"),
                     host_id.clone(),
                     settings.cluster.publish_rules,
                 )
@@ -265,8 +266,13 @@ fn manifests_role(store: Arc<Store>, settings: &Settings) -> Role {
             let uploader_stop = CancellationToken::new();
             let uploader =
                 client.map(|client| tokio::spawn(Uploader::new(store, client, twitch).run(uploader_stop.clone())));
-            // A handover stops the batcher where it is; a shutdown lets it flush first.
-            batcher.run(either(run.stop, run.handover)).await;
+            // A shutdown lets the batcher flush first; a handover stops it
+            // where it is (as a crash would: the next holder rewrites a
+            // pending manifest from the database), since the lease is gone.
+            tokio::select! {
+                _ = batcher.run(run.stop) => {}
+                _ = run.handover.cancelled() => {}
+            }
             // Uploads in flight are cut off: they go again, same manifest id, at the next start.
             uploader_stop.cancel();
             if let Some(uploader) = uploader {

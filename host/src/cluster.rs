@@ -79,6 +79,32 @@ struct Running {
     task: JoinHandle<RoleEnd>,
 }
 
+/// A role told to stop, until its task has ended.
+struct Stopping {
+    name: String,
+    role: Running,
+    /// Free the lease once it has stopped (not when another host took it).
+    release: bool,
+}
+
+/// The roles this host runs or is stopping.
+#[derive(Default)]
+struct Roles {
+    running: BTreeMap<String, Running>,
+    stopping: Vec<Stopping>,
+}
+
+impl Roles {
+    /// Tells a running role to hand over; it is reaped by a later tick, so a
+    /// slow checkpoint never holds up renewals.
+    fn hand_over(&mut self, name: &str, release: bool) {
+        if let Some(role) = self.running.remove(name) {
+            role.handover.cancel();
+            self.stopping.push(Stopping { name: name.to_string(), role, release });
+        }
+    }
+}
+
 /// This host's part in the cluster.
 pub struct Cluster {
     store: Arc<Store>,
@@ -118,20 +144,26 @@ impl Cluster {
     /// Runs roles until `stop`, then stops them in order, gives their leases
     /// back and leaves. `fatal` is told when a role cannot go on.
     pub async fn run(self, stop: CancellationToken, fatal: impl Fn(anyhow::Error)) {
-        let mut running: BTreeMap<String, Running> = BTreeMap::new();
-        let mut last_renewed = Instant::now();
+        let mut roles = Roles::default();
+        let mut renewed = Instant::now();
         while !stop.is_cancelled() {
-            match self.step(&mut running, &fatal).await {
-                Ok(()) => last_renewed = Instant::now(),
+            let asked = Instant::now();
+            // A database that hangs must not hold the loop past the point
+            // where this host has to stop its work on its own.
+            let step = tokio::time::timeout(self.tick(), self.step(&mut roles, &fatal)).await;
+            match step.unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {:?}", self.tick()))) {
+                Ok(()) => renewed = asked,
                 Err(e) => {
                     tracing::warn!(host = %self.host, "cluster: cannot renew leases: {e}");
-                    // Past most of a lease's lifetime another host may take
-                    // them: stop before it does (fenced writes would refuse us anyway).
-                    if last_renewed.elapsed() >= Duration::from_millis(self.ttl_ms * 2 / 3) && !running.is_empty() {
-                        tracing::warn!(host = %self.host, roles = running.len(), "cluster: leases may have expired; stopping their work");
-                        for (name, role) in std::mem::take(&mut running) {
-                            role.handover.cancel();
-                            self.finish(&name, role, &fatal).await;
+                    // Past two thirds of a lease's lifetime another host may
+                    // soon take them: stop first (fenced writes would refuse
+                    // this host anyway). Alone on its database, nobody can.
+                    let expiring = renewed.elapsed() >= Duration::from_millis(self.ttl_ms * 2 / 3);
+                    if expiring && !self.alone && !roles.running.is_empty() {
+                        tracing::warn!(host = %self.host, roles = roles.running.len(), "cluster: leases may expire; stopping their work");
+                        let names: Vec<String> = roles.running.keys().cloned().collect();
+                        for name in names {
+                            roles.hand_over(&name, true);
                         }
                     }
                 }
@@ -141,71 +173,109 @@ impl Cluster {
                 _ = stop.cancelled() => {}
             }
         }
-        for role in &self.roles {
-            if let Some(r) = running.remove(&role.name) {
-                r.stop.cancel();
-                let fence = r.fence.clone();
-                self.finish(&role.name, r, &fatal).await;
+        self.leave(roles, &fatal).await;
+    }
+
+    /// Stops every role in order (engine partitions drain together, then the
+    /// rest), renewing the leases meanwhile so nobody takes work still in
+    /// progress, then frees them.
+    async fn leave(&self, mut roles: Roles, fatal: &impl Fn(anyhow::Error)) {
+        // Others stop counting this host at once, so they take its work as it is freed.
+        if let Err(e) = self.store.host_leaving(&self.host_id).await {
+            tracing::warn!(host = %self.host, "cluster: leaving: {e}");
+        }
+        let renewing = CancellationToken::new();
+        let renewer = {
+            let (store, host, ttl, tick, renewing) =
+                (self.store.clone(), self.host.clone(), self.ttl_ms, self.tick(), renewing.clone());
+            tokio::spawn(async move {
+                while !renewing.is_cancelled() {
+                    let _ = tokio::time::timeout(tick, store.renew_leases(&host, ttl)).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(tick) => {}
+                        _ = renewing.cancelled() => {}
+                    }
+                }
+            })
+        };
+        for even in [true, false] {
+            let names: Vec<String> = self.roles.iter().filter(|r| r.even == even).map(|r| r.name.clone()).collect();
+            let mut group = Vec::new();
+            for name in names {
+                if let Some(role) = roles.running.remove(&name) {
+                    role.stop.cancel();
+                    group.push((name, role));
+                }
+            }
+            for (name, role) in group {
+                let fence = role.fence.clone();
+                self.finish(&name, role, fatal).await;
                 let _ = self.store.release_lease(&fence).await;
             }
         }
+        for stopping in std::mem::take(&mut roles.stopping) {
+            self.finish(&stopping.name, stopping.role, fatal).await;
+        }
+        renewing.cancel();
+        let _ = renewer.await;
         if let Err(e) = self.store.host_left(&self.host_id, &self.host).await {
             tracing::warn!(host = %self.host, "cluster: leaving: {e}; its leases expire instead");
         }
     }
 
     /// One tick: renew, reap, rebalance, take.
-    async fn step(
-        &self,
-        running: &mut BTreeMap<String, Running>,
-        fatal: &impl Fn(anyhow::Error),
-    ) -> anyhow::Result<()> {
+    async fn step(&self, roles: &mut Roles, fatal: &impl Fn(anyhow::Error)) -> anyhow::Result<()> {
         self.store.host_seen(&self.host_id, &self.listen).await?;
         let held: BTreeMap<String, i64> = self.store.renew_leases(&self.host, self.ttl_ms).await?.into_iter().collect();
-        // Held but not run here (a role that just ended): give it back.
+        // Roles that finished stopping: report, and free the lease if it is still ours.
+        let (done, still): (Vec<Stopping>, Vec<Stopping>) =
+            std::mem::take(&mut roles.stopping).into_iter().partition(|s| s.role.task.is_finished());
+        roles.stopping = still;
+        for stopping in done {
+            let fence = stopping.role.fence.clone();
+            self.finish(&stopping.name, stopping.role, fatal).await;
+            if stopping.release {
+                self.store.release_lease(&fence).await?;
+            }
+        }
+        // Held but run nowhere here (taken just before a timeout cut a tick short): give it back.
         for (name, epoch) in &held {
-            if !running.contains_key(name) {
+            if !roles.running.contains_key(name) && !roles.stopping.iter().any(|s| &s.name == name) {
                 let fence = Fence { name: name.clone(), holder: self.host.clone(), epoch: *epoch };
                 self.store.release_lease(&fence).await?;
             }
         }
         // Lost (taken over while this host was slow) or ended by themselves.
-        let names: Vec<String> = running.keys().cloned().collect();
+        let names: Vec<String> = roles.running.keys().cloned().collect();
         for name in names {
-            let lost = held.get(&name) != running.get(&name).map(|r| &r.fence.epoch);
-            let ended = running.get(&name).is_some_and(|r| r.task.is_finished());
-            if lost || ended {
-                let Some(role) = running.remove(&name) else { continue };
-                if lost {
-                    tracing::warn!(host = %self.host, role = %name, "cluster: lease taken over by another host; stopping");
-                    role.handover.cancel();
+            let lost = held.get(&name) != roles.running.get(&name).map(|r| &r.fence.epoch);
+            let ended = roles.running.get(&name).is_some_and(|r| r.task.is_finished());
+            if lost {
+                tracing::warn!(host = %self.host, role = %name, "cluster: lease taken over by another host; stopping");
+                if self.alone {
+                    tracing::error!(role = %name, "another process took this lease: several hosts on one database need cluster.enabled = true on each");
                 }
-                let fence = role.fence.clone();
-                self.finish(&name, role, fatal).await;
-                if !lost {
-                    self.store.release_lease(&fence).await?;
-                }
+                roles.hand_over(&name, false);
+            } else if ended {
+                roles.hand_over(&name, true);
             }
         }
         let hosts = if self.alone { 1 } else { self.store.live_hosts(self.ttl_ms).await?.len().max(1) };
         let even_total = self.roles.iter().filter(|r| r.even).count();
         let share = even_total.div_ceil(hosts);
-        let mut even_held = running.keys().filter(|n| self.role(n).is_some_and(|r| r.even)).count();
+        let even = |name: &String| self.role(name).is_some_and(|r| r.even);
+        let mut even_held = roles.running.keys().filter(|n| even(n)).count();
         // Too many partitions here (a host joined): hand one over per tick.
         if even_held > share {
-            if let Some(name) = running.keys().rev().find(|n| self.role(n).is_some_and(|r| r.even)).cloned() {
-                if let Some(role) = running.remove(&name) {
-                    tracing::info!(host = %self.host, role = %name, share, hosts, "cluster: handing over");
-                    role.handover.cancel();
-                    let fence = role.fence.clone();
-                    self.finish(&name, role, fatal).await;
-                    self.store.release_lease(&fence).await?;
-                    even_held -= 1;
-                }
+            if let Some(name) = roles.running.keys().rev().find(|n| even(n)).cloned() {
+                tracing::info!(host = %self.host, role = %name, share, hosts, "cluster: handing over");
+                roles.hand_over(&name, true);
+                even_held -= 1;
             }
         }
         for role in &self.roles {
-            if running.contains_key(&role.name) || (role.even && even_held >= share) {
+            let busy = roles.running.contains_key(&role.name) || roles.stopping.iter().any(|s| s.name == role.name);
+            if busy || (role.even && even_held >= share) {
                 continue;
             }
             let Some(epoch) = self.store.try_acquire_lease(&role.name, &self.host, self.ttl_ms, self.alone).await?
@@ -218,13 +288,13 @@ impl Cluster {
             let (stop, handover) = (CancellationToken::new(), CancellationToken::new());
             let run = RoleRun { fence: fence.clone(), stop: stop.clone(), handover: handover.clone() };
             let task = tokio::spawn((role.start)(run));
-            running.insert(role.name.clone(), Running { fence, stop, handover, task });
+            roles.running.insert(role.name.clone(), Running { fence, stop, handover, task });
             if role.even {
                 even_held += 1;
             }
         }
         metrics::gauge!("drops_cluster_hosts").set(hosts as f64);
-        metrics::gauge!("drops_cluster_roles_held").set(running.len() as f64);
+        metrics::gauge!("drops_cluster_roles_held").set(roles.running.len() as f64);
         Ok(())
     }
 
@@ -234,7 +304,11 @@ impl Cluster {
 
     /// Waits for a stopping role's task and reports how it ended.
     async fn finish(&self, name: &str, role: Running, fatal: &impl Fn(anyhow::Error)) {
-        match role.task.await {
+        let ended = role.task.await;
+        // Ends the helper tasks that watch them (`cancel::either`).
+        role.stop.cancel();
+        role.handover.cancel();
+        match ended {
             Ok(RoleEnd::Done) => tracing::info!(host = %self.host, role = %name, "cluster: role stopped"),
             Ok(RoleEnd::LeaseLost) => {
                 tracing::warn!(host = %self.host, role = %name, "cluster: role stopped: its lease is held by another host")

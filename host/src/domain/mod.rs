@@ -11,6 +11,7 @@ pub mod grant;
 pub mod heartbeat;
 pub mod ids;
 pub mod link;
+pub mod partition;
 pub mod pause;
 pub mod text;
 
@@ -21,5 +22,6 @@ pub use grant::{NewGrant, REASON_WATCHING};
 pub use heartbeat::{Heartbeat, ViewerList};
 pub use ids::{check_id, Id, MAX_ID_LEN};
 pub use link::AccountLink;
+pub use partition::partition_of;
 pub use pause::Paused;
 pub use text::cut;

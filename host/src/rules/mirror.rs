@@ -9,9 +9,13 @@
 //! drops_rules`, so the other hosts mirror it at once, not at their next
 //! poll.
 //!
-//! At start one host (`cluster.publish_rules`) replaces the database's rules
-//! with its directory; every other host replaces its directory with the
-//! database's (or, before any host published, keeps its own).
+//! What both sides last agreed on is kept in a file beside the host's data
+//! (`data_dir/rules-mirror.json`), so a restart tells an edit made here
+//! while the host was down from a change made through another host
+//! meanwhile. At its first start, one host (`cluster.publish_rules`)
+//! replaces the database's rules with its directory; every other host
+//! replaces its directory with the database's (or, before any host
+//! published, keeps its own).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -45,6 +49,8 @@ pub enum MirrorError {
 pub struct RulesMirror {
     store: Arc<Store>,
     dir: PathBuf,
+    /// Where `agreed` is kept across restarts.
+    state_file: PathBuf,
     host: String,
     /// Path → hash both sides last agreed on; `None` until this host first
     /// mirrored (it waits for a publisher).
@@ -57,11 +63,25 @@ impl RulesMirror {
     pub async fn start(
         store: Arc<Store>,
         dir: PathBuf,
+        state_file: PathBuf,
         host: String,
         publish: bool,
     ) -> Result<RulesMirror, MirrorError> {
-        let mirror = RulesMirror { store, dir, host, agreed: Mutex::new(None) };
-        if publish {
+        if !publish {
+            // A mirror: made here if missing. A publisher's missing folder is
+            // an error instead (it would publish every rule as deleted).
+            for sub in ["campaigns", "plugins"] {
+                let folder = dir.join(sub);
+                std::fs::create_dir_all(&folder).map_err(|source| MirrorError::Io { path: folder, source })?;
+            }
+        }
+        let remembered = read_state(&state_file);
+        let mirror = RulesMirror { store, dir, state_file, host, agreed: Mutex::new(None) };
+        if let Some(agreed) = remembered {
+            // A restart: each side's changes since are told apart.
+            *mirror.agreed.lock().await = Some(agreed);
+            mirror.sync().await?;
+        } else if publish {
             let local = local_files(&mirror.dir)?;
             let stored = mirror.stored().await?;
             let mut changes = Vec::new();
@@ -74,6 +94,7 @@ impl RulesMirror {
             }
             mirror.store.publish_rule_files(&changes, &mirror.host).await?;
             tracing::info!(files = local.len(), changed = changes.len(), dir = %mirror.dir.display(), "rules published to the database");
+            mirror.remember(&local)?;
             *mirror.agreed.lock().await = Some(local);
         } else {
             mirror.sync().await?;
@@ -100,6 +121,12 @@ impl RulesMirror {
         }
     }
 
+    /// Whether this host shares its rules with the others yet (false until
+    /// some host published them: nothing is published from here before).
+    pub async fn shared(&self) -> bool {
+        self.agreed.lock().await.is_some()
+    }
+
     /// One comparison: publishes what changed here, writes what changed in
     /// the database. Returns whether files here were written.
     pub async fn sync(&self) -> Result<bool, MirrorError> {
@@ -112,9 +139,11 @@ impl RulesMirror {
             }
             // First mirror: the database is the source.
             let wrote = self.write_local(&local, &stored, stored.keys().chain(local.keys())).await?;
+            self.remember(&stored)?;
             *agreed = Some(stored);
             return Ok(wrote);
         };
+        let before = agreed.clone();
         let mut publish = Vec::new();
         let mut from_db = Vec::new();
         for path in local.keys().chain(stored.keys()).chain(agreed.keys()).cloned().collect::<BTreeSet<_>>() {
@@ -149,7 +178,17 @@ impl RulesMirror {
                 None => agreed.remove(path),
             };
         }
+        if *agreed != before {
+            self.remember(agreed)?;
+        }
         Ok(wrote)
+    }
+
+    /// Keeps what both sides agreed on for the next start.
+    fn remember(&self, agreed: &BTreeMap<String, String>) -> Result<(), MirrorError> {
+        let json = serde_json::to_vec(agreed).unwrap_or_default();
+        write_atomically(&self.state_file, &json)
+            .map_err(|source| MirrorError::Io { path: self.state_file.clone(), source })
     }
 
     /// Makes each of `paths` here what the database holds; whether any changed.
@@ -208,6 +247,19 @@ impl RulesMirror {
     }
 }
 
+/// What a previous start agreed on, if it left a readable file (a damaged
+/// one is treated as none: the start rule applies again).
+fn read_state(path: &Path) -> Option<BTreeMap<String, String>> {
+    let bytes = std::fs::read(path).ok()?;
+    match serde_json::from_slice::<BTreeMap<String, String>>(&bytes) {
+        Ok(agreed) => Some(agreed.into_iter().filter(|(path, _)| rule_file_path(path)).collect()),
+        Err(e) => {
+            tracing::warn!(file = %path.display(), "rules mirror state unreadable ({e}); starting afresh");
+            None
+        }
+    }
+}
+
 /// Whether `path` names a rule file: `campaigns/<name>.toml` or
 /// `plugins/<name>.wasm`, the name of ASCII letters, digits, `-`, `_`, `.`
 /// and not starting with a dot.
@@ -226,24 +278,37 @@ fn rule_file_path(path: &str) -> bool {
 }
 
 /// The rules directory's files (`campaigns/*.toml`, `plugins/*.wasm`): path → hash.
+/// Anything this cannot read fails the comparison: a file that reads as
+/// absent would be published as deleted on every host.
 fn local_files(dir: &Path) -> Result<BTreeMap<String, String>, MirrorError> {
+    let io = |path: &Path, source| MirrorError::Io { path: path.to_path_buf(), source };
+    if !dir.is_dir() {
+        return Err(io(dir, std::io::Error::new(std::io::ErrorKind::NotFound, "the rules directory is missing")));
+    }
     let mut files = BTreeMap::new();
-    for (sub, ext) in [("campaigns", "toml"), ("plugins", "wasm")] {
+    for sub in ["campaigns", "plugins"] {
         let folder = dir.join(sub);
         let entries = match std::fs::read_dir(&folder) {
             Ok(entries) => entries,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(source) => return Err(MirrorError::Io { path: folder, source }),
+            Err(source) => return Err(io(&folder, source)),
         };
-        for entry in entries.flatten() {
-            let path = entry.path();
+        for entry in entries {
+            let path = entry.map_err(|source| io(&folder, source))?.path();
             let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
-            let plain = path.extension().is_some_and(|e| e == ext) && rule_file_path(&format!("{sub}/{name}"));
-            let small = entry.metadata().is_ok_and(|m| m.is_file() && m.len() <= MAX_RULE_FILE_BYTES);
-            if !plain || !small {
+            if !rule_file_path(&format!("{sub}/{name}")) {
                 continue;
             }
-            let bytes = std::fs::read(&path).map_err(|source| MirrorError::Io { path: path.clone(), source })?;
+            // Follows symlinks (a mounted config map is a folder of them).
+            let meta = std::fs::metadata(&path).map_err(|source| io(&path, source))?;
+            if !meta.is_file() {
+                continue;
+            }
+            if meta.len() > MAX_RULE_FILE_BYTES {
+                let message = format!("larger than {MAX_RULE_FILE_BYTES} bytes: not shared");
+                return Err(io(&path, std::io::Error::new(std::io::ErrorKind::InvalidData, message)));
+            }
+            let bytes = std::fs::read(&path).map_err(|source| io(&path, source))?;
             files.insert(format!("{sub}/{name}"), hex::encode(Sha256::digest(&bytes)));
         }
     }

@@ -152,6 +152,12 @@ impl Reloader {
         drop(one_at_a_time);
         if let Some(mirror) = self.mirror.get() {
             mirror.sync().await.map_err(|e| RulesError::Unpublished(e.to_string()))?;
+            if !mirror.shared().await {
+                return Err(RulesError::Unpublished(
+                    "no host has published the rules to the database yet (set cluster.publish_rules on one host)"
+                        .into(),
+                ));
+            }
         }
         // The caller lists versions and rolls back next: they must be recorded.
         let (done, recorded) = tokio::sync::oneshot::channel();

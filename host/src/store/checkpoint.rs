@@ -206,9 +206,6 @@ impl Store {
         let part = i64::from(key.index);
         let guard = self.write_lock().await;
         let mut tx = self.pool.begin().await?;
-        if let Some(fence) = &key.fence {
-            Store::check_fence(&mut tx, fence).await?;
-        }
         let pruned: Option<i64> = sqlx::query_scalar("SELECT pruned_seq FROM engine_checkpoint WHERE id = $1")
             .bind(part)
             .fetch_optional(&mut *tx)
@@ -324,6 +321,12 @@ impl Store {
                 .bind(i64::from(key.count))
                 .fetch_one(&mut *tx)
                 .await?;
+        // Last, so the lease row is locked only for the commit (its holder's
+        // renewals wait for it), yet no other host can take the lease between
+        // this check and the commit.
+        if let Some(fence) = &key.fence {
+            Store::check_fence(&mut tx, fence).await?;
+        }
         tx.commit().await?;
         drop(guard);
         // Only behind a committed checkpoint: a crash before this prunes

@@ -55,6 +55,15 @@ pub struct RuleFileRow {
 }
 
 impl Store {
+    /// On SQLite (one writer per file), lease writes wait for the store's
+    /// other writes instead of failing with `SQLITE_BUSY`; PostgreSQL needs no wait.
+    async fn lease_write_lock(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match self.backend {
+            Backend::Sqlite => Some(self.write_lock().await),
+            Backend::Postgres => None,
+        }
+    }
+
     /// The database's clock in unix milliseconds, as SQL.
     fn now_sql(&self) -> &'static str {
         match self.backend {
@@ -72,6 +81,7 @@ impl Store {
         ttl_ms: u64,
         force: bool,
     ) -> Result<Option<i64>, StoreError> {
+        let _guard = self.lease_write_lock().await;
         sqlx::query("INSERT INTO leases (name, holder, epoch, expires_at) VALUES ($1, NULL, 0, 0) ON CONFLICT (name) DO NOTHING")
             .bind(name)
             .execute(&self.pool)
@@ -93,6 +103,7 @@ impl Store {
     /// Renews every lease `holder` has; returns them (name, epoch). A lease
     /// missing from the answer was taken over.
     pub async fn renew_leases(&self, holder: &str, ttl_ms: u64) -> Result<Vec<(String, i64)>, StoreError> {
+        let _guard = self.lease_write_lock().await;
         let now = self.now_sql();
         Ok(sqlx::query_as(&format!(
             "UPDATE leases SET expires_at = {now} + $2 WHERE holder = $1 RETURNING name, epoch"
@@ -105,6 +116,7 @@ impl Store {
 
     /// Gives a lease back, if it is still held at that epoch.
     pub async fn release_lease(&self, fence: &Fence) -> Result<(), StoreError> {
+        let _guard = self.lease_write_lock().await;
         sqlx::query("UPDATE leases SET holder = NULL, expires_at = 0 WHERE name = $1 AND holder = $2 AND epoch = $3")
             .bind(&fence.name)
             .bind(&fence.holder)
@@ -126,6 +138,7 @@ impl Store {
 
     /// Records that `host` is up (renewed with its leases).
     pub async fn host_seen(&self, host: &str, listen: &str) -> Result<(), StoreError> {
+        let _guard = self.lease_write_lock().await;
         let now = self.now_sql();
         sqlx::query(&format!(
             "INSERT INTO cluster_hosts (host_id, listen, version, started_at, seen_at) VALUES ($1, $2, $3, {now}, {now}) \
@@ -151,6 +164,13 @@ impl Store {
         .await?)
     }
 
+    /// A host starting to leave: it is no longer counted among the hosts up,
+    /// so the others make room for its work while it drains.
+    pub async fn host_leaving(&self, host: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM cluster_hosts WHERE host_id = $1").bind(host).execute(&self.pool).await?;
+        Ok(())
+    }
+
     /// A host leaving for good: its row goes and the leases `holder` (this
     /// start of it) holds are freed, so
     /// the others take its work at once instead of after the lease expires.
@@ -166,21 +186,73 @@ impl Store {
     }
 
     /// The database's engine partition count: set to `wanted` by the first
-    /// host, refused if another count was set before.
+    /// host, refused if another count was set before. A database that one
+    /// engine used before (its state is partition 0's) is split when the
+    /// count is first set: every partition starts from that checkpoint's
+    /// position and per-broadcaster state, and each paused campaign moves to
+    /// its partition, in one transaction.
     pub async fn engine_partitions(&self, wanted: u32) -> Result<u32, StoreError> {
+        let _guard = self.write_lock().await;
+        let mut tx = self.pool.begin().await?;
+        let stored: Option<i64> = sqlx::query_scalar("SELECT engine_partitions FROM cluster_settings WHERE id = 1")
+            .fetch_optional(&mut *tx)
+            .await?;
+        if let Some(stored) = stored {
+            if stored != i64::from(wanted) {
+                return Err(StoreError::Invariant(format!(
+                    "cluster.engine_partitions is {wanted}, but this database's state is split into {stored} \
+                     partitions; set it to {stored} (changing it is not supported)"
+                )));
+            }
+            return Ok(wanted);
+        }
+        for part in 1..i64::from(wanted) {
+            sqlx::query(
+                "INSERT INTO engine_checkpoint (id, inbox_seq, taken_at, pruned_seq) \
+                 SELECT $1, inbox_seq, taken_at, pruned_seq FROM engine_checkpoint WHERE id = 0 ON CONFLICT DO NOTHING",
+            )
+            .bind(part)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO game_state (part, broadcaster_id, twitch_user_id, state, changed_minute) \
+                 SELECT $1, broadcaster_id, twitch_user_id, state, changed_minute FROM game_state WHERE part = 0 \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(part)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO watchers (part, broadcaster_id, inbox_seq, minute) \
+                 SELECT $1, broadcaster_id, inbox_seq, minute FROM watchers WHERE part = 0 ON CONFLICT DO NOTHING",
+            )
+            .bind(part)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let paused: Vec<String> =
+            sqlx::query_scalar("SELECT campaign_id FROM campaign_breakers").fetch_all(&mut *tx).await?;
+        for campaign in paused {
+            sqlx::query("UPDATE campaign_breakers SET part = $2 WHERE campaign_id = $1")
+                .bind(&campaign)
+                .bind(i64::from(crate::domain::partition_of(&campaign, wanted)))
+                .execute(&mut *tx)
+                .await?;
+        }
+        // Hosts starting together: the first to commit sets it, the others check it.
         sqlx::query("INSERT INTO cluster_settings (id, engine_partitions) VALUES (1, $1) ON CONFLICT (id) DO NOTHING")
             .bind(i64::from(wanted))
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
         let stored: i64 = sqlx::query_scalar("SELECT engine_partitions FROM cluster_settings WHERE id = 1")
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *tx)
             .await?;
         if stored != i64::from(wanted) {
             return Err(StoreError::Invariant(format!(
-                "cluster.engine_partitions is {wanted}, but this database's state is split into {stored} \
-                 partitions; set it to {stored} (changing it is not supported)"
+                "cluster.engine_partitions is {wanted}, but another host set {stored} at the same time"
             )));
         }
+        tx.commit().await?;
         Ok(wanted)
     }
 

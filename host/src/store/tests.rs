@@ -437,6 +437,38 @@ async fn a_checkpoint_round_trips_and_prunes_what_it_passed() {
             1,
             "{backend}: a pruned heartbeat's id still deduplicates"
         );
+
+        // The one engine's state becomes four partitions' when several hosts
+        // first use the database: each starts where it stopped, with its own
+        // copy of the per-broadcaster state, and the paused campaign moves to
+        // its partition. Asking for another count afterwards is refused.
+        assert_eq!(store.engine_partitions(4).await.unwrap(), 4, "{backend}");
+        assert!(store.engine_partitions(3).await.is_err(), "{backend}");
+        let home = crate::domain::partition_of("c-2", 4);
+        for part in 0..4 {
+            let loaded = store.load_checkpoint(part, &|_| true).await.unwrap();
+            assert_eq!(loaded.inbox_seq, seqs[2], "{backend}: partition {part}");
+            assert_eq!(loaded.game_state, game, "{backend}: partition {part}");
+            assert_eq!(loaded.watchers.len(), 1, "{backend}: partition {part}");
+            let expect_pause = if part == home { &breakers[..] } else { &[] };
+            assert_eq!(loaded.breakers, expect_pause, "{backend}: partition {part}");
+        }
+
+        // A checkpoint under a lease this process no longer holds is refused, whole.
+        let holder = "host-a#1";
+        let epoch = store.try_acquire_lease("engine/1", holder, 60_000, false).await.unwrap().unwrap();
+        assert_eq!(store.try_acquire_lease("engine/1", "host-b#1", 60_000, false).await.unwrap(), None, "{backend}");
+        let taken = store.try_acquire_lease("engine/1", "host-b#1", 60_000, true).await.unwrap().unwrap();
+        assert!(taken > epoch, "{backend}");
+        let stale = PartitionKey {
+            index: 1,
+            count: 4,
+            fence: Some(Fence { name: "engine/1".into(), holder: holder.into(), epoch }),
+        };
+        let write = CheckpointWrite { partition: &stale, inbox_seq: seqs[3], ..Default::default() };
+        assert!(matches!(store.save_checkpoint(&write).await, Err(StoreError::LeaseLost(_))), "{backend}");
+        assert_eq!(store.load_checkpoint(1, &|_| true).await.unwrap().inbox_seq, seqs[2], "{backend}: nothing written");
+        assert_eq!(store.renew_leases(holder, 60_000).await.unwrap(), [], "{backend}: the old holder holds nothing");
     }
     dbs.drop_postgres().await;
 }
