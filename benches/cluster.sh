@@ -99,9 +99,7 @@ done
 echo "== plugin uploaded to host 2 of 3 until it serves on all three (5 uploads)"
 orig="$work/rules/plugins/watch-time-tiers.wasm"
 for i in 1 2 3 4 5; do
-  cp "$orig" "$work/next.wasm"
-  printf '\x00\x0c\x04bench%06d' "$i" >> "$work/next.wasm"   # a custom section: same rule, new hash
-  want=$(sha256sum "$work/next.wasm" | cut -c1-64)
+  plugin_version "$orig" "$work/next.wasm" "$i"
   start=$(date +%s%N)
   curl -s -o /dev/null -X PUT -H 'authorization: Bearer bench-token-0123456' --data-binary @"$work/next.wasm" "${urls[1]}/v1/plugins/watch-time-tiers"
   line="upload $i: answered $(( ($(date +%s%N) - start) / 1000000 )) ms"

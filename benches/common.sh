@@ -41,3 +41,11 @@ start_host() {
 
 # A metric's value from the host's /metrics.
 metric() { curl -s "$url/metrics" | awk -v m="$1" '$1==m {print $2}'; }
+
+# Copies plugin $1 to $2 with a custom section numbered $3 appended: the same
+# rule under a new hash. Sets $want to the new version's SHA-256.
+plugin_version() {
+  cp "$1" "$2"
+  printf '\x00\x0c\x04bench%06d' "$3" >> "$2"
+  want=$(sha256sum "$2" | cut -c1-64)
+}

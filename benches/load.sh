@@ -44,9 +44,7 @@ echo "host peak RSS after the checkpoint: $(( $(awk '/VmHWM/ {print $2}' /proc/$
 echo "== 3. hot reload latency (5 swaps)"
 orig="$work/rules/plugins/watch-time-tiers.wasm"
 for i in 1 2 3 4 5; do
-  cp "$orig" "$work/next.wasm"
-  printf '\x00\x0c\x04bench%06d' "$i" >> "$work/next.wasm"   # a custom section: same rule, new hash
-  want=$(sha256sum "$work/next.wasm" | cut -c1-64)
+  plugin_version "$orig" "$work/next.wasm" "$i"
   start=$(date +%s%N)
   mv "$work/next.wasm" "$orig"
   until curl -s -H 'authorization: Bearer bench-token-0123456' "$url/v1/campaigns" | grep -q "$want"; do sleep 0.002; done

@@ -122,13 +122,8 @@ async fn settle(database: &str, partitions: i64, manifest_dirs: &[std::path::Pat
             break;
         }
         if Instant::now() > deadline {
-            let leases: Vec<(String, Option<String>, i64)> = sqlx::query("SELECT name, holder, epoch FROM leases")
-                .fetch_all(&pool)
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| (r.get(0), r.get(1), r.get(2)))
-                .collect();
+            let leases: Vec<(String, Option<String>, i64)> =
+                triples(&pool, "SELECT name, holder, epoch FROM leases").await;
             panic!("not settled: inbox {last}, evaluated {evaluated} ({checkpoints} checkpoints), {unbatched} unbatched, {pending} pending; leases {leases:?}");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -138,15 +133,11 @@ async fn settle(database: &str, partitions: i64, manifest_dirs: &[std::path::Pat
         .fetch_one(&pool)
         .await
         .unwrap();
-    let rows = sqlx::query("SELECT reward_id, user_id, grant_key FROM grants").fetch_all(&pool).await.unwrap();
-    let grants: BTreeSet<(String, String, String)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
-    let rule_state = sqlx::query("SELECT campaign_id, key, value FROM campaign_state ORDER BY campaign_id, key")
-        .fetch_all(&pool)
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect();
+    let grants: Vec<(String, String, String)> =
+        triples(&pool, "SELECT reward_id, user_id, grant_key FROM grants").await;
+    let grants: BTreeSet<(String, String, String)> = grants.into_iter().collect();
+    let rule_state =
+        triples(&pool, "SELECT campaign_id, key, value FROM campaign_state ORDER BY campaign_id, key").await;
     let stored_manifests: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM manifests").fetch_one(&pool).await.unwrap();
     pool.close().await;
 
@@ -177,6 +168,17 @@ async fn settle(database: &str, partitions: i64, manifest_dirs: &[std::path::Pat
     granted.sort();
     assert_eq!(manifest_entries, granted, "every grant in exactly one manifest");
     Outcome { events, minutes, grants, rule_state, manifest_entries }
+}
+
+/// Every row of a three-column query.
+async fn triples<A, B, C>(pool: &sqlx::AnyPool, sql: &str) -> Vec<(A, B, C)>
+where
+    for<'r> A: sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>,
+    for<'r> B: sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>,
+    for<'r> C: sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>,
+{
+    let rows = sqlx::query(sql).fetch_all(pool).await.unwrap();
+    rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect()
 }
 
 async fn link_broadcasters(host: &TestHost) {
@@ -240,6 +242,19 @@ async fn play_e2(i: usize, hosts: &[TestHost], servers: &mut [Option<Ws>; 2]) {
     }
 }
 
+/// `n` hosts on one fresh database (the first publishes the rules), with
+/// `n` engine partitions; None when PostgreSQL is not reachable outside CI.
+async fn cluster(n: u32) -> Option<(String, Vec<TestHost>)> {
+    let dir = tempfile::tempdir().unwrap();
+    let database = database_url(Backend::Postgres, dir.path()).await?;
+    let mut hosts = Vec::new();
+    for (i, name) in ["host-a", "host-b", "host-c"].into_iter().take(n as usize).enumerate() {
+        let host = TestHost::spawn(Backend::Postgres, config(Some(database.clone()), Some((name, i == 0, n)))).await;
+        hosts.push(host.expect("joins the database"));
+    }
+    Some((database, hosts))
+}
+
 /// One host, nothing interrupted: the outcome to compare with.
 async fn one_host() -> Option<Outcome> {
     let host = TestHost::spawn(Backend::Postgres, config(None, None)).await?;
@@ -260,13 +275,7 @@ async fn one_host() -> Option<Outcome> {
 #[tokio::test]
 async fn three_hosts_with_a_crash_and_a_departure_equal_one_host() {
     let Some(single) = one_host().await else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let Some(database) = database_url(Backend::Postgres, dir.path()).await else { return };
-    let mut hosts = Vec::new();
-    for (name, publish) in [("host-a", true), ("host-b", false), ("host-c", false)] {
-        let host = TestHost::spawn(Backend::Postgres, config(Some(database.clone()), Some((name, publish, 3)))).await;
-        hosts.push(host.expect("joins the database"));
-    }
+    let Some((database, mut hosts)) = cluster(3).await else { return };
     link_broadcasters(&hosts[2]).await;
     let mut live = vec![0, 1, 2];
     let mut servers = [None, None];
@@ -312,13 +321,7 @@ async fn three_hosts_with_a_crash_and_a_departure_equal_one_host() {
 #[tokio::test]
 async fn the_database_going_away_is_answered_503_and_loses_nothing() {
     let Some(single) = one_host().await else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let Some(database) = database_url(Backend::Postgres, dir.path()).await else { return };
-    let mut hosts = Vec::new();
-    for (name, publish) in [("host-a", true), ("host-b", false)] {
-        let host = TestHost::spawn(Backend::Postgres, config(Some(database.clone()), Some((name, publish, 2)))).await;
-        hosts.push(host.expect("joins the database"));
-    }
+    let Some((database, mut hosts)) = cluster(2).await else { return };
     link_broadcasters(&hosts[0]).await;
     let mut servers = [None, None];
     let mut traffic = Traffic::new(11);
@@ -366,13 +369,7 @@ async fn cut_connections(database: String, long: Duration) {
 
 #[tokio::test]
 async fn a_plugin_uploaded_to_one_host_serves_on_all_three() {
-    let dir = tempfile::tempdir().unwrap();
-    let Some(database) = database_url(Backend::Postgres, dir.path()).await else { return };
-    let mut hosts = Vec::new();
-    for (name, publish) in [("host-a", true), ("host-b", false), ("host-c", false)] {
-        let host = TestHost::spawn(Backend::Postgres, config(Some(database.clone()), Some((name, publish, 3)))).await;
-        hosts.push(host.expect("joins the database"));
-    }
+    let Some((database, mut hosts)) = cluster(3).await else { return };
     let started = Instant::now();
     let uploaded_deadline = || started.elapsed() < Duration::from_secs(30);
     let serving = |view: &Value| -> Option<String> {

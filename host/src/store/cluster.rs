@@ -206,29 +206,20 @@ impl Store {
             }
             return Ok(wanted);
         }
+        // Each partition gets partition 0's rows (the one engine's).
+        const COPIES: [&str; 3] = [
+            "INSERT INTO engine_checkpoint (id, inbox_seq, taken_at, pruned_seq) \
+             SELECT $1, inbox_seq, taken_at, pruned_seq FROM engine_checkpoint WHERE id = 0 ON CONFLICT DO NOTHING",
+            "INSERT INTO game_state (part, broadcaster_id, twitch_user_id, state, changed_minute) \
+             SELECT $1, broadcaster_id, twitch_user_id, state, changed_minute FROM game_state WHERE part = 0 \
+             ON CONFLICT DO NOTHING",
+            "INSERT INTO watchers (part, broadcaster_id, inbox_seq, minute) \
+             SELECT $1, broadcaster_id, inbox_seq, minute FROM watchers WHERE part = 0 ON CONFLICT DO NOTHING",
+        ];
         for part in 1..i64::from(wanted) {
-            sqlx::query(
-                "INSERT INTO engine_checkpoint (id, inbox_seq, taken_at, pruned_seq) \
-                 SELECT $1, inbox_seq, taken_at, pruned_seq FROM engine_checkpoint WHERE id = 0 ON CONFLICT DO NOTHING",
-            )
-            .bind(part)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "INSERT INTO game_state (part, broadcaster_id, twitch_user_id, state, changed_minute) \
-                 SELECT $1, broadcaster_id, twitch_user_id, state, changed_minute FROM game_state WHERE part = 0 \
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(part)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "INSERT INTO watchers (part, broadcaster_id, inbox_seq, minute) \
-                 SELECT $1, broadcaster_id, inbox_seq, minute FROM watchers WHERE part = 0 ON CONFLICT DO NOTHING",
-            )
-            .bind(part)
-            .execute(&mut *tx)
-            .await?;
+            for copy in COPIES {
+                sqlx::query(copy).bind(part).execute(&mut *tx).await?;
+            }
         }
         let paused: Vec<String> =
             sqlx::query_scalar("SELECT campaign_id FROM campaign_breakers").fetch_all(&mut *tx).await?;
