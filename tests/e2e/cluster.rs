@@ -449,6 +449,27 @@ async fn a_plugin_uploaded_to_one_host_serves_on_all_three() {
     for host in &hosts {
         assert_eq!(std::fs::read(host.dir.path().join("rules/plugins/watch-time-tiers.wasm")).unwrap(), v2);
     }
+    // A campaign uploaded to another host serves on all three too.
+    let campaign = crate::helpers::tiers_campaign(
+        "camp-everywhere",
+        "GameName",
+        ("2026-11-02T00:00:00Z", "2026-11-03T00:00:00Z"),
+        &[],
+        &[(5, "r5")],
+    );
+    let (status, answer) =
+        hosts[2].admin_send(reqwest::Method::PUT, "/campaigns/everywhere", campaign.into_bytes()).await;
+    assert_eq!(status, 200, "{answer}");
+    for host in &hosts {
+        loop {
+            let view = host.admin_get("/campaigns").await;
+            if view["campaigns"].as_array().unwrap().iter().any(|c| c["id"] == "camp-everywhere") {
+                break;
+            }
+            assert!(uploaded_deadline(), "campaign not on {} after 30 s: {view}", host.base);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     for host in &mut hosts {
         host.stop();
     }

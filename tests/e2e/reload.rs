@@ -197,3 +197,45 @@ async fn plugins_are_uploaded_listed_and_rolled_back_through_the_admin_api() {
     assert_eq!(hashes, vec![sha(&v1), sha(&v2), sha(&v1)]);
     host.stop();
 }
+
+/// Campaign files uploaded through the admin API: validated against the
+/// plugins in force before they are written, serving when answered; every
+/// refusal names why and changes nothing.
+#[tokio::test]
+async fn campaigns_are_uploaded_through_the_admin_api() {
+    use reqwest::Method;
+    let config = HostConfig { campaigns: vec![("reload".into(), campaign(&[(1, "t1")]))], ..Default::default() };
+    let Some(host) = TestHost::spawn(Backend::Sqlite, config).await else { return };
+    let fresh = campaign(&[(2, "t2")]).replace("id = \"camp-reload\"", "id = \"camp-uploaded\"");
+    let (status, answer) = host.admin_send(Method::PUT, "/campaigns/uploaded", fresh.clone().into_bytes()).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer,
+        json!({"name": "uploaded", "id": "camp-uploaded", "revision": sha(fresh.as_bytes()), "serving": true})
+    );
+    let view = host.admin_get("/campaigns").await;
+    assert!(view["campaigns"].as_array().unwrap().iter().any(|c| c["id"] == "camp-uploaded"), "{view}");
+    assert!(host.dir.path().join("rules/campaigns/uploaded.toml").exists());
+
+    let other = fresh.replace("camp-uploaded", "camp-other");
+    let nested = format!("{other}\n[extra]\nx = {}1{}\n", "[".repeat(5000), "]".repeat(5000));
+    let refusals: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        ("not-utf8", vec![0xff, 0xfe, b'i', b'd'], 422, "UTF-8"),
+        ("no-plugin", other.replace("watch-time-tiers", "no-such-plugin").into_bytes(), 422, "rule.plugin"),
+        ("taken-id", fresh.clone().into_bytes(), 422, "field `id`"),
+        ("bad-config", other.replace("tiers = [", "tears = [").into_bytes(), 422, "rule.config"),
+        ("nested", nested.into_bytes(), 422, ""),
+        ("Bad%20Name", fresh.clone().into_bytes(), 400, "name"),
+        ("empty", Vec::new(), 400, "body"),
+        ("huge", vec![b'#'; 2 << 20], 413, ""),
+    ];
+    for (name, body, want, says) in refusals {
+        let (status, answer) = host.admin_send(Method::PUT, &format!("/campaigns/{name}"), body).await;
+        assert_eq!(status, want, "{name}: {answer}");
+        assert!(answer.to_string().contains(says), "{name}: {answer} should mention {says}");
+        assert!(!host.dir.path().join(format!("rules/campaigns/{name}.toml")).exists(), "{name} was written");
+    }
+    // A fresh connection: the server closes one whose body it refused (413) mid-write.
+    let ready = reqwest::get(format!("{}/readyz", host.base)).await.unwrap().text().await.unwrap();
+    assert_eq!(ready, "ready", "refusals leave the host serving");
+}

@@ -17,7 +17,7 @@ use crate::config::AdminSettings;
 use crate::domain::{AccountLink, Paused};
 use crate::engine::PausedCampaigns;
 use crate::http::{ApiError, ApiQuery, ErrorBody};
-use crate::rules::reload::Reloader;
+use crate::rules::reload::{LoadedCampaignView, Reloader};
 use crate::rules::{LoadError, RuleSet, RulesError};
 use crate::secrets::same_secret;
 use crate::store::{
@@ -43,6 +43,8 @@ pub struct Admin {
 
 /// Largest plugin upload.
 const MAX_PLUGIN_BYTES: usize = 32 << 20;
+/// Largest campaign file upload.
+const MAX_CAMPAIGN_BYTES: usize = 1 << 20;
 /// Largest bulk link upload (about half a million links).
 const MAX_LINKS_BYTES: usize = 64 << 20;
 /// The admin routes, behind the bearer token. Every route is registered
@@ -65,6 +67,7 @@ fn documented_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(rollback_plugin))
         .routes(routes!(cluster))
         .merge(OpenApiRouter::new().routes(routes!(upload_plugin)).layer(DefaultBodyLimit::max(MAX_PLUGIN_BYTES)))
+        .merge(OpenApiRouter::new().routes(routes!(upload_campaign)).layer(DefaultBodyLimit::max(MAX_CAMPAIGN_BYTES)))
         .merge(OpenApiRouter::new().routes(routes!(put_links, get_links)).layer(DefaultBodyLimit::max(MAX_LINKS_BYTES)))
 }
 
@@ -418,10 +421,7 @@ fn check_name(name: &str) -> Result<(), ApiError> {
     if ok {
         Ok(())
     } else {
-        Err(ApiError::bad_request(
-            "name",
-            "plugin names are 1-64 of a-z, 0-9, - and _, starting with a letter or digit",
-        ))
+        Err(ApiError::bad_request("name", "names are 1-64 of a-z, 0-9, - and _, starting with a letter or digit"))
     }
 }
 
@@ -456,6 +456,42 @@ async fn upload_plugin(
     let hash = app.reloader.install(&name, body.to_vec()).await.map_err(|e| install_error("body", e))?;
     tracing::info!(plugin = %name, %hash, "plugin installed through the admin API");
     Ok(Json(Installed { name, hash: hash.0, serving: true }))
+}
+
+#[derive(Serialize, ToSchema)]
+struct CampaignInstalled {
+    /// The file's name (`campaigns/<name>.toml`).
+    name: String,
+    #[serde(flatten)]
+    campaign: LoadedCampaignView,
+    serving: bool,
+}
+
+/// Uploads a campaign file (`campaigns/<name>.toml`); answers once it serves
+/// (on every host, with several hosts: it is published first).
+#[utoipa::path(put, path = "/campaigns/{name}", tag = "campaigns",
+    params(("name" = String, Path, description = "the file name without .toml: 1-64 of a-z, 0-9, - and _")),
+    request_body(content = String, content_type = "application/toml", description = "the campaign file (TOML)"),
+    responses(
+        (status = 200, description = "installed and serving", body = CampaignInstalled),
+        (status = 400, description = "a bad name or an empty body, named in `field`", body = ErrorBody),
+        TokenRefused,
+        (status = 413, description = "larger than 1 MiB"),
+        (status = 422, description = "the file does not parse, names no loaded plugin, its config is refused, or its id is taken (the error names the field)", body = ErrorBody),
+        (status = 500, description = "the host failed to store it", body = ErrorBody),
+        (status = 503, description = "shutting down, or not published to the other hosts", body = ErrorBody)))]
+async fn upload_campaign(
+    State(app): State<Arc<Admin>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<CampaignInstalled>, ApiError> {
+    check_name(&name)?;
+    if body.is_empty() {
+        return Err(ApiError::bad_request("body", "the body must be the campaign file (TOML)"));
+    }
+    let campaign = app.reloader.install_campaign(&name, body.to_vec()).await.map_err(|e| install_error("body", e))?;
+    tracing::info!(file = %name, campaign = %campaign.id, revision = %campaign.revision, "campaign installed through the admin API");
+    Ok(Json(CampaignInstalled { name, campaign, serving: true }))
 }
 
 #[derive(Serialize, ToSchema)]
@@ -572,6 +608,7 @@ mod tests {
                 "GET /v1/plugins/{name}/versions",
                 "POST /v1/manifests/{id}/retry",
                 "POST /v1/plugins/{name}/rollback",
+                "PUT /v1/campaigns/{name}",
                 "PUT /v1/links",
                 "PUT /v1/plugins/{name}",
             ]

@@ -78,11 +78,16 @@ impl LoadedCampaign {
     /// Reads and parses a campaign file; errors name the field.
     pub fn parse(path: &Path) -> Result<(CampaignFile, String), RulesError> {
         let bytes = std::fs::read(path).map_err(|e| RulesError::read(path, e))?;
-        let text = std::str::from_utf8(&bytes).map_err(|e| RulesError::Campaign(format!("not UTF-8: {e}")))?;
+        Self::parse_bytes(&bytes)
+    }
+
+    /// Parses a campaign file's bytes; errors name the field.
+    pub fn parse_bytes(bytes: &[u8]) -> Result<(CampaignFile, String), RulesError> {
+        let text = std::str::from_utf8(bytes).map_err(|e| RulesError::Campaign(format!("not UTF-8: {e}")))?;
         let def: CampaignFile =
             toml::from_str(text).map_err(|e| RulesError::Campaign(e.to_string().trim_end().to_string()))?;
         def.validate().map_err(RulesError::Campaign)?;
-        Ok((def, PluginHash::of(&bytes).0))
+        Ok((def, PluginHash::of(bytes).0))
     }
 
     /// What a plugin is handed about a campaign on every call.

@@ -20,7 +20,16 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use super::mirror::RulesMirror;
-use super::{RuleSet, RulesError};
+use super::{LoadedCampaign, RuleSet, RulesError};
+
+/// A campaign file installed through the admin API.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct LoadedCampaignView {
+    /// The campaign's `id`.
+    pub id: String,
+    /// SHA-256 of the file: the revision its grants name.
+    pub revision: String,
+}
 use crate::files::write_atomically;
 use crate::plugins::{PluginHash, PluginRuntime};
 use crate::store::{RuleHistoryEntry, Store};
@@ -150,15 +159,7 @@ impl Reloader {
         .await??;
         self.reload_locked().await;
         drop(one_at_a_time);
-        if let Some(mirror) = self.mirror.get() {
-            mirror.sync().await.map_err(|e| RulesError::Unpublished(e.to_string()))?;
-            if !mirror.shared().await {
-                return Err(RulesError::Unpublished(
-                    "no host has published the rules to the database yet (set cluster.publish_rules on one host)"
-                        .into(),
-                ));
-            }
-        }
+        self.publish_upload().await?;
         // The caller lists versions and rolls back next: they must be recorded.
         let (done, recorded) = tokio::sync::oneshot::channel();
         if self.history.send(HistoryJob::Flush(done)).is_ok() {
@@ -176,6 +177,64 @@ impl Reloader {
                     .unwrap_or_else(|| "the new version did not take effect".into()),
             )),
         }
+    }
+
+    /// Validates a campaign file against the plugins in force (its plugin
+    /// exists and accepts its config; its id is not another file's), writes
+    /// it into the rules directory and reloads; returns once it is serving.
+    pub async fn install_campaign(&self, name: &str, bytes: Vec<u8>) -> Result<LoadedCampaignView, RulesError> {
+        let one_at_a_time = self.lock.lock().await;
+        let (dir, runtime, rules) = (self.dir.clone(), self.runtime.clone(), self.rules.load_full());
+        let file = format!("{name}.toml");
+        let (target, view) = tokio::task::spawn_blocking(move || -> Result<_, RulesError> {
+            let (def, revision) = LoadedCampaign::parse_bytes(&bytes)?;
+            let target = dir.join("campaigns").join(&file);
+            if let Some(other) = rules.campaigns().iter().find(|c| c.def.id == def.id && c.file != target) {
+                return Err(RulesError::Campaign(format!(
+                    "field `id`: `{}` is already used by {}",
+                    def.id,
+                    other.file.display()
+                )));
+            }
+            let bound = LoadedCampaign::bind(&target, def, revision, rules.plugins(), &runtime)?;
+            write_atomically(&target, &bytes).map_err(|source| RulesError::Io {
+                what: "writing",
+                path: target.clone(),
+                source,
+            })?;
+            let view = LoadedCampaignView { id: bound.def.id.clone(), revision: bound.revision.clone() };
+            Ok((target, view))
+        })
+        .await??;
+        self.reload_locked().await;
+        drop(one_at_a_time);
+        self.publish_upload().await?;
+        let rules = self.rules.load();
+        match rules.campaigns().iter().find(|c| c.file == target) {
+            Some(c) if c.revision == view.revision => Ok(view),
+            _ => Err(RulesError::NotServing(
+                rules
+                    .errors()
+                    .iter()
+                    .find(|e| e.file == target)
+                    .map(|e| e.error.clone())
+                    .unwrap_or_else(|| "the new revision did not take effect".into()),
+            )),
+        }
+    }
+
+    /// Stores an upload for the other hosts before it is acknowledged.
+    async fn publish_upload(&self) -> Result<(), RulesError> {
+        if let Some(mirror) = self.mirror.get() {
+            mirror.sync().await.map_err(|e| RulesError::Unpublished(e.to_string()))?;
+            if !mirror.shared().await {
+                return Err(RulesError::Unpublished(
+                    "no host has published the rules to the database yet (set cluster.publish_rules on one host)"
+                        .into(),
+                ));
+            }
+        }
+        Ok(())
     }
 
     async fn reload_locked(&self) {
