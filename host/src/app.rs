@@ -24,6 +24,7 @@ use crate::engine::{Engine, EngineError, EngineOptions, PausedCampaigns};
 use crate::health::Liveness;
 use crate::http::{self, server::ServerLimits};
 use crate::ingest::e2::E2Hub;
+use crate::ingest::eventsub::EventSubIngest;
 use crate::ingest::vhs::VhsIngest;
 use crate::manifests::Batcher;
 use crate::plugins::PluginRuntime;
@@ -87,6 +88,11 @@ impl RunningHost {
         let state = AppState {
             vhs: Arc::new(VhsIngest::new(settings.vhs.clone(), store.clone(), liveness.clone())),
             e2: e2.clone(),
+            eventsub: Arc::new(EventSubIngest {
+                settings: settings.eventsub.clone(),
+                store: store.clone(),
+                liveness: liveness.clone(),
+            }),
             admin: Arc::new(Admin {
                 settings: settings.admin.clone(),
                 store: store.clone(),

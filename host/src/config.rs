@@ -35,6 +35,37 @@ pub struct Settings {
     pub twitch: TwitchSettings,
     pub sink: SinkSettings,
     pub cluster: ClusterSettings,
+    pub eventsub: EventSubSettings,
+}
+
+/// `POST /eventsub`: Twitch's EventSub webhook for `drop.entitlement.grant`.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventSubSettings {
+    /// The subscription's secret (10 to 100 ASCII characters, as Twitch
+    /// requires); unset: `/eventsub` answers 404. Never logged.
+    #[serde(deserialize_with = "secret_text")]
+    pub secret: Option<String>,
+    /// Largest notification body accepted.
+    pub max_body_bytes: u64,
+    /// Most entitlements in one (batched) notification.
+    pub max_events: usize,
+}
+
+impl Default for EventSubSettings {
+    fn default() -> Self {
+        EventSubSettings { secret: None, max_body_bytes: 4 << 20, max_events: 10_000 }
+    }
+}
+
+impl std::fmt::Debug for EventSubSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventSubSettings")
+            .field("secret", &self.secret.as_ref().map(|_| "***"))
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_events", &self.max_events)
+            .finish()
+    }
 }
 
 /// Running several hosts on one PostgreSQL database (docs/operations.md).
@@ -445,6 +476,7 @@ impl Default for Settings {
             twitch: TwitchSettings::default(),
             sink: SinkSettings::default(),
             cluster: ClusterSettings::default(),
+            eventsub: EventSubSettings::default(),
         }
     }
 }
@@ -666,6 +698,13 @@ impl Settings {
             in_range("sink.nats.retry_initial_ms", n.retry_initial_ms, 1, 3_600_000)?;
             in_range("sink.nats.retry_max_secs", n.retry_max_secs, 1, 86_400)?;
         }
+        if let Some(secret) = &self.eventsub.secret {
+            if !(10..=100).contains(&secret.len()) || !secret.bytes().all(|b| b.is_ascii_graphic()) {
+                return invalid("eventsub.secret", "must be 10 to 100 visible ASCII characters (Twitch's rule)");
+            }
+        }
+        in_range("eventsub.max_body_bytes", self.eventsub.max_body_bytes, 1024, 64 << 20)?;
+        in_range("eventsub.max_events", self.eventsub.max_events as u64, 1, 100_000)?;
         let c = &self.cluster;
         if c.enabled && !self.database_url().starts_with("postgres") {
             return invalid("cluster.enabled", "needs a postgres:// database_url: hosts share state through it");

@@ -22,6 +22,7 @@ pub use admin::Admin;
 
 use crate::health::Liveness;
 use crate::ingest::e2::{self, E2Hub};
+use crate::ingest::eventsub::{self, EventSubIngest};
 use crate::ingest::vhs::{self, VhsIngest};
 use crate::store::Store;
 
@@ -37,6 +38,7 @@ pub struct Health {
 pub struct AppState {
     pub vhs: Arc<VhsIngest>,
     pub e2: Arc<E2Hub>,
+    pub eventsub: Arc<EventSubIngest>,
     pub admin: Arc<Admin>,
     pub health: Arc<Health>,
 }
@@ -46,12 +48,20 @@ pub fn router(state: AppState) -> Router {
     // A VHS request, body included, has a deadline: a trickling client cannot
     // hold a body slot for longer (Twitch itself gives up after 15 s).
     let vhs_deadline = Duration::from_secs(state.vhs.settings.request_timeout_secs);
+    let eventsub_limit = usize::try_from(state.eventsub.settings.max_body_bytes).unwrap_or(usize::MAX);
+    // Twitch counts an answer slower than a few seconds as a failure; a
+    // client trickling its body is cut off well before it could hold a slot long.
+    let eventsub = Router::new()
+        .route("/eventsub", post(eventsub::post))
+        .layer(DefaultBodyLimit::max(eventsub_limit))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, Duration::from_secs(10)));
     Router::new()
         .route("/vhs", post(vhs::post))
         .route("/vhs/{token}", post(vhs::post_with_token))
         // The VHS handler streams and bounds the body itself (vhs.max_body_bytes).
         .layer(DefaultBodyLimit::disable())
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, vhs_deadline))
+        .merge(eventsub)
         .route("/e2", get(e2::upgrade))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))

@@ -1,13 +1,16 @@
 //! What the inbox holds, in the order the engine evaluates it.
 
+use super::entitlement::Entitlement;
 use super::game_state::GameStateEvent;
 use super::heartbeat::Heartbeat;
 
-/// Who watches (VHS) and what happens in the game (E2).
+/// Who watches (VHS), what happens in the game (E2), and what Twitch
+/// granted (EventSub entitlements).
 #[derive(Debug)]
 pub enum Event {
     Heartbeat(Heartbeat),
     GameState(GameStateEvent),
+    Entitlement(Box<Entitlement>),
 }
 
 /// An event with its place in the inbox.

@@ -4,6 +4,7 @@
 //! and the circuit breaker's pause record. Every other module builds on these;
 //! none of these knows how it is stored, sent or evaluated.
 
+pub mod entitlement;
 pub mod event;
 pub mod event_time;
 pub mod game_state;
@@ -15,6 +16,7 @@ pub mod partition;
 pub mod pause;
 pub mod text;
 
+pub use entitlement::{Entitlement, MAX_ENTITLEMENT_FIELD_BYTES};
 pub use event::{Event, InboxEvent};
 pub use event_time::{now_ms, EventTime, Minute};
 pub use game_state::{changed_keys, merge_patch, GameStateEvent, Publisher, Update};

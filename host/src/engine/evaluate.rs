@@ -14,6 +14,8 @@ pub struct Evaluation {
     pub grants: Vec<NewGrant>,
     pub viewer_minutes: u64,
     pub plugin_errors: u64,
+    /// EventSub entitlements passed (kept for the rules' entitlement hook).
+    pub entitlements: u64,
 }
 
 /// Evaluates one event against the rule set, updating the engine's state.
@@ -31,6 +33,9 @@ pub fn evaluate(state: &mut State, rules: &RuleSet, runtime: &PluginRuntime, eve
         Event::GameState(change) => {
             evaluate_game_state(state, rules, runtime, event.seq, event.received_at_ms, change, out)
         }
+        // Stored and deduplicated at ingest; the rules' `on-entitlement`
+        // hook that decides their in-game items is the next step of issue 13.
+        Event::Entitlement(_) => out.entitlements += 1,
     }
 }
 

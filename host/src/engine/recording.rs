@@ -9,12 +9,19 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{Event, GameStateEvent, Heartbeat, InboxEvent};
+use crate::domain::{Entitlement, Event, GameStateEvent, Heartbeat, InboxEvent};
 
 /// How a game-state event is recorded: beside heartbeats, told apart by its key.
 #[derive(Serialize, Deserialize)]
 struct RecordedGameState<T> {
     game_state: T,
+}
+
+/// How an entitlement is recorded, with its arrival time (the inbox's).
+#[derive(Serialize, Deserialize)]
+struct RecordedEntitlement<T> {
+    entitlement: T,
+    received_at_ms: i64,
 }
 
 /// The note a host writes when it starts recording: what it judges under.
@@ -75,6 +82,10 @@ impl Recorder {
                     Event::GameState(gs) => {
                         serde_json::to_writer(&mut self.out, &RecordedGameState { game_state: gs })?
                     }
+                    Event::Entitlement(entitlement) => serde_json::to_writer(
+                        &mut self.out,
+                        &RecordedEntitlement { entitlement, received_at_ms: e.received_at_ms },
+                    )?,
                 }
                 self.out.write_all(b"\n")?;
                 Ok::<_, std::io::Error>(())
@@ -110,7 +121,15 @@ pub fn parse_line(line: &str) -> Result<Line, String> {
 fn parse_event(line: &str) -> Result<Recorded, String> {
     let at = |e: serde_path_to_error::Error<serde_json::Error>| format!("{}: {}", e.path(), e.inner());
     let de = &mut serde_json::Deserializer::from_str(line);
-    if line.trim_start().starts_with(r#"{"game_state""#) {
+    if line.trim_start().starts_with(r#"{"entitlement""#) {
+        let recorded: RecordedEntitlement<Entitlement> = serde_path_to_error::deserialize(de).map_err(at)?;
+        let entitlement = recorded.entitlement;
+        Ok(Recorded {
+            dedup_id: format!("ent:{}", entitlement.entitlement_id),
+            received_at_ms: recorded.received_at_ms,
+            event: Event::Entitlement(Box::new(entitlement)),
+        })
+    } else if line.trim_start().starts_with(r#"{"game_state""#) {
         let recorded: RecordedGameState<GameStateEvent> = serde_path_to_error::deserialize(de).map_err(at)?;
         let gs = recorded.game_state;
         Ok(Recorded {
@@ -128,6 +147,22 @@ fn parse_event(line: &str) -> Result<Recorded, String> {
 mod tests {
     use super::*;
 
+    fn entitlement() -> Entitlement {
+        Entitlement {
+            entitlement_id: "ent-1".into(),
+            event_id: "ev-1".into(),
+            organization_id: "org".into(),
+            category_id: "cat".into(),
+            category_name: "Gäme 名".into(),
+            campaign_id: "camp".into(),
+            user_id: "u-1".into(),
+            user_login: "viewer".into(),
+            user_name: "Viewer".into(),
+            benefit_id: "ben".into(),
+            created_at: "2026-11-24T10:00:00Z".into(),
+        }
+    }
+
     #[test]
     fn what_is_written_reads_back() {
         let dir = tempfile::tempdir().unwrap();
@@ -144,6 +179,7 @@ mod tests {
         recorder.write(&[
             InboxEvent { seq: 1, received_at_ms: 9, event: Event::Heartbeat(hb.clone()) },
             InboxEvent { seq: 2, received_at_ms: 9, event: Event::GameState(gs.clone()) },
+            InboxEvent { seq: 3, received_at_ms: 11, event: Event::Entitlement(Box::new(entitlement())) },
         ]);
         drop(recorder);
         let text = std::fs::read_to_string(&path).unwrap();
@@ -159,6 +195,8 @@ mod tests {
         assert_eq!(lines[0].dedup_id, "h-1");
         assert!(matches!(&lines[1].event, Event::GameState(g) if *g == gs));
         assert_eq!((lines[1].dedup_id.as_str(), lines[1].received_at_ms), ("e2:c:1", 5));
+        assert!(matches!(&lines[2].event, Event::Entitlement(e) if **e == entitlement()));
+        assert_eq!((lines[2].dedup_id.as_str(), lines[2].received_at_ms), ("ent:ent-1", 11));
         assert!(parse_line(r#"{"id":"h"}"#).unwrap_err().contains("broadcaster"));
 
         // A line cut short by a crash stays on its own line; the next event starts a fresh one.

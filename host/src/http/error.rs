@@ -66,6 +66,11 @@ impl ApiError {
         ApiError::bad_request(json_field(&err), err.into_inner().to_string())
     }
 
+    /// 403: the request is well formed but refused (a signature that does not match, a replay).
+    pub fn forbidden(field: impl Into<String>, message: impl Into<String>) -> ApiError {
+        ApiError { status: StatusCode::FORBIDDEN, ..ApiError::bad_request(field, message) }
+    }
+
     /// 400, naming the field (`[2].time`, `viewer_list[0]`; empty for the body as a whole).
     pub fn bad_request(field: impl Into<String>, message: impl Into<String>) -> ApiError {
         let field = field.into();

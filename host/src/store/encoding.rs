@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::StoreError;
-use crate::domain::{EventTime, GameStateEvent, Heartbeat, Id, ViewerList};
+use crate::domain::{Entitlement, EventTime, GameStateEvent, Heartbeat, Id, ViewerList};
 
 /// What the inbox stores beside the viewer buffer: the heartbeat minus its viewers.
 #[derive(Serialize, Deserialize)]
@@ -62,6 +62,16 @@ pub fn encode_game_state(event: &GameStateEvent) -> Result<String, StoreError> {
 /// Rebuilds a game-state message from its stored form.
 pub fn decode_game_state(header: &str) -> Result<GameStateEvent, String> {
     serde_json::from_str(header).map_err(|e| format!("game state: {e}"))
+}
+
+/// An entitlement's stored form.
+pub fn encode_entitlement(entitlement: &Entitlement) -> Result<String, StoreError> {
+    serde_json::to_string(entitlement).map_err(|e| StoreError::Encode(e.to_string()))
+}
+
+/// Rebuilds an entitlement from its stored form.
+pub fn decode_entitlement(header: &str) -> Result<Entitlement, String> {
+    serde_json::from_str(header).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

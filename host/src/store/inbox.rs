@@ -20,10 +20,12 @@ use std::sync::Arc;
 use sqlx::AnyPool;
 use tokio::sync::{mpsc, oneshot};
 
-use super::encoding::{decode_game_state, decode_heartbeat, encode_game_state, encode_heartbeat};
+use super::encoding::{
+    decode_entitlement, decode_game_state, decode_heartbeat, encode_entitlement, encode_game_state, encode_heartbeat,
+};
 use super::signals::Signals;
 use super::{values_placeholders, Store, StoreError};
-use crate::domain::{now_ms, Event, GameStateEvent, Heartbeat, InboxEvent, ViewerList};
+use crate::domain::{now_ms, Entitlement, Event, GameStateEvent, Heartbeat, InboxEvent, ViewerList};
 
 /// Jobs waiting for the writer; a full queue makes callers wait, not fail.
 const QUEUE: usize = 256;
@@ -63,6 +65,8 @@ enum Work {
     Heartbeats(Vec<StoredHeartbeat>),
     /// One E2 message.
     GameState { dedup_key: String, header: String, received_at: i64 },
+    /// The entitlements of one EventSub notification: all of them or none.
+    Entitlements(Vec<(String, String)>),
     /// Drop what the engine's checkpoint at `0` has passed.
     Prune(i64),
 }
@@ -181,6 +185,7 @@ impl Work {
                 heartbeats.iter().map(|hb| hb.id.len() + hb.header.len() + hb.viewers.joined().len()).sum()
             }
             Work::GameState { dedup_key, header, .. } => dedup_key.len() + header.len(),
+            Work::Entitlements(rows) => rows.iter().map(|(key, header)| key.len() + header.len()).sum(),
             Work::Prune(_) => 0,
         }
     }
@@ -215,6 +220,13 @@ async fn commit(pool: &AnyPool, group: &[Job], shared: Option<&str>) -> Result<V
             Work::GameState { dedup_key, header, received_at } => {
                 rows.push(NewRow { source: "e2", dedup_key, header, viewers: None, received_at: *received_at })
             }
+            Work::Entitlements(entitlements) => rows.extend(entitlements.iter().map(|(dedup_key, header)| NewRow {
+                source: "eventsub",
+                dedup_key,
+                header,
+                viewers: None,
+                received_at: now,
+            })),
             Work::Prune(_) => {}
         }
     }
@@ -258,6 +270,7 @@ async fn commit(pool: &AnyPool, group: &[Job], shared: Option<&str>) -> Result<V
             match &job.work {
                 Work::Heartbeats(heartbeats) => heartbeats.iter().for_each(|hb| credit(&hb.id)),
                 Work::GameState { dedup_key, .. } => credit(dedup_key),
+                Work::Entitlements(rows) => rows.iter().for_each(|(key, _)| credit(key)),
                 Work::Prune(_) => {}
             }
             outcome
@@ -308,6 +321,16 @@ impl Store {
         self.inbox.submit(work).await.map(|_| ())
     }
 
+    /// Stores the entitlements of one EventSub notification in one
+    /// transaction, deduplicated by entitlement id (Twitch delivers at least once).
+    pub async fn insert_entitlements(&self, entitlements: &[Entitlement]) -> Result<InsertOutcome, StoreError> {
+        let rows = entitlements
+            .iter()
+            .map(|e| Ok((format!("ent:{}", e.entitlement_id), encode_entitlement(e)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        self.inbox.submit(Work::Entitlements(rows)).await
+    }
+
     /// Drops the viewer lists and game-state messages the checkpoint at `seq`
     /// has passed, once that checkpoint is committed.
     pub(super) async fn prune_inbox(&self, seq: i64) -> Result<(), StoreError> {
@@ -347,6 +370,8 @@ impl InboxRow {
         let corrupt = |reason| StoreError::Corrupt { seq, reason };
         let event = if self.source == "e2" {
             Event::GameState(decode_game_state(&self.header).map_err(corrupt)?)
+        } else if self.source == "eventsub" {
+            Event::Entitlement(Box::new(decode_entitlement(&self.header).map_err(corrupt)?))
         } else {
             Event::Heartbeat(decode_heartbeat(&self.header, self.viewers.unwrap_or_default()).map_err(corrupt)?)
         };
