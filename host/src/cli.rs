@@ -45,6 +45,11 @@ pub enum Command {
     /// Plugin tools.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// The EventSub subscription that brings today's Twitch Drops
+    /// (`drop.entitlement.grant`) to this host's POST /eventsub, under the
+    /// `[twitch]` app credentials and `eventsub.secret` of the config.
+    #[command(subcommand)]
+    Eventsub(EventsubCommand),
     /// Dry run: feed recorded events (JSON lines: VHS heartbeats and E2
     /// game-state messages, as `record_events` writes them) through the rules
     /// in memory and print the grants each campaign would make.
@@ -77,6 +82,41 @@ pub enum Command {
         /// Address to listen on (port 0: any free port; the address is printed).
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: std::net::SocketAddr,
+    },
+}
+
+/// EventSub subscription management.
+#[derive(Debug, Subcommand)]
+pub enum EventsubCommand {
+    /// Create the subscription; Twitch then verifies the callback (a running host answers its challenge).
+    Subscribe {
+        /// Config file (default: ./drops-host.toml if it exists).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The public https URL of the host's /eventsub.
+        #[arg(long)]
+        callback: String,
+        /// The Drops organization (required by Twitch).
+        #[arg(long)]
+        organization_id: String,
+        /// Only entitlements of this game (category).
+        #[arg(long)]
+        category_id: Option<String>,
+        /// Only entitlements of this Drops campaign.
+        #[arg(long)]
+        campaign_id: Option<String>,
+    },
+    /// List the application's drop.entitlement.grant subscriptions.
+    List {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Delete a subscription by id.
+    Delete {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The subscription id (from `list`).
+        id: String,
     },
 }
 
@@ -162,8 +202,50 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             crate::simulate::ack_latency::run(&args).await?;
         }
         Command::TwitchStandIn { listen } => twitch_stand_in(listen).await?,
+        Command::Eventsub(command) => eventsub(command).await?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `drops-host eventsub ...`.
+async fn eventsub(command: EventsubCommand) -> anyhow::Result<()> {
+    use crate::delivery::eventsub::DropsSubscription;
+    let config = match &command {
+        EventsubCommand::Subscribe { config, .. }
+        | EventsubCommand::List { config }
+        | EventsubCommand::Delete { config, .. } => config.clone(),
+    };
+    let settings = Settings::load(config.as_deref())?;
+    let client = crate::delivery::TwitchClient::new(&settings.twitch)?.ok_or_else(|| {
+        anyhow::anyhow!("twitch.client_id and twitch.client_secret are needed (the app's credentials)")
+    })?;
+    match command {
+        EventsubCommand::Subscribe { callback, organization_id, category_id, campaign_id, .. } => {
+            let secret = settings
+                .eventsub
+                .secret
+                .clone()
+                .ok_or_else(|| anyhow::anyhow!("eventsub.secret is needed: Twitch signs every message with it"))?;
+            let request = DropsSubscription { callback, secret, organization_id, category_id, campaign_id };
+            let subscription = client.subscribe_drops(&request).await?;
+            println!("subscription {} created: {}", subscription.id, subscription.status);
+            println!("Twitch now sends a challenge to the callback; a host with this eventsub.secret answers it.");
+        }
+        EventsubCommand::List { .. } => {
+            let subscriptions = client.drops_subscriptions().await?;
+            if subscriptions.is_empty() {
+                println!("no drop.entitlement.grant subscriptions");
+            }
+            for s in subscriptions {
+                println!("{} {} {} v{} {} created {}", s.id, s.status, s.kind, s.version, s.condition, s.created_at);
+            }
+        }
+        EventsubCommand::Delete { id, .. } => {
+            client.delete_subscription(&id).await?;
+            println!("subscription {id} deleted");
+        }
+    }
+    Ok(())
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {

@@ -180,3 +180,134 @@ async fn hostile_eventsub_messages_are_refused_before_anything_is_stored() {
     let Some(plain) = TestHost::spawn(Backend::Sqlite, HostConfig::default()).await else { return };
     assert_eq!(post(&plain, &signed("notification", "m-1", &now(), &good), good).await.0, 404);
 }
+
+/// A fake Helix for EventSub subscriptions: app tokens, and create, list
+/// (paged, two per page) and delete, checking what Twitch checks.
+async fn fake_helix() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    use axum::extract::{Query, State};
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::routing::post;
+    use axum::{Json, Router};
+    type Subs = std::sync::Arc<std::sync::Mutex<Vec<Value>>>;
+    let subs: Subs = Default::default();
+    fn authorized(headers: &HeaderMap) -> bool {
+        headers.get("authorization").is_some_and(|v| v == "Bearer fake-app-token")
+            && headers.get("client-id").is_some_and(|v| v == "client-e2e")
+    }
+    let app = Router::new()
+        .route("/oauth2/token", post(|| async { Json(json!({"access_token": "fake-app-token", "expires_in": 3600})) }))
+        .route(
+            "/helix/eventsub/subscriptions",
+            post(|State(subs): State<Subs>, headers: HeaderMap, Json(body): Json<Value>| async move {
+                if !authorized(&headers) {
+                    return (StatusCode::UNAUTHORIZED, Json(json!({"message": "invalid token"})));
+                }
+                let transport = &body["transport"];
+                let valid = body["type"] == "drop.entitlement.grant"
+                    && body["version"] == "1"
+                    && body["is_batching_enabled"] == true
+                    && body["condition"]["organization_id"].is_string()
+                    && transport["method"] == "webhook"
+                    && transport["secret"] == SECRET
+                    && transport["callback"].as_str().is_some_and(|c| c.ends_with("/eventsub"));
+                if !valid {
+                    return (StatusCode::BAD_REQUEST, Json(json!({"message": format!("bad request: {body}")})));
+                }
+                let mut subs = subs.lock().unwrap();
+                if subs.iter().any(|s| s["condition"] == body["condition"]) {
+                    return (StatusCode::CONFLICT, Json(json!({"message": "subscription already exists"})));
+                }
+                let sub = json!({"id": format!("sub-{}", subs.len() + 1), "status": "webhook_callback_verification_pending",
+                    "type": "drop.entitlement.grant", "version": "1", "condition": body["condition"],
+                    "created_at": "2026-11-24T10:00:00Z", "transport": {"method": "webhook", "callback": transport["callback"]}});
+                subs.push(sub.clone());
+                (StatusCode::ACCEPTED, Json(json!({"data": [sub], "total": subs.len(), "total_cost": 0, "max_total_cost": 10000})))
+            })
+            .get(|State(subs): State<Subs>, headers: HeaderMap, Query(q): Query<std::collections::HashMap<String, String>>| async move {
+                if !authorized(&headers) {
+                    return (StatusCode::UNAUTHORIZED, Json(json!({"message": "invalid token"})));
+                }
+                let subs = subs.lock().unwrap();
+                let from: usize = q.get("after").and_then(|a| a.parse().ok()).unwrap_or(0);
+                let page: Vec<Value> = subs.iter().skip(from).take(2).cloned().collect();
+                let cursor = if from + 2 < subs.len() { json!({"cursor": (from + 2).to_string()}) } else { json!({}) };
+                (StatusCode::OK, Json(json!({"data": page, "pagination": cursor, "total": subs.len()})))
+            })
+            .delete(|State(subs): State<Subs>, headers: HeaderMap, Query(q): Query<std::collections::HashMap<String, String>>| async move {
+                if !authorized(&headers) {
+                    return StatusCode::UNAUTHORIZED;
+                }
+                let mut subs = subs.lock().unwrap();
+                let before = subs.len();
+                subs.retain(|s| Some(s["id"].as_str().unwrap_or_default()) != q.get("id").map(String::as_str));
+                if subs.len() < before { StatusCode::NO_CONTENT } else { StatusCode::NOT_FOUND }
+            }),
+        )
+        .with_state(subs.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}"), subs)
+}
+
+/// Runs `drops-host eventsub ARGS` with a config naming the fake; (success, output).
+fn eventsub_command(config: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_drops-host"))
+        .arg("eventsub")
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+}
+
+#[tokio::test]
+async fn the_subscription_is_created_listed_and_deleted_through_helix() {
+    let (helix, subs) = fake_helix().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("drops-host.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[twitch]\nclient_id = \"client-e2e\"\nclient_secret = \"client-secret-e2e\"\nauth_base_url = \"{helix}\"\n\
+             api_base_url = \"{helix}\"\n[eventsub]\nsecret = \"{SECRET}\"\n"
+        ),
+    )
+    .unwrap();
+    let callback = "http://127.0.0.1:9/eventsub";
+    let config_path = config.clone();
+    let run = move |args: Vec<String>| {
+        let config = config_path.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                eventsub_command(&config, &args.iter().map(String::as_str).collect::<Vec<_>>())
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let args = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    for org in ["org-1", "org-2", "org-3"] {
+        let (ok, out) = run(args(&["subscribe", "--callback", callback, "--organization-id", org])).await;
+        assert!(ok, "{out}");
+        assert!(out.contains("webhook_callback_verification_pending"), "{out}");
+    }
+    let first = subs.lock().unwrap()[0].clone();
+    assert_eq!(first["condition"], json!({"organization_id": "org-1"}));
+    // The same condition again: Twitch's 409, said plainly, exit non-zero.
+    let (ok, out) = run(args(&["subscribe", "--callback", callback, "--organization-id", "org-1"])).await;
+    assert!(!ok && out.contains("exists already"), "{out}");
+    // Listed across pages (two per page here).
+    let (ok, out) = run(args(&["list"])).await;
+    assert!(ok, "{out}");
+    assert_eq!(out.lines().filter(|l| l.starts_with("sub-")).count(), 3, "{out}");
+    let (ok, out) = run(args(&["delete", "sub-2"])).await;
+    assert!(ok && out.contains("sub-2 deleted"), "{out}");
+    let (ok, out) = run(args(&["delete", "sub-2"])).await;
+    assert!(!ok && out.contains("no subscription `sub-2`"), "{out}");
+    assert_eq!(subs.lock().unwrap().len(), 2);
+    // A callback that is not a URL is refused before Twitch is asked.
+    let (ok, out) = run(args(&["subscribe", "--callback", "not a url", "--organization-id", "org-9"])).await;
+    assert!(!ok && out.contains("--callback"), "{out}");
+}

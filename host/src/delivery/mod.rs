@@ -4,6 +4,7 @@
 //! and every grant told to the studio's own entitlement systems (`sink`, with
 //! `webhook`, `nats`), in grant order, each under an idempotency key of its own.
 
+pub mod eventsub;
 pub mod nats;
 pub mod sink;
 pub mod twitch;

@@ -213,6 +213,49 @@ impl TwitchClient {
         Err(UploadError::transient("upload URL request: 401 after renewing the token"))
     }
 
+    /// A Helix request under the app token (a 401 renews it once): the
+    /// status and the body (bounded), or why there was no answer.
+    pub(super) async fn helix(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        query: &[(&str, &str)],
+        json: Option<&serde_json::Value>,
+        what: &str,
+    ) -> Result<(StatusCode, HeaderMap, Vec<u8>), UploadError> {
+        let url = format!("{}{path}", self.settings.api_base_url.trim_end_matches('/'));
+        for renewed in [false, true] {
+            let token = self.token().await?;
+            let mut request = self
+                .http
+                .request(method.clone(), &url)
+                .query(query)
+                .header("Client-ID", &self.client_id)
+                .bearer_auth(&token)
+                .timeout(self.request_timeout());
+            if let Some(json) = json {
+                request = request.json(json);
+            }
+            let answer = request.send().await.map_err(|e| transport(what, &e))?;
+            let status = answer.status();
+            let headers = answer.headers().clone();
+            let body = if status.is_success() { read_bounded(answer).await? } else { read_prefix(answer).await };
+            if status == StatusCode::UNAUTHORIZED {
+                self.forget_token(&token).await;
+                if !renewed {
+                    continue;
+                }
+            }
+            return Ok((status, headers, body));
+        }
+        Err(UploadError::transient(format!("{what}: 401 after renewing the token")))
+    }
+
+    /// Whether callbacks may be plain http (the API itself is: a local stand-in).
+    pub(super) fn plain_http_allowed(&self) -> bool {
+        self.settings.api_base_url.starts_with("http://")
+    }
+
     /// PUTs the file to a presigned URL, streamed from disk with its length.
     async fn put(&self, url: &str, file: &Path) -> Result<Put, UploadError> {
         let unreadable = |e: std::io::Error| UploadError::MissingFile(format!("reading {}: {e}", file.display()));
@@ -260,7 +303,7 @@ fn transport(what: &str, e: &reqwest::Error) -> UploadError {
 }
 
 /// Sorts a non-2xx answer into try-again (429, 5xx, 408) and give-up (other 4xx).
-fn classify(what: &str, status: StatusCode, headers: &HeaderMap, body: &[u8], refused: &str) -> UploadError {
+pub(super) fn classify(what: &str, status: StatusCode, headers: &HeaderMap, body: &[u8], refused: &str) -> UploadError {
     let text = format!("{what}: HTTP {}: {}", status.as_u16(), quote(body));
     if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT {
         UploadError::Transient { reason: text, wait: asked_wait(headers) }
