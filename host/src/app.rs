@@ -101,6 +101,8 @@ impl RunningHost {
                 paused: paused.clone(),
                 lease_ttl_ms: settings.cluster.lease_ttl_ms,
                 cluster: settings.cluster.enabled,
+                twitch: TwitchClient::new(&settings.twitch)?.map(Arc::new),
+                eventsub_secret: settings.eventsub.secret.clone(),
             }),
             health: Arc::new(Health { store: store.clone(), liveness: liveness.clone(), metrics: metrics.clone() }),
         };

@@ -311,3 +311,42 @@ async fn the_subscription_is_created_listed_and_deleted_through_helix() {
     let (ok, out) = run(args(&["subscribe", "--callback", "not a url", "--organization-id", "org-9"])).await;
     assert!(!ok && out.contains("--callback"), "{out}");
 }
+
+#[tokio::test]
+async fn the_admin_api_manages_the_subscription_too() {
+    use reqwest::Method;
+    let (helix, subs) = fake_helix().await;
+    let config = HostConfig {
+        extra_toml: format!(
+            "[eventsub]\nsecret = \"{SECRET}\"\n[twitch]\nclient_id = \"client-e2e\"\nclient_secret = \"client-secret-e2e\"\n\
+             auth_base_url = \"{helix}\"\napi_base_url = \"{helix}\"\n"
+        ),
+        ..Default::default()
+    };
+    let Some(host) = TestHost::spawn(Backend::Sqlite, config).await else { return };
+    let request =
+        json!({"callback": format!("{}/eventsub", host.base), "organization_id": "org-1", "campaign_id": "camp-1"});
+    let (status, created) =
+        host.admin_send(Method::POST, "/eventsub/subscriptions", request.to_string().into_bytes()).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["condition"], json!({"organization_id": "org-1", "campaign_id": "camp-1"}));
+    let (status, again) =
+        host.admin_send(Method::POST, "/eventsub/subscriptions", request.to_string().into_bytes()).await;
+    assert_eq!(status, 409, "{again}");
+    let listed = host.admin_get("/eventsub/subscriptions").await;
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    for (body, want, field) in [
+        (json!({"callback": "https://x/eventsub", "organization_id": "o", "extra": 1}), 400, "extra"),
+        (json!({"callback": "https://x/eventsub"}), 400, "organization_id"),
+        (json!({"callback": "ftp://x/eventsub", "organization_id": "o"}), 422, "https"),
+    ] {
+        let (status, answer) =
+            host.admin_send(Method::POST, "/eventsub/subscriptions", body.to_string().into_bytes()).await;
+        assert_eq!(status, want, "{answer}");
+        assert!(answer.to_string().contains(field), "{answer}");
+    }
+    let id = created["id"].as_str().unwrap();
+    assert_eq!(host.admin_send(Method::DELETE, &format!("/eventsub/subscriptions/{id}"), Vec::new()).await.0, 204);
+    assert_eq!(host.admin_send(Method::DELETE, &format!("/eventsub/subscriptions/{id}"), Vec::new()).await.0, 404);
+    assert!(subs.lock().unwrap().is_empty());
+}

@@ -14,6 +14,9 @@ use serde::Serialize;
 
 use super::AppState;
 use crate::config::AdminSettings;
+use crate::delivery::eventsub::{DropsSubscription, Subscription};
+use crate::delivery::twitch::UploadError;
+use crate::delivery::TwitchClient;
 use crate::domain::{AccountLink, Paused};
 use crate::engine::PausedCampaigns;
 use crate::http::{ApiError, ApiQuery, ErrorBody};
@@ -39,6 +42,10 @@ pub struct Admin {
     pub lease_ttl_ms: u64,
     /// Other hosts evaluate some campaigns: their pauses are read from the database.
     pub cluster: bool,
+    /// Twitch's API under the app's credentials, when configured (EventSub subscriptions).
+    pub twitch: Option<Arc<TwitchClient>>,
+    /// The EventSub subscription's secret (`eventsub.secret`).
+    pub eventsub_secret: Option<String>,
 }
 
 /// Largest plugin upload.
@@ -66,6 +73,12 @@ fn documented_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(plugin_versions))
         .routes(routes!(rollback_plugin))
         .routes(routes!(cluster))
+        .merge(
+            OpenApiRouter::new()
+                .routes(routes!(list_subscriptions, create_subscription))
+                .routes(routes!(delete_subscription))
+                .layer(DefaultBodyLimit::max(64 << 10)),
+        )
         .merge(OpenApiRouter::new().routes(routes!(upload_plugin)).layer(DefaultBodyLimit::max(MAX_PLUGIN_BYTES)))
         .merge(OpenApiRouter::new().routes(routes!(upload_campaign)).layer(DefaultBodyLimit::max(MAX_CAMPAIGN_BYTES)))
         .merge(OpenApiRouter::new().routes(routes!(put_links, get_links)).layer(DefaultBodyLimit::max(MAX_LINKS_BYTES)))
@@ -148,6 +161,94 @@ async fn cluster(State(app): State<Arc<Admin>>) -> Result<Json<ClusterView>, Api
     let hosts = app.store.live_hosts(app.lease_ttl_ms).await?;
     let leases = app.store.leases().await?;
     Ok(Json(ClusterView { hosts, leases }))
+}
+
+/// What `POST /v1/eventsub/subscriptions` takes.
+#[derive(Debug, serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct SubscriptionRequest {
+    /// The public https URL of a host's `/eventsub`.
+    callback: String,
+    /// The Drops organization (required by Twitch).
+    organization_id: String,
+    /// Only entitlements of this game (category).
+    category_id: Option<String>,
+    /// Only entitlements of this Drops campaign.
+    campaign_id: Option<String>,
+}
+
+/// Twitch's API client and the EventSub secret, or why they are missing.
+fn eventsub_client(app: &Admin) -> Result<&TwitchClient, ApiError> {
+    app.twitch.as_deref().ok_or_else(|| {
+        ApiError::conflict("twitch.client_id and twitch.client_secret are not set: Twitch's API is not configured")
+    })
+}
+
+/// Turns a failed Helix call into an answer: Twitch's refusals as 404, 409
+/// or 422 with its reason; no answer from Twitch as 503.
+fn helix_error(e: UploadError) -> ApiError {
+    match e {
+        UploadError::Permanent(reason) if reason.contains("exists already") => ApiError::conflict(reason),
+        UploadError::Permanent(reason) if reason.contains("no subscription") => ApiError::not_found(reason),
+        UploadError::Permanent(reason) => ApiError::unprocessable("body", reason),
+        other => ApiError::unavailable(other),
+    }
+}
+
+/// This application's `drop.entitlement.grant` subscriptions, as Twitch lists them.
+#[utoipa::path(get, path = "/eventsub/subscriptions", tag = "eventsub", responses(
+    (status = 200, description = "the subscriptions", body = [Subscription]),
+    TokenRefused,
+    (status = 409, description = "Twitch's API is not configured here", body = ErrorBody),
+    (status = 503, description = "Twitch did not answer", body = ErrorBody)))]
+async fn list_subscriptions(State(app): State<Arc<Admin>>) -> Result<Json<Vec<Subscription>>, ApiError> {
+    Ok(Json(eventsub_client(&app)?.drops_subscriptions().await.map_err(helix_error)?))
+}
+
+/// Creates the `drop.entitlement.grant` subscription (batched, webhook) with `eventsub.secret`.
+#[utoipa::path(post, path = "/eventsub/subscriptions", tag = "eventsub", request_body = SubscriptionRequest, responses(
+    (status = 201, description = "created; Twitch now sends the challenge to the callback", body = Subscription),
+    (status = 400, description = "not JSON, or a field is missing or unknown (named in `field`)", body = ErrorBody),
+    TokenRefused,
+    (status = 409, description = "it exists already, or Twitch's API or eventsub.secret is not configured", body = ErrorBody),
+    (status = 413, description = "larger than 64 KiB"),
+    (status = 422, description = "refused: not an https callback, or by Twitch (its reason)", body = ErrorBody),
+    (status = 503, description = "Twitch did not answer", body = ErrorBody)))]
+async fn create_subscription(
+    State(app): State<Arc<Admin>>,
+    body: Bytes,
+) -> Result<(axum::http::StatusCode, Json<Subscription>), ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(&body);
+    let request: SubscriptionRequest = serde_path_to_error::deserialize(de).map_err(ApiError::bad_json)?;
+    let client = eventsub_client(&app)?;
+    let secret = app.eventsub_secret.clone().ok_or_else(|| ApiError::conflict("eventsub.secret is not set"))?;
+    let request = DropsSubscription {
+        callback: request.callback,
+        secret,
+        organization_id: request.organization_id,
+        category_id: request.category_id,
+        campaign_id: request.campaign_id,
+    };
+    let subscription = client.subscribe_drops(&request).await.map_err(helix_error)?;
+    tracing::info!(subscription = %subscription.id, "EventSub subscription created through the admin API");
+    Ok((axum::http::StatusCode::CREATED, Json(subscription)))
+}
+
+/// Deletes a subscription by id.
+#[utoipa::path(delete, path = "/eventsub/subscriptions/{id}", tag = "eventsub",
+    params(("id" = String, Path, description = "the subscription id")),
+    responses(
+        (status = 204, description = "deleted"),
+        TokenRefused,
+        (status = 404, description = "no such subscription", body = ErrorBody),
+        (status = 409, description = "Twitch's API is not configured here", body = ErrorBody),
+        (status = 503, description = "Twitch did not answer", body = ErrorBody)))]
+async fn delete_subscription(
+    State(app): State<Arc<Admin>>,
+    Path(id): Path<String>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    eventsub_client(&app)?.delete_subscription(&id).await.map_err(helix_error)?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
 }
 
 /// Grants in the order they were made, filtered and paged.
@@ -597,15 +698,18 @@ mod tests {
         assert_eq!(
             operations,
             [
+                "DELETE /v1/eventsub/subscriptions/{id}",
                 "GET /v1/campaigns",
                 "GET /v1/campaigns/{id}/history",
                 "GET /v1/cluster",
+                "GET /v1/eventsub/subscriptions",
                 "GET /v1/grants",
                 "GET /v1/links",
                 "GET /v1/manifests",
                 "GET /v1/openapi.json",
                 "GET /v1/plugins",
                 "GET /v1/plugins/{name}/versions",
+                "POST /v1/eventsub/subscriptions",
                 "POST /v1/manifests/{id}/retry",
                 "POST /v1/plugins/{name}/rollback",
                 "PUT /v1/campaigns/{name}",

@@ -26,7 +26,7 @@ pub struct DropsSubscription {
 }
 
 /// A subscription as Twitch lists it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Subscription {
     pub id: String,
     pub status: String,
@@ -34,6 +34,7 @@ pub struct Subscription {
     pub kind: String,
     pub version: String,
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub condition: serde_json::Value,
     #[serde(default)]
     pub created_at: String,
