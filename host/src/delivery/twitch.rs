@@ -167,50 +167,28 @@ impl TwitchClient {
 
     /// Asks Helix for a presigned upload URL for `manifest_id`; a 401 renews the token once.
     async fn upload_url(&self, manifest_id: &str) -> Result<String, UploadError> {
-        let url = format!("{}/helix/entitlements/upload", self.settings.api_base_url.trim_end_matches('/'));
-        for renewed in [false, true] {
-            let token = self.token().await?;
-            let answer = self
-                .http
-                .post(&url)
-                .query(&[("manifest_id", manifest_id), ("type", "bulk_drops_grant")])
-                .header("Client-ID", &self.client_id)
-                .bearer_auth(&token)
-                .timeout(self.request_timeout())
-                .send()
-                .await
-                .map_err(|e| transport("upload URL request", &e))?;
-            let status = answer.status();
-            let headers = answer.headers().clone();
-            let body = if status.is_success() { read_bounded(answer).await? } else { read_prefix(answer).await };
-            if status == StatusCode::UNAUTHORIZED {
-                self.forget_token(&token).await;
-                if !renewed {
-                    tracing::info!("Twitch answered 401 to the app token; renewing it");
-                    continue;
-                }
-            }
-            if !status.is_success() {
-                return Err(classify("upload URL request", status, &headers, &body, "Twitch refused the upload"));
-            }
-            // A real JSON parser turns the answer's `\u0026` escapes into `&`.
-            let answer: UploadAnswer = serde_json::from_slice(&body)
-                .map_err(|e| UploadError::transient(format!("upload URL request: unreadable answer: {e}")))?;
-            let url = answer
-                .data
-                .into_iter()
-                .next()
-                .map(|d| d.url)
-                .ok_or_else(|| UploadError::transient("upload URL request: the answer holds no URL"))?;
-            // User ids travel in the file: https only, unless the API itself is plain http (a local stand-in).
-            let plain_allowed = self.settings.api_base_url.starts_with("http://");
-            return match reqwest::Url::parse(&url) {
-                Ok(u) if u.scheme() == "https" || (plain_allowed && u.scheme() == "http") => Ok(url),
-                // Not quoted: a presigned URL carries credentials.
-                _ => Err(UploadError::transient("upload URL request: the answer's URL is not an https URL")),
-            };
+        let query = [("manifest_id", manifest_id), ("type", "bulk_drops_grant")];
+        let what = "upload URL request";
+        let (status, headers, body) =
+            self.helix(reqwest::Method::POST, "/helix/entitlements/upload", &query, None, what).await?;
+        if !status.is_success() {
+            return Err(classify(what, status, &headers, &body, "Twitch refused the upload"));
         }
-        Err(UploadError::transient("upload URL request: 401 after renewing the token"))
+        // A real JSON parser turns the answer's `\u0026` escapes into `&`.
+        let answer: UploadAnswer = serde_json::from_slice(&body)
+            .map_err(|e| UploadError::transient(format!("upload URL request: unreadable answer: {e}")))?;
+        let url = answer
+            .data
+            .into_iter()
+            .next()
+            .map(|d| d.url)
+            .ok_or_else(|| UploadError::transient("upload URL request: the answer holds no URL"))?;
+        // User ids travel in the file: https only, unless the API itself is plain http (a local stand-in).
+        match reqwest::Url::parse(&url) {
+            Ok(u) if u.scheme() == "https" || (self.plain_http_allowed() && u.scheme() == "http") => Ok(url),
+            // Not quoted: a presigned URL carries credentials.
+            _ => Err(UploadError::transient("upload URL request: the answer's URL is not an https URL")),
+        }
     }
 
     /// A Helix request under the app token (a 401 renews it once): the
@@ -243,6 +221,7 @@ impl TwitchClient {
             if status == StatusCode::UNAUTHORIZED {
                 self.forget_token(&token).await;
                 if !renewed {
+                    tracing::info!("Twitch answered 401 to the app token; renewing it");
                     continue;
                 }
             }
