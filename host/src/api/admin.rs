@@ -526,6 +526,15 @@ fn check_name(name: &str) -> Result<(), ApiError> {
     }
 }
 
+/// An upload's name and body, checked: the name as [`check_name`] says, the body not empty.
+fn upload(name: &str, body: &[u8], what: &str) -> Result<Vec<u8>, ApiError> {
+    check_name(name)?;
+    if body.is_empty() {
+        return Err(ApiError::bad_request("body", format!("the body must be {what}")));
+    }
+    Ok(body.to_vec())
+}
+
 #[derive(Serialize, ToSchema)]
 struct Installed {
     name: String,
@@ -550,11 +559,8 @@ async fn upload_plugin(
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Json<Installed>, ApiError> {
-    check_name(&name)?;
-    if body.is_empty() {
-        return Err(ApiError::bad_request("body", "the body must be the plugin's .wasm bytes"));
-    }
-    let hash = app.reloader.install(&name, body.to_vec()).await.map_err(|e| install_error("body", e))?;
+    let body = upload(&name, &body, "the plugin's .wasm bytes")?;
+    let hash = app.reloader.install(&name, body).await.map_err(|e| install_error("body", e))?;
     tracing::info!(plugin = %name, %hash, "plugin installed through the admin API");
     Ok(Json(Installed { name, hash: hash.0, serving: true }))
 }
@@ -586,11 +592,8 @@ async fn upload_campaign(
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Json<CampaignInstalled>, ApiError> {
-    check_name(&name)?;
-    if body.is_empty() {
-        return Err(ApiError::bad_request("body", "the body must be the campaign file (TOML)"));
-    }
-    let campaign = app.reloader.install_campaign(&name, body.to_vec()).await.map_err(|e| install_error("body", e))?;
+    let body = upload(&name, &body, "the campaign file (TOML)")?;
+    let campaign = app.reloader.install_campaign(&name, body).await.map_err(|e| install_error("body", e))?;
     tracing::info!(file = %name, campaign = %campaign.id, revision = %campaign.revision, "campaign installed through the admin API");
     Ok(Json(CampaignInstalled { name, campaign, serving: true }))
 }
