@@ -171,7 +171,10 @@ async fn plugins_are_uploaded_listed_and_rolled_back_through_the_admin_api() {
     assert!(answer["error"].as_str().unwrap().contains("campaign camp-reload"), "names the campaign: {answer}");
     assert_eq!(serving(&host.admin_get("/campaigns").await), sha(&v2));
     assert_eq!(host.admin_send(Method::PUT, "/plugins/Bad%20Name", v1.clone()).await.0, 400);
-    let anonymous = host.client.put(format!("{}/v1/plugins/x", host.base)).body(v1.clone()).send().await.unwrap();
+    // Its own connection: the host refuses before reading the body and closes
+    // the connection, which a pooled client could otherwise reuse.
+    let anonymous =
+        reqwest::Client::new().put(format!("{}/v1/plugins/x", host.base)).body(v1.clone()).send().await.unwrap();
     assert_eq!(anonymous.status().as_u16(), 401);
 
     // Versions and rollback.
