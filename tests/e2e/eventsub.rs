@@ -350,3 +350,22 @@ async fn the_admin_api_manages_the_subscription_too() {
     assert_eq!(host.admin_send(Method::DELETE, &format!("/eventsub/subscriptions/{id}"), Vec::new()).await.0, 404);
     assert!(subs.lock().unwrap().is_empty());
 }
+
+/// An acknowledged notification survives SIGKILL: stored before the answer,
+/// read back by the restarted engine, and a redelivery after the restart is
+/// still a duplicate.
+#[tokio::test]
+async fn an_acknowledged_notification_survives_sigkill() {
+    let config = HostConfig { extra_toml: format!("[eventsub]\nsecret = \"{SECRET}\"\n"), ..Default::default() };
+    let Some(mut host) = TestHost::spawn(Backend::Sqlite, config).await else { return };
+    let batch = notification(vec![event("ent-k1", "u-1"), event("ent-k2", "u-2")]);
+    let headers = signed("notification", "m-kill", &now(), &batch);
+    assert_eq!(post(&host, &headers, batch.clone()).await.0, 204);
+    host.kill();
+    assert_eq!(stored(&host).await, ["ent:ent-k1", "ent:ent-k2"], "acknowledged, so stored");
+    host.restart();
+    assert_eq!(post(&host, &headers, batch).await.0, 204, "Twitch's redelivery after the crash");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(host.get_text("/readyz").await, "ready", "the engine read them back");
+    assert_eq!(stored(&host).await, ["ent:ent-k1", "ent:ent-k2"], "and stored nothing twice");
+}
