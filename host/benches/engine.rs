@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use drops_host::domain::{Event, Heartbeat, InboxEvent};
-use drops_host::engine::{evaluate, Evaluation, Judgement, State};
+use drops_host::engine::{evaluate, Evaluation, Judgement, Lookups, State};
 use drops_host::plugins::{PluginRuntime, WitCampaign, WitHeartbeat, WitViewers};
 use drops_host::rules::RuleSet;
 use drops_plugin_sdk::Rule;
@@ -258,7 +258,7 @@ fn engine_step(c: &mut Criterion) {
             b.iter(|| {
                 // Each iteration is the next minute of the same channel: every viewer-minute counts.
                 let mut out = Evaluation::default();
-                evaluate(&mut state, &rules, &runtime, &events[i % events.len()], &mut out);
+                evaluate(&mut state, &rules, &runtime, &events[i % events.len()], &Lookups::default(), &mut out);
                 i += 1;
                 out.viewer_minutes
             })

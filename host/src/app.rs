@@ -19,7 +19,7 @@ use crate::cluster::{Cluster, Role, RoleEnd, RoleRun};
 use crate::config::Settings;
 use crate::delivery::nats::NatsSink;
 use crate::delivery::webhook::WebhookSink;
-use crate::delivery::{sink, Backoff, TwitchClient, Uploader};
+use crate::delivery::{fulfil, sink, Backoff, TwitchClient, Uploader};
 use crate::engine::{Engine, EngineError, EngineOptions, PausedCampaigns};
 use crate::health::Liveness;
 use crate::http::{self, server::ServerLimits};
@@ -117,16 +117,21 @@ impl RunningHost {
         let mut roles: Vec<Role> =
             (0..partitions).map(|index| engine_role(engine.clone(), index, partitions)).collect();
         roles.push(manifests_role(store.clone(), &settings));
+        roles.push(fulfilment_role(store.clone(), rules.clone(), &settings));
+        if settings.items_sink().is_none() {
+            tracing::warn!("no [sink.webhook] or [sink.nats]: EventSub entitlements are decided but their items are not delivered (nor FULFILLED)");
+        }
         if let Some(webhook) = &settings.sink.webhook {
             let backoff = Backoff { initial_ms: webhook.retry_initial_ms, max_secs: webhook.retry_max_secs };
             WebhookSink::new(webhook)?;
             tracing::info!(url = %crate::secrets::redact_url(&webhook.url), "grants go to the webhook sink");
             let (webhook, store) = (webhook.clone(), store.clone());
+            let items = settings.items_sink() == Some("webhook");
             roles.push(Role::new("sink/webhook", false, move |run: RoleRun| {
                 let (sink, store) = (WebhookSink::new(&webhook), store.clone());
                 async move {
                     match sink {
-                        Ok(sink) => sink::run(sink, store, backoff, either(run.stop, run.handover)).await,
+                        Ok(sink) => sink::serve(sink, store, backoff, either(run.stop, run.handover), items).await,
                         Err(e) => return RoleEnd::Fatal(e.into()),
                     }
                     RoleEnd::Done
@@ -138,10 +143,11 @@ impl RunningHost {
             let sink = NatsSink::connect(nats).await?;
             tracing::info!(subject = %nats.subject, "grants go to the NATS JetStream sink");
             let store = store.clone();
+            let items = settings.items_sink() == Some("nats");
             roles.push(Role::new("sink/nats", false, move |run: RoleRun| {
                 let (sink, store) = (sink.clone(), store.clone());
                 async move {
-                    sink::run(sink, store, backoff, either(run.stop, run.handover)).await;
+                    sink::serve(sink, store, backoff, either(run.stop, run.handover), items).await;
                     RoleEnd::Done
                 }
             }));
@@ -260,6 +266,37 @@ fn engine_role(engine: Arc<Engine>, index: u32, count: u32) -> Role {
 
 /// The role of batching grants into manifests and uploading them: one host
 /// does both, so a manifest's file is on the host that uploads it.
+/// Marks delivered entitlements FULFILLED on Twitch and reconciles the
+/// CLAIMED ones the webhook missed (EventSub path); nothing to do without
+/// `[twitch]` credentials.
+fn fulfilment_role(store: Arc<Store>, rules: Arc<ArcSwap<RuleSet>>, settings: &Settings) -> Role {
+    let twitch = settings.twitch.clone();
+    let backoff = Backoff { initial_ms: twitch.retry_initial_ms, max_secs: twitch.retry_max_secs };
+    let every = Duration::from_secs(settings.eventsub.reconcile_interval_secs);
+    Role::new("fulfilment", false, move |run: RoleRun| {
+        let client = TwitchClient::new(&twitch);
+        let (store, rules) = (store.clone(), rules.clone());
+        async move {
+            let client = match client {
+                Ok(Some(client)) => Arc::new(client),
+                Ok(None) => {
+                    either(run.stop, run.handover).cancelled().await;
+                    return RoleEnd::Done;
+                }
+                Err(e) => return RoleEnd::Fatal(e.into()),
+            };
+            let stop = either(run.stop, run.handover);
+            let fulfil = fulfil::run_fulfilment(client.clone(), store.clone(), backoff, stop.clone());
+            if every.is_zero() {
+                fulfil.await;
+            } else {
+                tokio::join!(fulfil, fulfil::run_reconciliation(client, store, rules, every, stop));
+            }
+            RoleEnd::Done
+        }
+    })
+}
+
 fn manifests_role(store: Arc<Store>, settings: &Settings) -> Role {
     let (dir, manifests, twitch) = (settings.manifest_dir(), settings.manifests.clone(), settings.twitch.clone());
     Role::new("manifests", false, move |run: RoleRun| {

@@ -68,7 +68,7 @@ pub enum Command {
         config: Option<PathBuf>,
     },
     /// Send Twitch-like VHS traffic and, with --e2-token, game-server E2 traffic to a host, for demos and load tests.
-    Simulate(crate::simulate::SimulateArgs),
+    Simulate(Box<crate::simulate::SimulateArgs>),
     /// Run the demo: a host with the example campaigns, fed by simulated Twitch traffic.
     Demo(crate::demo::DemoArgs),
     /// Measure how long a host takes to acknowledge heartbeats sent one at a

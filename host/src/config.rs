@@ -50,11 +50,23 @@ pub struct EventSubSettings {
     pub max_body_bytes: u64,
     /// Most entitlements in one (batched) notification.
     pub max_events: usize,
+    /// The sink (`webhook` or `nats`) decided items are delivered to; unset:
+    /// the webhook when one is configured, else NATS.
+    pub sink: Option<String>,
+    /// How often Get Drops Entitlements is paged for CLAIMED entitlements the
+    /// webhook missed (needs `[twitch]` credentials); 0: never.
+    pub reconcile_interval_secs: u64,
 }
 
 impl Default for EventSubSettings {
     fn default() -> Self {
-        EventSubSettings { secret: None, max_body_bytes: 4 << 20, max_events: 10_000 }
+        EventSubSettings {
+            secret: None,
+            max_body_bytes: 4 << 20,
+            max_events: 10_000,
+            sink: None,
+            reconcile_interval_secs: 3600,
+        }
     }
 }
 
@@ -64,7 +76,22 @@ impl std::fmt::Debug for EventSubSettings {
             .field("secret", &self.secret.as_ref().map(|_| "***"))
             .field("max_body_bytes", &self.max_body_bytes)
             .field("max_events", &self.max_events)
+            .field("sink", &self.sink)
+            .field("reconcile_interval_secs", &self.reconcile_interval_secs)
             .finish()
+    }
+}
+
+impl Settings {
+    /// The sink decided entitlement items go to, if any.
+    pub fn items_sink(&self) -> Option<&'static str> {
+        match self.eventsub.sink.as_deref() {
+            Some("webhook") => Some("webhook"),
+            Some("nats") => Some("nats"),
+            _ if self.sink.webhook.is_some() => Some("webhook"),
+            _ if self.sink.nats.is_some() => Some("nats"),
+            _ => None,
+        }
     }
 }
 
@@ -705,6 +732,17 @@ impl Settings {
         }
         in_range("eventsub.max_body_bytes", self.eventsub.max_body_bytes, 1024, 64 << 20)?;
         in_range("eventsub.max_events", self.eventsub.max_events as u64, 1, 100_000)?;
+        match self.eventsub.sink.as_deref() {
+            None => {}
+            Some("webhook") if self.sink.webhook.is_none() => {
+                return invalid("eventsub.sink", "is `webhook`, but no [sink.webhook] is configured");
+            }
+            Some("nats") if self.sink.nats.is_none() => {
+                return invalid("eventsub.sink", "is `nats`, but no [sink.nats] is configured");
+            }
+            Some("webhook" | "nats") => {}
+            Some(_) => return invalid("eventsub.sink", "must be `webhook` or `nats`"),
+        }
         let c = &self.cluster;
         if c.enabled && !self.database_url().starts_with("postgres") {
             return invalid("cluster.enabled", "needs a postgres:// database_url: hosts share state through it");

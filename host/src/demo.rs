@@ -19,6 +19,7 @@ const DEMO_ADMIN_TOKEN: &str = "demo-admin-token";
 const DEMO_E2_TOKEN: &str = "demo-e2-app-token";
 const DEMO_CLIENT_ID: &str = "demo-client-id";
 const DEMO_GAME_ID: &str = "demo-game-id";
+const DEMO_EVENTSUB_SECRET: &str = "demo-eventsub-secret";
 
 /// Options of `drops-host demo`.
 #[derive(Debug, Clone, clap::Args)]
@@ -61,6 +62,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         user_id: None,
         expires_at: None,
     }];
+    settings.eventsub.secret = Some(DEMO_EVENTSUB_SECRET.into());
+    settings.eventsub.reconcile_interval_secs = 5;
     settings.manifests.flush_interval_secs = 3;
     settings.engine.checkpoint_interval_secs = 2;
     let stand_in = twitch_upload::start(([127, 0, 0, 1], 0).into()).await.context("starting the Twitch stand-in")?;
@@ -77,6 +80,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         retry_initial_ms: 200,
         retry_max_secs: 5,
     });
+    // One entitlement Twitch lists as CLAIMED that its webhook never brought:
+    // reconciliation finds it.
+    if let Ok(mut received) = stand_in.received.lock() {
+        let now = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339)?;
+        let (user_id, _) = simulate::eventsub::entitled_viewer(0);
+        received.claimed.push(serde_json::json!({"id": "ent-the-webhook-missed", "benefit_id": "benefit-sword",
+            "timestamp": now, "user_id": user_id, "game_id": DEMO_GAME_ID, "fulfillment_status": "CLAIMED",
+            "last_updated": now}));
+    }
     let host = RunningHost::start(settings.clone(), crate::telemetry::init_metrics()).await?;
     let rules = host.rules.load_full();
     println!("\n== drops-host demo: serving on http://{} with SQLite at {}", host.addr, settings.database_url());
@@ -124,6 +136,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         e2_window_secs: settings.e2.window_secs,
         admin_token: Some(DEMO_ADMIN_TOKEN.into()),
         acked_log: None,
+        eventsub: simulate::eventsub::EventSubArgs {
+            eventsub_secret: Some(DEMO_EVENTSUB_SECRET.into()),
+            entitled_viewers: 12,
+            drops_campaign: "d1e2f3a4-launch-drops".into(),
+            benefits: "benefit-sword,benefit-shield".into(),
+            entitlements_per_message: 4,
+        },
     };
     println!(
         "== simulating Twitch: {} channels of GameName, {} viewers each + {} watching all of them, {} minutes at {}x, every 7th report redelivered",
@@ -133,6 +152,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         "== simulating game servers over E2: one per broadcaster, a boss falls every {} minutes; broadcaster-{} sits idle on a menu\n",
         sim.boss_every,
         sim.channels - 1
+    );
+    println!(
+        "== and today's Drops over EventSub: {} viewers earn drops of campaign {} (signed notifications, with redeliveries and duplicates); every third links their game account only at the end\n",
+        sim.eventsub.entitled_viewers, sim.eventsub.drops_campaign
     );
     let watcher = tokio::spawn(watch_grants(host.store.clone()));
     let report = simulate::run(&sim).await?;
@@ -159,6 +182,19 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             received.webhook_grants.len(),
             received.webhook_bad_signatures
         );
+        println!(
+            "   EventSub: the studio's webhook took the items of {} entitlements; Twitch was told FULFILLED for {} ({} requests, at most {} ids each, none twice: {})",
+            received.webhook_items.len(),
+            received.fulfilled.len(),
+            received.fulfil_requests,
+            received.most_ids_per_update,
+            received.fulfilled.values().all(|n| *n == 1)
+        );
+        let mut shown: Vec<_> = received.webhook_items.iter().collect();
+        shown.sort();
+        for (entitlement, items) in shown.into_iter().take(5) {
+            println!("     {entitlement}: {}", items.join(", "));
+        }
     }
     store.close().await;
     Ok(())
@@ -173,7 +209,9 @@ async fn wait_for_delivery(store: &crate::store::Store, limit: Duration) {
         let unbatched = store.unbatched_grants(i64::MAX, 1).await.map(|g| g.len()).unwrap_or(1);
         let undelivered = store.manifest_backlog().await.map(|(_, oldest)| oldest.is_some()).unwrap_or(true);
         let webhook_behind = store.sink_backlog("webhook").await.map(|b| b.pending > 0).unwrap_or(true);
-        if unbatched == 0 && !undelivered && !webhook_behind {
+        let entitlements_behind =
+            store.entitlement_backlog().await.map(|b| b.to_deliver + b.to_fulfil > 0).unwrap_or(true);
+        if unbatched == 0 && !undelivered && !webhook_behind && !entitlements_behind {
             return;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -291,6 +329,27 @@ async fn summary(settings: &Settings, report: &simulate::SimulateReport) -> anyh
     }
     let in_manifests: i64 = manifests.iter().map(|m| m.users).sum();
     println!("   {} grants, {} of them in manifest files", grants.len(), in_manifests);
+    let entitlements =
+        store.list_entitlements(&crate::store::EntitlementFilter { limit: Some(10_000), ..Default::default() }).await?;
+    let mut by_outcome: BTreeMap<String, usize> = BTreeMap::new();
+    for e in &entitlements {
+        let fulfilled = e.fulfillment.as_deref().unwrap_or("not fulfilled");
+        *by_outcome.entry(format!("{} ({fulfilled})", e.status)).or_default() += 1;
+    }
+    println!(
+        "   EventSub: {} notifications with {} entitlements sent ({} redelivered, {} duplicates), {} stored once each:",
+        report.eventsub.notifications,
+        report.eventsub.entitlements,
+        report.eventsub.redeliveries,
+        report.eventsub.duplicate_entitlements,
+        entitlements.len()
+    );
+    for (outcome, n) in &by_outcome {
+        println!("     {outcome:<36} {n:>5}");
+    }
+    for e in entitlements.iter().filter(|e| e.status == "refused").take(3) {
+        println!("     refused {} ({}): {}", e.entitlement_id, e.benefit_id, e.reason.as_deref().unwrap_or(""));
+    }
     store.close().await;
     Ok(())
 }

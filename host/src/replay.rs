@@ -10,7 +10,7 @@ use anyhow::Context;
 use crate::config::Settings;
 use crate::domain::InboxEvent;
 use crate::engine::recording::{parse_line, Line};
-use crate::engine::{evaluate, Evaluation, Judgement, State};
+use crate::engine::{evaluate, Evaluation, Judgement, Lookups, State};
 use crate::plugins::PluginRuntime;
 use crate::rules::RuleSet;
 
@@ -32,6 +32,7 @@ pub fn run(settings: &Settings, rules_dir: &Path, events: &Path) -> anyhow::Resu
     let mut seen_ids = HashSet::new();
     let mut made = HashSet::new();
     let mut table: BTreeMap<(String, String), u64> = BTreeMap::new();
+    let mut entitlements: BTreeMap<&'static str, u64> = BTreeMap::new();
     let (mut events_read, mut duplicates, mut minutes, mut errors) = (0u64, 0u64, 0u64, 0u64);
     for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
         let line = line?;
@@ -59,9 +60,14 @@ pub fn run(settings: &Settings, rules_dir: &Path, events: &Path) -> anyhow::Resu
             &rules,
             &runtime,
             &InboxEvent { seq: events_read as i64, received_at_ms: recorded.received_at_ms, event: recorded.event },
+            // A recording has no account links: entitlements wait for the recorded link events.
+            &Lookups::default(),
             &mut out,
         );
         minutes += out.viewer_minutes;
+        for d in &out.entitlements {
+            *entitlements.entry(d.decision.status()).or_default() += 1;
+        }
         errors += out.plugin_errors;
         for g in out.grants {
             if made.insert((g.campaign_id.clone(), g.reward_id.clone(), g.user_id.clone(), g.grant_key.clone())) {
@@ -78,6 +84,10 @@ pub fn run(settings: &Settings, rules_dir: &Path, events: &Path) -> anyhow::Resu
         "{events_read} events ({duplicates} duplicates), {minutes} viewer-minutes counted, {} grants, {errors} plugin errors",
         table.values().sum::<u64>()
     );
+    if !entitlements.is_empty() {
+        let outcomes: Vec<String> = entitlements.iter().map(|(status, n)| format!("{n} {status}")).collect();
+        println!("entitlements: {}", outcomes.join(", "));
+    }
     Ok(())
 }
 

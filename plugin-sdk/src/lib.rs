@@ -60,11 +60,13 @@ pub mod bindings {
 pub use wit_bindgen as __wit_bindgen;
 
 pub use bindings::drops::rules::host::Level;
-pub use bindings::exports::drops::rules::rule::{Campaign, GameState, Grant, Heartbeat, HeartbeatVerdict};
+pub use bindings::exports::drops::rules::rule::{
+    Campaign, Entitlement, EntitlementVerdict, GameState, Grant, Heartbeat, HeartbeatVerdict, Item,
+};
 
 /// The interface version this SDK builds plugins for: the one place the SDK
 /// writes it (a test checks it against `wit/rules.wit`).
-pub const INTERFACE_VERSION: &str = "0.3.0";
+pub const INTERFACE_VERSION: &str = "0.4.0";
 
 /// A linked viewer of the event and their progress in the campaign.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,6 +139,19 @@ pub trait Rule {
         _viewers: &[Viewer],
     ) -> Vec<Grant> {
         Vec::new()
+    }
+
+    /// Decides the in-game items for a Twitch Drops entitlement of the
+    /// campaign (EventSub), once its viewer has a linked game account.
+    fn on_entitlement(_config: &Self::Config, _campaign: &Campaign, _entitlement: &Entitlement) -> EntitlementVerdict {
+        EntitlementVerdict::Refuse("this rule decides no entitlements".to_string())
+    }
+}
+
+impl Item {
+    /// `quantity` of item `id`.
+    pub fn new(id: impl Into<String>, quantity: u32) -> Self {
+        Item { id: id.into(), quantity }
     }
 }
 
@@ -244,6 +259,13 @@ pub fn decide_game_state<R: Rule>(
     Ok(R::on_game_state(&config, &campaign, &change, &viewers))
 }
 
+/// Runs a rule's entitlement hook as the host calls it.
+pub fn decide_entitlement<R: Rule>(campaign: Campaign, entitlement: Entitlement) -> Result<EntitlementVerdict, String> {
+    sys::install_panic_hook();
+    let config = parse_config::<R>(&campaign)?;
+    Ok(R::on_entitlement(&config, &campaign, &entitlement))
+}
+
 /// Exports a [`Rule`] implementation as the plugin's rule, allocating from
 /// [`arena::Arena`]. `export_rule!(MyRule, own_allocator)` leaves the global
 /// allocator to the plugin.
@@ -279,6 +301,13 @@ macro_rules! export_rule {
                 viewers: $crate::bindings::exports::drops::rules::rule::Viewers,
             ) -> ::core::result::Result<::std::vec::Vec<$crate::Grant>, ::std::string::String> {
                 $crate::decide_game_state::<$rule>(campaign, change, $crate::__viewers(viewers))
+            }
+
+            fn on_entitlement(
+                campaign: $crate::Campaign,
+                entitlement: $crate::Entitlement,
+            ) -> ::core::result::Result<$crate::EntitlementVerdict, ::std::string::String> {
+                $crate::decide_entitlement::<$rule>(campaign, entitlement)
             }
         }
 

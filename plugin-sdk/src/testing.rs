@@ -56,3 +56,18 @@ pub fn watching(minutes: &[u32]) -> Vec<Viewer> {
 pub fn viewers(minutes: &[u32]) -> Vec<Viewer> {
     minutes.iter().enumerate().map(|(i, &m)| Viewer { handle: i as u32, minutes: m, counted: true }).collect()
 }
+
+/// An entitlement of `benefit` for the viewer linked to `account`, created at
+/// `created_at` (seconds since the Unix epoch).
+pub fn entitlement(id: &str, benefit: &str, account: &str, created_at: i64) -> crate::Entitlement {
+    crate::Entitlement {
+        id: id.into(),
+        benefit_id: benefit.into(),
+        campaign_id: "campaign".into(),
+        category_id: "category".into(),
+        user_id: format!("twitch-{account}"),
+        user_login: format!("login-{account}"),
+        created_at,
+        account: account.into(),
+    }
+}

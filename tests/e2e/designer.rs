@@ -33,7 +33,7 @@ fn a_scaffolded_plugin_builds_and_passes_plugin_check() {
     let wasm = wasm.to_str().unwrap();
     let (ok, out) =
         drops_host(&["plugin", "check", wasm, "--config", r#"{"minutes": 30, "reward": "r"}"#, "--rewards", "r"]);
-    assert!(ok && out.contains("implements drops:rules@0.3.0") && out.contains("config: ok"), "{out}");
+    assert!(ok && out.contains("implements drops:rules@0.4.0") && out.contains("config: ok"), "{out}");
     let (ok, out) =
         drops_host(&["plugin", "check", wasm, "--config", r#"{"minutes": 0, "reward": "r"}"#, "--rewards", "r"]);
     assert!(!ok && out.contains("config.minutes: must be at least 1"), "{out}");

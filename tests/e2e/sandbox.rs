@@ -77,7 +77,7 @@ fn plugins_that_reach_outside_the_rules_world_are_refused() {
     let future =
         wat::parse_str(r#"(module (import "drops:rules/host@0.9.0" "log" (func (param i32 i32 i32))))"#).unwrap();
     let err = runtime.load("future", &future).unwrap_err();
-    assert_eq!(err.to_string(), "built for interface drops:rules@0.9.0, but this host supports drops:rules@0.3.0");
+    assert_eq!(err.to_string(), "built for interface drops:rules@0.9.0, but this host supports drops:rules@0.4.0");
     assert_eq!(runtime.load("junk", b"not wasm").unwrap_err(), PluginError::NotWasm);
     let bare = wat::parse_str("(module)").unwrap();
     assert_eq!(runtime.load("bare", &bare).unwrap_err(), PluginError::MissingExport);

@@ -24,7 +24,8 @@ use crate::rules::reload::{LoadedCampaignView, Reloader};
 use crate::rules::{LoadError, RuleSet, RulesError};
 use crate::secrets::same_secret;
 use crate::store::{
-    manifest_status, GrantFilter, GrantRow, HostRow, LeaseRow, ManifestRow, PluginVersion, RuleHistoryEntry, Store,
+    manifest_status, EntitlementFilter, EntitlementRow, GrantFilter, GrantRow, HostRow, LeaseRow, ManifestRow,
+    PluginVersion, RuleHistoryEntry, Store,
 };
 use utoipa::{IntoParams, OpenApi, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -65,6 +66,7 @@ pub fn router(state: Arc<Admin>) -> Router<AppState> {
 fn documented_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(AdminApi::openapi())
         .routes(routes!(grants))
+        .routes(routes!(entitlements))
         .routes(routes!(manifests))
         .routes(routes!(retry_manifest))
         .routes(routes!(campaigns))
@@ -251,6 +253,29 @@ async fn delete_subscription(
     Ok(axum::http::StatusCode::NO_CONTENT)
 }
 
+/// EventSub entitlements and what became of them, by entitlement id, filtered and paged.
+#[utoipa::path(get, path = "/entitlements", tag = "entitlements", params(EntitlementFilter), responses(
+    (status = 200, description = "entitlements, by id", body = [EntitlementRow]),
+    (status = 400, description = "an unknown filter or value, named in `field`", body = ErrorBody),
+    TokenRefused,
+    (status = 503, description = "storage unavailable", body = ErrorBody)))]
+async fn entitlements(
+    State(app): State<Arc<Admin>>,
+    ApiQuery(filter): ApiQuery<EntitlementFilter>,
+) -> Result<Json<Vec<EntitlementRow>>, ApiError> {
+    const STATUSES: [&str; 4] = ["awaiting_link", "unmatched", "refused", "deliver"];
+    const FULFILMENTS: [&str; 5] = ["pending", "fulfilled", "invalid_id", "not_found", "unauthorized"];
+    if let Some(status) = filter.status.as_deref().filter(|s| !STATUSES.contains(s)) {
+        let known = STATUSES.join(", ");
+        return Err(ApiError::bad_request("status", format!("`{}` is not one of {known}", status.escape_debug())));
+    }
+    if let Some(f) = filter.fulfillment.as_deref().filter(|f| !FULFILMENTS.contains(f)) {
+        let known = FULFILMENTS.join(", ");
+        return Err(ApiError::bad_request("fulfillment", format!("`{}` is not one of {known}", f.escape_debug())));
+    }
+    app.store.list_entitlements(&filter).await.map(Json).map_err(ApiError::from)
+}
+
 /// Grants in the order they were made, filtered and paged.
 #[utoipa::path(get, path = "/grants", tag = "grants", params(GrantFilter), responses(
     (status = 200, description = "grants, oldest first", body = [GrantRow]),
@@ -276,6 +301,9 @@ async fn grants(
 #[derive(Serialize, ToSchema)]
 struct Linked {
     linked: u64,
+    /// Viewers among them whose EventSub entitlements were awaiting a link:
+    /// the engine decides those now.
+    released: u64,
 }
 
 /// Registers one link or a JSON array of them, all or none.
@@ -291,7 +319,11 @@ async fn put_links(State(app): State<Arc<Admin>>, body: Bytes) -> Result<Json<Li
     let links = parse_links(&body)?;
     let linked = app.store.put_links(&links).await?;
     metrics::counter!("drops_links_put_total").increment(linked);
-    Ok(Json(Linked { linked }))
+    // Stored links are not undone if this fails: the PUT is idempotent, and
+    // its retry announces them.
+    let users: Vec<String> = links.iter().map(|l| l.twitch_user_id.0.clone()).collect();
+    let released = app.store.announce_links(&users).await?;
+    Ok(Json(Linked { linked, released }))
 }
 
 fn parse_links(body: &[u8]) -> Result<Vec<AccountLink>, ApiError> {
@@ -705,6 +737,7 @@ mod tests {
                 "GET /v1/campaigns",
                 "GET /v1/campaigns/{id}/history",
                 "GET /v1/cluster",
+                "GET /v1/entitlements",
                 "GET /v1/eventsub/subscriptions",
                 "GET /v1/grants",
                 "GET /v1/links",

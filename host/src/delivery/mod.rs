@@ -5,6 +5,8 @@
 //! `webhook`, `nats`), in grant order, each under an idempotency key of its own.
 
 pub mod eventsub;
+pub mod fulfil;
+pub mod items;
 pub mod nats;
 pub mod sink;
 pub mod twitch;

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 
-use super::sink::{GrantBatch, Sink, SinkError};
+use serde::Serialize;
+
+use super::sink::{GrantBatch, ItemBatch, Sink, SinkError};
 use crate::config::NatsSettings;
 
 /// The NATS JetStream sink.
@@ -44,12 +46,28 @@ impl Sink for NatsSink {
     }
 
     async fn deliver(&self, batch: &GrantBatch) -> Result<(), SinkError> {
-        // Publish the whole batch, then wait for the acknowledgements: one round trip, not one per grant.
-        let mut acks = Vec::with_capacity(batch.grants.len());
-        for grant in &batch.grants {
-            let body = serde_json::to_vec(grant).map_err(|e| SinkError(format!("encoding a grant: {e}")))?;
+        self.publish("grants", batch.grants.iter().map(|g| (g.idempotency_key.as_str(), g))).await
+    }
+
+    async fn deliver_items(&self, batch: &ItemBatch) -> Result<(), SinkError> {
+        self.publish("items", batch.deliveries.iter().map(|d| (d.idempotency_key.as_str(), d))).await
+    }
+}
+
+impl NatsSink {
+    /// Publishes one message per `(message id, value)`, then waits for every
+    /// acknowledgement: one round trip, not one per message.
+    async fn publish<'a, T: Serialize + 'a>(
+        &self,
+        kind: &'static str,
+        messages: impl Iterator<Item = (&'a str, &'a T)>,
+    ) -> Result<(), SinkError> {
+        let mut acks = Vec::new();
+        for (id, message) in messages {
+            let body = serde_json::to_vec(message).map_err(|e| SinkError(format!("encoding a message: {e}")))?;
             let mut headers = async_nats::HeaderMap::new();
-            headers.insert(async_nats::header::NATS_MESSAGE_ID, grant.idempotency_key.as_str());
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
+            headers.insert("Drops-Message-Kind", kind);
             let ack = self
                 .jetstream
                 .publish_with_headers(self.subject.clone(), headers, body.into())

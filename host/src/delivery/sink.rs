@@ -25,8 +25,8 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use super::Backoff;
-use crate::domain::now_ms;
-use crate::store::{GrantRow, Store};
+use crate::domain::{now_ms, DeliveredItem};
+use crate::store::{EntitlementRow, GrantRow, Store};
 
 /// How often a sink with nothing to deliver looks again (besides being woken by new grants).
 const POLL: Duration = Duration::from_secs(1);
@@ -78,6 +78,61 @@ pub struct GrantBatch {
     pub grants: Vec<GrantMessage>,
 }
 
+/// A decided entitlement's items as sinks send them (EventSub path).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ItemMessage {
+    /// `items:<entitlement id>`: the same entitlement always travels under
+    /// the same key. Deduplicate on it.
+    pub idempotency_key: String,
+    pub entitlement_id: String,
+    pub campaign_id: String,
+    pub benefit_id: String,
+    /// The viewer's Twitch user id and the game account to deliver to.
+    pub twitch_user_id: String,
+    pub account: String,
+    pub items: Vec<DeliveredItem>,
+    pub decided_at: String,
+    pub campaign_revision: String,
+    pub plugin_hash: String,
+}
+
+impl ItemMessage {
+    /// The message for a stored entitlement decided with items.
+    pub fn new(row: EntitlementRow) -> ItemMessage {
+        ItemMessage {
+            idempotency_key: format!("items:{}", row.entitlement_id),
+            decided_at: rfc3339_ms(row.decided_at),
+            entitlement_id: row.entitlement_id,
+            campaign_id: row.campaign_id,
+            benefit_id: row.benefit_id,
+            twitch_user_id: row.user_id,
+            account: row.account.unwrap_or_default(),
+            items: row.items,
+            campaign_revision: row.campaign_revision,
+            plugin_hash: row.plugin_hash,
+        }
+    }
+}
+
+/// A batch of item deliveries: its id (the same for the same entitlements) and the deliveries.
+#[derive(Debug, Clone, Serialize)]
+pub struct ItemBatch {
+    pub batch_id: String,
+    pub deliveries: Vec<ItemMessage>,
+}
+
+impl ItemBatch {
+    /// A batch of the given deliveries.
+    pub fn new(deliveries: Vec<ItemMessage>) -> ItemBatch {
+        let mut hash = Sha256::new();
+        for d in &deliveries {
+            hash.update((d.entitlement_id.len() as u64).to_be_bytes());
+            hash.update(d.entitlement_id.as_bytes());
+        }
+        ItemBatch { batch_id: format!("items-{}", hex::encode(&hash.finalize()[..12])), deliveries }
+    }
+}
+
 /// Why a sink did not take a batch; always retried.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
@@ -91,10 +146,23 @@ pub trait Sink: Send + Sync + 'static {
     fn max_batch(&self) -> u32;
     /// Delivers a batch; Ok only once the sink has it durably.
     fn deliver(&self, batch: &GrantBatch) -> impl Future<Output = Result<(), SinkError>> + Send;
+    /// Delivers a batch of entitlements' items; Ok only once the sink has it durably.
+    fn deliver_items(&self, batch: &ItemBatch) -> impl Future<Output = Result<(), SinkError>> + Send;
 }
 
-/// Runs one sink until `stop`: a batch in flight then is abandoned, and delivered again at the next start.
-pub async fn run<S: Sink>(sink: S, store: Arc<Store>, backoff: Backoff, stop: CancellationToken) {
+/// Runs a sink until `stop`: its grants and, when it is the sink decided
+/// entitlements' items go to (`items`), those too.
+pub async fn serve<S: Sink>(sink: S, store: Arc<Store>, backoff: Backoff, stop: CancellationToken, items: bool) {
+    if items {
+        let grants = run(&sink, store.clone(), backoff, stop.clone());
+        tokio::join!(grants, super::items::run(&sink, store, backoff, stop));
+    } else {
+        run(&sink, store, backoff, stop).await;
+    }
+}
+
+/// Runs one sink's grants until `stop`: a batch in flight then is abandoned, and delivered again at the next start.
+pub async fn run<S: Sink>(sink: &S, store: Arc<Store>, backoff: Backoff, stop: CancellationToken) {
     let name = sink.name();
     let mut failures = 0u32;
     let mut held: Option<GrantBatch> = None;
@@ -123,7 +191,7 @@ pub async fn run<S: Sink>(sink: S, store: Arc<Store>, backoff: Backoff, stop: Ca
         // A failed batch is retried as it was (same id, same grants) until it goes through.
         let batch = match held.take() {
             Some(batch) => batch,
-            None => match next_batch(&store, &sink).await {
+            None => match next_batch(&store, sink).await {
                 Ok(Some(batch)) => batch,
                 Ok(None) => {
                     tokio::select! {
@@ -172,7 +240,7 @@ pub async fn run<S: Sink>(sink: S, store: Arc<Store>, backoff: Backoff, stop: Ca
 }
 
 /// Sleeps `wait`; true when asked to stop meanwhile.
-async fn pause(stop: &CancellationToken, wait: Duration) -> bool {
+pub(super) async fn pause(stop: &CancellationToken, wait: Duration) -> bool {
     tokio::select! {
         _ = stop.cancelled() => true,
         _ = tokio::time::sleep(wait) => false,

@@ -57,6 +57,9 @@ pub struct TwitchClient {
     client_secret: String,
     settings: TwitchSettings,
     token: Mutex<Option<AppToken>>,
+    /// Until when Helix asked us to wait: its points bucket ran out
+    /// (`Ratelimit-Remaining: 0`, or a 429) and refills at `Ratelimit-Reset`.
+    rate_limited_until: std::sync::Mutex<Option<Instant>>,
 }
 
 #[derive(Deserialize)]
@@ -90,6 +93,7 @@ impl TwitchClient {
             client_secret: client_secret.to_string(),
             settings: settings.clone(),
             token: Mutex::new(None),
+            rate_limited_until: std::sync::Mutex::new(None),
         }))
     }
 
@@ -203,6 +207,14 @@ impl TwitchClient {
     ) -> Result<(StatusCode, HeaderMap, Vec<u8>), UploadError> {
         let url = format!("{}{path}", self.settings.api_base_url.trim_end_matches('/'));
         for renewed in [false, true] {
+            let until = *self.rate_limited_until.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(until) = until.filter(|u| *u > Instant::now()) {
+                tracing::debug!(
+                    wait_ms = (until - Instant::now()).as_millis() as u64,
+                    "waiting for Helix's rate limit to reset"
+                );
+                tokio::time::sleep_until(until).await;
+            }
             let token = self.token().await?;
             let mut request = self
                 .http
@@ -217,6 +229,7 @@ impl TwitchClient {
             let answer = request.send().await.map_err(|e| transport(what, &e))?;
             let status = answer.status();
             let headers = answer.headers().clone();
+            self.note_rate_limit(status, &headers);
             let body = if status.is_success() { read_bounded(answer).await? } else { read_prefix(answer).await };
             if status == StatusCode::UNAUTHORIZED {
                 self.forget_token(&token).await;
@@ -231,6 +244,17 @@ impl TwitchClient {
     }
 
     /// Whether callbacks may be plain http (the API itself is: a local stand-in).
+    /// Remembers to wait for the reset when the points bucket is empty.
+    fn note_rate_limit(&self, status: StatusCode, headers: &HeaderMap) {
+        let empty = headers.get("ratelimit-remaining").and_then(|v| v.to_str().ok()).map(str::trim) == Some("0");
+        if empty || status == StatusCode::TOO_MANY_REQUESTS {
+            // At most a minute: a reset far away is a clock or a server gone wrong.
+            let wait = asked_wait(headers).unwrap_or(Duration::from_secs(1)).min(Duration::from_secs(60));
+            metrics::counter!("drops_twitch_rate_limited_total").increment(1);
+            *self.rate_limited_until.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + wait);
+        }
+    }
+
     pub(super) fn plain_http_allowed(&self) -> bool {
         self.settings.api_base_url.starts_with("http://")
     }

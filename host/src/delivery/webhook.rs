@@ -4,7 +4,9 @@
 //!
 //! - `Drops-Message-Id`: the batch id (`grants-<first id>-<last id>`);
 //! - `Drops-Message-Timestamp`: RFC 3339, when this attempt was signed;
-//! - `Drops-Message-Signature`: `sha256=` + hex HMAC-SHA256(secret, id + timestamp + body).
+//! - `Drops-Message-Signature`: `sha256=` + hex HMAC-SHA256(secret, id + timestamp + body);
+//! - `Drops-Message-Kind`: `grants` (`{"batch_id", "grants": [...]}`) or
+//!   `items` (`{"batch_id", "deliveries": [...]}`, decided entitlements' items).
 //!
 //! Every 2xx acknowledges the whole batch; anything else (or no answer within
 //! `request_timeout_secs`) is retried, the same grants under the same keys.
@@ -15,7 +17,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use time::format_description::well_known::Rfc3339;
 
-use super::sink::{GrantBatch, Sink, SinkError};
+use super::sink::{GrantBatch, ItemBatch, Sink, SinkError};
 use super::{quote, read_prefix, without_url};
 use crate::config::WebhookSettings;
 
@@ -64,13 +66,26 @@ impl Sink for WebhookSink {
 
     async fn deliver(&self, batch: &GrantBatch) -> Result<(), SinkError> {
         let body = serde_json::to_vec(batch).map_err(|e| SinkError(format!("encoding the batch: {e}")))?;
+        self.post(&batch.batch_id, "grants", body).await
+    }
+
+    async fn deliver_items(&self, batch: &ItemBatch) -> Result<(), SinkError> {
+        let body = serde_json::to_vec(batch).map_err(|e| SinkError(format!("encoding the batch: {e}")))?;
+        self.post(&batch.batch_id, "items", body).await
+    }
+}
+
+impl WebhookSink {
+    /// POSTs one signed batch; Ok on any 2xx.
+    async fn post(&self, id: &str, kind: &str, body: Vec<u8>) -> Result<(), SinkError> {
         let timestamp = time::OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default();
-        let signed = signature(&self.secret, &batch.batch_id, &timestamp, &body);
+        let signed = signature(&self.secret, id, &timestamp, &body);
         let answer = self
             .http
             .post(&self.url)
             .header("content-type", "application/json")
-            .header("Drops-Message-Id", &batch.batch_id)
+            .header("Drops-Message-Kind", kind)
+            .header("Drops-Message-Id", id)
             .header("Drops-Message-Timestamp", &timestamp)
             .header("Drops-Message-Signature", signed)
             .body(body)

@@ -26,3 +26,78 @@ pub struct Entitlement {
     /// When Twitch created it (RFC 3339, as sent).
     pub created_at: String,
 }
+
+/// A viewer linked a game account while entitlements of theirs were waiting
+/// for one: the engine decides them now. The event carries the
+/// entitlements, so their evaluation depends only on the inbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Linked {
+    pub twitch_user_id: String,
+    pub game_account_id: String,
+    pub entitlements: Vec<Entitlement>,
+}
+
+/// Most entitlements one [`Linked`] event carries; more make several events.
+pub const MAX_LINKED_ENTITLEMENTS: usize = 500;
+
+/// An in-game item a rule decided to deliver.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DeliveredItem {
+    pub id: String,
+    pub quantity: u32,
+}
+
+/// What became of an entitlement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// The viewer has no linked game account yet: kept until `PUT /v1/links` links them.
+    AwaitingLink,
+    /// No campaign of this host has the entitlement's campaign id.
+    Unmatched(String),
+    /// The rule delivers nothing, for this reason; the entitlement stays CLAIMED on Twitch.
+    Refused(String),
+    /// The rule's items, for the studio's sink; FULFILLED once the sink has them.
+    Deliver(Vec<DeliveredItem>),
+}
+
+impl Decision {
+    /// The stored status.
+    pub fn status(&self) -> &'static str {
+        match self {
+            Decision::AwaitingLink => entitlement_status::AWAITING_LINK,
+            Decision::Unmatched(_) => entitlement_status::UNMATCHED,
+            Decision::Refused(_) => entitlement_status::REFUSED,
+            Decision::Deliver(_) => entitlement_status::DELIVER,
+        }
+    }
+}
+
+/// The stored statuses of an entitlement.
+pub mod entitlement_status {
+    pub const AWAITING_LINK: &str = "awaiting_link";
+    pub const UNMATCHED: &str = "unmatched";
+    pub const REFUSED: &str = "refused";
+    pub const DELIVER: &str = "deliver";
+}
+
+/// An entitlement's outcome, as the engine stores it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntitlementDecision {
+    pub entitlement: Entitlement,
+    /// The inbox event that brought the entitlement.
+    pub first_seq: i64,
+    /// The inbox event that decided it (the same for one left awaiting).
+    pub seq: i64,
+    pub account: Option<String>,
+    pub decision: Decision,
+    pub campaign_revision: String,
+    pub plugin_hash: String,
+}
+
+impl Entitlement {
+    /// `created_at` in seconds since the Unix epoch (0 when Twitch's time does not parse).
+    pub fn created_at_secs(&self) -> i64 {
+        time::OffsetDateTime::parse(&self.created_at, &time::format_description::well_known::Rfc3339)
+            .map_or(0, |t| t.unix_timestamp())
+    }
+}

@@ -1,6 +1,6 @@
 //! What the inbox holds, in the order the engine evaluates it.
 
-use super::entitlement::Entitlement;
+use super::entitlement::{Entitlement, Linked};
 use super::game_state::GameStateEvent;
 use super::heartbeat::Heartbeat;
 
@@ -11,6 +11,8 @@ pub enum Event {
     Heartbeat(Heartbeat),
     GameState(GameStateEvent),
     Entitlement(Box<Entitlement>),
+    /// A viewer with entitlements awaiting a link linked a game account.
+    Linked(Box<Linked>),
 }
 
 /// An event with its place in the inbox.

@@ -16,7 +16,10 @@ pub mod partition;
 pub mod pause;
 pub mod text;
 
-pub use entitlement::{Entitlement, MAX_ENTITLEMENT_FIELD_BYTES};
+pub use entitlement::{
+    entitlement_status, Decision, DeliveredItem, Entitlement, EntitlementDecision, Linked, MAX_ENTITLEMENT_FIELD_BYTES,
+    MAX_LINKED_ENTITLEMENTS,
+};
 pub use event::{Event, InboxEvent};
 pub use event_time::{now_ms, EventTime, Minute};
 pub use game_state::{changed_keys, merge_patch, GameStateEvent, Publisher, Update};

@@ -3,10 +3,16 @@
 //! Pure apart from the plugin calls: the same events from the same state
 //! give the same grants, which is what crash recovery and `replay` rely on.
 
+use std::collections::HashMap;
+
+use super::entitlements::{self, Deciders, Lookups};
 use super::state::State;
-use crate::domain::{Event, GameStateEvent, Heartbeat, InboxEvent, NewGrant, ViewerList, REASON_WATCHING};
+use crate::domain::{
+    Decision, EntitlementDecision, Event, GameStateEvent, Heartbeat, InboxEvent, NewGrant, ViewerList, REASON_WATCHING,
+};
 use crate::plugins::{PluginError, PluginRuntime, WitGameState, WitGrant, WitHeartbeat, WitViewers};
 use crate::rules::{LoadedCampaign, RuleSet};
+use crate::store::Seen;
 
 /// What evaluating a batch of events produced.
 #[derive(Debug, Default)]
@@ -14,12 +20,36 @@ pub struct Evaluation {
     pub grants: Vec<NewGrant>,
     pub viewer_minutes: u64,
     pub plugin_errors: u64,
-    /// EventSub entitlements passed (kept for the rules' entitlement hook).
-    pub entitlements: u64,
+    /// What became of EventSub entitlements.
+    pub entitlements: Vec<EntitlementDecision>,
+    /// The entitlements decided in this batch, as the store will know them.
+    pub(super) seen: HashMap<String, Seen>,
+}
+
+impl Evaluation {
+    /// Adds an entitlement's decision; later events of the batch see it.
+    pub(super) fn decided(&mut self, decision: EntitlementDecision) {
+        let seen = Seen {
+            first_seq: decision.first_seq,
+            decided_seq: decision.seq,
+            awaiting: decision.decision == Decision::AwaitingLink,
+            account: decision.account.clone(),
+        };
+        self.seen.insert(decision.entitlement.entitlement_id.clone(), seen);
+        self.entitlements.push(decision);
+    }
 }
 
 /// Evaluates one event against the rule set, updating the engine's state.
-pub fn evaluate(state: &mut State, rules: &RuleSet, runtime: &PluginRuntime, event: &InboxEvent, out: &mut Evaluation) {
+/// `lookups` is what the store knew of the batch's viewers and entitlements.
+pub fn evaluate(
+    state: &mut State,
+    rules: &RuleSet,
+    runtime: &PluginRuntime,
+    event: &InboxEvent,
+    lookups: &Lookups,
+    out: &mut Evaluation,
+) {
     state.latest_arrival_ms = state.latest_arrival_ms.max(event.received_at_ms);
     match &event.event {
         Event::Heartbeat(hb) => {
@@ -33,9 +63,12 @@ pub fn evaluate(state: &mut State, rules: &RuleSet, runtime: &PluginRuntime, eve
         Event::GameState(change) => {
             evaluate_game_state(state, rules, runtime, event.seq, event.received_at_ms, change, out)
         }
-        // Stored and deduplicated at ingest; the rules' `on-entitlement`
-        // hook that decides their in-game items is the next step of issue 13.
-        Event::Entitlement(_) => out.entitlements += 1,
+        Event::Entitlement(e) => {
+            entitlements::arrived(state, &Deciders::All(rules), runtime, event.seq, e, lookups, out)
+        }
+        Event::Linked(linked) => {
+            entitlements::linked(state, &Deciders::All(rules), runtime, event.seq, linked, lookups, out)
+        }
     }
 }
 
@@ -47,12 +80,17 @@ pub fn evaluate_for(
     campaign: &LoadedCampaign,
     runtime: &PluginRuntime,
     event: &InboxEvent,
+    lookups: &Lookups,
     out: &mut Evaluation,
 ) {
-    if let Event::Heartbeat(hb) = &event.event {
-        if campaign.matches(hb) {
-            evaluate_heartbeat(state, campaign, runtime, event.seq, hb, out);
+    let only = Deciders::Only(campaign);
+    match &event.event {
+        Event::Heartbeat(hb) if campaign.matches(hb) => {
+            evaluate_heartbeat(state, campaign, runtime, event.seq, hb, out)
         }
+        Event::Entitlement(e) => entitlements::arrived(state, &only, runtime, event.seq, e, lookups, out),
+        Event::Linked(linked) => entitlements::linked(state, &only, runtime, event.seq, linked, lookups, out),
+        Event::Heartbeat(_) | Event::GameState(_) => {}
     }
 }
 
@@ -159,18 +197,22 @@ fn settle(
             state.breakers.success(campaign_id);
             out.grants.extend(grants.into_iter().map(|g| new_grant(campaign, &made, g)));
         }
-        Err(err) => {
-            out.plugin_errors += 1;
-            tracing::warn!(campaign = %campaign_id, plugin = %campaign.plugin.name, "plugin call failed: {err}");
-            let (hash, revision) = (&campaign.plugin.hash.0, &campaign.revision);
-            // The reason is stored and shown: bounded, and without NUL.
-            let reason = crate::domain::cut(err.to_string(), 2048);
-            if state.breakers.failure(campaign_id, made.seq, hash, revision, reason) {
-                metrics::counter!("drops_breaker_opened_total", "campaign" => campaign_id.clone()).increment(1);
-                tracing::error!(campaign = %campaign_id, plugin = %campaign.plugin.name, plugin_hash = %hash,
-                    "circuit breaker open: campaign paused until a new plugin version or campaign revision; its events are kept");
-            }
-        }
+        Err(err) => fail(state, campaign, made.seq, err, out),
+    }
+}
+
+/// Counts a failed plugin call against the campaign's circuit breaker.
+pub(super) fn fail(state: &mut State, campaign: &LoadedCampaign, seq: i64, err: PluginError, out: &mut Evaluation) {
+    let campaign_id = &campaign.def.id;
+    out.plugin_errors += 1;
+    tracing::warn!(campaign = %campaign_id, plugin = %campaign.plugin.name, "plugin call failed: {err}");
+    let (hash, revision) = (&campaign.plugin.hash.0, &campaign.revision);
+    // The reason is stored and shown: bounded, and without NUL.
+    let reason = crate::domain::cut(err.to_string(), 2048);
+    if state.breakers.failure(campaign_id, seq, hash, revision, reason) {
+        metrics::counter!("drops_breaker_opened_total", "campaign" => campaign_id.clone()).increment(1);
+        tracing::error!(campaign = %campaign_id, plugin = %campaign.plugin.name, plugin_hash = %hash,
+            "circuit breaker open: campaign paused until a new plugin version or campaign revision; its events are kept");
     }
 }
 

@@ -12,6 +12,7 @@
 
 pub mod breaker;
 pub mod broadcasters;
+pub mod entitlements;
 pub mod evaluate;
 pub mod partition;
 pub mod recording;
@@ -20,6 +21,7 @@ pub mod task;
 pub mod watch_time;
 pub mod worker;
 
+pub use entitlements::Lookups;
 pub use evaluate::{evaluate, Evaluation};
 pub use state::{Judgement, State};
 pub use task::{Engine, EngineError, EngineOptions, PausedCampaigns};

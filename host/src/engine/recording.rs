@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{Entitlement, Event, GameStateEvent, Heartbeat, InboxEvent};
+use crate::domain::{Entitlement, Event, GameStateEvent, Heartbeat, InboxEvent, Linked};
 
 /// How a game-state event is recorded: beside heartbeats, told apart by its key.
 #[derive(Serialize, Deserialize)]
@@ -21,6 +21,13 @@ struct RecordedGameState<T> {
 #[derive(Serialize, Deserialize)]
 struct RecordedEntitlement<T> {
     entitlement: T,
+    received_at_ms: i64,
+}
+
+/// How a link event is recorded, with its arrival time (the inbox's).
+#[derive(Serialize, Deserialize)]
+struct RecordedLinked<T> {
+    linked: T,
     received_at_ms: i64,
 }
 
@@ -86,6 +93,10 @@ impl Recorder {
                         &mut self.out,
                         &RecordedEntitlement { entitlement, received_at_ms: e.received_at_ms },
                     )?,
+                    Event::Linked(linked) => serde_json::to_writer(
+                        &mut self.out,
+                        &RecordedLinked { linked, received_at_ms: e.received_at_ms },
+                    )?,
                 }
                 self.out.write_all(b"\n")?;
                 Ok::<_, std::io::Error>(())
@@ -128,6 +139,15 @@ fn parse_event(line: &str) -> Result<Recorded, String> {
             dedup_id: format!("ent:{}", entitlement.entitlement_id),
             received_at_ms: recorded.received_at_ms,
             event: Event::Entitlement(Box::new(entitlement)),
+        })
+    } else if line.trim_start().starts_with(r#"{"linked""#) {
+        let recorded: RecordedLinked<Linked> = serde_path_to_error::deserialize(de).map_err(at)?;
+        let linked = recorded.linked;
+        let ids: Vec<&str> = linked.entitlements.iter().map(|e| e.entitlement_id.as_str()).collect();
+        Ok(Recorded {
+            dedup_id: format!("link:{}:{}", linked.twitch_user_id, ids.join(",")),
+            received_at_ms: recorded.received_at_ms,
+            event: Event::Linked(Box::new(linked)),
         })
     } else if line.trim_start().starts_with(r#"{"game_state""#) {
         let recorded: RecordedGameState<GameStateEvent> = serde_path_to_error::deserialize(de).map_err(at)?;

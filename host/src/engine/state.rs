@@ -56,6 +56,9 @@ pub struct State {
     /// The newest arrival time (host clock) of the events judged so far:
     /// "now" for pruning, the same on replay.
     pub latest_arrival_ms: i64,
+    /// The engine partition this state is (index, count): which campaigns'
+    /// entitlements it records, even those with no campaign loaded.
+    pub partition: (u32, u32),
 }
 
 impl State {
@@ -85,7 +88,14 @@ impl State {
                 checkpoint.watchers,
             ),
             latest_arrival_ms: 0,
+            partition: (0, 1),
         }
+    }
+
+    /// Whether `campaign_id` is in this state's partition.
+    pub fn owns(&self, campaign_id: &str) -> bool {
+        let (index, count) = self.partition;
+        count <= 1 || crate::domain::partition_of(campaign_id, count) == index
     }
 
     /// Changed rules' state: (campaign, key, value or None to delete).

@@ -10,13 +10,14 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
+use super::entitlements::Lookups;
 use super::evaluate::{evaluate, evaluate_for, Evaluation};
 use super::partition::{self, RulesView};
 use super::recording::Recorder;
 use super::state::{Judgement, State};
 use super::worker::{EvalFailed, EvalThread};
 use crate::config::{EngineSettings, Settings};
-use crate::domain::{Event, InboxEvent, Paused};
+use crate::domain::{Decision, Event, InboxEvent, Paused};
 use crate::plugins::PluginRuntime;
 use crate::rules::RuleSet;
 use crate::store::{CheckpointWrite, PartitionKey, Store, StoreError, WatchTimeRows};
@@ -98,6 +99,7 @@ impl Engine {
         let checkpoint = retry(|| self.store.load_checkpoint(key.index, &owns), &stop_or_handover).await?;
         let mut cursor = checkpoint.inbox_seq;
         let mut state = State::restore(checkpoint, &self.options.judgement);
+        state.partition = (key.index, key.count);
         let mut view = RulesView::new(&key);
         tracing::info!(
             partition = key.index,
@@ -158,12 +160,13 @@ impl Engine {
             let last = events.last().map(|e| e.seq).unwrap_or(cursor);
             let e2_arrivals: Vec<i64> =
                 events.iter().filter(|e| matches!(e.event, Event::GameState(_))).map(|e| e.received_at_ms).collect();
+            let lookups = self.lookups(&events, &stop_or_handover).await?;
             let runtime = self.runtime.clone();
             let (returned, evaluation, recorder_back) = worker
                 .run(move || {
                     let mut out = Evaluation::default();
                     for event in &events {
-                        evaluate(&mut state, &rules, &runtime, event, &mut out);
+                        evaluate(&mut state, &rules, &runtime, event, &lookups, &mut out);
                     }
                     if let Some(r) = recorder.as_mut() {
                         r.write(&events);
@@ -189,13 +192,51 @@ impl Engine {
         }
     }
 
+    /// What the store knows of the links and entitlements `events` name.
+    async fn lookups(&self, events: &[InboxEvent], stop: &CancellationToken) -> Result<Lookups, EngineError> {
+        let (users, ids) = Lookups::wanted(events);
+        if ids.is_empty() {
+            return Ok(Lookups::default());
+        }
+        let links = retry(|| self.store.links_of(&users), stop).await?;
+        let seen = retry(|| self.store.entitlements_seen(&ids), stop).await?;
+        Ok(Lookups { links, seen })
+    }
+
     async fn store_grants(&self, evaluation: &Evaluation, stop: &CancellationToken) -> Result<(), EngineError> {
+        self.store_entitlements(evaluation, stop).await?;
         let stored = retry(|| self.store.insert_grants(&evaluation.grants), stop).await?;
         metrics::counter!("drops_engine_viewer_minutes_total").increment(evaluation.viewer_minutes);
         metrics::counter!("drops_grants_total").increment(stored);
         metrics::counter!("drops_plugin_errors_total").increment(evaluation.plugin_errors);
         if stored > 0 {
             tracing::info!(grants = stored, "grants made");
+        }
+        Ok(())
+    }
+
+    /// Stores what became of entitlements; a viewer left awaiting a link who
+    /// was linked meanwhile is announced again, so no entitlement waits for
+    /// a link that already exists.
+    async fn store_entitlements(&self, evaluation: &Evaluation, stop: &CancellationToken) -> Result<(), EngineError> {
+        if evaluation.entitlements.is_empty() {
+            return Ok(());
+        }
+        retry(|| self.store.record_entitlement_decisions(&evaluation.entitlements), stop).await?;
+        let mut waiting: Vec<String> = evaluation
+            .entitlements
+            .iter()
+            .filter(|d| d.decision == Decision::AwaitingLink)
+            .map(|d| d.entitlement.user_id.clone())
+            .collect();
+        for d in &evaluation.entitlements {
+            let outcome = d.decision.status();
+            metrics::counter!("drops_entitlements_decided_total", "outcome" => outcome).increment(1);
+        }
+        waiting.sort_unstable();
+        waiting.dedup();
+        if !waiting.is_empty() {
+            retry(|| self.store.announce_links(&waiting), stop).await?;
         }
         Ok(())
     }
@@ -226,6 +267,7 @@ impl Engine {
                 let events: Vec<InboxEvent> = batch.into_iter().filter(|e| e.seq <= cursor).collect();
                 let Some(last) = events.last().map(|e| e.seq) else { break };
                 from = last;
+                let lookups = self.lookups(&events, stop).await?;
                 let (campaign, runtime) = (campaign.clone(), self.runtime.clone());
                 let (returned, evaluation) = worker
                     .run(move || {
@@ -234,7 +276,7 @@ impl Engine {
                             if state.breakers.is_paused(&campaign.def.id) {
                                 break;
                             }
-                            evaluate_for(&mut state, &campaign, &runtime, event, &mut out);
+                            evaluate_for(&mut state, &campaign, &runtime, event, &lookups, &mut out);
                         }
                         (state, out)
                     })

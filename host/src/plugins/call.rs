@@ -14,7 +14,9 @@ use super::limits::{self, CallLimits, HostBytesExceeded, ImportRefused, MemoryLi
 use super::load::Plugin;
 use super::runtime::{PluginRuntime, EPOCH_TICK};
 use super::state::CampaignKv;
-use super::wit::{Campaign, GameState, Grant, Heartbeat, HeartbeatVerdict, Rules, Viewers};
+use super::wit::{
+    Campaign, Entitlement, EntitlementVerdict, GameState, Grant, Heartbeat, HeartbeatVerdict, Rules, Viewers,
+};
 use crate::domain::{cut, ViewerList};
 
 /// A hook's answer, whose grants the host checks.
@@ -33,6 +35,11 @@ trait Answer {
         for grant in self.grants_mut() {
             grant.viewer += first;
         }
+    }
+
+    /// Checks the answer against the call's input and the host's limits.
+    fn check(&self, viewers: usize, rewards: usize) -> Result<(), String> {
+        limits::check_grants(self.grants(), viewers, rewards)
     }
 
     /// Bytes the answer carries into the host beyond its fixed-size fields.
@@ -62,6 +69,30 @@ impl Answer for Vec<Grant> {
 
     fn grants_mut(&mut self) -> &mut [Grant] {
         self
+    }
+}
+
+impl Answer for EntitlementVerdict {
+    fn grants(&self) -> &[Grant] {
+        &[]
+    }
+
+    fn grants_mut(&mut self) -> &mut [Grant] {
+        &mut []
+    }
+
+    fn check(&self, _viewers: usize, _rewards: usize) -> Result<(), String> {
+        match self {
+            EntitlementVerdict::Deliver(items) => limits::check_items(items),
+            EntitlementVerdict::Refuse(_) => Ok(()),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            EntitlementVerdict::Deliver(items) => items.iter().map(|i| i.id.len() + 4).sum(),
+            EntitlementVerdict::Refuse(reason) => reason.len(),
+        }
     }
 }
 
@@ -125,6 +156,20 @@ impl PluginRuntime {
             campaign,
         )?;
         Ok(parts.flatten().collect())
+    }
+
+    /// Decides the items for one entitlement of a campaign, in a fresh
+    /// instance; the items are checked against the host's limits.
+    pub fn on_entitlement(
+        &self,
+        plugin: &Plugin,
+        campaign: &Campaign,
+        entitlement: &Entitlement,
+        state: &mut CampaignKv,
+    ) -> Result<EntitlementVerdict, PluginError> {
+        self.call(plugin, campaign, (Arc::default(), 0..0), state, |rules, store| {
+            rules.drops_rules_rule().call_on_entitlement(store, campaign, entitlement)
+        })
     }
 
     /// Calls `invoke` once per part of at most `max_viewers_per_call`
@@ -202,8 +247,7 @@ impl PluginRuntime {
                 answer.map_err(|e| PluginError::Rejected(cut(e, MAX_ERROR_BYTES)))
             })
             .and_then(|answer| {
-                limits::check_grants(answer.grants(), viewer_count, campaign.rewards.len())
-                    .map_err(PluginError::BadOutput)?;
+                answer.check(viewer_count, campaign.rewards.len()).map_err(PluginError::BadOutput)?;
                 Ok(answer)
             });
         let data = store.into_data();

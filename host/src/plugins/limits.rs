@@ -4,10 +4,15 @@
 
 use wasmtime::ResourceLimiter;
 
-use super::wit::Grant;
+use super::wit::{Grant, Item};
 
 /// Longest repeatable-grant key a rule may return.
 pub const MAX_KEY_BYTES: usize = 256;
+/// Most items one entitlement may deliver.
+pub const MAX_ITEMS: usize = 100;
+/// Longest item id a rule may return.
+pub const MAX_ITEM_ID_BYTES: usize = 256;
+
 /// Log lines one call may write; more are dropped.
 pub const MAX_LOG_LINES: u32 = 32;
 /// Longest log line kept.
@@ -103,6 +108,26 @@ pub fn check_grants(grants: &[Grant], viewers: usize, rewards: usize) -> Result<
             if key.chars().any(char::is_control) {
                 return Err("grant key contains control characters".into());
             }
+        }
+    }
+    Ok(())
+}
+
+/// Checks the items of an entitlement verdict: at most [`MAX_ITEMS`], ids of
+/// 1 to [`MAX_ITEM_ID_BYTES`] bytes without control characters, quantities of at least 1.
+pub fn check_items(items: &[Item]) -> Result<(), String> {
+    if items.is_empty() {
+        return Err("delivers no items: refuse the entitlement with a reason instead".into());
+    }
+    if items.len() > MAX_ITEMS {
+        return Err(format!("delivers {} items, more than {MAX_ITEMS}", items.len()));
+    }
+    for (i, item) in items.iter().enumerate() {
+        if item.id.is_empty() || item.id.len() > MAX_ITEM_ID_BYTES || item.id.chars().any(char::is_control) {
+            return Err(format!("item {i}: its id must be 1 to {MAX_ITEM_ID_BYTES} bytes without control characters"));
+        }
+        if item.quantity == 0 {
+            return Err(format!("item {i} (`{}`): quantity 0", item.id));
         }
     }
     Ok(())

@@ -182,10 +182,15 @@ mod tests {
     #[test]
     fn a_plugin_built_for_the_previous_interface_is_refused_naming_both_versions() {
         let runtime = PluginRuntime::new(Default::default()).unwrap();
-        let old = include_bytes!("../../../tests/fixtures/watch-time-tiers-interface-0.2.0.wasm");
-        let err = runtime.load("old", old).unwrap_err();
-        assert_eq!(err, PluginError::WrongVersion { found: "0.2.0".into(), supported: VERSION });
-        let message = err.to_string();
-        assert!(message.contains("0.2.0") && message.contains(VERSION), "{message}");
+        let older: [(&str, &[u8]); 2] = [
+            ("0.2.0", include_bytes!("../../../tests/fixtures/watch-time-tiers-interface-0.2.0.wasm")),
+            ("0.3.0", include_bytes!("../../../tests/fixtures/watch-time-tiers-interface-0.3.0.wasm")),
+        ];
+        for (version, bytes) in older {
+            let err = runtime.load("old", bytes).unwrap_err();
+            assert_eq!(err, PluginError::WrongVersion { found: version.into(), supported: VERSION });
+            let message = err.to_string();
+            assert!(message.contains(version) && message.contains(VERSION), "{message}");
+        }
     }
 }

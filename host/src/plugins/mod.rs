@@ -21,6 +21,7 @@ pub use load::{Plugin, PluginHash};
 pub use runtime::PluginRuntime;
 pub use state::CampaignKv;
 pub use wit::{
-    Campaign as WitCampaign, GameState as WitGameState, Grant as WitGrant, Heartbeat as WitHeartbeat,
-    Viewers as WitViewers, VERSION as INTERFACE_VERSION,
+    Campaign as WitCampaign, Entitlement as WitEntitlement, EntitlementVerdict as WitEntitlementVerdict,
+    GameState as WitGameState, Grant as WitGrant, Heartbeat as WitHeartbeat, Item as WitItem, Viewers as WitViewers,
+    VERSION as INTERFACE_VERSION,
 };

@@ -8,6 +8,7 @@
 //! broadcaster also has a game server publishing its state ([`game_server`]).
 
 pub mod ack_latency;
+pub mod eventsub;
 pub mod game_server;
 pub mod twitch_upload;
 
@@ -99,6 +100,8 @@ pub struct SimulateArgs {
     /// per line (crash tests check each one is stored).
     #[arg(long)]
     pub acked_log: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub eventsub: eventsub::EventSubArgs,
 }
 
 /// The Twitch user id simulated for a broadcaster's game account.
@@ -125,6 +128,8 @@ pub struct SimulateReport {
     pub e2: GameServerReport,
     /// Boss kills the game servers published.
     pub boss_kills: u64,
+    /// What the EventSub part sent.
+    pub eventsub: eventsub::EventSubReport,
 }
 
 #[derive(Serialize)]
@@ -186,6 +191,9 @@ pub async fn run(args: &SimulateArgs) -> anyhow::Result<SimulateReport> {
     if let Some(admin) = &args.admin_token {
         register_links(&client, args.targets().next().unwrap_or_default(), admin, &broadcasters).await?;
     }
+    let first_target = args.targets().next().unwrap_or_default().to_string();
+    let mut eventsub_report =
+        eventsub::play(&client, &first_target, args.admin_token.as_deref(), &args.eventsub).await?;
     let (game_servers, servers) = start_game_servers(args, &broadcasters);
     let mut kills = vec![0u32; broadcasters.len()];
     let tick = Duration::from_secs_f64(60.0 / args.speed.max(0.001));
@@ -294,6 +302,10 @@ pub async fn run(args: &SimulateArgs) -> anyhow::Result<SimulateReport> {
             total.e2.coalesced += r.coalesced;
         }
     }
+    if let (Some(admin), Some(_)) = (&args.admin_token, &args.eventsub.eventsub_secret) {
+        eventsub_report.linked_late = eventsub::link_late(&client, &first_target, admin, &args.eventsub).await?;
+    }
+    total.eventsub = eventsub_report;
     total.elapsed_secs = began.elapsed().as_secs_f64();
     latencies_us.sort_unstable();
     let percentile = |p: f64| {
@@ -312,6 +324,13 @@ pub async fn run(args: &SimulateArgs) -> anyhow::Result<SimulateReport> {
             total.e2.errors,
             total.e2.reconnects,
             total.e2.coalesced
+        );
+    }
+    if args.eventsub.eventsub_secret.is_some() {
+        let e = &total.eventsub;
+        println!(
+            "simulate: EventSub sent {} entitlements in {} notifications ({} redelivered messages, {} duplicate entitlements, {} failed); {} viewers linked first, {} linked late",
+            e.entitlements, e.notifications, e.redeliveries, e.duplicate_entitlements, e.failed, e.linked_first, e.linked_late
         );
     }
     println!(
@@ -503,6 +522,13 @@ mod tests {
             e2_window_secs: 60,
             admin_token: None,
             acked_log: None,
+            eventsub: eventsub::EventSubArgs {
+                eventsub_secret: None,
+                entitled_viewers: 0,
+                drops_campaign: "c".into(),
+                benefits: "b".into(),
+                entitlements_per_message: 1,
+            },
         }
     }
 

@@ -5,7 +5,10 @@
 //! manifest. Pointing `[twitch]` at it runs the real uploader end to end
 //! without Twitch. It also stands in for a studio's entitlement webhook
 //! (`POST /webhook`, signed with [`WEBHOOK_SECRET`]), counting the grants
-//! whose signature checks out.
+//! whose signature checks out, and the entitlements' items it is sent.
+//! For the EventSub path it answers Update Drops Entitlements (every id
+//! `SUCCESS`, counted) and Get Drops Entitlements (the CLAIMED entitlements
+//! it was told the webhook missed, [`Received::claimed`]).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -38,6 +41,15 @@ pub struct Received {
     pub webhook_grants: std::collections::HashSet<String>,
     /// Webhook batches refused for a bad signature.
     pub webhook_bad_signatures: u64,
+    /// Entitlements whose items the webhook took, by entitlement id: the items as `id x quantity`.
+    pub webhook_items: HashMap<String, Vec<String>>,
+    /// Entitlement ids marked FULFILLED, and how many times each was.
+    pub fulfilled: HashMap<String, u32>,
+    /// Update requests taken, and the most ids one carried.
+    pub fulfil_requests: u64,
+    pub most_ids_per_update: usize,
+    /// CLAIMED entitlements Get Drops Entitlements lists (each a Helix `data` element).
+    pub claimed: Vec<serde_json::Value>,
 }
 
 impl Received {
@@ -65,6 +77,7 @@ pub async fn start(listen: SocketAddr) -> std::io::Result<StandIn> {
         .route("/helix/entitlements/upload", post(upload_url))
         .route("/upload/{file}", put(take_file).layer(DefaultBodyLimit::max(MAX_FILE_BYTES)))
         .route("/webhook", post(take_grants))
+        .route("/helix/entitlements/drops", axum::routing::patch(fulfil).get(claimed))
         .with_state((addr, received.clone()));
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
@@ -147,7 +160,48 @@ async fn take_file(
 
 #[derive(Deserialize)]
 struct WebhookBatch {
+    #[serde(default)]
     grants: Vec<WebhookGrant>,
+    #[serde(default)]
+    deliveries: Vec<WebhookDelivery>,
+}
+
+#[derive(Deserialize)]
+struct WebhookDelivery {
+    entitlement_id: String,
+    items: Vec<WebhookItem>,
+}
+
+#[derive(Deserialize)]
+struct WebhookItem {
+    id: String,
+    quantity: u32,
+}
+
+#[derive(Deserialize)]
+struct FulfilRequest {
+    fulfillment_status: String,
+    entitlement_ids: Vec<String>,
+}
+
+async fn fulfil(State((_, received)): State<Shared>, body: Bytes) -> Result<Json<serde_json::Value>, StatusCode> {
+    let request: FulfilRequest = serde_json::from_slice(&body).map_err(|_| StatusCode::BAD_REQUEST)?;
+    if request.fulfillment_status != "FULFILLED" || request.entitlement_ids.len() > 100 {
+        return Err(StatusCode::BAD_REQUEST);
+    }
+    let mut r = received.lock().map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+    r.fulfil_requests += 1;
+    r.most_ids_per_update = r.most_ids_per_update.max(request.entitlement_ids.len());
+    for id in &request.entitlement_ids {
+        *r.fulfilled.entry(id.clone()).or_default() += 1;
+    }
+    r.claimed.retain(|c| !request.entitlement_ids.iter().any(|id| c["id"] == id.as_str()));
+    Ok(Json(serde_json::json!({"data": [{"status": "SUCCESS", "ids": request.entitlement_ids}]})))
+}
+
+async fn claimed(State((_, received)): State<Shared>) -> Result<Json<serde_json::Value>, StatusCode> {
+    let r = received.lock().map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+    Ok(Json(serde_json::json!({"data": r.claimed, "pagination": {}})))
 }
 
 #[derive(Deserialize)]
@@ -170,5 +224,9 @@ async fn take_grants(State((_, received)): State<Shared>, headers: axum::http::H
     }
     let Ok(batch) = serde_json::from_slice::<WebhookBatch>(&body) else { return StatusCode::BAD_REQUEST };
     r.webhook_grants.extend(batch.grants.into_iter().map(|g| g.idempotency_key));
+    for d in batch.deliveries {
+        let items = d.items.into_iter().map(|i| format!("{} x{}", i.id, i.quantity)).collect();
+        r.webhook_items.insert(d.entitlement_id, items);
+    }
     StatusCode::NO_CONTENT
 }

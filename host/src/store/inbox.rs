@@ -17,6 +17,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use sha2::Digest;
 use sqlx::AnyPool;
 use tokio::sync::{mpsc, oneshot};
 
@@ -25,7 +26,8 @@ use super::encoding::{
 };
 use super::signals::Signals;
 use super::{values_placeholders, Store, StoreError};
-use crate::domain::{now_ms, Entitlement, Event, GameStateEvent, Heartbeat, InboxEvent, ViewerList};
+
+use crate::domain::{now_ms, Entitlement, Event, GameStateEvent, Heartbeat, InboxEvent, Linked, ViewerList};
 
 /// Jobs waiting for the writer; a full queue makes callers wait, not fail.
 const QUEUE: usize = 256;
@@ -42,6 +44,11 @@ const ROWS_PER_STATEMENT: usize = 1000;
 
 /// The PostgreSQL advisory lock that orders inbox commits across hosts ("dropsinb").
 const INBOX_ORDER_LOCK: i64 = 0x6472_6f70_7369_6e62;
+
+/// The inbox source of EventSub entitlements.
+const SOURCE_EVENTSUB: &str = "eventsub";
+/// The inbox source of link events ([`Linked`]).
+const SOURCE_LINKS: &str = "links";
 
 /// How a batch of heartbeats was taken.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -65,8 +72,9 @@ enum Work {
     Heartbeats(Vec<StoredHeartbeat>),
     /// One E2 message.
     GameState { dedup_key: String, header: String, received_at: i64 },
-    /// The entitlements of one EventSub notification: all of them or none.
-    Entitlements(Vec<(String, String)>),
+    /// Rows of one source without viewers (an EventSub notification's
+    /// entitlements, link events): all of them or none.
+    Rows { source: &'static str, rows: Vec<(String, String)> },
     /// Drop what the engine's checkpoint at `0` has passed.
     Prune(i64),
 }
@@ -185,7 +193,7 @@ impl Work {
                 heartbeats.iter().map(|hb| hb.id.len() + hb.header.len() + hb.viewers.joined().len()).sum()
             }
             Work::GameState { dedup_key, header, .. } => dedup_key.len() + header.len(),
-            Work::Entitlements(rows) => rows.iter().map(|(key, header)| key.len() + header.len()).sum(),
+            Work::Rows { rows, .. } => rows.iter().map(|(key, header)| key.len() + header.len()).sum(),
             Work::Prune(_) => 0,
         }
     }
@@ -220,8 +228,8 @@ async fn commit(pool: &AnyPool, group: &[Job], shared: Option<&str>) -> Result<V
             Work::GameState { dedup_key, header, received_at } => {
                 rows.push(NewRow { source: "e2", dedup_key, header, viewers: None, received_at: *received_at })
             }
-            Work::Entitlements(entitlements) => rows.extend(entitlements.iter().map(|(dedup_key, header)| NewRow {
-                source: "eventsub",
+            Work::Rows { source, rows: new } => rows.extend(new.iter().map(|(dedup_key, header)| NewRow {
+                source,
                 dedup_key,
                 header,
                 viewers: None,
@@ -270,7 +278,7 @@ async fn commit(pool: &AnyPool, group: &[Job], shared: Option<&str>) -> Result<V
             match &job.work {
                 Work::Heartbeats(heartbeats) => heartbeats.iter().for_each(|hb| credit(&hb.id)),
                 Work::GameState { dedup_key, .. } => credit(dedup_key),
-                Work::Entitlements(rows) => rows.iter().for_each(|(key, _)| credit(key)),
+                Work::Rows { rows, .. } => rows.iter().for_each(|(key, _)| credit(key)),
                 Work::Prune(_) => {}
             }
             outcome
@@ -328,7 +336,28 @@ impl Store {
             .iter()
             .map(|e| Ok((format!("ent:{}", e.entitlement_id), encode_entitlement(e)?)))
             .collect::<Result<Vec<_>, StoreError>>()?;
-        self.inbox.submit(Work::Entitlements(rows)).await
+        self.inbox.submit(Work::Rows { source: SOURCE_EVENTSUB, rows }).await
+    }
+
+    /// Stores link events (one per viewer whose awaiting entitlements a new
+    /// link lets the engine decide). Each is keyed by its user and
+    /// entitlements, so the same news told twice is stored once.
+    pub async fn insert_linked(&self, events: &[Linked]) -> Result<InsertOutcome, StoreError> {
+        let rows = events
+            .iter()
+            .map(|event| {
+                let header = serde_json::to_string(event).map_err(|e| StoreError::Encode(e.to_string()))?;
+                let mut ids: Vec<&str> = event.entitlements.iter().map(|e| e.entitlement_id.as_str()).collect();
+                ids.sort_unstable();
+                let mut hash = sha2::Sha256::new();
+                for part in std::iter::once(event.game_account_id.as_str()).chain(ids) {
+                    hash.update((part.len() as u64).to_be_bytes());
+                    hash.update(part.as_bytes());
+                }
+                Ok((format!("link:{}:{}", event.twitch_user_id, hex::encode(&hash.finalize()[..16])), header))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        self.inbox.submit(Work::Rows { source: SOURCE_LINKS, rows }).await
     }
 
     /// Drops the viewer lists and game-state messages the checkpoint at `seq`
@@ -370,8 +399,10 @@ impl InboxRow {
         let corrupt = |reason| StoreError::Corrupt { seq, reason };
         let event = if self.source == "e2" {
             Event::GameState(decode_game_state(&self.header).map_err(corrupt)?)
-        } else if self.source == "eventsub" {
+        } else if self.source == SOURCE_EVENTSUB {
             Event::Entitlement(Box::new(decode_entitlement(&self.header).map_err(corrupt)?))
+        } else if self.source == SOURCE_LINKS {
+            Event::Linked(Box::new(serde_json::from_str(&self.header).map_err(|e| corrupt(e.to_string()))?))
         } else {
             Event::Heartbeat(decode_heartbeat(&self.header, self.viewers.unwrap_or_default()).map_err(corrupt)?)
         };

@@ -13,6 +13,7 @@
 mod checkpoint;
 mod cluster;
 mod encoding;
+mod entitlements;
 mod grants;
 mod history;
 mod inbox;
@@ -38,6 +39,7 @@ pub use checkpoint::{
     Checkpoint, CheckpointWrite, GameStateRow, PartitionKey, WatchTimeRow, WatchTimeRows, WatcherRow,
 };
 pub use cluster::{Fence, HostRow, LeaseRow, RuleFileChange, RuleFileRow};
+pub use entitlements::{EntitlementBacklog, EntitlementFilter, EntitlementRow, Fulfilment, Seen};
 pub use grants::{GrantFilter, GrantRow};
 pub use history::{PluginVersion, RuleHistoryEntry};
 use inbox::InboxWriter;

@@ -17,6 +17,8 @@ pub struct Signals {
     grants_waiting: AtomicU64,
     manifests: Notify,
     sinks: Notify,
+    items: Notify,
+    delivered: Notify,
 }
 
 impl Default for Signals {
@@ -28,6 +30,8 @@ impl Default for Signals {
             grants_waiting: AtomicU64::new(0),
             manifests: Notify::new(),
             sinks: Notify::new(),
+            items: Notify::new(),
+            delivered: Notify::new(),
         }
     }
 }
@@ -77,6 +81,26 @@ impl Signals {
     /// sink waits here; all of them are woken).
     pub async fn grants_for_sinks(&self) {
         self.sinks.notified().await
+    }
+
+    /// Entitlements were decided with items to deliver.
+    pub(super) fn items_decided(&self) {
+        self.items.notify_one();
+    }
+
+    /// Waits until entitlements are decided with items (or were since the last wait).
+    pub async fn items_to_deliver(&self) {
+        self.items.notified().await
+    }
+
+    /// A sink confirmed items: their entitlements can be marked FULFILLED.
+    pub(super) fn items_delivered(&self) {
+        self.delivered.notify_one();
+    }
+
+    /// Waits until a sink confirms items (or did since the last wait).
+    pub async fn items_confirmed(&self) {
+        self.delivered.notified().await
     }
 
     /// A manifest file was written (or queued again) and can be uploaded.

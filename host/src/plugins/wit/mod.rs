@@ -2,9 +2,9 @@
 //! version, in the manner of Zed's `wasm_host/wit`: when the interface
 //! changes, a new `since_vX_Y_Z` module binds it beside the old one.
 
-mod since_v0_3_0;
+mod since_v0_4_0;
 
-pub use since_v0_3_0::*;
+pub use since_v0_4_0::*;
 
 impl Viewers {
     /// Viewers as the interface passes them, from each one's (minutes, counted).

@@ -1,11 +1,12 @@
-//! Bindings for `drops:rules@0.3.0` (plugin-sdk/wit/rules.wit): viewers as
-//! flat lists of numbers, which both sides copy whole. Plugins built for
-//! 0.2.0 are refused with both versions named (see `load`).
+//! Bindings for `drops:rules@0.4.0` (plugin-sdk/wit/rules.wit): viewers as
+//! flat lists of numbers, which both sides copy whole, and the
+//! `on-entitlement` hook of Twitch's current Drops. Plugins built for an
+//! older interface are refused with both versions named (see `load`).
 
 /// The interface version, written once for the host; the names built from it follow.
 macro_rules! version {
     () => {
-        "0.3.0"
+        "0.4.0"
     };
 }
 
@@ -25,7 +26,9 @@ wasmtime::component::bindgen!({
 });
 
 pub use drops::rules::host::{self as host_interface, Level};
-pub use exports::drops::rules::rule::{Campaign, GameState, Grant, Heartbeat, HeartbeatVerdict, Viewers};
+pub use exports::drops::rules::rule::{
+    Campaign, Entitlement, EntitlementVerdict, GameState, Grant, Heartbeat, HeartbeatVerdict, Item, Viewers,
+};
 
 #[cfg(test)]
 mod tests {
