@@ -11,14 +11,14 @@ use sha2::Sha256;
 
 use crate::helpers::{open_database, Backend, HostConfig, TestHost};
 
-const SECRET: &str = "eventsub-secret-0123";
+pub(crate) const SECRET: &str = "eventsub-secret-0123";
 
-fn now() -> String {
+pub(crate) fn now() -> String {
     time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap()
 }
 
 /// Headers of a message as Twitch signs it.
-fn signed(kind: &str, id: &str, timestamp: &str, body: &[u8]) -> Vec<(String, String)> {
+pub(crate) fn signed(kind: &str, id: &str, timestamp: &str, body: &[u8]) -> Vec<(String, String)> {
     let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
     mac.update(id.as_bytes());
     mac.update(timestamp.as_bytes());
@@ -34,7 +34,7 @@ fn signed(kind: &str, id: &str, timestamp: &str, body: &[u8]) -> Vec<(String, St
     ]
 }
 
-async fn post(host: &TestHost, headers: &[(String, String)], body: Vec<u8>) -> (u16, String) {
+pub(crate) async fn post(host: &TestHost, headers: &[(String, String)], body: Vec<u8>) -> (u16, String) {
     let mut request = host.client.post(format!("{}/eventsub", host.base)).body(body);
     for (k, v) in headers {
         request = request.header(k.as_str(), v.as_str());
@@ -50,13 +50,18 @@ fn subscription() -> Value {
 }
 
 fn event(entitlement: &str, user: &str) -> Value {
+    entitlement_event(entitlement, user, "benefit-sword")
+}
+
+/// An entitlement of campaign `camp-1` as a notification's event.
+pub(crate) fn entitlement_event(entitlement: &str, user: &str, benefit: &str) -> Value {
     json!({"id": format!("ev-{entitlement}"), "data": {
         "organization_id": "org-1", "category_id": "game-1", "category_name": "Gäme 名前",
         "campaign_id": "camp-1", "user_id": user, "user_login": "viewer", "user_name": "Viewér",
-        "entitlement_id": entitlement, "benefit_id": "benefit-sword", "created_at": "2026-11-24T10:00:00Z"}})
+        "entitlement_id": entitlement, "benefit_id": benefit, "created_at": "2026-11-24T10:00:00Z"}})
 }
 
-fn notification(events: Vec<Value>) -> Vec<u8> {
+pub(crate) fn notification(events: Vec<Value>) -> Vec<u8> {
     serde_json::to_vec(&json!({"subscription": subscription(), "events": events})).unwrap()
 }
 

@@ -6,6 +6,7 @@ mod crash;
 mod delivery;
 mod designer;
 mod e2;
+mod entitlements;
 mod eventsub;
 mod hard_edges;
 mod helpers;
