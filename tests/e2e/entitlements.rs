@@ -371,3 +371,40 @@ async fn sigkill_in_the_middle_loses_nothing_and_fulfils_nothing_twice() {
     let patched: usize = seen.patches.iter().map(|(_, ids)| ids.len()).sum();
     assert!(patched <= 400 + 100, "only the PATCH cut off by the kill is sent again ({patched} ids sent)");
 }
+
+/// `drops-host simulate` plays Twitch's EventSub side: signed, batched
+/// notifications with a redelivered message and a duplicate entitlement,
+/// and viewers who link late; the host decides each entitlement once.
+#[tokio::test]
+async fn simulate_plays_eventsub_with_redeliveries_duplicates_and_late_links() {
+    let fakes = fakes(Duration::ZERO).await;
+    let Some(host) = TestHost::spawn(Backend::Sqlite, host_config(&fakes)).await else { return };
+    let target = host.base.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_drops-host"))
+            .args(["simulate", "--target", &target, "--channels", "1", "--viewers", "1", "--multi-viewers", "0"])
+            .args(["--minutes", "1", "--speed", "6000", "--eventsub-secret", SECRET, "--entitled-viewers", "9"])
+            .args(["--drops-campaign", "camp-1", "--entitlements-per-message", "4"])
+            .args(["--admin-token", crate::helpers::ADMIN_TOKEN])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{printed}");
+    // Viewers 0-8: a sword each but viewer 4, who earns a shield alone (refused);
+    // the odd ones a shield after their sword. 13 entitlements, one sent twice.
+    assert!(printed.contains("EventSub sent 14 entitlements"), "{printed}");
+    assert!(printed.contains("1 redelivered messages, 1 duplicate entitlements, 0 failed"), "{printed}");
+    assert!(printed.contains("6 viewers linked first, 3 linked late"), "{printed}");
+    let stored = wait_until(&host, "every entitlement decided and answered", |s| {
+        s.len() == 13 && s.values().all(|e| e["status"] == "refused" || e["fulfillment"] == "fulfilled")
+    })
+    .await;
+    let refused: Vec<&String> = stored.iter().filter(|(_, e)| e["status"] == "refused").map(|(id, _)| id).collect();
+    assert_eq!(refused.len(), 1, "{stored:#?}");
+    assert_eq!(stored[refused[0]]["account"], "fan-4");
+    let late: HashSet<&str> = stored.values().filter_map(|e| e["account"].as_str()).collect();
+    assert!(["fan-2", "fan-5", "fan-8"].iter().all(|a| late.contains(a)), "late linkers decided: {late:?}");
+}

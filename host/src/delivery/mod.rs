@@ -17,8 +17,9 @@ pub use sink::Sink;
 pub use twitch::{TwitchClient, UploadError};
 pub use upload::Uploader;
 
-/// Most bytes read of any answer (Twitch's, a sink endpoint's).
-pub const MAX_ANSWER_BYTES: usize = 64 << 10;
+/// Most bytes read of any answer that is parsed (Twitch's): a page of
+/// 1,000 Drops entitlements is about 250 KB.
+pub const MAX_ANSWER_BYTES: usize = 1 << 20;
 /// Most bytes of an answer quoted in an error.
 const QUOTED_BYTES: usize = 300;
 
