@@ -6,7 +6,7 @@ CREATE TABLE entitlements (
     user_id           TEXT    NOT NULL,
     benefit_id        TEXT    NOT NULL,
     body              TEXT    NOT NULL,   -- the entitlement as Twitch sent it, JSON
-    -- awaiting_link | unmatched | refused | deliver
+    -- awaiting_link | unmatched | refused | deliver | failed (the rule's call failed: decided again later)
     status            TEXT    NOT NULL,
     account           TEXT,               -- the linked game account it was decided for
     items             TEXT,               -- JSON [{id, quantity}] when status = 'deliver'
@@ -25,7 +25,7 @@ CREATE TABLE entitlements (
     fulfil_error      TEXT,
     fulfilled_at      BIGINT
 );
-CREATE INDEX entitlements_awaiting ON entitlements (user_id) WHERE status = 'awaiting_link';
+CREATE INDEX entitlements_awaiting ON entitlements (user_id) WHERE status IN ('awaiting_link', 'failed');
 CREATE INDEX entitlements_to_deliver ON entitlements (decided_seq) WHERE status = 'deliver' AND delivered_at IS NULL;
 CREATE INDEX entitlements_to_fulfil ON entitlements (fulfil_after)
     WHERE delivered_at IS NOT NULL AND fulfillment IS NULL;

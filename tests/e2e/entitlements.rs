@@ -408,3 +408,69 @@ async fn simulate_plays_eventsub_with_redeliveries_duplicates_and_late_links() {
     let late: HashSet<&str> = stored.values().filter_map(|e| e["account"].as_str()).collect();
     assert!(["fan-2", "fan-5", "fan-8"].iter().all(|a| late.contains(a)), "late linkers decided: {late:?}");
 }
+
+fn hostile_campaign(mode: &str) -> String {
+    format!(
+        "id = \"camp-h\"\nname = \"Hostile drops\"\ngame = \"GameName (Drops)\"\nclient_id = \"client-e2e\"\n\
+         starts_at = \"2025-01-01T00:00:00Z\"\nends_at = \"2030-01-01T00:00:00Z\"\n[[rewards]]\nid = \"benefit-x\"\n\
+         [rule]\nplugin = \"hostile\"\nconfig = {{ mode = \"{mode}\" }}\n"
+    )
+}
+
+/// A rule that answers an entitlement with more than 100 items fails the
+/// call: its entitlements are recorded `failed`, its campaign pauses alone,
+/// the other campaign's go on; a fixed revision decides the failed and the
+/// kept ones, and a huge non-ASCII refusal is cut to 1 KiB on a character
+/// boundary.
+#[tokio::test]
+async fn a_hostile_rule_pauses_its_own_entitlements_only() {
+    let fakes = fakes(Duration::ZERO).await;
+    let mut config = host_config(&fakes);
+    config.campaigns.push(("hostile".into(), hostile_campaign("many-items")));
+    config.extra_plugins.push("hostile");
+    config.extra_toml.push_str("[plugins]\nbreaker_failures = 3\n");
+    let Some(host) = TestHost::spawn(Backend::Sqlite, config).await else { return };
+    let users: Vec<(String, String)> = (0..6).map(|i| (format!("h-{i}"), format!("acc-h-{i}"))).collect();
+    let pairs: Vec<(&str, &str)> = users.iter().map(|(t, g)| (t.as_str(), g.as_str())).collect();
+    link(&host, &pairs).await;
+    let hostile = |i: usize, benefit: &str| {
+        let mut event = entitlement_event(&format!("ent-h-{i}"), &format!("h-{i}"), benefit);
+        event["data"]["campaign_id"] = json!("camp-h");
+        event
+    };
+    send(&host, "m-h-1", (0..4).map(|i| hostile(i, "benefit-x")).collect()).await;
+    send(&host, "m-h-2", vec![entitlement_event("ent-good", "h-5", "benefit-sword"), hostile(4, "refuse")]).await;
+    let stored = wait_until(&host, "the good campaign's entitlement fulfilled", |s| {
+        is(s, "ent-good", "deliver", Some("fulfilled"))
+    })
+    .await;
+    // Its failing streak is recorded as failed (not decided); what came after the pause is kept undecided.
+    for i in 0..3 {
+        let e = &stored[&format!("ent-h-{i}")];
+        assert_eq!(e["status"], "failed", "{e}");
+        assert!(e["reason"].as_str().unwrap().contains("101 items"), "{e}");
+    }
+    assert!(!stored.contains_key("ent-h-3") && !stored.contains_key("ent-h-4"), "{stored:#?}");
+    let campaigns = host.admin_get("/campaigns").await;
+    let paused =
+        campaigns["campaigns"].as_array().unwrap().iter().find(|c| c["id"] == "camp-h").unwrap()["paused"].clone();
+    assert!(paused["reason"].as_str().unwrap().contains("101 items"), "{paused}");
+
+    // A fixed revision resumes the campaign: the kept entitlements are decided, once.
+    let (status, answer) =
+        host.admin_send(Method::PUT, "/campaigns/hostile", hostile_campaign("ok").into_bytes()).await;
+    assert_eq!(status, 200, "{answer}");
+    let stored = wait_until(&host, "the kept entitlements decided", |s| {
+        (0..5)
+            .all(|i| s.get(&format!("ent-h-{i}")).is_some_and(|e| e["status"] == "deliver" || e["status"] == "refused"))
+    })
+    .await;
+    for i in 0..4 {
+        assert_eq!(stored[&format!("ent-h-{i}")]["items"], json!([{"id": "ok-item", "quantity": 1}]));
+    }
+    let reason = stored["ent-h-4"]["reason"].as_str().unwrap();
+    assert_eq!(stored["ent-h-4"]["status"], "refused");
+    let kept = reason.strip_suffix("… (cut)").expect("marked as cut");
+    assert!(kept.len() <= 1024 && kept.chars().all(|c| c == 'ü'), "cut on a character boundary: {} bytes", kept.len());
+    assert_eq!(host.get_text("/healthz").await, "ok");
+}

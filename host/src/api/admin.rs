@@ -263,7 +263,7 @@ async fn entitlements(
     State(app): State<Arc<Admin>>,
     ApiQuery(filter): ApiQuery<EntitlementFilter>,
 ) -> Result<Json<Vec<EntitlementRow>>, ApiError> {
-    const STATUSES: [&str; 4] = ["awaiting_link", "unmatched", "refused", "deliver"];
+    const STATUSES: [&str; 5] = ["awaiting_link", "unmatched", "refused", "deliver", "failed"];
     const FULFILMENTS: [&str; 5] = ["pending", "fulfilled", "invalid_id", "not_found", "unauthorized"];
     if let Some(status) = filter.status.as_deref().filter(|s| !STATUSES.contains(s)) {
         let known = STATUSES.join(", ");

@@ -58,6 +58,10 @@ pub enum Decision {
     Refused(String),
     /// The rule's items, for the studio's sink; FULFILLED once the sink has them.
     Deliver(Vec<DeliveredItem>),
+    /// The rule's call failed (trap, limits, bad output): not decided. Decided
+    /// again when its campaign resumes after the breaker, or when the viewer's
+    /// link is put again.
+    Failed(String),
 }
 
 impl Decision {
@@ -68,7 +72,13 @@ impl Decision {
             Decision::Unmatched(_) => entitlement_status::UNMATCHED,
             Decision::Refused(_) => entitlement_status::REFUSED,
             Decision::Deliver(_) => entitlement_status::DELIVER,
+            Decision::Failed(_) => entitlement_status::FAILED,
         }
+    }
+
+    /// Whether the entitlement is still to be decided (awaiting a link, or its rule failed).
+    pub fn is_open(&self) -> bool {
+        matches!(self, Decision::AwaitingLink | Decision::Failed(_))
     }
 }
 
@@ -78,6 +88,7 @@ pub mod entitlement_status {
     pub const UNMATCHED: &str = "unmatched";
     pub const REFUSED: &str = "refused";
     pub const DELIVER: &str = "deliver";
+    pub const FAILED: &str = "failed";
 }
 
 /// An entitlement's outcome, as the engine stores it.

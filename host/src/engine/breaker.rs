@@ -2,10 +2,12 @@
 //!
 //! A campaign whose plugin fails `threshold` calls in a row is paused alone:
 //! the engine stops evaluating it (its watch-time included) and remembers the
-//! first event it skipped. When a new plugin version or campaign revision
-//! serves it, the engine evaluates the skipped events for that campaign, in
-//! inbox order, then resumes it: nothing seen while paused is lost, and the
-//! campaign's state ends up as if it had never stopped.
+//! first event of the failing streak. When a new plugin version or campaign
+//! revision serves it, the engine evaluates the events from there for that
+//! campaign, in inbox order, then resumes it: the failed calls changed
+//! nothing (their state writes were discarded), so nothing of the streak or
+//! of the pause is lost, and the campaign's state ends up as if it had never
+//! stopped.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -16,7 +18,8 @@ use crate::rules::RuleSet;
 #[derive(Debug, Clone)]
 pub struct Breakers {
     threshold: u32,
-    failures: HashMap<String, u32>,
+    /// Per campaign: failures in a row, and the event of the first.
+    failures: HashMap<String, (u32, i64)>,
     paused: BTreeMap<String, Paused>,
 }
 
@@ -33,25 +36,22 @@ impl Breakers {
 
     /// A call succeeded.
     pub fn success(&mut self, campaign: &str) {
-        if self.failures.get(campaign).is_some_and(|&n| n > 0) {
+        if self.failures.contains_key(campaign) {
             self.failures.remove(campaign);
         }
     }
 
     /// A call failed at event `seq`; returns true if this opened the breaker.
     pub fn failure(&mut self, campaign: &str, seq: i64, plugin_hash: &str, revision: &str, reason: String) -> bool {
-        let n = self.failures.entry(campaign.to_string()).or_default();
+        let (n, first) = self.failures.entry(campaign.to_string()).or_insert((0, seq));
         *n += 1;
         if *n < self.threshold {
             return false;
         }
+        let since_seq = *first;
         self.failures.remove(campaign);
-        let paused = Paused {
-            since_seq: seq + 1,
-            plugin_hash: plugin_hash.to_string(),
-            campaign_revision: revision.to_string(),
-            reason,
-        };
+        let paused =
+            Paused { since_seq, plugin_hash: plugin_hash.to_string(), campaign_revision: revision.to_string(), reason };
         self.paused.insert(campaign.to_string(), paused);
         true
     }
@@ -125,9 +125,9 @@ mod tests {
         assert!(!b.failure("c", 3, "h", "r", "trap".into()));
         assert!(b.failure("c", 4, "h", "r", "trap".into()), "third in a row");
         assert!(b.is_paused("c") && !b.is_paused("d"));
-        assert_eq!(b.oldest_needed(), Some(5));
-        assert_eq!(b.backlog(104), 100);
-        assert_eq!(b.cap_backlog(104, 10), vec![("c".to_string(), 90)]);
+        assert_eq!(b.oldest_needed(), Some(2), "from the first failure of the streak");
+        assert_eq!(b.backlog(104), 103);
+        assert_eq!(b.cap_backlog(104, 10), vec![("c".to_string(), 93)]);
         assert_eq!((b.oldest_needed(), b.backlog(104)), (Some(95), 10));
         b.resume("c");
         assert!(!b.is_paused("c"));

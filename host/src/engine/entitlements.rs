@@ -192,6 +192,10 @@ fn decide(
             };
             record(out, Some(account), decision, Some(campaign));
         }
-        Err(err) => fail(state, campaign, seq, err, out),
+        Err(err) => {
+            let reason = cut(format!("the rule failed: {err}"), MAX_REASON_BYTES);
+            record(out, Some(account), Decision::Failed(reason), Some(campaign));
+            fail(state, campaign, seq, err, out);
+        }
     }
 }

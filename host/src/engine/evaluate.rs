@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use super::entitlements::{self, Deciders, Lookups};
 use super::state::State;
 use crate::domain::{
-    Decision, EntitlementDecision, Event, GameStateEvent, Heartbeat, InboxEvent, NewGrant, ViewerList, REASON_WATCHING,
+    EntitlementDecision, Event, GameStateEvent, Heartbeat, InboxEvent, NewGrant, ViewerList, REASON_WATCHING,
 };
 use crate::plugins::{PluginError, PluginRuntime, WitGameState, WitGrant, WitHeartbeat, WitViewers};
 use crate::rules::{LoadedCampaign, RuleSet};
@@ -32,7 +32,7 @@ impl Evaluation {
         let seen = Seen {
             first_seq: decision.first_seq,
             decided_seq: decision.seq,
-            awaiting: decision.decision == Decision::AwaitingLink,
+            awaiting: decision.decision.is_open(),
             account: decision.account.clone(),
         };
         self.seen.insert(decision.entitlement.entitlement_id.clone(), seen);

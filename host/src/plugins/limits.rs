@@ -137,6 +137,19 @@ pub fn check_items(items: &[Item]) -> Result<(), String> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn items_are_bounded_named_and_counted() {
+        let item = |id: &str, quantity| Item { id: id.into(), quantity };
+        assert!(check_items(&[item("sword", 1), item("gold", 100)]).is_ok());
+        assert!(check_items(&[]).unwrap_err().contains("refuse"));
+        let many: Vec<Item> = (0..=MAX_ITEMS).map(|i| item(&format!("i{i}"), 1)).collect();
+        assert!(check_items(&many).unwrap_err().contains("101 items"));
+        assert!(check_items(&[item("ok", 1), item("bad\nid", 1)]).unwrap_err().starts_with("item 1"));
+        assert!(check_items(&[item(&"x".repeat(MAX_ITEM_ID_BYTES + 1), 1)]).is_err());
+        assert!(check_items(&[item("ünïcødé", 1)]).is_ok(), "non-ASCII ids are fine");
+        assert!(check_items(&[item("zero", 0)]).unwrap_err().contains("quantity 0"));
+    }
+
     fn grant(viewer: u32, reward: u32, key: Option<&str>) -> Grant {
         Grant { viewer, reward, key: key.map(String::from) }
     }

@@ -35,6 +35,7 @@ pub struct Seen {
     pub first_seq: i64,
     /// The inbox event that decided it (or left it awaiting a link).
     pub decided_seq: i64,
+    /// Not decided yet: awaiting a link, or its rule's call failed.
     pub awaiting: bool,
     /// The game account it was decided for.
     pub account: Option<String>,
@@ -48,7 +49,7 @@ pub struct EntitlementRow {
     /// The viewer's Twitch user id.
     pub user_id: String,
     pub benefit_id: String,
-    /// `awaiting_link`, `unmatched`, `refused` or `deliver`.
+    /// `awaiting_link`, `unmatched`, `refused`, `deliver`, or `failed` (the rule's call failed; decided again later).
     pub status: String,
     pub account: Option<String>,
     pub items: Vec<DeliveredItem>,
@@ -174,7 +175,9 @@ impl Store {
                 Decision::Deliver(items) => {
                     (Some(serde_json::to_string(items).map_err(|err| StoreError::Encode(err.to_string()))?), None)
                 }
-                Decision::Refused(reason) | Decision::Unmatched(reason) => (None, Some(reason.as_str())),
+                Decision::Refused(reason) | Decision::Unmatched(reason) | Decision::Failed(reason) => {
+                    (None, Some(reason.as_str()))
+                }
                 Decision::AwaitingLink => (None, None),
             };
             let done = sqlx::query(
@@ -185,7 +188,7 @@ impl Store {
                  items = excluded.items, reason = excluded.reason, decided_seq = excluded.decided_seq, \
                  campaign_revision = excluded.campaign_revision, plugin_hash = excluded.plugin_hash, \
                  decided_at = excluded.decided_at \
-                 WHERE entitlements.status = 'awaiting_link' AND excluded.status <> 'awaiting_link'",
+                 WHERE entitlements.status IN ('awaiting_link', 'failed') AND excluded.status <> 'awaiting_link'",
             )
             .bind(&e.entitlement_id)
             .bind(&e.campaign_id)
@@ -230,20 +233,20 @@ impl Store {
                 query = query.bind(*id);
             }
             for (id, first_seq, decided_seq, status, account) in query.fetch_all(&self.pool).await? {
-                let awaiting = status == entitlement_status::AWAITING_LINK;
+                let awaiting = status == entitlement_status::AWAITING_LINK || status == entitlement_status::FAILED;
                 found.insert(id, Seen { first_seq, decided_seq, awaiting, account });
             }
         }
         Ok(found)
     }
 
-    /// The entitlements awaiting a link of each of `user_ids` that has some
+    /// The undecided entitlements (awaiting a link, or whose rule failed) of each of `user_ids` that has some
     /// (at most `limit` in all), in the order they arrived.
     pub async fn awaiting_link(&self, user_ids: &[String], limit: u32) -> Result<Vec<Entitlement>, StoreError> {
         let mut found = Vec::new();
         for chunk in user_ids.chunks(IDS_PER_STATEMENT) {
             let sql = format!(
-                "SELECT body FROM entitlements WHERE status = 'awaiting_link' AND user_id IN ({}) \
+                "SELECT body FROM entitlements WHERE status IN ('awaiting_link', 'failed') AND user_id IN ({}) \
                  ORDER BY first_seq LIMIT {limit}",
                 list_placeholders(1, chunk.len())
             );

@@ -1,12 +1,18 @@
 //! Misbehaves as its config asks: `{ "mode": "loop" | "memory" | "recursion" | "flood" | "panic" |
-//! "state-flood" | "state-hoard" | "log-flood" | "big-keys" | "aliased-keys" | "huge-error" | "ok" }`.
+//! "state-flood" | "state-hoard" | "log-flood" | "big-keys" | "aliased-keys" | "huge-error" | "ok" |
+//! "many-items" | "bad-items" }`; `on-entitlement` misbehaves in the heartbeat modes that apply to it
+//! (`loop`, `memory`, `panic`) and in its own: more than 100 items, an item id with
+//! a control character and quantity 0; `ok` delivers one `ok-item` and refuses
+//! with a 1 MiB non-ASCII reason for benefit `refuse`.
 //! Used by the sandbox tests to show the host survives each attack.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use drops_plugin_sdk::{log, state, Campaign, Grant, Heartbeat, Level, Rule, Viewer};
+use drops_plugin_sdk::{
+    log, state, Campaign, Entitlement, EntitlementVerdict, Grant, Heartbeat, Item, Level, Rule, Viewer,
+};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -65,7 +71,7 @@ impl Rule for Hostile {
     fn validate(config: &Config, _: &Campaign) -> Result<(), String> {
         match config.mode.as_str() {
             "loop" | "memory" | "recursion" | "flood" | "panic" | "ok" | "state-flood" | "state-hoard"
-            | "log-flood" | "big-keys" | "aliased-keys" => Ok(()),
+            | "log-flood" | "big-keys" | "aliased-keys" | "many-items" | "bad-items" => Ok(()),
             // Ten MiB of error: the host must cut it before it reaches a log or an answer.
             "huge-error" => Err(format!("config.mode: {}", "x".repeat(10 << 20))),
             other => Err(format!("config.mode: unknown mode `{other}`")),
@@ -117,6 +123,22 @@ impl Rule for Hostile {
             "aliased-keys" => aliased_grants(100, 8 << 20),
             "big-keys" => (0..6).map(|i| Grant::repeatable(0, 0, format!("{i}{}", "k".repeat(8 << 20)))).collect(),
             _ => viewers.iter().map(|v| Grant::once(v.handle, 0)).collect(),
+        }
+    }
+
+    fn on_entitlement(config: &Config, _: &Campaign, entitlement: &Entitlement) -> EntitlementVerdict {
+        match config.mode.as_str() {
+            "loop" => loop {
+                black_box(0);
+            },
+            "memory" => EntitlementVerdict::Refuse("m".repeat(black_box(1 << 30))),
+            "panic" => panic!("the rule gave up"),
+            "many-items" => EntitlementVerdict::Deliver((0..101).map(|i| Item::new(format!("item-{i}"), 1)).collect()),
+            "bad-items" => {
+                EntitlementVerdict::Deliver(vec![Item::new("ok", 1), Item::new("bad\nitem", 1), Item::new("zero", 0)])
+            }
+            _ if entitlement.benefit_id == "refuse" => EntitlementVerdict::Refuse("ü".repeat(1 << 19)),
+            _ => EntitlementVerdict::Deliver(vec![Item::new("ok-item", 1)]),
         }
     }
 }
