@@ -225,6 +225,49 @@ fn plugin_call(c: &mut Criterion) {
     group.finish();
 }
 
+/// One entitlement decided by `benefit-to-items` (a benefit mapped to two
+/// items, the account's daily count and received items kept as campaign
+/// state), as the host calls it, against the same rule compiled natively.
+fn entitlement_call(c: &mut Criterion) {
+    use drops_host::plugins::WitEntitlement;
+    const ITEMS: &str = r#"{"benefits":{"b-sword":{"items":[{"id":"iron-sword"},{"id":"gold","quantity":100}]}},"daily_cap":1000000000}"#;
+    let runtime = PluginRuntime::new(Default::default()).unwrap();
+    let bytes = wasm_file("benefit_to_items.wasm", "run scripts/build-plugins.sh");
+    let plugin = runtime.load("benefit-to-items", &bytes).unwrap();
+    let campaign = WitCampaign { id: "c".into(), rewards: vec!["b-sword".into()], config: ITEMS.into() };
+    let entitlement = WitEntitlement {
+        id: "ent-1".into(),
+        benefit_id: "b-sword".into(),
+        campaign_id: "c".into(),
+        category_id: "game".into(),
+        user_id: "twitch-1".into(),
+        user_login: "viewer".into(),
+        created_at: 1_795_000_000,
+        account: "acc-1".into(),
+    };
+    let native_campaign = drops_plugin_sdk::Campaign::new("c", &["b-sword"], ITEMS);
+    let native_entitlement = drops_plugin_sdk::testing::entitlement("ent-1", "b-sword", "acc-1", 1_795_000_000);
+    let decide = |campaign, entitlement| {
+        drops_plugin_sdk::decide_entitlement::<benefit_to_items::BenefitToItems>(campaign, entitlement).unwrap()
+    };
+    let mut kv = Default::default();
+    let wasm = runtime.on_entitlement(&plugin, &campaign, &entitlement, &mut kv).unwrap();
+    assert!(matches!(&wasm, drops_host::plugins::WitEntitlementVerdict::Deliver(items) if items.len() == 2));
+    assert!(matches!(
+        decide(native_campaign.clone(), native_entitlement.clone()),
+        drops_plugin_sdk::EntitlementVerdict::Deliver(items) if items.len() == 2
+    ));
+    let mut group = c.benchmark_group("entitlement_call");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("wasm", |b| {
+        b.iter(|| runtime.on_entitlement(&plugin, &campaign, black_box(&entitlement), &mut kv).unwrap())
+    });
+    group.bench_function("native", |b| {
+        b.iter(|| decide(native_campaign.clone(), black_box(native_entitlement.clone())))
+    });
+    group.finish();
+}
+
 fn engine_step(c: &mut Criterion) {
     let runtime = PluginRuntime::new(Default::default()).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -267,5 +310,5 @@ fn engine_step(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, plugin_call, engine_step);
+criterion_group!(benches, plugin_call, entitlement_call, engine_step);
 criterion_main!(benches);

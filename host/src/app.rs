@@ -280,7 +280,7 @@ fn fulfilment_role(store: Arc<Store>, rules: Arc<ArcSwap<RuleSet>>, settings: &S
             let client = match client {
                 Ok(Some(client)) => Arc::new(client),
                 Ok(None) => {
-                    either(run.stop, run.handover).cancelled().await;
+                    fulfil::report_backlog_until(store, either(run.stop, run.handover)).await;
                     return RoleEnd::Done;
                 }
                 Err(e) => return RoleEnd::Fatal(e.into()),

@@ -127,10 +127,40 @@ impl TwitchClient {
     }
 }
 
+/// How often the EventSub backlog gauges are refreshed.
+const GAUGES_EVERY: Duration = Duration::from_secs(5);
+
+/// Sets the EventSub backlog gauges.
+async fn report_backlog(store: &Store) {
+    match store.entitlement_backlog().await {
+        Ok(b) => {
+            metrics::gauge!("drops_entitlements_awaiting_link").set(b.awaiting_link as f64);
+            metrics::gauge!("drops_entitlements_to_deliver").set(b.to_deliver as f64);
+            metrics::gauge!("drops_entitlements_to_fulfil").set(b.to_fulfil as f64);
+        }
+        Err(e) => tracing::warn!("reading the entitlement backlog: {e}"),
+    }
+}
+
+/// Keeps the EventSub backlog gauges current until `stop` (a host without Twitch credentials).
+pub async fn report_backlog_until(store: Arc<Store>, stop: CancellationToken) {
+    loop {
+        report_backlog(&store).await;
+        if pause(&stop, GAUGES_EVERY).await {
+            return;
+        }
+    }
+}
+
 /// Marks delivered entitlements FULFILLED until `stop`.
 pub async fn run_fulfilment(twitch: Arc<TwitchClient>, store: Arc<Store>, backoff: Backoff, stop: CancellationToken) {
     let mut failures = 0u32;
+    let mut gauges_due = tokio::time::Instant::now();
     loop {
+        if tokio::time::Instant::now() >= gauges_due {
+            report_backlog(&store).await;
+            gauges_due = tokio::time::Instant::now() + GAUGES_EVERY;
+        }
         let due = match store.entitlements_to_fulfil(now_ms(), MAX_IDS_PER_UPDATE as u32).await {
             Ok(due) => due,
             Err(e) => {

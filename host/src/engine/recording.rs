@@ -195,11 +195,16 @@ mod tests {
             "client_id": "c", "game_id": "g", "update": "full", "data": {"level": 1},
             "received_at_ms": 5, "authoritative": true}))
         .unwrap();
+        let linked =
+            Linked {
+                twitch_user_id: "u-1".into(), game_account_id: "acc-ü".into(), entitlements: vec![entitlement()]
+            };
         let mut recorder = Recorder::open(&path, "wasmtime 1").unwrap();
         recorder.write(&[
             InboxEvent { seq: 1, received_at_ms: 9, event: Event::Heartbeat(hb.clone()) },
             InboxEvent { seq: 2, received_at_ms: 9, event: Event::GameState(gs.clone()) },
             InboxEvent { seq: 3, received_at_ms: 11, event: Event::Entitlement(Box::new(entitlement())) },
+            InboxEvent { seq: 4, received_at_ms: 12, event: Event::Linked(Box::new(linked.clone())) },
         ]);
         drop(recorder);
         let text = std::fs::read_to_string(&path).unwrap();
@@ -217,6 +222,8 @@ mod tests {
         assert_eq!((lines[1].dedup_id.as_str(), lines[1].received_at_ms), ("e2:c:1", 5));
         assert!(matches!(&lines[2].event, Event::Entitlement(e) if **e == entitlement()));
         assert_eq!((lines[2].dedup_id.as_str(), lines[2].received_at_ms), ("ent:ent-1", 11));
+        assert!(matches!(&lines[3].event, Event::Linked(l) if **l == linked));
+        assert_eq!(lines[3].received_at_ms, 12);
         assert!(parse_line(r#"{"id":"h"}"#).unwrap_err().contains("broadcaster"));
 
         // A line cut short by a crash stays on its own line; the next event starts a fresh one.

@@ -494,3 +494,89 @@ async fn a_sink_cursor_only_moves_forward_and_counts_what_waits() {
     }
     dbs.drop_postgres().await;
 }
+
+fn entitlement(id: &str, user: &str) -> crate::domain::Entitlement {
+    crate::domain::Entitlement {
+        entitlement_id: id.into(),
+        event_id: format!("ev-{id}"),
+        organization_id: "org".into(),
+        category_id: "game".into(),
+        category_name: "Gäme".into(),
+        campaign_id: "camp".into(),
+        user_id: user.into(),
+        user_login: "login".into(),
+        user_name: "Näme".into(),
+        benefit_id: "b-sword".into(),
+        created_at: "2026-11-24T10:00:00Z".into(),
+    }
+}
+
+fn decided(id: &str, user: &str, seq: i64, decision: crate::domain::Decision) -> crate::domain::EntitlementDecision {
+    crate::domain::EntitlementDecision {
+        entitlement: entitlement(id, user),
+        first_seq: 1,
+        seq,
+        account: (!decision.is_open() || matches!(decision, crate::domain::Decision::Failed(_))).then(|| "acc".into()),
+        decision,
+        campaign_revision: "rev".into(),
+        plugin_hash: "hash".into(),
+    }
+}
+
+#[tokio::test]
+async fn an_entitlement_is_decided_once_then_delivered_and_answered() {
+    use crate::domain::{Decision, DeliveredItem};
+    let dbs = Databases::new().await;
+    for (backend, store) in &dbs.stores {
+        let items = vec![DeliveredItem { id: "iron-sword".into(), quantity: 1 }];
+        // Awaiting, then failed, then decided: each open row may be replaced; a decided one never.
+        store.record_entitlement_decisions(&[decided("e-1", "u-1", 1, Decision::AwaitingLink)]).await.unwrap();
+        store.record_entitlement_decisions(&[decided("e-1", "u-1", 1, Decision::AwaitingLink)]).await.unwrap();
+        let users = vec!["u-1".to_string()];
+        assert_eq!(store.awaiting_link(&users, 10).await.unwrap().len(), 1, "{backend}");
+        store.record_entitlement_decisions(&[decided("e-1", "u-1", 5, Decision::Failed("trap".into()))]).await.unwrap();
+        assert_eq!(store.awaiting_link(&users, 10).await.unwrap().len(), 1, "{backend}: failed is still open");
+        store
+            .record_entitlement_decisions(&[decided("e-1", "u-1", 7, Decision::Deliver(items.clone()))])
+            .await
+            .unwrap();
+        let changed = store
+            .record_entitlement_decisions(&[decided("e-1", "u-1", 9, Decision::Refused("again".into()))])
+            .await
+            .unwrap();
+        assert_eq!(changed, 0, "{backend}: a decision is final");
+        let seen = store.entitlements_seen(&["e-1", "e-9"]).await.unwrap();
+        assert_eq!(
+            seen.get("e-1"),
+            Some(&Seen { first_seq: 1, decided_seq: 7, awaiting: false, account: Some("acc".into()) }),
+            "{backend}"
+        );
+        assert!(!seen.contains_key("e-9"), "{backend}");
+        assert!(store.awaiting_link(&users, 10).await.unwrap().is_empty(), "{backend}");
+
+        // Delivered, then answered by Twitch: retried later, then fulfilled.
+        let to_deliver = store.items_to_deliver(10).await.unwrap();
+        assert_eq!(to_deliver.len(), 1, "{backend}");
+        assert_eq!(to_deliver[0].items, items, "{backend}");
+        assert!(store.entitlements_to_fulfil(i64::MAX, 100).await.unwrap().is_empty(), "{backend}: not delivered yet");
+        store.mark_items_delivered(&["e-1"]).await.unwrap();
+        assert!(store.items_to_deliver(10).await.unwrap().is_empty(), "{backend}");
+        assert_eq!(store.entitlements_to_fulfil(i64::MAX, 100).await.unwrap(), ["e-1"], "{backend}");
+        let later = crate::domain::now_ms() + 60_000;
+        store
+            .record_fulfilment(&[("e-1".into(), Fulfilment::Retry { after_ms: later, error: "UPDATE_FAILED".into() })])
+            .await
+            .unwrap();
+        assert!(store.entitlements_to_fulfil(crate::domain::now_ms(), 100).await.unwrap().is_empty(), "{backend}");
+        assert_eq!(store.next_fulfil_due().await.unwrap(), Some(later), "{backend}");
+        store.record_fulfilment(&[("e-1".into(), Fulfilment::Fulfilled)]).await.unwrap();
+        assert!(store.entitlements_to_fulfil(i64::MAX, 100).await.unwrap().is_empty(), "{backend}");
+        let listed = store
+            .list_entitlements(&EntitlementFilter { fulfillment: Some("fulfilled".into()), ..Default::default() })
+            .await
+            .unwrap();
+        assert_eq!((listed.len(), listed[0].fulfil_attempts), (1, 2), "{backend}");
+        assert_eq!(store.entitlement_backlog().await.unwrap(), EntitlementBacklog::default(), "{backend}");
+    }
+    dbs.drop_postgres().await;
+}
