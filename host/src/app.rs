@@ -20,7 +20,7 @@ use crate::config::Settings;
 use crate::delivery::nats::NatsSink;
 use crate::delivery::webhook::WebhookSink;
 use crate::delivery::{fulfil, sink, Backoff, TwitchClient, Uploader};
-use crate::engine::{Engine, EngineError, EngineOptions, PausedCampaigns};
+use crate::engine::{link_sweep, Engine, EngineError, EngineOptions, PausedCampaigns};
 use crate::health::Liveness;
 use crate::http::{self, server::ServerLimits};
 use crate::ingest::e2::E2Hub;
@@ -266,32 +266,44 @@ fn engine_role(engine: Arc<Engine>, index: u32, count: u32) -> Role {
 
 /// The role of batching grants into manifests and uploading them: one host
 /// does both, so a manifest's file is on the host that uploads it.
-/// Marks delivered entitlements FULFILLED on Twitch and reconciles the
-/// CLAIMED ones the webhook missed (EventSub path); nothing to do without
-/// `[twitch]` credentials.
+/// Keeps the EventSub path moving (with `eventsub.secret`): marks delivered
+/// entitlements FULFILLED on Twitch, reconciles the CLAIMED ones the webhook
+/// missed (both need `[twitch]` credentials), and sweeps open entitlements
+/// of linked viewers into link events.
 fn fulfilment_role(store: Arc<Store>, rules: Arc<ArcSwap<RuleSet>>, settings: &Settings) -> Role {
     let twitch = settings.twitch.clone();
     let backoff = Backoff { initial_ms: twitch.retry_initial_ms, max_secs: twitch.retry_max_secs };
+    let eventsub = settings.eventsub.secret.is_some();
     let every = Duration::from_secs(settings.eventsub.reconcile_interval_secs);
+    let sweep_every = Duration::from_secs(settings.eventsub.sweep_interval_secs);
     Role::new("fulfilment", false, move |run: RoleRun| {
         let client = TwitchClient::new(&twitch);
         let (store, rules) = (store.clone(), rules.clone());
         async move {
             let client = match client {
-                Ok(Some(client)) => Arc::new(client),
-                Ok(None) => {
-                    fulfil::report_backlog_until(store, either(run.stop, run.handover)).await;
-                    return RoleEnd::Done;
-                }
+                Ok(client) => client.map(Arc::new),
                 Err(e) => return RoleEnd::Fatal(e.into()),
             };
             let stop = either(run.stop, run.handover);
-            let fulfil = fulfil::run_fulfilment(client.clone(), store.clone(), backoff, stop.clone());
-            if every.is_zero() {
-                fulfil.await;
-            } else {
-                tokio::join!(fulfil, fulfil::run_reconciliation(client, store, rules, every, stop));
-            }
+            let sweep = async {
+                if eventsub {
+                    link_sweep::run(store.clone(), rules.clone(), sweep_every, stop.clone()).await;
+                }
+            };
+            let twitch = async {
+                let Some(client) = client else {
+                    return fulfil::report_backlog_until(store.clone(), stop.clone()).await;
+                };
+                let fulfil = fulfil::run_fulfilment(client.clone(), store.clone(), backoff, stop.clone());
+                if eventsub && !every.is_zero() {
+                    let reconcile =
+                        fulfil::run_reconciliation(client, store.clone(), rules.clone(), every, stop.clone());
+                    tokio::join!(fulfil, reconcile);
+                } else {
+                    fulfil.await;
+                }
+            };
+            tokio::join!(sweep, twitch);
             RoleEnd::Done
         }
     })

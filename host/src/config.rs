@@ -56,6 +56,9 @@ pub struct EventSubSettings {
     /// How often Get Drops Entitlements is paged for CLAIMED entitlements the
     /// webhook missed (needs `[twitch]` credentials); 0: never.
     pub reconcile_interval_secs: u64,
+    /// How often open entitlements of linked viewers (awaiting a link,
+    /// failed, unmatched of a campaign loaded since) are announced again.
+    pub sweep_interval_secs: u64,
 }
 
 impl Default for EventSubSettings {
@@ -66,6 +69,7 @@ impl Default for EventSubSettings {
             max_events: 10_000,
             sink: None,
             reconcile_interval_secs: 3600,
+            sweep_interval_secs: 30,
         }
     }
 }
@@ -78,6 +82,7 @@ impl std::fmt::Debug for EventSubSettings {
             .field("max_events", &self.max_events)
             .field("sink", &self.sink)
             .field("reconcile_interval_secs", &self.reconcile_interval_secs)
+            .field("sweep_interval_secs", &self.sweep_interval_secs)
             .finish()
     }
 }
@@ -732,6 +737,7 @@ impl Settings {
         }
         in_range("eventsub.max_body_bytes", self.eventsub.max_body_bytes, 1024, 64 << 20)?;
         in_range("eventsub.max_events", self.eventsub.max_events as u64, 1, 100_000)?;
+        in_range("eventsub.sweep_interval_secs", self.eventsub.sweep_interval_secs, 1, 86_400)?;
         match self.eventsub.sink.as_deref() {
             None => {}
             Some("webhook") if self.sink.webhook.is_none() => {

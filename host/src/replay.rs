@@ -33,6 +33,8 @@ pub fn run(settings: &Settings, rules_dir: &Path, events: &Path) -> anyhow::Resu
     let mut made = HashSet::new();
     let mut table: BTreeMap<(String, String), u64> = BTreeMap::new();
     let mut entitlements: BTreeMap<&'static str, u64> = BTreeMap::new();
+    // A recording holds no account links: entitlements wait for the recorded link events.
+    let mut lookups = Lookups::default();
     let (mut events_read, mut duplicates, mut minutes, mut errors) = (0u64, 0u64, 0u64, 0u64);
     for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
         let line = line?;
@@ -60,14 +62,15 @@ pub fn run(settings: &Settings, rules_dir: &Path, events: &Path) -> anyhow::Resu
             &rules,
             &runtime,
             &InboxEvent { seq: events_read as i64, received_at_ms: recorded.received_at_ms, event: recorded.event },
-            // A recording has no account links: entitlements wait for the recorded link events.
-            &Lookups::default(),
+            &lookups,
             &mut out,
         );
         minutes += out.viewer_minutes;
         for d in &out.entitlements {
             *entitlements.entry(d.decision.status()).or_default() += 1;
         }
+        // What was decided is known to the events after it, as the store makes it known to the host.
+        lookups.seen.extend(out.seen.drain());
         errors += out.plugin_errors;
         for g in out.grants {
             if made.insert((g.campaign_id.clone(), g.reward_id.clone(), g.user_id.clone(), g.grant_key.clone())) {

@@ -142,9 +142,15 @@ pub trait Rule {
     }
 
     /// Decides the in-game items for a Twitch Drops entitlement of the
-    /// campaign (EventSub), once its viewer has a linked game account.
-    fn on_entitlement(_config: &Self::Config, _campaign: &Campaign, _entitlement: &Entitlement) -> EntitlementVerdict {
-        EntitlementVerdict::Refuse("this rule decides no entitlements".to_string())
+    /// campaign (EventSub), once its viewer has a linked game account. An
+    /// `Err` is a failed call, not a decision: its state writes are dropped
+    /// and the entitlement is decided again later (a refusal is final).
+    fn on_entitlement(
+        _config: &Self::Config,
+        _campaign: &Campaign,
+        _entitlement: &Entitlement,
+    ) -> Result<EntitlementVerdict, String> {
+        Ok(EntitlementVerdict::Refuse("this rule decides no entitlements".to_string()))
     }
 }
 
@@ -263,7 +269,7 @@ pub fn decide_game_state<R: Rule>(
 pub fn decide_entitlement<R: Rule>(campaign: Campaign, entitlement: Entitlement) -> Result<EntitlementVerdict, String> {
     sys::install_panic_hook();
     let config = parse_config::<R>(&campaign)?;
-    Ok(R::on_entitlement(&config, &campaign, &entitlement))
+    R::on_entitlement(&config, &campaign, &entitlement)
 }
 
 /// Exports a [`Rule`] implementation as the plugin's rule, allocating from

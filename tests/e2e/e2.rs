@@ -69,7 +69,7 @@ pub(crate) async fn host(backend: Backend, extra: &str) -> Option<TestHost> {
         {"twitch_user_id": "twitch-b2", "game_account_id": "b-2"},
     ]);
     let (status, body) = host.admin_send(reqwest::Method::PUT, "/links", links.to_string().into_bytes()).await;
-    assert_eq!((status, body), (200, json!({"linked": 2})));
+    assert_eq!((status, body), (200, json!({"linked": 2, "released": 0})));
     Some(host)
 }
 

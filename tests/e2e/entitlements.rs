@@ -159,7 +159,7 @@ fn host_config(fakes: &Fakes) -> HostConfig {
         campaigns: vec![("launch".into(), CAMPAIGN.into())],
         extra_plugins: vec!["benefit-to-items"],
         extra_toml: format!(
-            "[eventsub]\nsecret = \"{SECRET}\"\nreconcile_interval_secs = 1\n\
+            "[eventsub]\nsecret = \"{SECRET}\"\nreconcile_interval_secs = 1\nsweep_interval_secs = 1\n\
              [twitch]\nclient_id = \"client-e2e\"\nclient_secret = \"client-secret-e2e\"\nauth_base_url = \"{url}\"\n\
              api_base_url = \"{url}\"\nretry_initial_ms = 100\nretry_max_secs = 1\n\
              [sink.webhook]\nurl = \"{url}/hook\"\nsecret = \"webhook-secret-0123\"\nmax_batch = 40\nretry_initial_ms = 50\nretry_max_secs = 1\n"
@@ -473,4 +473,23 @@ async fn a_hostile_rule_pauses_its_own_entitlements_only() {
     let kept = reason.strip_suffix("… (cut)").expect("marked as cut");
     assert!(kept.len() <= 1024 && kept.chars().all(|c| c == 'ü'), "cut on a character boundary: {} bytes", kept.len());
     assert_eq!(host.get_text("/healthz").await, "ok");
+}
+
+/// An entitlement of a campaign the host does not have is `unmatched`;
+/// once the campaign is uploaded, the sweep decides it.
+#[tokio::test]
+async fn an_unmatched_entitlement_is_decided_once_its_campaign_arrives() {
+    let fakes = fakes(Duration::ZERO).await;
+    let Some(host) = TestHost::spawn(Backend::Sqlite, host_config(&fakes)).await else { return };
+    link(&host, &[("u-late", "acc-late")]).await;
+    let mut event = entitlement_event("ent-late", "u-late", "benefit-sword");
+    event["data"]["campaign_id"] = json!("camp-later");
+    send(&host, "m-late", vec![event]).await;
+    let stored = wait_until(&host, "unmatched", |s| is(s, "ent-late", "unmatched", None)).await;
+    assert!(stored["ent-late"]["reason"].as_str().unwrap().contains("camp-later"), "{:?}", stored["ent-late"]);
+    let later = CAMPAIGN.replace("id = \"camp-1\"", "id = \"camp-later\"");
+    let (status, answer) = host.admin_send(Method::PUT, "/campaigns/later", later.into_bytes()).await;
+    assert_eq!(status, 200, "{answer}");
+    let stored = wait_until(&host, "decided by the sweep", |s| is(s, "ent-late", "deliver", Some("fulfilled"))).await;
+    assert_eq!(stored["ent-late"]["campaign_id"], "camp-later");
 }

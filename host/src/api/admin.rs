@@ -301,8 +301,8 @@ async fn grants(
 #[derive(Serialize, ToSchema)]
 struct Linked {
     linked: u64,
-    /// Viewers among them whose EventSub entitlements were awaiting a link:
-    /// the engine decides those now.
+    /// Link events for EventSub entitlements of these viewers that were
+    /// open (awaiting a link, failed, or unmatched): the engine decides those now.
     released: u64,
 }
 
@@ -322,7 +322,7 @@ async fn put_links(State(app): State<Arc<Admin>>, body: Bytes) -> Result<Json<Li
     // Stored links are not undone if this fails: the PUT is idempotent, and
     // its retry announces them.
     let users: Vec<String> = links.iter().map(|l| l.twitch_user_id.0.clone()).collect();
-    let released = app.store.announce_links(&users).await?;
+    let released = app.store.announce_links(&users, &app.rules.load().enabled_campaign_ids()).await?;
     Ok(Json(Linked { linked, released }))
 }
 

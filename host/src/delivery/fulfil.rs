@@ -31,6 +31,8 @@ pub const MAX_IDS_PER_UPDATE: usize = 100;
 const PAGE_SIZE: &str = "1000";
 /// Pages read at most by one reconciliation (a million entitlements).
 const MAX_PAGES: usize = 1000;
+/// How long entitlements of a request Twitch refused as a whole wait before they are sent again.
+const REFUSED_RETRY: Duration = Duration::from_secs(300);
 /// How long an idle fulfiller waits before looking again.
 const IDLE: Duration = Duration::from_secs(5);
 
@@ -183,13 +185,14 @@ pub async fn run_fulfilment(twitch: Arc<TwitchClient>, store: Arc<Store>, backof
         }
         let answers = match twitch.fulfil_entitlements(&due).await {
             Ok(answers) => answers,
-            Err(e) => {
+            Err(UploadError::Transient { reason, wait }) => {
                 failures = failures.saturating_add(1);
                 metrics::counter!("drops_fulfil_failures_total").increment(1);
-                let wait = match &e {
-                    UploadError::Transient { wait: Some(asked), .. } => *asked,
-                    _ => backoff.wait(failures),
-                };
+                // A wait Twitch asks for is honoured, up to the backoff's cap (a
+                // reset hours ahead is a clock or a proxy gone wrong).
+                let cap = Duration::from_secs(backoff.max_secs.max(1));
+                let wait = wait.map_or_else(|| backoff.wait(failures), |asked| asked.min(cap));
+                let e = reason;
                 tracing::warn!(
                     entitlements = due.len(),
                     retry_in_ms = wait.as_millis() as u64,
@@ -197,6 +200,23 @@ pub async fn run_fulfilment(twitch: Arc<TwitchClient>, store: Arc<Store>, backof
                 );
                 if pause(&stop, wait).await {
                     return;
+                }
+                continue;
+            }
+            Err(refused) => {
+                // The whole request refused (a 400, a 403): these ids wait a
+                // while, so they do not hold up the others; they are not given up.
+                metrics::counter!("drops_fulfil_failures_total").increment(1);
+                tracing::error!(entitlements = due.len(), "Twitch refused marking entitlements FULFILLED: {refused}");
+                let after_ms = now_ms() + REFUSED_RETRY.as_millis() as i64;
+                let error = crate::domain::cut(refused.to_string(), 300);
+                let later: Vec<(String, Fulfilment)> =
+                    due.into_iter().map(|id| (id, Fulfilment::Retry { after_ms, error: error.clone() })).collect();
+                if let Err(e) = store.record_fulfilment(&later).await {
+                    tracing::error!("recording a refused FULFILLED request: {e}");
+                    if pause(&stop, IDLE).await {
+                        return;
+                    }
                 }
                 continue;
             }
@@ -241,15 +261,17 @@ pub async fn run_reconciliation(
     stop: CancellationToken,
 ) {
     loop {
+        // Not at once: right after a start Twitch is still redelivering what
+        // the webhook missed meanwhile, with everything the listing lacks.
+        if pause(&stop, every).await {
+            return;
+        }
         match reconcile(&twitch, &store, &rules.load(), &stop).await {
             Ok((listed, missed)) => {
                 metrics::counter!("drops_reconciled_entitlements_total").increment(missed);
                 tracing::info!(listed, missed, "reconciled CLAIMED entitlements with Twitch");
             }
             Err(e) => tracing::warn!("reconciling entitlements with Twitch failed (next try in {every:?}): {e}"),
-        }
-        if pause(&stop, every).await {
-            return;
         }
     }
 }
@@ -292,10 +314,21 @@ fn as_entitlement(c: ClaimedEntitlement, rules: &RuleSet) -> Option<Entitlement>
         );
         return None;
     }
-    let campaign_id = rules
-        .campaigns()
+    if time::OffsetDateTime::parse(&c.timestamp, &time::format_description::well_known::Rfc3339).is_err() {
+        tracing::warn!(entitlement = %c.id, "Get Drops Entitlements listed an entitlement whose timestamp is not RFC 3339: skipped");
+        return None;
+    }
+    // An enabled campaign naming the benefit first; a disabled one leaves it
+    // unmatched until that campaign is enabled again.
+    let naming = |campaign: &&std::sync::Arc<crate::rules::LoadedCampaign>| {
+        campaign.def.rewards.iter().any(|r| r.id == c.benefit_id)
+    };
+    let campaigns = rules.campaigns();
+    let campaign_id = campaigns
         .iter()
-        .find(|campaign| campaign.def.rewards.iter().any(|r| r.id == c.benefit_id))
+        .filter(|campaign| campaign.def.enabled)
+        .find(naming)
+        .or_else(|| campaigns.iter().find(naming))
         .map(|campaign| campaign.def.id.clone())
         .unwrap_or_default();
     Some(Entitlement {

@@ -106,9 +106,11 @@ impl Breakers {
         self.oldest_needed().map_or(0, |since| (cursor - since + 1).max(0) as u64)
     }
 
-    /// The oldest event a paused campaign still needs (its viewer lists must be kept).
+    /// The oldest event a paused campaign, or one failing now (which may
+    /// pause from its first failure), still needs: its viewer lists must be kept.
     pub fn oldest_needed(&self) -> Option<i64> {
-        self.paused.values().map(|p| p.since_seq).min()
+        let failing = self.failures.values().map(|(_, first)| *first);
+        self.paused.values().map(|p| p.since_seq).chain(failing).min()
     }
 }
 
@@ -120,7 +122,9 @@ mod tests {
     fn opens_after_the_threshold_of_failures_in_a_row() {
         let mut b = Breakers::new(3);
         assert!(!b.failure("c", 1, "h", "r", "trap".into()));
+        assert_eq!(b.oldest_needed(), Some(1), "a failing streak keeps its events");
         b.success("c");
+        assert_eq!(b.oldest_needed(), None);
         assert!(!b.failure("c", 2, "h", "r", "trap".into()));
         assert!(!b.failure("c", 3, "h", "r", "trap".into()));
         assert!(b.failure("c", 4, "h", "r", "trap".into()), "third in a row");

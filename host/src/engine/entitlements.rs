@@ -7,9 +7,18 @@
 //! Each entitlement is decided once. The store says what it already knows of
 //! each entitlement (its first and deciding inbox events): an entitlement
 //! met again after it was decided is a duplicate and skipped, while the
-//! replay of its own deciding event (after a crash) decides it again the
-//! same way, so the rules' state (daily caps, items received) is rebuilt
-//! exactly and the stored decision does not change.
+//! replay of its own deciding event (after a crash, from the checkpoint
+//! before it) calls the rule again, so the rules' state (daily caps, items
+//! received) is rebuilt, and the stored decision does not change. The
+//! rebuilt state matches the first only as far as the rule set and the
+//! rule's answer are the same on replay: a campaign revised in between, or
+//! a call that failed on its wall-clock deadline one time and not the
+//! other, can make the rules' state differ from the stored decisions.
+//!
+//! Open entitlements (awaiting a link, failed, or unmatched) are decided
+//! again by link events: after `PUT /v1/links`, after the engine stores one
+//! whose viewer was linked meanwhile, and by the periodic sweep
+//! ([`super::link_sweep`]).
 
 use std::collections::HashMap;
 
@@ -68,7 +77,7 @@ impl Deciders<'_> {
     fn find(&self, campaign_id: &str) -> Result<Option<&LoadedCampaign>, ()> {
         match self {
             Deciders::All(rules) => Ok(rules.campaign(campaign_id).map(|c| &**c).filter(|c| c.def.enabled)),
-            Deciders::Only(campaign) if campaign.def.id == campaign_id => Ok(Some(campaign)),
+            Deciders::Only(campaign) if campaign.def.id == campaign_id => Ok(Some(*campaign).filter(|c| c.def.enabled)),
             Deciders::Only(_) => Err(()),
         }
     }

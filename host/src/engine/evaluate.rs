@@ -23,7 +23,7 @@ pub struct Evaluation {
     /// What became of EventSub entitlements.
     pub entitlements: Vec<EntitlementDecision>,
     /// The entitlements decided in this batch, as the store will know them.
-    pub(super) seen: HashMap<String, Seen>,
+    pub seen: HashMap<String, Seen>,
 }
 
 impl Evaluation {

@@ -14,6 +14,7 @@ pub mod breaker;
 pub mod broadcasters;
 pub mod entitlements;
 pub mod evaluate;
+pub mod link_sweep;
 pub mod partition;
 pub mod recording;
 pub mod state;

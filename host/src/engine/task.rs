@@ -236,7 +236,8 @@ impl Engine {
         waiting.sort_unstable();
         waiting.dedup();
         if !waiting.is_empty() {
-            retry(|| self.store.announce_links(&waiting), stop).await?;
+            let reopen = self.rules.load().enabled_campaign_ids();
+            retry(|| self.store.announce_links(&waiting, &reopen), stop).await?;
         }
         Ok(())
     }

@@ -163,6 +163,12 @@ impl RuleSet {
         &self.campaigns
     }
 
+    /// The ids of the enabled campaigns: entitlements left unmatched for one
+    /// of them can be decided now.
+    pub fn enabled_campaign_ids(&self) -> Vec<String> {
+        self.campaigns.iter().filter(|c| c.def.enabled).map(|c| c.def.id.clone()).collect()
+    }
+
     /// Every loaded plugin by name.
     pub fn plugins(&self) -> &HashMap<String, Arc<Plugin>> {
         &self.plugins

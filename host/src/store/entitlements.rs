@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 
 use serde::Serialize;
+use sha2::Digest;
 
 use super::{list_placeholders, Store, StoreError};
 use crate::domain::{
@@ -35,7 +36,7 @@ pub struct Seen {
     pub first_seq: i64,
     /// The inbox event that decided it (or left it awaiting a link).
     pub decided_seq: i64,
-    /// Not decided yet: awaiting a link, or its rule's call failed.
+    /// Open: awaiting a link, its rule's call failed, or no campaign had its id.
     pub awaiting: bool,
     /// The game account it was decided for.
     pub account: Option<String>,
@@ -136,6 +137,19 @@ pub struct EntitlementFilter {
     pub limit: Option<u32>,
 }
 
+/// The SQL condition of an open entitlement: awaiting a link, failed, or
+/// unmatched but of one of `reopen` campaigns (bound from `$first`).
+fn open_condition(table: &str, reopen: usize, first: usize) -> String {
+    let mut condition = format!("{table}status IN ('awaiting_link', 'failed')");
+    if reopen > 0 {
+        condition.push_str(&format!(
+            " OR ({table}status = 'unmatched' AND {table}campaign_id IN ({}))",
+            list_placeholders(first, reopen)
+        ));
+    }
+    condition
+}
+
 /// Twitch's answer for one entitlement marked FULFILLED.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fulfilment {
@@ -188,7 +202,8 @@ impl Store {
                  items = excluded.items, reason = excluded.reason, decided_seq = excluded.decided_seq, \
                  campaign_revision = excluded.campaign_revision, plugin_hash = excluded.plugin_hash, \
                  decided_at = excluded.decided_at \
-                 WHERE entitlements.status IN ('awaiting_link', 'failed') AND excluded.status <> 'awaiting_link'",
+                 WHERE entitlements.status IN ('awaiting_link', 'failed', 'unmatched') \
+                 AND excluded.status <> 'awaiting_link'",
             )
             .bind(&e.entitlement_id)
             .bind(&e.campaign_id)
@@ -233,29 +248,42 @@ impl Store {
                 query = query.bind(*id);
             }
             for (id, first_seq, decided_seq, status, account) in query.fetch_all(&self.pool).await? {
-                let awaiting = status == entitlement_status::AWAITING_LINK || status == entitlement_status::FAILED;
+                let awaiting =
+                    [entitlement_status::AWAITING_LINK, entitlement_status::FAILED, entitlement_status::UNMATCHED]
+                        .contains(&status.as_str());
                 found.insert(id, Seen { first_seq, decided_seq, awaiting, account });
             }
         }
         Ok(found)
     }
 
-    /// The undecided entitlements (awaiting a link, or whose rule failed) of each of `user_ids` that has some
-    /// (at most `limit` in all), in the order they arrived.
-    pub async fn awaiting_link(&self, user_ids: &[String], limit: u32) -> Result<Vec<Entitlement>, StoreError> {
+    /// The open entitlements (see [`Store::announce_links`]) of each of
+    /// `user_ids` that has some, with the inbox event that last decided
+    /// each, at most `limit` in all, in the order they arrived.
+    pub async fn open_entitlements(
+        &self,
+        user_ids: &[String],
+        reopen: &[String],
+        limit: u32,
+    ) -> Result<Vec<(Entitlement, i64)>, StoreError> {
         let mut found = Vec::new();
         for chunk in user_ids.chunks(IDS_PER_STATEMENT) {
             let sql = format!(
-                "SELECT body FROM entitlements WHERE status IN ('awaiting_link', 'failed') AND user_id IN ({}) \
+                "SELECT body, decided_seq FROM entitlements WHERE ({}) AND user_id IN ({}) \
                  ORDER BY first_seq LIMIT {limit}",
-                list_placeholders(1, chunk.len())
+                open_condition("", reopen.len(), 1),
+                list_placeholders(1 + reopen.len(), chunk.len())
             );
-            let mut query = sqlx::query_scalar::<_, String>(&sql);
+            let mut query = sqlx::query_as::<_, (String, i64)>(&sql);
+            for campaign in reopen {
+                query = query.bind(campaign);
+            }
             for id in chunk {
                 query = query.bind(id);
             }
-            for body in query.fetch_all(&self.pool).await? {
-                found.push(serde_json::from_str(&body).map_err(|e| StoreError::Encode(e.to_string()))?);
+            for (body, decided_seq) in query.fetch_all(&self.pool).await? {
+                let e = serde_json::from_str(&body).map_err(|e| StoreError::Encode(e.to_string()))?;
+                found.push((e, decided_seq));
             }
             if found.len() >= limit as usize {
                 found.truncate(limit as usize);
@@ -265,34 +293,50 @@ impl Store {
         Ok(found)
     }
 
-    /// Tells the engine of links that let it decide entitlements awaiting
-    /// one: for each of `user_ids` that is linked and has entitlements
-    /// awaiting a link, a [`Linked`] event goes into the inbox. Called after
-    /// links are stored and after the engine stores awaiting entitlements,
-    /// so whichever commits second sees the other: none waits forever.
-    /// Returns how many events were new.
-    pub async fn announce_links(&self, user_ids: &[String]) -> Result<u64, StoreError> {
+    /// Tells the engine of links that let it decide open entitlements: for
+    /// each of `user_ids` that is linked and has entitlements awaiting a
+    /// link, whose rule failed, or unmatched but of a campaign in `reopen`
+    /// (loaded now), a [`Linked`] event goes into the inbox. Called after
+    /// links are stored, after the engine stores open entitlements (so
+    /// whichever commits second sees the other), and by the periodic sweep.
+    /// An event is keyed by its viewer, account, entitlements and the inbox
+    /// event that last decided each: the same news twice is stored once,
+    /// while an entitlement whose rule failed again is news. Returns how
+    /// many events were new.
+    pub async fn announce_links(&self, user_ids: &[String], reopen: &[String]) -> Result<u64, StoreError> {
         let mut announced = 0;
-        // A few thousand viewers at a time: each one's awaiting entitlements fit one read.
+        // A thousand viewers at a time: each one's open entitlements fit one read.
         for users in user_ids.chunks(USERS_PER_ANNOUNCEMENT) {
             let links = self.links_of(users).await?;
             if links.is_empty() {
                 continue;
             }
             let linked: Vec<String> = links.keys().cloned().collect();
-            let mut by_user: HashMap<String, Vec<Entitlement>> = HashMap::new();
-            for e in self.awaiting_link(&linked, MAX_ANNOUNCED).await? {
-                by_user.entry(e.user_id.clone()).or_default().push(e);
+            let mut by_user: HashMap<String, Vec<(Entitlement, i64)>> = HashMap::new();
+            for (e, decided_seq) in self.open_entitlements(&linked, reopen, MAX_ANNOUNCED).await? {
+                by_user.entry(e.user_id.clone()).or_default().push((e, decided_seq));
             }
             let mut events = Vec::new();
-            for (user, entitlements) in by_user {
+            for (user, open) in by_user {
                 let Some(account) = links.get(&user) else { continue };
-                for chunk in entitlements.chunks(MAX_LINKED_ENTITLEMENTS) {
-                    events.push(Linked {
+                for chunk in open.chunks(MAX_LINKED_ENTITLEMENTS) {
+                    let mut hash = sha2::Sha256::new();
+                    for part in std::iter::once(account.as_str())
+                        .chain(chunk.iter().flat_map(|(e, _)| [e.entitlement_id.as_str()]))
+                    {
+                        hash.update((part.len() as u64).to_be_bytes());
+                        hash.update(part.as_bytes());
+                    }
+                    for (_, decided_seq) in chunk {
+                        hash.update(decided_seq.to_be_bytes());
+                    }
+                    let key = format!("link:{user}:{}", hex::encode(&hash.finalize()[..16]));
+                    let event = Linked {
                         twitch_user_id: user.clone(),
                         game_account_id: account.clone(),
-                        entitlements: chunk.to_vec(),
-                    });
+                        entitlements: chunk.iter().map(|(e, _)| e.clone()).collect(),
+                    };
+                    events.push((key, event));
                 }
             }
             if !events.is_empty() {
@@ -300,6 +344,26 @@ impl Store {
             }
         }
         Ok(announced)
+    }
+
+    /// Linked viewers with open entitlements (awaiting a link, failed, or
+    /// unmatched of a campaign in `reopen`), at most `limit`: what the
+    /// periodic sweep announces again.
+    pub async fn linked_with_open_entitlements(
+        &self,
+        reopen: &[String],
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        let sql = format!(
+            "SELECT DISTINCT e.user_id FROM entitlements e JOIN account_links l ON l.twitch_user_id = e.user_id \
+             WHERE {} ORDER BY e.user_id LIMIT {limit}",
+            open_condition("e.", reopen.len(), 1)
+        );
+        let mut query = sqlx::query_scalar::<_, String>(&sql);
+        for campaign in reopen {
+            query = query.bind(campaign);
+        }
+        Ok(query.fetch_all(&self.pool).await?)
     }
 
     /// Up to `limit` entitlements decided with items the sink has not confirmed, in decision order.

@@ -17,7 +17,6 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use sha2::Digest;
 use sqlx::AnyPool;
 use tokio::sync::{mpsc, oneshot};
 
@@ -339,22 +338,14 @@ impl Store {
         self.inbox.submit(Work::Rows { source: SOURCE_EVENTSUB, rows }).await
     }
 
-    /// Stores link events (one per viewer whose awaiting entitlements a new
-    /// link lets the engine decide). Each is keyed by its user and
-    /// entitlements, so the same news told twice is stored once.
-    pub async fn insert_linked(&self, events: &[Linked]) -> Result<InsertOutcome, StoreError> {
+    /// Stores link events under their keys (see [`Store::announce_links`]);
+    /// a key stored before is a duplicate.
+    pub async fn insert_linked(&self, events: &[(String, Linked)]) -> Result<InsertOutcome, StoreError> {
         let rows = events
             .iter()
-            .map(|event| {
+            .map(|(key, event)| {
                 let header = serde_json::to_string(event).map_err(|e| StoreError::Encode(e.to_string()))?;
-                let mut ids: Vec<&str> = event.entitlements.iter().map(|e| e.entitlement_id.as_str()).collect();
-                ids.sort_unstable();
-                let mut hash = sha2::Sha256::new();
-                for part in std::iter::once(event.game_account_id.as_str()).chain(ids) {
-                    hash.update((part.len() as u64).to_be_bytes());
-                    hash.update(part.as_bytes());
-                }
-                Ok((format!("link:{}:{}", event.twitch_user_id, hex::encode(&hash.finalize()[..16])), header))
+                Ok((key.clone(), header))
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
         self.inbox.submit(Work::Rows { source: SOURCE_LINKS, rows }).await

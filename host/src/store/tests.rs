@@ -533,9 +533,9 @@ async fn an_entitlement_is_decided_once_then_delivered_and_answered() {
         store.record_entitlement_decisions(&[decided("e-1", "u-1", 1, Decision::AwaitingLink)]).await.unwrap();
         store.record_entitlement_decisions(&[decided("e-1", "u-1", 1, Decision::AwaitingLink)]).await.unwrap();
         let users = vec!["u-1".to_string()];
-        assert_eq!(store.awaiting_link(&users, 10).await.unwrap().len(), 1, "{backend}");
+        assert_eq!(store.open_entitlements(&users, &[], 10).await.unwrap().len(), 1, "{backend}");
         store.record_entitlement_decisions(&[decided("e-1", "u-1", 5, Decision::Failed("trap".into()))]).await.unwrap();
-        assert_eq!(store.awaiting_link(&users, 10).await.unwrap().len(), 1, "{backend}: failed is still open");
+        assert_eq!(store.open_entitlements(&users, &[], 10).await.unwrap().len(), 1, "{backend}: failed is still open");
         store
             .record_entitlement_decisions(&[decided("e-1", "u-1", 7, Decision::Deliver(items.clone()))])
             .await
@@ -552,7 +552,7 @@ async fn an_entitlement_is_decided_once_then_delivered_and_answered() {
             "{backend}"
         );
         assert!(!seen.contains_key("e-9"), "{backend}");
-        assert!(store.awaiting_link(&users, 10).await.unwrap().is_empty(), "{backend}");
+        assert!(store.open_entitlements(&users, &[], 10).await.unwrap().is_empty(), "{backend}");
 
         // Delivered, then answered by Twitch: retried later, then fulfilled.
         let to_deliver = store.items_to_deliver(10).await.unwrap();
@@ -577,6 +577,23 @@ async fn an_entitlement_is_decided_once_then_delivered_and_answered() {
             .unwrap();
         assert_eq!((listed.len(), listed[0].fulfil_attempts), (1, 2), "{backend}");
         assert_eq!(store.entitlement_backlog().await.unwrap(), EntitlementBacklog::default(), "{backend}");
+
+        // Unmatched is open again once its campaign is loaded; the sweep finds linked viewers with open ones.
+        store
+            .record_entitlement_decisions(&[decided("e-2", "u-2", 3, Decision::Unmatched("no".into()))])
+            .await
+            .unwrap();
+        let users = vec!["u-2".to_string()];
+        assert!(store.open_entitlements(&users, &[], 10).await.unwrap().is_empty(), "{backend}");
+        let reopened = store.open_entitlements(&users, &["camp".into()], 10).await.unwrap();
+        assert_eq!((reopened.len(), reopened[0].1), (1, 3), "{backend}");
+        assert!(store.linked_with_open_entitlements(&["camp".into()], 10).await.unwrap().is_empty(), "{backend}");
+        let link = AccountLink { twitch_user_id: Id("u-2".into()), game_account_id: Id("acc-2".into()) };
+        store.put_links(&[link]).await.unwrap();
+        assert!(store.linked_with_open_entitlements(&[], 10).await.unwrap().is_empty(), "{backend}");
+        assert_eq!(store.linked_with_open_entitlements(&["camp".into()], 10).await.unwrap(), ["u-2"], "{backend}");
+        assert_eq!(store.announce_links(&users, &["camp".into()]).await.unwrap(), 1, "{backend}");
+        assert_eq!(store.announce_links(&users, &["camp".into()]).await.unwrap(), 0, "{backend}: the same news once");
     }
     dbs.drop_postgres().await;
 }

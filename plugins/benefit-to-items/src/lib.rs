@@ -89,35 +89,44 @@ impl Rule for BenefitToItems {
         Ok(())
     }
 
-    fn on_entitlement(config: &Config, _campaign: &Campaign, entitlement: &Entitlement) -> EntitlementVerdict {
+    fn on_entitlement(
+        config: &Config,
+        _campaign: &Campaign,
+        entitlement: &Entitlement,
+    ) -> Result<EntitlementVerdict, String> {
         let Some(benefit) = config.benefits.get(&entitlement.benefit_id) else {
-            return EntitlementVerdict::Refuse(format!(
+            return Ok(EntitlementVerdict::Refuse(format!(
                 "benefit `{}` is not in the campaign's config",
                 entitlement.benefit_id
-            ));
+            )));
         };
         let account = &entitlement.account;
         if let Some(missing) = benefit.requires.iter().find(|item| state::get(&got_key(account, item)).is_none()) {
-            return EntitlementVerdict::Refuse(format!("account has not received `{missing}` yet"));
+            return Ok(EntitlementVerdict::Refuse(format!("account has not received `{missing}` yet")));
         }
         let day_key = format!("day/{account}");
-        let today = entitlement.created_at.div_euclid(86_400);
-        let mut day: Day = state::get_json(&day_key).filter(|d: &Day| d.day == today).unwrap_or_default();
+        // An entitlement of an earlier day than the last one counted (Twitch
+        // delivers late, reconciliation later still) counts against the later
+        // day: the count never starts again for a day already past.
+        let day = entitlement.created_at.div_euclid(86_400);
+        let mut counted: Day = state::get_json(&day_key).unwrap_or_default();
+        if day > counted.day {
+            counted = Day { day, delivered: 0 };
+        }
         if let Some(cap) = config.daily_cap {
-            if day.delivered >= cap {
-                return EntitlementVerdict::Refuse(format!("daily cap of {cap} reached"));
+            if counted.delivered >= cap {
+                return Ok(EntitlementVerdict::Refuse(format!("daily cap of {cap} reached")));
             }
         }
-        day.day = today;
-        day.delivered += 1;
-        // A state write refused (the campaign's state is full) fails the call,
-        // so the host retries it rather than deliver without the record.
-        let written = state::set_json(&day_key, &day)
-            .and_then(|()| benefit.items.iter().try_for_each(|item| state::set(&got_key(account, &item.id), b"1")));
-        if let Err(e) = written {
-            return EntitlementVerdict::Refuse(format!("could not record the delivery: {e}"));
+        counted.delivered += 1;
+        // A refused write (the campaign's state is full) fails the call: its
+        // writes are dropped and the host decides the entitlement again later,
+        // rather than deliver without the record.
+        state::set_json(&day_key, &counted)?;
+        for item in &benefit.items {
+            state::set(&got_key(account, &item.id), b"1")?;
         }
-        EntitlementVerdict::Deliver(benefit.items.iter().map(|i| Item::new(i.id.clone(), i.quantity)).collect())
+        Ok(EntitlementVerdict::Deliver(benefit.items.iter().map(|i| Item::new(i.id.clone(), i.quantity)).collect()))
     }
 }
 
@@ -143,7 +152,7 @@ mod tests {
     }
 
     fn decide(config: &Config, benefit: &str, account: &str, at: i64) -> EntitlementVerdict {
-        BenefitToItems::on_entitlement(config, &campaign(), &entitlement("e", benefit, account, at))
+        BenefitToItems::on_entitlement(config, &campaign(), &entitlement("e", benefit, account, at)).unwrap()
     }
 
     #[test]
@@ -183,6 +192,9 @@ mod tests {
         );
         assert!(matches!(decide(&c, "b-sword", "acc-2", DAY + 20), EntitlementVerdict::Deliver(_)));
         assert!(matches!(decide(&c, "b-sword", "acc-1", 2 * DAY), EntitlementVerdict::Deliver(_)));
+        // A late one of the day before counts against the later day: no fresh count for a past day.
+        assert!(matches!(decide(&c, "b-sword", "acc-1", DAY + 30), EntitlementVerdict::Deliver(_)));
+        assert!(matches!(decide(&c, "b-sword", "acc-1", DAY + 40), EntitlementVerdict::Refuse(_)));
     }
 
     #[test]

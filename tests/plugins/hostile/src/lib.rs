@@ -126,8 +126,8 @@ impl Rule for Hostile {
         }
     }
 
-    fn on_entitlement(config: &Config, _: &Campaign, entitlement: &Entitlement) -> EntitlementVerdict {
-        match config.mode.as_str() {
+    fn on_entitlement(config: &Config, _: &Campaign, entitlement: &Entitlement) -> Result<EntitlementVerdict, String> {
+        Ok(match config.mode.as_str() {
             "loop" => loop {
                 black_box(0);
             },
@@ -139,7 +139,7 @@ impl Rule for Hostile {
             }
             _ if entitlement.benefit_id == "refuse" => EntitlementVerdict::Refuse("ü".repeat(1 << 19)),
             _ => EntitlementVerdict::Deliver(vec![Item::new("ok-item", 1)]),
-        }
+        })
     }
 }
 
