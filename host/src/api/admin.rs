@@ -253,6 +253,16 @@ async fn delete_subscription(
     Ok(axum::http::StatusCode::NO_CONTENT)
 }
 
+/// Refuses a filter `value` that is not one of `known`, naming the field.
+fn one_of(field: &'static str, value: Option<&str>, known: &[&str]) -> Result<(), ApiError> {
+    match value {
+        Some(value) if !known.contains(&value) => {
+            Err(ApiError::bad_request(field, format!("`{}` is not one of {}", value.escape_debug(), known.join(", "))))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// EventSub entitlements and what became of them, by entitlement id, filtered and paged.
 #[utoipa::path(get, path = "/entitlements", tag = "entitlements", params(EntitlementFilter), responses(
     (status = 200, description = "entitlements, by id", body = [EntitlementRow]),
@@ -265,14 +275,8 @@ async fn entitlements(
 ) -> Result<Json<Vec<EntitlementRow>>, ApiError> {
     const STATUSES: [&str; 5] = ["awaiting_link", "unmatched", "refused", "deliver", "failed"];
     const FULFILMENTS: [&str; 5] = ["pending", "fulfilled", "invalid_id", "not_found", "unauthorized"];
-    if let Some(status) = filter.status.as_deref().filter(|s| !STATUSES.contains(s)) {
-        let known = STATUSES.join(", ");
-        return Err(ApiError::bad_request("status", format!("`{}` is not one of {known}", status.escape_debug())));
-    }
-    if let Some(f) = filter.fulfillment.as_deref().filter(|f| !FULFILMENTS.contains(f)) {
-        let known = FULFILMENTS.join(", ");
-        return Err(ApiError::bad_request("fulfillment", format!("`{}` is not one of {known}", f.escape_debug())));
-    }
+    one_of("status", filter.status.as_deref(), &STATUSES)?;
+    one_of("fulfillment", filter.fulfillment.as_deref(), &FULFILMENTS)?;
     app.store.list_entitlements(&filter).await.map(Json).map_err(ApiError::from)
 }
 
@@ -286,10 +290,7 @@ async fn grants(
     State(app): State<Arc<Admin>>,
     ApiQuery(filter): ApiQuery<GrantFilter>,
 ) -> Result<Json<Vec<GrantRow>>, ApiError> {
-    if let Some(delivery) = filter.delivery.as_deref().filter(|d| !GrantFilter::DELIVERY.contains(d)) {
-        let known = GrantFilter::DELIVERY.join(", ");
-        return Err(ApiError::bad_request("delivery", format!("`{}` is not one of {known}", delivery.escape_debug())));
-    }
+    one_of("delivery", filter.delivery.as_deref(), &GrantFilter::DELIVERY)?;
     if let (Some(since), Some(until)) = (filter.since, filter.until) {
         if until <= since {
             return Err(ApiError::bad_request("until", "must be after `since`"));
@@ -402,10 +403,7 @@ async fn manifests(
     State(app): State<Arc<Admin>>,
     ApiQuery(q): ApiQuery<ManifestQuery>,
 ) -> Result<Json<Vec<ManifestRow>>, ApiError> {
-    if let Some(status) = q.status.as_deref().filter(|s| !manifest_status::ALL.contains(s)) {
-        let known = manifest_status::ALL.join(", ");
-        return Err(ApiError::bad_request("status", format!("`{}` is not one of {known}", status.escape_debug())));
-    }
+    one_of("status", q.status.as_deref(), &manifest_status::ALL)?;
     if let Some(after) = q.after.as_deref() {
         if app.store.manifest(after).await.map_err(ApiError::from)?.is_none() {
             return Err(ApiError::bad_request("after", "no manifest has that id"));
