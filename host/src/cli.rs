@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::app::RunningHost;
@@ -50,23 +49,16 @@ pub enum Command {
     /// `[twitch]` app credentials and `eventsub.secret` of the config.
     #[command(subcommand)]
     Eventsub(EventsubCommand),
-    /// Dry run: feed recorded events (JSON lines: VHS heartbeats and E2
-    /// game-state messages, as `record_events` writes them) through the rules
-    /// in memory and print the grants each campaign would make.
+    /// Dry run: feed recorded events (JSON lines, as `record_events` writes
+    /// them) through the rules in memory and print the grants each campaign
+    /// would make; compare them with a live host (--diff-against) or with a
+    /// candidate plugin or campaign file (--candidate).
     ///
     /// Give the host's --config so the replay uses its plugin limits, circuit
-    /// breaker and watching window, and decides as the host did.
-    Replay {
-        /// Rules directory (campaigns/*.toml, plugins/*.wasm).
-        #[arg(long)]
-        rules: PathBuf,
-        /// The recording: one event per line.
-        #[arg(long)]
-        events: PathBuf,
-        /// Config file of the host whose traffic this is (default: ./drops-host.toml if it exists).
-        #[arg(long)]
-        config: Option<PathBuf>,
-    },
+    /// breaker and watching window, and decides as the host did. Exits
+    /// non-zero when a rules file fails to load, the folder holds no
+    /// campaign, or --diff-against finds differences.
+    Replay(crate::replay::ReplayArgs),
     /// Send Twitch-like VHS traffic and, with --e2-token, game-server E2 traffic to a host, for demos and load tests.
     Simulate(Box<crate::simulate::SimulateArgs>),
     /// Run the demo: a host with the example campaigns, fed by simulated Twitch traffic.
@@ -134,10 +126,16 @@ pub enum PluginCommand {
         #[arg(long)]
         sdk: Option<PathBuf>,
     },
-    /// Load a plugin, check it implements the rules interface, and run its config check.
+    /// Load a plugin, check it implements the rules interface, and run its
+    /// config check: against the campaign file that will go live
+    /// (--campaign; an error names its file and line), or a config given as
+    /// JSON with the campaign's rewards.
     Check {
         /// The plugin (.wasm module built with drops-plugin-sdk, or a component).
         file: PathBuf,
+        /// The campaign file (TOML) whose `[rule] config` and rewards to check.
+        #[arg(long, conflicts_with_all = ["config", "rewards"])]
+        campaign: Option<PathBuf>,
         /// Campaign config as JSON (the `[rule] config` table).
         #[arg(long, default_value = "{}")]
         config: String,
@@ -179,18 +177,19 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             store.migrate().await?;
             println!("migrations applied to {}", crate::secrets::redact_url(&settings.database_url()));
         }
-        Command::Plugin(PluginCommand::Check { file, config, rewards }) => {
-            return plugin_check(&file, &config, rewards)
+        Command::Plugin(PluginCommand::Check { file, campaign, config, rewards }) => {
+            let checked = match &campaign {
+                Some(path) => crate::plugin_check::CheckedConfig::CampaignFile(path),
+                None => crate::plugin_check::CheckedConfig::Inline { config: &config, rewards },
+            };
+            return crate::plugin_check::run(&file, checked);
         }
         Command::Plugin(PluginCommand::New { name, dir, sdk }) => {
             let root = crate::scaffold::new_plugin(&dir, &name, sdk)?;
             println!("created {}: `cargo test` runs its tests natively;", root.display());
             println!("`cargo build --release --target wasm32-unknown-unknown` builds the plugin.");
         }
-        Command::Replay { rules, events, config } => {
-            let settings = Settings::load(config.as_deref())?;
-            crate::replay::run(&settings, &rules, &events)?
-        }
+        Command::Replay(args) => return crate::replay::run(&args).await,
         Command::Simulate(args) => {
             let report = crate::simulate::run(&args).await?;
             if report.failed > 0 {
@@ -282,37 +281,6 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
-}
-
-fn plugin_check(file: &std::path::Path, config: &str, rewards: Vec<String>) -> anyhow::Result<ExitCode> {
-    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    let name = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    let runtime = crate::plugins::PluginRuntime::new(Default::default())?;
-    let plugin = match runtime.load(&name, &bytes) {
-        Ok(p) => p,
-        Err(e) => {
-            println!("{}: not loadable: {e}", file.display());
-            return Ok(ExitCode::FAILURE);
-        }
-    };
-    println!(
-        "{}: implements drops:rules@{} (sha256 {})",
-        file.display(),
-        crate::plugins::INTERFACE_VERSION,
-        plugin.hash
-    );
-    let config: serde_json::Value = serde_json::from_str(config).context("--config is not JSON")?;
-    let campaign = crate::plugins::WitCampaign { id: "check".into(), rewards, config: config.to_string() };
-    match runtime.validate_config(&plugin, &campaign) {
-        Ok(()) => {
-            println!("config: ok");
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(e) => {
-            println!("config: {e}");
-            Ok(ExitCode::FAILURE)
-        }
-    }
 }
 
 /// Serves the Twitch stand-in until SIGINT or SIGTERM, reporting what it took.

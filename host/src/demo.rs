@@ -123,6 +123,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         game: "GameName".into(),
         start: None,
         broadcaster_prefix: "broadcaster-".into(),
+        viewer_prefix: "viewer-".into(),
+        seed: 0,
         redeliver_every: 7,
         concurrency: 1,
         timeout_secs: 15,

@@ -1,11 +1,18 @@
-//! `drops-host replay`: recorded events through the rules, in memory, nothing delivered.
+//! `drops-host replay`: recorded events through the rules, in memory, nothing
+//! delivered. Prints the grants per campaign and reward, or each grant
+//! (`--json`, `--grants-out`); compares them with what a live host granted
+//! (`--diff-against`, printing only the differences), or with what a
+//! candidate plugin or campaign file would grant from the same events
+//! (`--candidate`, who gains and who loses a reward).
 
-use std::collections::{BTreeMap, HashSet};
-use std::io::BufRead;
-use std::path::Path;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
+use serde::{Deserialize, Serialize};
 
 use crate::config::Settings;
 use crate::domain::InboxEvent;
@@ -14,15 +21,275 @@ use crate::engine::{evaluate, Evaluation, Judgement, Lookups, State};
 use crate::plugins::PluginRuntime;
 use crate::rules::RuleSet;
 
-/// Runs the replay and prints grants per campaign and reward. The plugin
-/// limits, circuit breaker and watching window come from `settings`, as in
-/// the host whose traffic is replayed, so the replay decides as it did.
-pub fn run(settings: &Settings, rules_dir: &Path, events: &Path) -> anyhow::Result<()> {
-    let runtime = Arc::new(PluginRuntime::new(settings.plugins.clone())?);
-    let rules = RuleSet::load(rules_dir, &runtime);
-    for err in rules.errors() {
-        println!("not loaded: {}: {}", err.file.display(), err.error);
+/// Most grants read from a live host or an export to compare with.
+const MAX_COMPARED_GRANTS: usize = 10_000_000;
+
+/// What `drops-host replay` is asked for.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReplayArgs {
+    /// Rules directory (campaigns/*.toml, plugins/*.wasm).
+    #[arg(long)]
+    pub rules: PathBuf,
+    /// The recording: one event per line.
+    #[arg(long)]
+    pub events: PathBuf,
+    /// Config file of the host whose traffic this is (default: ./drops-host.toml if it exists).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Print every grant as a JSON line (campaign_id, reward_id, user_id, grant_key) instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write every grant, as JSON lines, to this file.
+    #[arg(long)]
+    pub grants_out: Option<PathBuf>,
+    /// Compare with what a live host granted: its base URL (read through
+    /// GET /v1/grants with --admin-token), or a file of its grants (the JSON
+    /// array GET /v1/grants answers, or JSON lines as --grants-out writes).
+    /// Prints only the differences; exits 1 when there are some, like diff.
+    #[arg(long)]
+    pub diff_against: Option<String>,
+    /// The live host's admin token, for --diff-against URL.
+    #[arg(long, env = "DROPS_HOST_ADMIN__TOKEN")]
+    pub admin_token: Option<String>,
+    /// Replay the same events again with a candidate in place of one rules
+    /// file, and print who would gain and who would lose a reward:
+    /// NAME=FILE.wasm replaces plugin NAME, NAME=FILE.toml campaign file NAME.
+    #[arg(long)]
+    pub candidate: Option<String>,
+}
+
+/// A grant as replays compare them: what makes it unique.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct GrantKey {
+    pub campaign_id: String,
+    pub reward_id: String,
+    pub user_id: String,
+    #[serde(default)]
+    pub grant_key: String,
+}
+
+impl std::fmt::Display for GrantKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {} {}", self.campaign_id, self.reward_id, self.user_id)?;
+        if !self.grant_key.is_empty() {
+            write!(f, " (key {})", self.grant_key)?;
+        }
+        Ok(())
     }
+}
+
+/// What one pass over the recording made.
+#[derive(Debug, Default)]
+struct Outcome {
+    grants: BTreeSet<GrantKey>,
+    events_read: u64,
+    duplicates: u64,
+    minutes: u64,
+    errors: u64,
+    entitlements: BTreeMap<&'static str, u64>,
+}
+
+/// Runs `drops-host replay`. The plugin limits, circuit breaker and watching
+/// window come from the host's settings, so the replay decides as it did.
+pub async fn run(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
+    let settings = Settings::load(args.config.as_deref())?;
+    let live = match &args.diff_against {
+        Some(source) => Some(live_grants(source, args.admin_token.as_deref()).await?),
+        None => None,
+    };
+    let args = args.clone();
+    tokio::task::spawn_blocking(move || replay(&settings, &args, live)).await?
+}
+
+fn replay(settings: &Settings, args: &ReplayArgs, live: Option<BTreeSet<GrantKey>>) -> anyhow::Result<ExitCode> {
+    let runtime = Arc::new(PluginRuntime::new(settings.plugins.clone())?);
+    let rules = load_rules(&args.rules, &runtime)?;
+    let outcome = replay_events(settings, &rules, &runtime, &args.events, !args.json)?;
+    if args.json {
+        let mut out = std::io::stdout().lock();
+        for g in &outcome.grants {
+            serde_json::to_writer(&mut out, g)?;
+            writeln!(out)?;
+        }
+    } else {
+        print_summary(&outcome);
+    }
+    if let Some(path) = &args.grants_out {
+        let mut file = std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        );
+        for g in &outcome.grants {
+            serde_json::to_writer(&mut file, g)?;
+            writeln!(file)?;
+        }
+        file.flush()?;
+    }
+    let mut code = ExitCode::SUCCESS;
+    if let Some(live) = live {
+        let only_replay: Vec<&GrantKey> = outcome.grants.difference(&live).collect();
+        let only_live: Vec<&GrantKey> = live.difference(&outcome.grants).collect();
+        for g in &only_replay {
+            println!("+ {g}   (the replay grants it; the live host did not)");
+        }
+        for g in &only_live {
+            println!("- {g}   (the live host granted it; the replay does not)");
+        }
+        println!(
+            "diff: {} only in the replay, {} only on the live host, {} in both",
+            only_replay.len(),
+            only_live.len(),
+            outcome.grants.len() - only_replay.len()
+        );
+        if !only_replay.is_empty() || !only_live.is_empty() {
+            code = ExitCode::from(1);
+        }
+    }
+    if let Some(candidate) = &args.candidate {
+        let (dir, what) = candidate_rules(&args.rules, candidate)?;
+        let result = load_rules(&dir, &runtime).and_then(|rules| {
+            println!("candidate {what}:");
+            replay_events(settings, &rules, &runtime, &args.events, false)
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+        let with_candidate = result?;
+        let gains: Vec<&GrantKey> = with_candidate.grants.difference(&outcome.grants).collect();
+        let loses: Vec<&GrantKey> = outcome.grants.difference(&with_candidate.grants).collect();
+        for g in &gains {
+            println!("+ {g}   (gains it with the candidate)");
+        }
+        for g in &loses {
+            println!("- {g}   (loses it with the candidate)");
+        }
+        println!(
+            "candidate: {} grants gained, {} lost, {} unchanged ({} plugin errors, against {})",
+            gains.len(),
+            loses.len(),
+            outcome.grants.len() - loses.len(),
+            with_candidate.errors,
+            outcome.errors
+        );
+    }
+    Ok(code)
+}
+
+/// The rules of `dir`; an error when any file failed to load or no campaign did.
+fn load_rules(dir: &Path, runtime: &PluginRuntime) -> anyhow::Result<RuleSet> {
+    anyhow::ensure!(dir.is_dir(), "--rules {}: not a directory", dir.display());
+    let rules = RuleSet::load(dir, runtime);
+    for err in rules.errors() {
+        eprintln!("not loaded: {}: {}", err.file.display(), err.error);
+    }
+    anyhow::ensure!(
+        rules.errors().is_empty(),
+        "{} rules file(s) in {} failed to load (above): a replay would not decide as the host does",
+        rules.errors().len(),
+        dir.display()
+    );
+    anyhow::ensure!(!rules.campaigns().is_empty(), "{}: no campaign (campaigns/*.toml) to replay", dir.display());
+    Ok(rules)
+}
+
+/// A copy of `rules` with the candidate in place: `NAME=FILE.wasm` or
+/// `NAME=FILE.toml`. Returns the copy's folder and what was replaced.
+fn candidate_rules(rules: &Path, candidate: &str) -> anyhow::Result<(PathBuf, String)> {
+    let (name, file) = candidate.split_once('=').context("--candidate: write NAME=FILE.wasm or NAME=FILE.toml")?;
+    let file = Path::new(file);
+    let ok_name = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    anyhow::ensure!(ok_name, "--candidate: `{}` is not a plugin or campaign name", name.escape_debug());
+    let (folder, extension) = match file.extension().and_then(|e| e.to_str()) {
+        Some("wasm") => ("plugins", "wasm"),
+        Some("toml") => ("campaigns", "toml"),
+        _ => anyhow::bail!("--candidate: {} is neither a .wasm plugin nor a .toml campaign file", file.display()),
+    };
+    let target = rules.join(folder).join(format!("{name}.{extension}"));
+    anyhow::ensure!(target.exists(), "--candidate: {} does not exist: nothing to compare with", target.display());
+    let dir = std::env::temp_dir().join(format!("drops-replay-{}", uuid::Uuid::new_v4().simple()));
+    for sub in ["plugins", "campaigns"] {
+        std::fs::create_dir_all(dir.join(sub))?;
+        let Ok(entries) = std::fs::read_dir(rules.join(sub)) else { continue };
+        for entry in entries.flatten() {
+            std::fs::copy(entry.path(), dir.join(sub).join(entry.file_name()))?;
+        }
+    }
+    std::fs::copy(file, dir.join(folder).join(format!("{name}.{extension}")))
+        .with_context(|| format!("--candidate: reading {}", file.display()))?;
+    Ok((dir, format!("{folder}/{name}.{extension} from {}", file.display())))
+}
+
+/// The grants of a live host (base URL) or of a file of its grants.
+async fn live_grants(source: &str, token: Option<&str>) -> anyhow::Result<BTreeSet<GrantKey>> {
+    if !(source.starts_with("http://") || source.starts_with("https://")) {
+        let text = std::fs::read_to_string(source).with_context(|| format!("--diff-against: reading {source}"))?;
+        let grants: Vec<GrantKey> = if text.trim_start().starts_with('[') {
+            serde_json::from_str(&text)
+                .with_context(|| format!("--diff-against {source}: not a JSON array of grants"))?
+        } else {
+            text.lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+                .map(|(i, l)| {
+                    serde_json::from_str(l).with_context(|| format!("--diff-against {source}: line {}", i + 1))
+                })
+                .collect::<anyhow::Result<_>>()?
+        };
+        anyhow::ensure!(grants.len() <= MAX_COMPARED_GRANTS, "--diff-against: more than {MAX_COMPARED_GRANTS} grants");
+        return Ok(grants.into_iter().collect());
+    }
+    let token = token.context("--diff-against URL needs --admin-token (or DROPS_HOST_ADMIN__TOKEN)")?;
+    #[derive(Deserialize)]
+    struct Page {
+        id: i64,
+        #[serde(flatten)]
+        grant: GrantKey,
+    }
+    let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(60)).build()?;
+    let mut grants = BTreeSet::new();
+    let mut after = 0i64;
+    loop {
+        let url = format!("{}/v1/grants?limit=100000&after_id={after}", source.trim_end_matches('/'));
+        let answer = http.get(&url).bearer_auth(token).send().await.with_context(|| format!("GET {url}"))?;
+        let status = answer.status();
+        anyhow::ensure!(status.is_success(), "GET {url}: {status}: {}", answer.text().await.unwrap_or_default());
+        let page: Vec<Page> = answer.json().await.with_context(|| format!("GET {url}: not a list of grants"))?;
+        let Some(last) = page.last().map(|g| g.id) else { break };
+        after = last;
+        grants.extend(page.into_iter().map(|p| p.grant));
+        anyhow::ensure!(grants.len() <= MAX_COMPARED_GRANTS, "--diff-against: more than {MAX_COMPARED_GRANTS} grants");
+    }
+    Ok(grants)
+}
+
+fn print_summary(outcome: &Outcome) {
+    let mut table: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    for g in &outcome.grants {
+        *table.entry((&g.campaign_id, &g.reward_id)).or_default() += 1;
+    }
+    println!("{:<40} {:<32} {:>10}", "campaign", "reward", "grants");
+    for ((campaign, reward), n) in &table {
+        println!("{campaign:<40} {reward:<32} {n:>10}");
+    }
+    println!(
+        "{} events ({} duplicates), {} viewer-minutes counted, {} grants, {} plugin errors",
+        outcome.events_read,
+        outcome.duplicates,
+        outcome.minutes,
+        outcome.grants.len(),
+        outcome.errors
+    );
+    if !outcome.entitlements.is_empty() {
+        let outcomes: Vec<String> = outcome.entitlements.iter().map(|(status, n)| format!("{n} {status}")).collect();
+        println!("entitlements: {}", outcomes.join(", "));
+    }
+}
+
+/// One pass over the recording with `rules`.
+fn replay_events(
+    settings: &Settings,
+    rules: &RuleSet,
+    runtime: &PluginRuntime,
+    events: &Path,
+    notes: bool,
+) -> anyhow::Result<Outcome> {
     let file = std::fs::File::open(events).with_context(|| format!("opening {}", events.display()))?;
     let total_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
     let mut progress = Progress::new(total_bytes);
@@ -30,12 +297,9 @@ pub fn run(settings: &Settings, rules_dir: &Path, events: &Path) -> anyhow::Resu
     let here = runtime.fingerprint();
     let mut noted: Option<String> = None;
     let mut seen_ids = HashSet::new();
-    let mut made = HashSet::new();
-    let mut table: BTreeMap<(String, String), u64> = BTreeMap::new();
-    let mut entitlements: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut outcome = Outcome::default();
     // A recording holds no account links: entitlements wait for the recorded link events.
     let mut lookups = Lookups::default();
-    let (mut events_read, mut duplicates, mut minutes, mut errors) = (0u64, 0u64, 0u64, 0u64);
     for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
         let line = line?;
         progress.advance(line.len() as u64 + 1);
@@ -45,53 +309,37 @@ pub fn run(settings: &Settings, rules_dir: &Path, events: &Path) -> anyhow::Resu
         let recorded = match parse_line(&line).map_err(|e| anyhow::anyhow!("line {}: {e}", i + 1))? {
             Line::Event(recorded) => recorded,
             Line::RecordedUnder(recorded) => {
-                if let Some(note) = runtime_note(i + 2, recorded, &here, &mut noted) {
+                if let Some(note) = runtime_note(i + 2, recorded, &here, &mut noted).filter(|_| notes) {
                     println!("{note}");
                 }
                 continue;
             }
         };
-        events_read += 1;
+        outcome.events_read += 1;
         if !seen_ids.insert(recorded.dedup_id) {
-            duplicates += 1;
+            outcome.duplicates += 1;
             continue;
         }
         let mut out = Evaluation::default();
-        evaluate(
-            &mut state,
-            &rules,
-            &runtime,
-            &InboxEvent { seq: events_read as i64, received_at_ms: recorded.received_at_ms, event: recorded.event },
-            &lookups,
-            &mut out,
-        );
-        minutes += out.viewer_minutes;
+        let seq = outcome.events_read as i64;
+        let event = InboxEvent { seq, received_at_ms: recorded.received_at_ms, event: recorded.event };
+        evaluate(&mut state, rules, runtime, &event, &lookups, &mut out);
+        outcome.minutes += out.viewer_minutes;
         for d in &out.entitlements {
-            *entitlements.entry(d.decision.status()).or_default() += 1;
+            *outcome.entitlements.entry(d.decision.status()).or_default() += 1;
         }
         // What was decided is known to the events after it, as the store makes it known to the host.
         lookups.seen.extend(out.seen.drain());
-        errors += out.plugin_errors;
-        for g in out.grants {
-            if made.insert((g.campaign_id.clone(), g.reward_id.clone(), g.user_id.clone(), g.grant_key.clone())) {
-                *table.entry((g.campaign_id, g.reward_id)).or_default() += 1;
-            }
-        }
+        outcome.errors += out.plugin_errors;
+        outcome.grants.extend(out.grants.into_iter().map(|g| GrantKey {
+            campaign_id: g.campaign_id,
+            reward_id: g.reward_id,
+            user_id: g.user_id,
+            grant_key: g.grant_key,
+        }));
     }
     progress.finish();
-    println!("{:<40} {:<32} {:>10}", "campaign", "reward", "grants");
-    for ((campaign, reward), n) in &table {
-        println!("{campaign:<40} {reward:<32} {n:>10}");
-    }
-    println!(
-        "{events_read} events ({duplicates} duplicates), {minutes} viewer-minutes counted, {} grants, {errors} plugin errors",
-        table.values().sum::<u64>()
-    );
-    if !entitlements.is_empty() {
-        let outcomes: Vec<String> = entitlements.iter().map(|(status, n)| format!("{n} {status}")).collect();
-        println!("entitlements: {}", outcomes.join(", "));
-    }
-    Ok(())
+    Ok(outcome)
 }
 
 /// Longest runtime description a note quotes from a recording (the file may come from anywhere).

@@ -120,3 +120,135 @@ async fn replay_with_the_hosts_config_decides_as_the_host_did() {
     );
     assert!(out.contains("were judged under wasmtime") && out.contains("fuel 50000+0/viewer"), "{out}");
 }
+
+/// `replay` against the live host (`--diff-against` its URL, then an export
+/// with a planted difference), per grant (`--json`, `--grants-out`), with a
+/// stricter candidate campaign (who loses what), and refusing rules that do
+/// not load.
+#[tokio::test]
+async fn replay_compares_with_the_live_host_and_with_a_candidate() {
+    let window = ("2026-11-07T00:00:00Z", "2026-11-08T00:00:00Z");
+    let campaign = tiers_campaign("camp-replay", "GameName", window, &[], &[(2, "bronze"), (3, "silver")]);
+    let config = HostConfig { campaigns: vec![("c".into(), campaign)], record_events: true, ..Default::default() };
+    let Some(host) = TestHost::spawn(Backend::Sqlite, config).await else { return };
+    for m in 0..4 {
+        let hb = heartbeat(&format!("d{m}"), "b", "GameName", &format!("2026-11-07T10:0{m}:00Z"), &["v1", "v2", "v3"]);
+        assert_eq!(host.post_vhs(None, &hb).await.0, 200);
+    }
+    let started = Instant::now();
+    while host.grants().await.len() < 6 {
+        assert!(started.elapsed() < Duration::from_secs(20));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let path = |p: &str| host.dir.path().join(p).to_str().unwrap().to_string();
+    let (rules, events) = (path("rules"), path("events.jsonl"));
+    let base = host.base.clone();
+    let run = |args: Vec<String>| async move {
+        tokio::task::spawn_blocking(move || drops_host(&args.iter().map(String::as_str).collect::<Vec<_>>()))
+            .await
+            .unwrap()
+    };
+    let replay = |extra: &[&str]| {
+        let mut args: Vec<String> =
+            vec!["replay".into(), "--rules".into(), rules.clone(), "--events".into(), events.clone()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+
+    // The live host made exactly what the replay makes.
+    let (ok, out) = run(replay(&["--diff-against", &base, "--admin-token", crate::helpers::ADMIN_TOKEN])).await;
+    assert!(ok, "{out}");
+    assert!(out.contains("diff: 0 only in the replay, 0 only on the live host, 6 in both"), "{out}");
+
+    // An export with one grant taken out and one planted: exactly those two, and exit 1.
+    let mut exported = host.admin_get("/grants?limit=100000").await.as_array().cloned().unwrap();
+    let taken = exported.iter().position(|g| g["user_id"] == "v1" && g["reward_id"] == "silver").unwrap();
+    exported.remove(taken);
+    exported
+        .push(serde_json::json!({"campaign_id": "camp-replay", "reward_id": "gold", "user_id": "v9", "grant_key": ""}));
+    let export = host.dir.path().join("export.json");
+    std::fs::write(&export, serde_json::to_vec(&exported).unwrap()).unwrap();
+    let (ok, out) = run(replay(&["--diff-against", export.to_str().unwrap()])).await;
+    assert!(!ok, "differences exit non-zero\n{out}");
+    let diff: Vec<&str> = out.lines().filter(|l| l.starts_with("+ ") || l.starts_with("- ")).collect();
+    assert_eq!(diff.len(), 2, "{out}");
+    assert!(diff[0].starts_with("+ camp-replay silver v1 "), "{out}");
+    assert!(diff[1].starts_with("- camp-replay gold v9 "), "{out}");
+    assert!(out.contains("diff: 1 only in the replay, 1 only on the live host, 5 in both"), "{out}");
+
+    // Per grant, on stdout and in a file.
+    let grants_out = path("replayed.jsonl");
+    let (ok, out) = run(replay(&["--json", "--grants-out", &grants_out])).await;
+    assert!(ok, "{out}");
+    let lines: Vec<&str> = out.lines().filter(|l| l.starts_with('{')).collect();
+    let printed: Vec<serde_json::Value> = lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(printed.len(), 6, "{out}");
+    assert!(printed.iter().any(|g| g["user_id"] == "v3" && g["reward_id"] == "silver"), "{out}");
+    assert_eq!(std::fs::read_to_string(&grants_out).unwrap(), lines.join("\n") + "\n");
+
+    // A stricter candidate campaign: silver at 5 minutes, so every viewer loses it.
+    let stricter = tiers_campaign("camp-replay", "GameName", window, &[], &[(2, "bronze"), (5, "silver")]);
+    let candidate = host.dir.path().join("stricter.toml");
+    std::fs::write(&candidate, stricter).unwrap();
+    let (ok, out) = run(replay(&["--candidate", &format!("c={}", candidate.display())])).await;
+    assert!(ok, "{out}");
+    let lost: Vec<&str> = out.lines().filter(|l| l.starts_with("- ")).collect();
+    assert_eq!(lost.len(), 3, "{out}");
+    for viewer in ["v1", "v2", "v3"] {
+        assert!(lost.iter().any(|l| l.starts_with(&format!("- camp-replay silver {viewer} "))), "{out}");
+    }
+    assert!(out.contains("candidate: 0 grants gained, 3 lost, 3 unchanged"), "{out}");
+    // The same plugin as a candidate changes nothing; a candidate for nothing is refused.
+    let same = crate::helpers::plugin_path("watch-time-tiers");
+    let (ok, out) = run(replay(&["--candidate", &format!("watch-time-tiers={}", same.display())])).await;
+    assert!(ok && out.contains("candidate: 0 grants gained, 0 lost, 6 unchanged"), "{out}");
+    let (ok, out) = run(replay(&["--candidate", &format!("nope={}", same.display())])).await;
+    assert!(!ok && out.contains("does not exist"), "{out}");
+
+    // Rules that do not load, or no rules at all: a non-zero exit naming why.
+    let (ok, out) = run(vec!["replay".into(), "--rules".into(), path("typo"), "--events".into(), events.clone()]).await;
+    assert!(!ok && out.contains("not a directory"), "{out}");
+    std::fs::write(host.dir.path().join("rules/campaigns/broken.toml"), "id = ").unwrap();
+    let (ok, out) = run(replay(&[])).await;
+    assert!(!ok && out.contains("broken.toml") && out.contains("failed to load"), "{out}");
+}
+
+/// `plugin check --campaign` checks the exact campaign file, and a config
+/// error names the file and the line of the key; `--config` without
+/// `--rewards` says the rewards are missing.
+#[test]
+fn plugin_check_names_the_campaign_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = crate::helpers::plugin_path("watch-time-tiers");
+    let wasm = wasm.to_str().unwrap();
+    let window = ("2026-11-07T00:00:00Z", "2026-11-08T00:00:00Z");
+    let good = tiers_campaign("camp-check", "GameName", window, &[], &[(10, "bronze")]);
+    let file = dir.path().join("check.toml");
+    std::fs::write(&file, &good).unwrap();
+    let (ok, out) = drops_host(&["plugin", "check", wasm, "--campaign", file.to_str().unwrap()]);
+    assert!(ok && out.contains("config: ok"), "{out}");
+
+    // The same file with a tier of 0 minutes on its own line, and with a misspelt key.
+    let bad = "id = \"camp-check\"\nname = \"n\"\ngame = \"GameName\"\nclient_id = \"c\"\n\
+               starts_at = \"2026-11-07T00:00:00Z\"\nends_at = \"2026-11-08T00:00:00Z\"\n\
+               [[rewards]]\nid = \"bronze\"\n[rule]\nplugin = \"watch-time-tiers\"\n\
+               [[rule.config.tiers]]\nreward = \"bronze\"\nminutes = 0\n";
+    std::fs::write(&file, bad).unwrap();
+    let (ok, out) = drops_host(&["plugin", "check", wasm, "--campaign", file.to_str().unwrap()]);
+    let want = format!("{}:13: rule.config:", file.display());
+    assert!(!ok && out.contains(&want) && out.contains("minutes"), "{want} in:\n{out}");
+    assert!(!out.contains("rejected the input") && !out.contains("column"), "{out}");
+    std::fs::write(&file, bad.replace("minutes = 0", "minutez = 10")).unwrap();
+    let (ok, out) = drops_host(&["plugin", "check", wasm, "--campaign", file.to_str().unwrap()]);
+    let want = format!("{}:13: rule.config: unknown field `minutez`", file.display());
+    assert!(!ok && out.contains(&want), "{want} in:\n{out}");
+    // A file that is not a campaign: named, with TOML's own line.
+    std::fs::write(&file, "id = ").unwrap();
+    let (ok, out) = drops_host(&["plugin", "check", wasm, "--campaign", file.to_str().unwrap()]);
+    assert!(!ok && out.contains(&file.display().to_string()) && out.contains("line 1"), "{out}");
+
+    // --config naming a reward without --rewards: the answer says what is missing.
+    let config = r#"{"tiers": [{"minutes": 10, "reward": "bronze"}]}"#;
+    let (ok, out) = drops_host(&["plugin", "check", wasm, "--config", config]);
+    assert!(!ok && out.contains("no rewards were given") && out.contains("--rewards"), "{out}");
+}

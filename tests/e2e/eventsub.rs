@@ -106,6 +106,7 @@ async fn entitlements_are_stored_once_however_often_twitch_delivers_them() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(host.get_text("/readyz").await, "ready");
     assert!(host.log().contains("Twitch revoked the EventSub subscription"));
+    assert!(!host.log().contains('\u{1b}'), "a log written to a file has no colour codes");
 }
 
 /// A hostile message: what it is, its headers and body, the status it gets and what the answer names.

@@ -58,6 +58,14 @@ pub struct SimulateArgs {
     /// Prefix of broadcaster ids (broadcaster-0, broadcaster-1, ...).
     #[arg(long, default_value = "broadcaster-")]
     pub broadcaster_prefix: String,
+    /// Prefix of viewer ids (viewer-0-0, ..., viewer-multi-0, ...).
+    #[arg(long, default_value = "viewer-")]
+    pub viewer_prefix: String,
+    /// A different N gives a different, reproducible set of viewers
+    /// (viewer-s<N>-0-0, ...): fresh viewers to test a changed rule on, without
+    /// resetting the campaign. 0: the plain ids.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
     /// Send every Nth report twice, as Twitch does when an answer is lost (0: never).
     #[arg(long, default_value_t = 0)]
     pub redeliver_every: u32,
@@ -153,11 +161,15 @@ struct Answer {
 
 /// The viewer ids of each simulated channel.
 pub fn channel_viewers(args: &SimulateArgs) -> Vec<Vec<String>> {
+    let prefix = match args.seed {
+        0 => args.viewer_prefix.clone(),
+        seed => format!("{}s{seed}-", args.viewer_prefix),
+    };
     (0..args.channels)
         .map(|c| {
             (0..args.viewers)
-                .map(|v| format!("viewer-{c}-{v}"))
-                .chain((0..args.multi_viewers).map(|v| format!("viewer-multi-{v}")))
+                .map(|v| format!("{prefix}{c}-{v}"))
+                .chain((0..args.multi_viewers).map(|v| format!("{prefix}multi-{v}")))
                 .collect()
         })
         .collect()
@@ -509,6 +521,8 @@ mod tests {
             game: "G".into(),
             start: Some("2026-11-01T10:00:00Z".into()),
             broadcaster_prefix: "b-".into(),
+            viewer_prefix: "viewer-".into(),
+            seed: 0,
             redeliver_every: 0,
             concurrency: 1,
             timeout_secs: 5,
@@ -559,5 +573,15 @@ mod tests {
         let viewers = channel_viewers(&args(String::new()));
         assert!(viewers.iter().all(|v| v.contains(&"viewer-multi-0".to_string())));
         assert_eq!(viewers[0].len(), 4);
+    }
+
+    #[test]
+    fn a_seed_or_a_prefix_gives_other_viewers_the_same_each_time() {
+        let plain = channel_viewers(&args(String::new()));
+        let seeded = SimulateArgs { seed: 7, viewer_prefix: "fan-".into(), ..args(String::new()) };
+        let (a, b) = (channel_viewers(&seeded), channel_viewers(&seeded));
+        assert_eq!(a, b, "reproducible");
+        assert_eq!(a[0][0], "fan-s7-0-0");
+        assert!(a.iter().flatten().all(|v| !plain.iter().flatten().any(|p| p == v)), "no viewer shared");
     }
 }
