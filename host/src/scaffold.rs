@@ -1,35 +1,42 @@
-//! `drops-host plugin new NAME`: a plugin crate that builds, with a rule and its tests.
+//! `drops-host plugin new NAME`: a plugin crate that builds, with a rule and
+//! its tests, and the SDK it needs written beside it from this binary (so a
+//! binary shipped on its own scaffolds crates that build), at the version
+//! this host speaks.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-/// Where the SDK is: the copy this binary was built from, as a relative path
-/// when the new crate sits in the same tree (so the two move together).
-fn default_sdk_path(root: &Path) -> PathBuf {
-    let built_from = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugin-sdk");
-    let sdk = std::fs::canonicalize(&built_from).unwrap_or(built_from);
-    let Ok(root) = std::fs::canonicalize(root) else { return sdk };
-    let shares_a_folder = root.ancestors().filter(|a| sdk.starts_with(a)).any(|a| a.parent().is_some());
-    if shares_a_folder {
-        relative(&root.join("Cargo.toml"), &sdk).unwrap_or(sdk)
-    } else {
-        sdk
-    }
-}
+/// The SDK's sources, as this binary was built with them.
+const SDK_FILES: [(&str, &str); 8] = [
+    ("src/lib.rs", include_str!("../../plugin-sdk/src/lib.rs")),
+    ("src/arena.rs", include_str!("../../plugin-sdk/src/arena.rs")),
+    ("src/state.rs", include_str!("../../plugin-sdk/src/state.rs")),
+    ("src/sys.rs", include_str!("../../plugin-sdk/src/sys.rs")),
+    ("src/testing.rs", include_str!("../../plugin-sdk/src/testing.rs")),
+    ("src/tiers.rs", include_str!("../../plugin-sdk/src/tiers.rs")),
+    ("wit/rules.wit", include_str!("../../plugin-sdk/wit/rules.wit")),
+    ("README.md", "The drops-host plugin SDK, written by `drops-host plugin new` from the host binary: the interface version that host speaks.\n"),
+];
 
-/// The path to `to` from the directory `from_file` will be in.
-fn relative(from_file: &Path, to: &Path) -> Option<PathBuf> {
-    let from = from_file.parent()?;
-    let common = from.ancestors().find(|a| to.starts_with(a))?;
-    let ups = from.strip_prefix(common).ok()?.components().count();
-    let mut out = PathBuf::new();
-    for _ in 0..ups {
-        out.push("..");
-    }
-    out.push(to.strip_prefix(common).ok()?);
-    Some(out)
-}
+/// The SDK's manifest, standalone (the repository's inherits from its workspace).
+const SDK_CARGO_TOML: &str = r#"[package]
+name = "drops-plugin-sdk"
+version = "0.1.0"
+description = "Write drops-host reward rules as plain Rust functions"
+edition = "2021"
+license = "Apache-2.0"
+publish = false
+
+[dependencies]
+serde = { version = "1", features = ["derive"] }
+serde_json = "1"
+wit-bindgen = { version = "0.63.0", default-features = false, features = ["macros", "realloc", "std"] }
+"#;
+
+/// The versions the host's own plugins are built and tested with: Cargo
+/// keeps the entries the new crate uses and drops the rest.
+const LOCKFILE: &str = include_str!("../../Cargo.lock");
 
 /// Whether `dir` lies inside a Cargo workspace, which then owns the new crate.
 fn inside_workspace(dir: &Path) -> bool {
@@ -39,20 +46,56 @@ fn inside_workspace(dir: &Path) -> bool {
     })
 }
 
-/// Creates the crate `name` in `dir/name`.
+/// Checks that `--sdk` points at the plugin SDK.
+fn check_sdk(sdk: &Path) -> anyhow::Result<()> {
+    let manifest = sdk.join("Cargo.toml");
+    let text = std::fs::read_to_string(&manifest)
+        .with_context(|| format!("--sdk {}: no Cargo.toml there ({})", sdk.display(), manifest.display()))?;
+    anyhow::ensure!(
+        text.lines().any(|l| l.trim() == "name = \"drops-plugin-sdk\""),
+        "--sdk {}: its Cargo.toml is not drops-plugin-sdk's",
+        sdk.display()
+    );
+    Ok(())
+}
+
+/// Creates the crate `name` in `dir/name`: with `sdk`, depending on that
+/// SDK; without, on the SDK written into `dir/name/sdk` from this binary.
 pub fn new_plugin(dir: &Path, name: &str, sdk: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     anyhow::ensure!(
         !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
         "plugin names are lowercase letters, digits and dashes (they become file names): `{name}`"
     );
+    if let Some(sdk) = &sdk {
+        check_sdk(sdk)?;
+    }
     let root = dir.join(name);
     anyhow::ensure!(!root.exists(), "{} already exists", root.display());
     std::fs::create_dir_all(root.join("src")).with_context(|| format!("creating {}", root.display()))?;
-    let sdk = sdk.unwrap_or_else(|| default_sdk_path(&root));
-    let workspace = if inside_workspace(&root) {
-        ""
+    let sdk = match sdk {
+        Some(sdk) => std::fs::canonicalize(&sdk).unwrap_or(sdk),
+        None => {
+            for (file, text) in SDK_FILES {
+                let path = root.join("sdk").join(file);
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+            }
+            std::fs::write(root.join("sdk/Cargo.toml"), SDK_CARGO_TOML)?;
+            PathBuf::from("sdk")
+        }
+    };
+    // Profiles live at a workspace's root: a crate of its own carries the
+    // size profile the host's example plugins are built with.
+    let standalone = !inside_workspace(&root);
+    let workspace = if standalone {
+        "\n# Its own workspace: not part of any enclosing one.\n[workspace]\n\n\
+         # `cargo build --profile plugin --target wasm32-unknown-unknown`: the smallest plugin.\n\
+         [profile.plugin]\ninherits = \"release\"\nopt-level = \"s\"\nlto = true\ncodegen-units = 1\n\
+         panic = \"abort\"\nstrip = true\ndebug = false\n"
     } else {
-        "\n# Its own workspace: not part of any enclosing one.\n[workspace]\n"
+        ""
     };
     let type_name: String = name
         .split('-')
@@ -80,14 +123,42 @@ serde = {{ version = "1", features = ["derive"] }}
             sdk = sdk.display()
         ),
     )?;
+    if standalone {
+        std::fs::write(root.join("Cargo.lock"), LOCKFILE)?;
+    }
+    std::fs::write(root.join(".gitignore"), "/target\n")?;
+    let file_name = name.replace('-', "_");
+    let profile = if standalone { "--profile plugin" } else { "--release" };
+    let out = if standalone { "plugin" } else { "release" };
+    std::fs::write(
+        root.join("README.md"),
+        README.replace("NAME", name).replace("FILE", &file_name).replace("PROFILE", profile).replace("OUT", out),
+    )?;
     std::fs::write(root.join("src/lib.rs"), LIB_RS.replace("NAME", name).replace("TypeName", &type_name))?;
     Ok(root)
 }
 
+const README: &str = r#"# NAME
+
+A drops-host reward rule (see the host's docs/plugin-guide.md).
+
+1. `cargo test`: the rule's tests, natively.
+2. `cargo build PROFILE --target wasm32-unknown-unknown`
+   (once: `rustup target add wasm32-unknown-unknown`).
+3. Check it against the campaign file that will use it:
+   `drops-host plugin check target/wasm32-unknown-unknown/OUT/FILE.wasm --campaign my-campaign.toml`
+4. Try it on one event: `drops-host plugin run target/wasm32-unknown-unknown/OUT/FILE.wasm --campaign my-campaign.toml --event heartbeat.json`
+5. Install it as `rules/plugins/NAME.wasm` (the host names plugins with dashes; Cargo names the
+   file with underscores), or upload it: `curl -X PUT --data-binary @target/.../FILE.wasm
+   -H "Authorization: Bearer $TOKEN" $HOST/v1/plugins/NAME`.
+
+`sdk/` is the plugin SDK written by `drops-host plugin new` from the host binary: the
+interface version that host speaks. Regenerate the crate with a newer host to move to a newer one.
+"#;
+
 const LIB_RS: &str = r##"//! NAME: a drops-host reward rule.
 //!
-//! Build: `cargo build --release --target wasm32-unknown-unknown`, then copy
-//! `target/wasm32-unknown-unknown/release/*.wasm` to the host's `rules/plugins/NAME.wasm`.
+//! See README.md for building, checking and installing it.
 //! Test: `cargo test` (natively, no wasm needed).
 
 use drops_plugin_sdk::{Campaign, Grant, Heartbeat, Rule, Viewer};
@@ -115,11 +186,15 @@ impl Rule for TypeName {
     }
 
     /// Runs for every heartbeat of the campaign: return the grants to make.
+    /// `>=` with a grant made once: a viewer who passed the goal while the
+    /// rule ignored them (a channel it filtered, a minute that did not count)
+    /// still gets it, and the host keeps one grant per viewer however often
+    /// it is returned.
     fn on_heartbeat(config: &Config, campaign: &Campaign, _heartbeat: &Heartbeat, viewers: &[Viewer]) -> Vec<Grant> {
         let Ok(reward) = campaign.reward_index(&config.reward) else { return Vec::new() };
         viewers
             .iter()
-            .filter(|v| v.counted && v.minutes == config.minutes)
+            .filter(|v| v.minutes >= config.minutes)
             .map(|v| Grant::once(v.handle, reward))
             .collect()
     }
@@ -133,11 +208,11 @@ mod tests {
     use drops_plugin_sdk::testing;
 
     #[test]
-    fn grants_on_the_minute_that_reaches_the_goal() {
+    fn grants_everyone_at_or_past_the_goal() {
         let campaign = Campaign::new("c", &["r"], r#"{"minutes": 2, "reward": "r"}"#);
         let config = drops_plugin_sdk::parse_config::<TypeName>(&campaign).unwrap();
         let grants = TypeName::on_heartbeat(&config, &campaign, &testing::heartbeat("b", "G", 1), &testing::viewers(&[1, 2, 3]));
-        assert_eq!(grants.iter().map(|g| g.viewer).collect::<Vec<_>>(), vec![1]);
+        assert_eq!(grants.iter().map(|g| g.viewer).collect::<Vec<_>>(), vec![1, 2]);
     }
 }
 "##;
@@ -147,18 +222,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn relative_paths() {
-        assert_eq!(relative(Path::new("/a/b/c/x"), Path::new("/a/sdk")).unwrap(), PathBuf::from("../../sdk"));
+    fn every_sdk_source_is_embedded() {
+        let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugin-sdk/src");
+        let mut on_disk: Vec<String> = std::fs::read_dir(sdk)
+            .unwrap()
+            .map(|e| format!("src/{}", e.unwrap().file_name().to_string_lossy()))
+            .collect();
+        on_disk.sort();
+        let mut embedded: Vec<&str> = SDK_FILES.iter().map(|(f, _)| *f).filter(|f| f.starts_with("src/")).collect();
+        embedded.sort();
+        assert_eq!(on_disk, embedded, "add the SDK's new file to SDK_FILES");
     }
 
     #[test]
-    fn refuses_bad_names_and_existing_folders() {
+    fn refuses_bad_names_existing_folders_and_a_missing_sdk() {
         let dir = tempfile::tempdir().unwrap();
         assert!(new_plugin(dir.path(), "Bad Name", None).is_err());
-        new_plugin(dir.path(), "my-rule", Some(PathBuf::from("/sdk"))).unwrap();
-        let lib = std::fs::read_to_string(dir.path().join("my-rule/src/lib.rs")).unwrap();
+        let err = new_plugin(dir.path(), "my-rule", Some(PathBuf::from("/nonexistent"))).unwrap_err();
+        assert!(err.to_string().contains("--sdk /nonexistent"), "{err}");
+        new_plugin(dir.path(), "my-rule", None).unwrap();
+        let root = dir.path().join("my-rule");
+        let lib = std::fs::read_to_string(root.join("src/lib.rs")).unwrap();
         assert!(lib.contains("pub struct MyRule;") && lib.contains("export_rule!(MyRule)"));
-        assert!(std::fs::read_to_string(dir.path().join("my-rule/Cargo.toml")).unwrap().contains("[workspace]"));
+        let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+        assert!(manifest.contains("[workspace]") && manifest.contains("[profile.plugin]"), "{manifest}");
+        assert!(manifest.contains(r#"path = "sdk""#), "{manifest}");
+        assert!(root.join("sdk/wit/rules.wit").exists() && root.join(".gitignore").exists());
+        assert!(root.join("README.md").exists() && root.join("Cargo.lock").exists());
         assert!(new_plugin(dir.path(), "my-rule", None).is_err());
     }
 }

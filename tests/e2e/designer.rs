@@ -13,23 +13,35 @@ fn drops_host(args: &[&str]) -> (bool, String) {
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
 }
 
+/// A copy of the binary alone (no repository beside it) scaffolds a crate
+/// that builds with its size profile and passes `plugin check`.
 #[test]
 fn a_scaffolded_plugin_builds_and_passes_plugin_check() {
     let dir = tempfile::tempdir().unwrap();
-    let dir_arg = dir.path().to_str().unwrap();
-    let (ok, out) = drops_host(&["plugin", "new", "my-rule", "--dir", dir_arg]);
-    assert!(ok, "{out}");
-    let krate = dir.path().join("my-rule");
+    let alone = dir.path().join("bin/drops-host");
+    std::fs::create_dir_all(alone.parent().unwrap()).unwrap();
+    std::fs::copy(env!("CARGO_BIN_EXE_drops-host"), &alone).unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let out = Command::new(&alone).args(["plugin", "new", "my-rule"]).current_dir(&work).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let krate = work.join("my-rule");
+    let manifest = std::fs::read_to_string(krate.join("Cargo.toml")).unwrap();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_str().unwrap().to_string();
+    assert!(!manifest.contains(&repo), "no path into the build machine's tree:\n{manifest}");
+    assert!(krate.join(".gitignore").exists() && krate.join("README.md").exists());
     // Share the workspace's target folder so dependencies compiled for wasm are reused.
     let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/scaffold");
     let build = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "--release", "--target", "wasm32-unknown-unknown"])
+        .args(["build", "--quiet", "--profile", "plugin", "--target", "wasm32-unknown-unknown"])
         .env("CARGO_TARGET_DIR", &target)
         .current_dir(&krate)
         .output()
         .unwrap();
     assert!(build.status.success(), "{}", String::from_utf8_lossy(&build.stderr));
-    let wasm = target.join("wasm32-unknown-unknown/release/my_rule.wasm");
+    let wasm = target.join("wasm32-unknown-unknown/plugin/my_rule.wasm");
+    let size = std::fs::metadata(&wasm).unwrap().len();
+    assert!(size < 150_000, "the size profile keeps it small: {size} bytes");
     let wasm = wasm.to_str().unwrap();
     let (ok, out) =
         drops_host(&["plugin", "check", wasm, "--config", r#"{"minutes": 30, "reward": "r"}"#, "--rewards", "r"]);
@@ -37,6 +49,8 @@ fn a_scaffolded_plugin_builds_and_passes_plugin_check() {
     let (ok, out) =
         drops_host(&["plugin", "check", wasm, "--config", r#"{"minutes": 0, "reward": "r"}"#, "--rewards", "r"]);
     assert!(!ok && out.contains("config.minutes: must be at least 1"), "{out}");
+    let (ok, out) = drops_host(&["plugin", "new", "other", "--dir", work.to_str().unwrap(), "--sdk", "/nonexistent"]);
+    assert!(!ok && out.contains("--sdk /nonexistent"), "{out}");
 }
 
 #[tokio::test]
