@@ -126,6 +126,31 @@ pub enum PluginCommand {
         #[arg(long)]
         sdk: Option<PathBuf>,
     },
+    /// Run one event through a plugin in a fresh sandbox and print the
+    /// verdict, the grants (viewer and reward ids), the plugin's log lines,
+    /// the fuel it used and its time.
+    ///
+    /// The event (a file, or - for stdin) is a VHS heartbeat (as Twitch posts
+    /// it, with `viewer_list`), a game-state change
+    /// (`{"game_state": {"broadcaster", "previous"?, "current", "authoritative"?},
+    /// "viewers": [...]}`) or an entitlement (`{"entitlement": {EventSub
+    /// data}, "account": "..."}`).
+    Run {
+        /// The plugin (.wasm).
+        file: PathBuf,
+        /// The campaign file (TOML) the plugin decides for.
+        #[arg(long)]
+        campaign: PathBuf,
+        /// The event (JSON); - reads stdin.
+        #[arg(long)]
+        event: PathBuf,
+        /// Viewers' campaign watch-time before the event: VIEWER=MINUTES, comma-separated (default 0).
+        #[arg(long, value_delimiter = ',')]
+        minutes: Vec<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Load a plugin, check it implements the rules interface, and run its
     /// config check: against the campaign file that will go live
     /// (--campaign; an error names its file and line), or a config given as
@@ -176,6 +201,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let store = crate::store::Store::connect(&settings.database_url()).await?;
             store.migrate().await?;
             println!("migrations applied to {}", crate::secrets::redact_url(&settings.database_url()));
+        }
+        Command::Plugin(PluginCommand::Run { file, campaign, event, minutes, json }) => {
+            return crate::plugin_run::run(&file, &campaign, &event, &minutes, json);
         }
         Command::Plugin(PluginCommand::Check { file, campaign, config, rewards }) => {
             let checked = match &campaign {

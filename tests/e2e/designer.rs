@@ -8,6 +8,12 @@ use std::time::{Duration, Instant};
 
 use crate::helpers::{heartbeat, tiers_campaign, Backend, HostConfig, TestHost};
 
+/// The first JSON value in `out` (stdout, before the log lines on stderr).
+fn first_json(out: &str) -> serde_json::Value {
+    let from = out.find('{').expect("JSON in the output");
+    serde_json::Deserializer::from_str(&out[from..]).into_iter().next().expect("a JSON value").expect("valid JSON")
+}
+
 fn drops_host(args: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_drops-host")).args(args).output().expect("run drops-host");
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
@@ -265,4 +271,95 @@ fn plugin_check_names_the_campaign_file_and_line() {
     let config = r#"{"tiers": [{"minutes": 10, "reward": "bronze"}]}"#;
     let (ok, out) = drops_host(&["plugin", "check", wasm, "--config", config]);
     assert!(!ok && out.contains("no rewards were given") && out.contains("--rewards"), "{out}");
+}
+
+/// `plugin run` prints the grants of a known event exactly (text and JSON),
+/// an entitlement's items, the plugin's log lines (bounded) and its fuel.
+#[test]
+fn plugin_run_prints_one_events_verdict() {
+    let dir = tempfile::tempdir().unwrap();
+    let window = ("2026-11-01T00:00:00Z", "2026-12-01T00:00:00Z");
+    let campaign = dir.path().join("tiers.toml");
+    std::fs::write(&campaign, tiers_campaign("camp-run", "GameName", window, &[], &[(10, "bronze"), (20, "silver")]))
+        .unwrap();
+    let event = dir.path().join("hb.json");
+    let hb = heartbeat("h-1", "b-1", "GameName", "2026-11-23T10:00:00Z", &["v1", "v2", "v3"]);
+    std::fs::write(&event, hb.to_string()).unwrap();
+    let tiers = crate::helpers::plugin_path("watch-time-tiers");
+    let (tiers, campaign_arg, event_arg) =
+        (tiers.to_str().unwrap(), campaign.to_str().unwrap(), event.to_str().unwrap());
+    let run = ["plugin", "run", tiers, "--campaign", campaign_arg, "--event", event_arg, "--minutes", "v1=9,v2=19"];
+    let (ok, out) = drops_host(&run);
+    assert!(ok, "{out}");
+    assert!(out.contains("verdict: minutes count\ngrants: 2\n  v1 bronze\n  v2 silver\nfuel: "), "{out}");
+    let (ok, out) = drops_host(&[&run[..], &["--json"]].concat());
+    assert!(ok, "{out}");
+    let report: serde_json::Value = first_json(&out);
+    assert_eq!(
+        report["grants"],
+        serde_json::json!([{"viewer": "v1", "reward": "bronze"}, {"viewer": "v2", "reward": "silver"}])
+    );
+    assert!(report["fuel_used"].as_u64().unwrap() > 0 && report["fuel_used"].as_u64() < report["fuel_budget"].as_u64());
+
+    // An entitlement through benefit-to-items.
+    let drops = dir.path().join("drops.toml");
+    std::fs::write(
+        &drops,
+        std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/rules/campaigns/launch-drops.toml"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let entitlement = dir.path().join("ent.json");
+    std::fs::write(
+        &entitlement,
+        r#"{"entitlement": {"entitlement_id": "e-1", "campaign_id": "d1e2f3a4-launch-drops",
+        "user_id": "u-1", "benefit_id": "benefit-sword", "created_at": "2026-11-23T10:00:00Z"}, "account": "acc-1"}"#,
+    )
+    .unwrap();
+    let items = crate::helpers::plugin_path("benefit-to-items");
+    let (ok, out) = drops_host(&[
+        "plugin",
+        "run",
+        items.to_str().unwrap(),
+        "--campaign",
+        drops.to_str().unwrap(),
+        "--event",
+        entitlement.to_str().unwrap(),
+    ]);
+    assert!(ok && out.contains("deliver: iron-sword x1, gold x100"), "{out}");
+
+    // A plugin that floods its log: 32 lines shown, each cut to 2 KiB.
+    let flood = dir.path().join("flood.toml");
+    let text: Vec<String> = std::fs::read_to_string(&campaign)
+        .unwrap()
+        .lines()
+        .map(|l| match l {
+            l if l.starts_with("plugin =") => "plugin = \"hostile\"".to_string(),
+            l if l.starts_with("config =") => "config = { mode = \"log-flood\" }".to_string(),
+            l => l.to_string(),
+        })
+        .collect();
+    std::fs::write(&flood, text.join("\n")).unwrap();
+    let hostile = crate::helpers::plugin_path("hostile");
+    let (_, out) = drops_host(&[
+        "plugin",
+        "run",
+        hostile.to_str().unwrap(),
+        "--campaign",
+        flood.to_str().unwrap(),
+        "--event",
+        event_arg,
+        "--json",
+    ]);
+    let report: serde_json::Value = first_json(&out);
+    let logs = report["logs"].as_array().unwrap();
+    assert_eq!(logs.len(), 32, "{report}");
+    assert!(logs.iter().all(|l| l.as_str().unwrap().len() <= 2048 + 10));
+
+    // Not an event: said plainly.
+    std::fs::write(&event, "{\"hello\": 1}").unwrap();
+    let (ok, out) = drops_host(&run);
+    assert!(!ok && out.contains("not a heartbeat"), "{out}");
 }

@@ -13,14 +13,20 @@ pub struct Entitlement {
     /// Twitch's entitlement id: the deduplication key, and what is marked FULFILLED.
     pub entitlement_id: String,
     /// The EventSub event's id (one per entitlement in a batch).
+    #[serde(default)]
     pub event_id: String,
+    #[serde(default)]
     pub organization_id: String,
+    #[serde(default)]
     pub category_id: String,
+    #[serde(default)]
     pub category_name: String,
     pub campaign_id: String,
     /// The viewer's Twitch user id.
     pub user_id: String,
+    #[serde(default)]
     pub user_login: String,
+    #[serde(default)]
     pub user_name: String,
     pub benefit_id: String,
     /// When Twitch created it (RFC 3339, as sent).

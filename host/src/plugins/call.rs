@@ -233,6 +233,9 @@ impl PluginRuntime {
         let started = Instant::now();
         let viewer_count = viewers.1.len();
         let mut store = self.store(plugin, &campaign.id, viewers, std::mem::take(state));
+        if self.traces.is_some() {
+            store.data_mut().logs = Some(Vec::new());
+        }
         let result = self
             .instantiate(plugin, &mut store)
             .and_then(|rules| invoke(&rules, &mut store).map_err(|e| self.classify(e, viewer_count)))
@@ -250,6 +253,16 @@ impl PluginRuntime {
                 answer.check(viewer_count, campaign.rewards.len()).map_err(PluginError::BadOutput)?;
                 Ok(answer)
             });
+        if let Some(traces) = &self.traces {
+            let fuel_budget = self.fuel_budget(viewer_count);
+            let trace = super::runtime::CallTrace {
+                logs: store.data_mut().logs.take().unwrap_or_default(),
+                fuel_used: fuel_budget.saturating_sub(store.get_fuel().unwrap_or(0)),
+                fuel_budget,
+                micros: started.elapsed().as_micros() as u64,
+            };
+            traces.lock().unwrap_or_else(|e| e.into_inner()).push(trace);
+        }
         let data = store.into_data();
         *state = data.state;
         if result.is_ok() {

@@ -27,6 +27,8 @@ pub struct CallState {
     host_bytes: u64,
     pub(super) host_budget: u64,
     max_campaign_state_bytes: usize,
+    /// The call's log lines, kept when the runtime traces calls (`plugin run`).
+    pub(super) logs: Option<Vec<String>>,
 }
 
 /// What bounds one call besides memory and CPU.
@@ -61,6 +63,7 @@ impl CallState {
             host_bytes: 0,
             host_budget: budget.host_bytes,
             max_campaign_state_bytes: budget.campaign_state_bytes,
+            logs: None,
         }
     }
 
@@ -101,6 +104,15 @@ impl host_interface::Host for CallState {
                 cut -= 1;
             }
             message.truncate(cut);
+        }
+        if let Some(logs) = &mut self.logs {
+            let level = match level {
+                Level::Debug => "debug",
+                Level::Info => "info",
+                Level::Warn => "warn",
+                Level::Error => "error",
+            };
+            logs.push(format!("{level}: {message}"));
         }
         let (plugin, campaign) = (&*self.plugin, &*self.campaign);
         match level {

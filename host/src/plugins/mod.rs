@@ -18,7 +18,7 @@ pub mod wit;
 
 pub use error::PluginError;
 pub use load::{Plugin, PluginHash};
-pub use runtime::PluginRuntime;
+pub use runtime::{CallTrace, PluginRuntime};
 pub use state::CampaignKv;
 pub use wit::{
     Campaign as WitCampaign, Entitlement as WitEntitlement, EntitlementVerdict as WitEntitlementVerdict,

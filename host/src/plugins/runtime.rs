@@ -37,6 +37,17 @@ pub struct PluginRuntime {
     /// Where compiled plugins are kept, if anywhere.
     pub(super) cache: Option<ArtifactCache>,
     ticker_stop: Arc<AtomicBool>,
+    /// What the calls made so far did, when traced (`plugin run`).
+    pub(super) traces: Option<std::sync::Mutex<Vec<CallTrace>>>,
+}
+
+/// What one traced call did: its log lines, the fuel it burnt and its time.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CallTrace {
+    pub logs: Vec<String>,
+    pub fuel_used: u64,
+    pub fuel_budget: u64,
+    pub micros: u64,
 }
 
 impl PluginRuntime {
@@ -84,7 +95,21 @@ impl PluginRuntime {
                 }
             })
             .map_err(|e| PluginError::Compile(format!("epoch thread: {e}")))?;
-        Ok(PluginRuntime { engine, linker, settings, cache: None, ticker_stop })
+        Ok(PluginRuntime { engine, linker, settings, cache: None, ticker_stop, traces: None })
+    }
+
+    /// Keeps every call's log lines, fuel and time, for [`PluginRuntime::take_traces`].
+    pub fn traced(mut self) -> PluginRuntime {
+        self.traces = Some(std::sync::Mutex::new(Vec::new()));
+        self
+    }
+
+    /// The traces of the calls made since the last take.
+    pub fn take_traces(&self) -> Vec<CallTrace> {
+        self.traces
+            .as_ref()
+            .map(|t| std::mem::take(&mut *t.lock().unwrap_or_else(|e| e.into_inner())))
+            .unwrap_or_default()
     }
 
     /// Keeps compiled plugins in `dir`, so none is compiled twice.
