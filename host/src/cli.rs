@@ -151,6 +151,26 @@ pub enum PluginCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Rebuild a plugin crate whenever its sources change (with its `plugin`
+    /// size profile when it has one), check each build against the campaigns
+    /// that use it, and install it: into a rules folder a host watches
+    /// (--rules), or on a running host through its admin API (--host).
+    Watch {
+        /// The plugin crate's folder.
+        crate_dir: PathBuf,
+        /// Install into this rules folder (plugins/NAME.wasm, checked against campaigns/*.toml).
+        #[arg(long, conflicts_with = "host", required_unless_present = "host")]
+        rules: Option<PathBuf>,
+        /// Upload to this host (PUT /v1/plugins/NAME), which checks it against its campaigns.
+        #[arg(long, requires = "admin_token")]
+        host: Option<String>,
+        /// The host's admin token, for --host.
+        #[arg(long, env = "DROPS_HOST_ADMIN__TOKEN")]
+        admin_token: Option<String>,
+        /// Build, check and install once, then exit (non-zero if it was not installed).
+        #[arg(long)]
+        once: bool,
+    },
     /// Load a plugin, check it implements the rules interface, and run its
     /// config check: against the campaign file that will go live
     /// (--campaign; an error names its file and line), or a config given as
@@ -201,6 +221,14 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let store = crate::store::Store::connect(&settings.database_url()).await?;
             store.migrate().await?;
             println!("migrations applied to {}", crate::secrets::redact_url(&settings.database_url()));
+        }
+        Command::Plugin(PluginCommand::Watch { crate_dir, rules, host, admin_token, once }) => {
+            let destination = match (rules, host, admin_token) {
+                (Some(rules), _, _) => crate::plugin_watch::Destination::Rules(rules),
+                (None, Some(url), Some(token)) => crate::plugin_watch::Destination::Host { url, token },
+                _ => anyhow::bail!("plugin watch: give --rules DIR, or --host URL with --admin-token"),
+            };
+            return crate::plugin_watch::run(&crate_dir, destination, once).await;
         }
         Command::Plugin(PluginCommand::Run { file, campaign, event, minutes, json }) => {
             return crate::plugin_run::run(&file, &campaign, &event, &minutes, json);

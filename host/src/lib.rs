@@ -5,7 +5,7 @@
 //!
 //! | layer | modules | what they own |
 //! | --- | --- | --- |
-//! | commands | [`cli`], [`app`], [`demo`], [`simulate`], [`replay`], [`scaffold`], [`plugin_check`], [`plugin_run`] | starting things |
+//! | commands | [`cli`], [`app`], [`demo`], [`simulate`], [`replay`], [`scaffold`], [`plugin_check`], [`plugin_run`], [`plugin_watch`] | starting things |
 //! | routers | [`api`] | one router: ingest, health, metrics, the admin API |
 //! | edges and tasks | [`ingest`] (VHS, E2), [`engine`], [`manifests`], [`delivery`] | events in, judgement, files out, uploads |
 //! | rules | [`rules`] | campaign files bound to plugins, hot reload |
@@ -36,6 +36,7 @@ pub mod ingest;
 pub mod manifests;
 pub mod plugin_check;
 pub mod plugin_run;
+pub mod plugin_watch;
 pub mod plugins;
 pub mod replay;
 pub mod rules;

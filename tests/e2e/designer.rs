@@ -57,6 +57,35 @@ fn a_scaffolded_plugin_builds_and_passes_plugin_check() {
     assert!(!ok && out.contains("config.minutes: must be at least 1"), "{out}");
     let (ok, out) = drops_host(&["plugin", "new", "other", "--dir", work.to_str().unwrap(), "--sdk", "/nonexistent"]);
     assert!(!ok && out.contains("--sdk /nonexistent"), "{out}");
+
+    // `plugin watch --rules --once`: checked against the campaigns that use it, then installed; refused, not.
+    let rules = work.join("rules");
+    std::fs::create_dir_all(rules.join("campaigns")).unwrap();
+    std::fs::create_dir_all(rules.join("plugins")).unwrap();
+    let campaign = |minutes: u32| {
+        format!(
+            "id = \"c\"\nname = \"n\"\ngame = \"G\"\nclient_id = \"c\"\nstarts_at = \"2026-11-01T00:00:00Z\"\n\
+             ends_at = \"2026-12-01T00:00:00Z\"\n[[rewards]]\nid = \"r\"\n[rule]\nplugin = \"my-rule\"\n\
+             config = {{ minutes = {minutes}, reward = \"r\" }}\n"
+        )
+    };
+    std::fs::write(rules.join("campaigns/c.toml"), campaign(0)).unwrap();
+    let watch = |rules: &Path| {
+        Command::new(&alone)
+            .args(["plugin", "watch", krate.to_str().unwrap(), "--rules", rules.to_str().unwrap(), "--once"])
+            .env("CARGO_TARGET_DIR", &target)
+            .output()
+            .unwrap()
+    };
+    let out = watch(&rules);
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success() && printed.contains("c.toml refuses it"), "{printed}");
+    assert!(!rules.join("plugins/my-rule.wasm").exists(), "nothing installed");
+    std::fs::write(rules.join("campaigns/c.toml"), campaign(30)).unwrap();
+    let out = watch(&rules);
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && printed.contains("campaigns using it: c"), "{printed}");
+    assert!(rules.join("plugins/my-rule.wasm").exists());
 }
 
 #[tokio::test]
@@ -362,4 +391,59 @@ fn plugin_run_prints_one_events_verdict() {
     std::fs::write(&event, "{\"hello\": 1}").unwrap();
     let (ok, out) = drops_host(&run);
     assert!(!ok && out.contains("not a heartbeat"), "{out}");
+}
+
+/// `plugin watch --host`: a scaffolded crate is built and installed on a
+/// running host, then rebuilt and installed again when its source changes;
+/// the host serves each version to the campaign that uses it.
+#[tokio::test]
+async fn plugin_watch_installs_a_changed_plugin_on_a_running_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, out) = drops_host(&["plugin", "new", "watched-rule", "--dir", dir.path().to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let krate = dir.path().join("watched-rule");
+    let campaign = "id = \"camp-watch\"\nname = \"w\"\ngame = \"GameName\"\nclient_id = \"c\"\n\
+                    starts_at = \"2026-11-01T00:00:00Z\"\nends_at = \"2026-12-01T00:00:00Z\"\n[[rewards]]\nid = \"r\"\n\
+                    [rule]\nplugin = \"watched-rule\"\nconfig = { minutes = 2, reward = \"r\" }\n";
+    let config = HostConfig { campaigns: vec![("watch".into(), campaign.into())], ..Default::default() };
+    let Some(host) = TestHost::spawn(Backend::Sqlite, config).await else { return };
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/scaffold");
+    let log = dir.path().join("watch.log");
+    let mut watcher = Command::new(env!("CARGO_BIN_EXE_drops-host"))
+        .args(["plugin", "watch", krate.to_str().unwrap(), "--host", &host.base])
+        .args(["--admin-token", crate::helpers::ADMIN_TOKEN])
+        .env("CARGO_TARGET_DIR", &target)
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let served = |want_other_than: Option<String>| {
+        let host = &host;
+        async move {
+            let started = Instant::now();
+            loop {
+                let campaigns = host.admin_get("/plugins").await;
+                let hash = campaigns.as_array().unwrap().iter().find(|p| p["name"] == "watched-rule").and_then(|p| {
+                    (p["campaigns"] == serde_json::json!(["camp-watch"]))
+                        .then(|| p["hash"].as_str().unwrap().to_string())
+                });
+                if let Some(hash) = hash.filter(|h| Some(h) != want_other_than.as_ref()) {
+                    return hash;
+                }
+                assert!(started.elapsed() < Duration::from_secs(300), "not served yet");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let first = served(None).await;
+    let lib = krate.join("src/lib.rs");
+    let source = std::fs::read_to_string(&lib).unwrap();
+    std::fs::write(&lib, source.replace("v.minutes >= config.minutes", "v.minutes > config.minutes")).unwrap();
+    let second = served(Some(first.clone())).await;
+    assert_ne!(first, second);
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+    let printed = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(printed.matches("installed on").count(), 2, "{printed}");
+    assert!(printed.contains(&format!("sha256 {}", &second[..12])), "{printed}");
 }
