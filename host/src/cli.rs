@@ -59,6 +59,9 @@ pub enum Command {
     /// non-zero when a rules file fails to load, the folder holds no
     /// campaign, or --diff-against finds differences.
     Replay(crate::replay::ReplayArgs),
+    /// Campaign tools for development.
+    #[command(subcommand)]
+    Campaign(CampaignCommand),
     /// Send Twitch-like VHS traffic and, with --e2-token, game-server E2 traffic to a host, for demos and load tests.
     Simulate(Box<crate::simulate::SimulateArgs>),
     /// Run the demo: a host with the example campaigns, fed by simulated Twitch traffic.
@@ -109,6 +112,22 @@ pub enum EventsubCommand {
         config: Option<PathBuf>,
         /// The subscription id (from `list`).
         id: String,
+    },
+}
+
+/// Campaign tools for development.
+#[derive(Debug, Subcommand)]
+pub enum CampaignCommand {
+    /// Delete a development campaign's grants, watch-time and rules' state,
+    /// to test a changed rule from scratch. Refused unless the config sets
+    /// `admin.allow_campaign_reset = true`, and while a host serves the
+    /// database (stop it first: the engine would write its memory back).
+    Reset {
+        /// The campaign id (the `id` of its file).
+        id: String,
+        /// Config file (default: ./drops-host.toml if it exists).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -244,6 +263,30 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let root = crate::scaffold::new_plugin(&dir, &name, sdk)?;
             println!("created {}: `cargo test` runs its tests natively;", root.display());
             println!("`cargo build --release --target wasm32-unknown-unknown` builds the plugin.");
+        }
+        Command::Campaign(CampaignCommand::Reset { id, config }) => {
+            let settings = Settings::load(config.as_deref())?;
+            anyhow::ensure!(
+                settings.admin.allow_campaign_reset,
+                "campaign reset is for development campaigns: set admin.allow_campaign_reset = true in the config to allow it"
+            );
+            let store = crate::store::Store::connect(&settings.database_url()).await?;
+            store.migrate().await?;
+            let serving: Vec<String> = store
+                .leases()
+                .await?
+                .into_iter()
+                .filter(|l| l.name.starts_with("engine/") && l.holder.is_some() && l.expires_in_ms > 0)
+                .map(|l| format!("{} held by {}", l.name, l.holder.unwrap_or_default()))
+                .collect();
+            anyhow::ensure!(
+                serving.is_empty(),
+                "a host is serving this database ({}): stop it first, or it would write the campaign's watch-time back",
+                serving.join(", ")
+            );
+            let removed = store.reset_campaign(&id).await?;
+            store.close().await;
+            println!("campaign {id} reset: {removed} rows of grants, watch-time, rules' state and breaker removed");
         }
         Command::Replay(args) => return crate::replay::run(&args).await,
         Command::Simulate(args) => {

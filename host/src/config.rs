@@ -186,6 +186,9 @@ pub struct AdminSettings {
     /// Bearer token; when unset, `/v1` is refused.
     #[serde(deserialize_with = "secret_text")]
     pub token: Option<String>,
+    /// Development only: lets `drops-host campaign reset` delete a campaign's
+    /// grants, watch-time and rules' state. Never set it for a live campaign.
+    pub allow_campaign_reset: bool,
 }
 
 /// Batching grants into manifest files.

@@ -447,3 +447,36 @@ async fn plugin_watch_installs_a_changed_plugin_on_a_running_host() {
     assert_eq!(printed.matches("installed on").count(), 2, "{printed}");
     assert!(printed.contains(&format!("sha256 {}", &second[..12])), "{printed}");
 }
+
+/// `campaign reset` empties a development campaign, only when the config
+/// allows it and no host serves the database.
+#[tokio::test]
+async fn a_development_campaign_is_reset_only_when_allowed_and_stopped() {
+    let window = ("2026-11-07T00:00:00Z", "2026-11-08T00:00:00Z");
+    let campaign = tiers_campaign("camp-dev", "GameName", window, &[], &[(1, "bronze")]);
+    let config = HostConfig { campaigns: vec![("dev".into(), campaign)], ..Default::default() };
+    let Some(mut host) = TestHost::spawn(Backend::Sqlite, config).await else { return };
+    let hb = heartbeat("dev-1", "b", "GameName", "2026-11-07T10:00:00Z", &["v1", "v2"]);
+    assert_eq!(host.post_vhs(None, &hb).await.0, 200);
+    assert_eq!(host.wait_for_grants(2).await.len(), 2);
+    let config = host.dir.path().join("drops-host.toml");
+    let reset = |allow: bool| {
+        let out = Command::new(env!("CARGO_BIN_EXE_drops-host"))
+            .args(["campaign", "reset", "camp-dev", "--config", config.to_str().unwrap()])
+            .env("DROPS_HOST_ADMIN__ALLOW_CAMPAIGN_RESET", allow.to_string())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, out) = reset(false);
+    assert!(!ok && out.contains("admin.allow_campaign_reset"), "{out}");
+    let (ok, out) = reset(true);
+    assert!(!ok && out.contains("a host is serving this database"), "{out}");
+    host.stop();
+    let (ok, out) = reset(true);
+    assert!(ok && out.contains("campaign camp-dev reset"), "{out}");
+    assert!(host.grants_from_database().await.is_empty());
+}

@@ -106,9 +106,16 @@ impl LoadedCampaign {
         runtime: &PluginRuntime,
     ) -> Result<LoadedCampaign, RulesError> {
         let plugin = plugins.get(&def.rule.plugin).cloned().ok_or_else(|| {
+            let wanted = &def.rule.plugin;
+            // Cargo names the built file with underscores; campaigns name plugins with dashes.
+            let underscored = wanted.replace('-', "_");
+            let hint = if underscored != *wanted && plugins.contains_key(&underscored) {
+                format!(": plugins/{underscored}.wasm is there; rename it to {wanted}.wasm (Cargo writes underscores)")
+            } else {
+                String::new()
+            };
             RulesError::Campaign(format!(
-                "field `rule.plugin`: no loaded plugin `{}` (expected plugins/{}.wasm)",
-                def.rule.plugin, def.rule.plugin
+                "field `rule.plugin`: no loaded plugin `{wanted}` (expected plugins/{wanted}.wasm){hint}"
             ))
         })?;
         let wit = Self::wit_campaign(&def)?;

@@ -108,3 +108,15 @@ fn a_plugin_version_is_refused_with_a_typed_error() {
     let io = RulesError::read(Path::new("x"), std::io::Error::other("disk"));
     assert!(!io.is_refusal());
 }
+
+#[test]
+fn a_plugin_file_named_as_cargo_builds_it_is_pointed_out() {
+    let (_dir, root) = rules_dir();
+    std::fs::write(root.join("plugins/channel_minutes.wasm"), tiers_wasm()).unwrap();
+    std::fs::write(root.join("campaigns/c.toml"), campaign("c", "G", "").replace("\"tiers\"", "\"channel-minutes\""))
+        .unwrap();
+    let runtime = PluginRuntime::new(Default::default()).unwrap();
+    let set = RuleSet::load(&root, &runtime);
+    let error = set.errors().iter().find(|e| e.file.ends_with("c.toml")).map(|e| e.error.clone()).unwrap_or_default();
+    assert!(error.contains("rename it to channel-minutes.wasm"), "{error}");
+}

@@ -133,6 +133,25 @@ impl Default for CheckpointWrite<'_> {
 const ROWS_PER_STATEMENT: usize = 1000;
 
 impl Store {
+    /// What a development reset of a campaign removes, in one transaction:
+    /// its grants, watch-time, rules' state and circuit breaker. Returns the
+    /// rows removed. Only for a database no host is serving (the engine keeps
+    /// watch-time in memory and would write it back).
+    pub async fn reset_campaign(&self, campaign_id: &str) -> Result<u64, StoreError> {
+        let _guard = self.write_lock().await;
+        let mut tx = self.pool.begin().await?;
+        let mut removed = 0;
+        for table in ["grants", "watch_time", "campaign_state", "campaign_breakers"] {
+            removed += sqlx::query(&format!("DELETE FROM {table} WHERE campaign_id = $1"))
+                .bind(campaign_id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(removed)
+    }
+
     /// Loads the last checkpoint of partition `part` (empty on a new
     /// database): the rows of the campaigns `owns` says are in it.
     pub async fn load_checkpoint(
