@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Settings;
 use crate::domain::InboxEvent;
-use crate::engine::recording::{parse_line, Line};
+use crate::engine::recording::{parse_line, InForce, Line};
 use crate::engine::{evaluate, Evaluation, Judgement, Lookups, State};
 use crate::plugins::PluginRuntime;
 use crate::rules::RuleSet;
@@ -56,6 +56,11 @@ pub struct ReplayArgs {
     /// NAME=FILE.wasm replaces plugin NAME, NAME=FILE.toml campaign file NAME.
     #[arg(long)]
     pub candidate: Option<String>,
+    /// Judge each event by the campaign revisions and plugin versions that
+    /// were in force for it when it was recorded (read from the database of
+    /// --config), not by the rules folder's.
+    #[arg(long, requires = "config")]
+    pub as_recorded: bool,
 }
 
 /// A grant as replays compare them: what makes it unique.
@@ -78,6 +83,9 @@ impl std::fmt::Display for GrantKey {
     }
 }
 
+/// Rebuilds the rules a recording's `rules_in_force` note names.
+type RulesLoader = dyn Fn(&[InForce]) -> anyhow::Result<RuleSet>;
+
 /// What one pass over the recording made.
 #[derive(Debug, Default)]
 struct Outcome {
@@ -97,14 +105,28 @@ pub async fn run(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
         Some(source) => Some(live_grants(source, args.admin_token.as_deref()).await?),
         None => None,
     };
+    let store = match args.as_recorded {
+        true => Some(Arc::new(crate::store::Store::connect(&settings.database_url()).await?)),
+        false => None,
+    };
     let args = args.clone();
-    tokio::task::spawn_blocking(move || replay(&settings, &args, live)).await?
+    tokio::task::spawn_blocking(move || replay(&settings, &args, live, store)).await?
 }
 
-fn replay(settings: &Settings, args: &ReplayArgs, live: Option<BTreeSet<GrantKey>>) -> anyhow::Result<ExitCode> {
+fn replay(
+    settings: &Settings,
+    args: &ReplayArgs,
+    live: Option<BTreeSet<GrantKey>>,
+    store: Option<Arc<crate::store::Store>>,
+) -> anyhow::Result<ExitCode> {
     let runtime = Arc::new(PluginRuntime::new(settings.plugins.clone())?);
     let rules = load_rules(&args.rules, &runtime)?;
-    let outcome = replay_events(settings, &rules, &runtime, &args.events, !args.json)?;
+    let as_recorded = store.map(|store| {
+        let runtime = runtime.clone();
+        move |in_force: &[InForce]| rules_as_recorded(&store, &runtime, in_force)
+    });
+    let loader = as_recorded.as_ref().map(|f| f as &RulesLoader);
+    let outcome = replay_events(settings, &rules, &runtime, &args.events, !args.json, loader)?;
     if args.json {
         let mut out = std::io::stdout().lock();
         for g in &outcome.grants {
@@ -148,7 +170,7 @@ fn replay(settings: &Settings, args: &ReplayArgs, live: Option<BTreeSet<GrantKey
         let (dir, what) = candidate_rules(&args.rules, candidate)?;
         let result = load_rules(&dir, &runtime).and_then(|rules| {
             println!("candidate {what}:");
-            replay_events(settings, &rules, &runtime, &args.events, false)
+            replay_events(settings, &rules, &runtime, &args.events, false, None)
         });
         let _ = std::fs::remove_dir_all(&dir);
         let with_candidate = result?;
@@ -282,14 +304,55 @@ fn print_summary(outcome: &Outcome) {
     }
 }
 
-/// One pass over the recording with `rules`.
+/// The rules a recording says were in force, rebuilt from the campaign
+/// texts and plugin versions the host kept in its database.
+fn rules_as_recorded(
+    store: &crate::store::Store,
+    runtime: &PluginRuntime,
+    in_force: &[InForce],
+) -> anyhow::Result<RuleSet> {
+    let handle = tokio::runtime::Handle::current();
+    let dir = std::env::temp_dir().join(format!("drops-as-recorded-{}", uuid::Uuid::new_v4().simple()));
+    let built = (|| {
+        std::fs::create_dir_all(dir.join("campaigns"))?;
+        std::fs::create_dir_all(dir.join("plugins"))?;
+        for (i, c) in in_force.iter().enumerate() {
+            let short = |h: &str| h.chars().take(12).collect::<String>();
+            let text = handle.block_on(store.campaign_revision_text(&c.revision))?.with_context(|| {
+                format!(
+                    "campaign {} revision {}… is not in the database (recorded before the host kept campaign texts?)",
+                    c.campaign_id,
+                    short(&c.revision)
+                )
+            })?;
+            let bytes = handle.block_on(store.plugin_bytes(&c.plugin, &c.plugin_hash))?.with_context(|| {
+                format!("plugin {} version {}… is not in the database", c.plugin, short(&c.plugin_hash))
+            })?;
+            anyhow::ensure!(
+                !c.plugin.is_empty() && c.plugin.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_'),
+                "a recorded plugin name is not a file name: `{}`",
+                c.plugin.escape_debug()
+            );
+            std::fs::write(dir.join("campaigns").join(format!("recorded-{i}.toml")), text)?;
+            std::fs::write(dir.join("plugins").join(format!("{}.wasm", c.plugin)), bytes)?;
+        }
+        load_rules(&dir, runtime)
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    built
+}
+
+/// One pass over the recording with `rules`; with `as_recorded`, the rules
+/// each `rules_in_force` note names replace them from that note on.
 fn replay_events(
     settings: &Settings,
     rules: &RuleSet,
     runtime: &PluginRuntime,
     events: &Path,
     notes: bool,
+    as_recorded: Option<&RulesLoader>,
 ) -> anyhow::Result<Outcome> {
+    let mut recorded_rules: Option<RuleSet> = None;
     let file = std::fs::File::open(events).with_context(|| format!("opening {}", events.display()))?;
     let total_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
     let mut progress = Progress::new(total_bytes);
@@ -314,6 +377,20 @@ fn replay_events(
                 }
                 continue;
             }
+            Line::RulesInForce(in_force) => {
+                if let Some(load) = as_recorded {
+                    let set = load(&in_force).with_context(|| format!("line {}: the rules in force", i + 1))?;
+                    if notes {
+                        let names: Vec<String> = in_force
+                            .iter()
+                            .map(|c| format!("{} ({}…)", c.campaign_id, &c.plugin_hash[..12.min(c.plugin_hash.len())]))
+                            .collect();
+                        println!("line {}: as recorded: {}", i + 1, names.join(", "));
+                    }
+                    recorded_rules = Some(set);
+                }
+                continue;
+            }
         };
         outcome.events_read += 1;
         if !seen_ids.insert(recorded.dedup_id) {
@@ -323,7 +400,7 @@ fn replay_events(
         let mut out = Evaluation::default();
         let seq = outcome.events_read as i64;
         let event = InboxEvent { seq, received_at_ms: recorded.received_at_ms, event: recorded.event };
-        evaluate(&mut state, rules, runtime, &event, &lookups, &mut out);
+        evaluate(&mut state, recorded_rules.as_ref().unwrap_or(rules), runtime, &event, &lookups, &mut out);
         outcome.minutes += out.viewer_minutes;
         for d in &out.entitlements {
             *outcome.entitlements.entry(d.decision.status()).or_default() += 1;

@@ -480,3 +480,42 @@ async fn a_development_campaign_is_reset_only_when_allowed_and_stopped() {
     assert!(ok && out.contains("campaign camp-dev reset"), "{out}");
     assert!(host.grants_from_database().await.is_empty());
 }
+
+/// `replay --as-recorded` judges each event by the campaign revision that
+/// was in force for it: a campaign changed between two events replays to
+/// the live grants, where the current folder's revision does not.
+#[tokio::test]
+async fn a_replay_as_recorded_follows_the_revisions_in_force() {
+    let window = ("2026-11-07T00:00:00Z", "2026-11-08T00:00:00Z");
+    let bronze = tiers_campaign("camp-rec", "GameName", window, &[], &[(1, "bronze")]);
+    let silver = tiers_campaign("camp-rec", "GameName", window, &[], &[(1, "silver")]);
+    let config = HostConfig { campaigns: vec![("rec".into(), bronze)], record_events: true, ..Default::default() };
+    let Some(mut host) = TestHost::spawn(Backend::Sqlite, config).await else { return };
+    let hb = |id: &str, viewer: &str| heartbeat(id, "b", "GameName", "2026-11-07T10:00:00Z", &[viewer]);
+    assert_eq!(host.post_vhs(None, &hb("rec-1", "v1")).await.0, 200);
+    assert_eq!(host.wait_for_grants(1).await.len(), 1);
+    async fn revision(host: &TestHost) -> String {
+        host.admin_get("/campaigns").await["campaigns"][0]["revision"].as_str().unwrap_or_default().to_string()
+    }
+    let before = revision(&host).await;
+    std::fs::write(host.dir.path().join("rules/campaigns/rec.toml"), silver).unwrap();
+    let started = Instant::now();
+    while revision(&host).await == before {
+        assert!(started.elapsed() < Duration::from_secs(20), "the edit was not picked up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(host.post_vhs(None, &hb("rec-2", "v2")).await.0, 200);
+    assert_eq!(host.wait_for_grants(2).await.len(), 2);
+    let exported = host.dir.path().join("live.json");
+    std::fs::write(&exported, host.admin_get("/grants").await.to_string()).unwrap();
+    host.stop();
+    let path = |p: &str| host.dir.path().join(p).to_str().unwrap().to_string();
+    let (rules, events, config, live) =
+        (path("rules"), path("events.jsonl"), path("drops-host.toml"), path("live.json"));
+    let replay = ["replay", "--rules", &rules, "--events", &events, "--config", &config, "--diff-against", &live];
+    let (ok, out) = drops_host(&replay);
+    assert!(!ok && out.contains("+ camp-rec silver v1") && out.contains("- camp-rec bronze v1"), "{out}");
+    let (ok, out) = drops_host(&[&replay[..], &["--as-recorded"]].concat());
+    assert!(ok && out.contains("diff: 0 only in the replay, 0 only on the live host, 2 in both"), "{out}");
+    assert_eq!(out.matches("as recorded: camp-rec").count(), 2, "{out}");
+}

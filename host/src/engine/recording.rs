@@ -37,6 +37,23 @@ struct RecordedUnder<T> {
     recorded_under: T,
 }
 
+/// A campaign as it was in force: which revision of its file, with which plugin version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InForce {
+    pub campaign_id: String,
+    /// SHA-256 of the campaign file.
+    pub revision: String,
+    pub plugin: String,
+    /// SHA-256 of the plugin.
+    pub plugin_hash: String,
+}
+
+/// The note a host writes when the rules in force change.
+#[derive(Serialize, Deserialize)]
+struct RulesInForce<T> {
+    rules_in_force: T,
+}
+
 /// A line of a recording.
 #[derive(Debug)]
 pub enum Line {
@@ -45,6 +62,8 @@ pub enum Line {
     /// The events after this line were judged under this plugin runtime
     /// (wasmtime version and limits, as `PluginRuntime::fingerprint` says).
     RecordedUnder(String),
+    /// The events after this line were judged by these campaigns, as they were.
+    RulesInForce(Vec<InForce>),
 }
 
 /// Appends evaluated events to a recording.
@@ -75,6 +94,19 @@ impl Recorder {
         note.push(b'\n');
         file.write_all(&note)?;
         Ok(Recorder { path: path.to_path_buf(), out: Vec::new(), file })
+    }
+
+    /// Notes the rules the events after it are judged by (written when they change).
+    pub fn write_rules(&mut self, rules: &[InForce]) {
+        let result = serde_json::to_vec(&RulesInForce { rules_in_force: rules })
+            .map_err(std::io::Error::from)
+            .and_then(|mut line| {
+                line.push(b'\n');
+                self.file.write_all(&line)
+            });
+        if let Err(e) = result {
+            tracing::warn!(path = %self.path.display(), "event recording failed: {e}");
+        }
     }
 
     /// Appends events. Recording is a debugging aid: a failed write is
@@ -125,6 +157,10 @@ pub fn parse_line(line: &str) -> Result<Line, String> {
     if line.trim_start().starts_with(r#"{"recorded_under""#) {
         let note: RecordedUnder<String> = serde_path_to_error::deserialize(de).map_err(at)?;
         return Ok(Line::RecordedUnder(note.recorded_under));
+    }
+    if line.trim_start().starts_with(r#"{"rules_in_force""#) {
+        let note: RulesInForce<Vec<InForce>> = serde_path_to_error::deserialize(de).map_err(at)?;
+        return Ok(Line::RulesInForce(note.rules_in_force));
     }
     parse_event(line).map(Line::Event)
 }

@@ -119,6 +119,7 @@ impl Engine {
             _ => None,
         };
         let mut commits = self.store.signals().inbox_commits();
+        let mut recorded_rules: Option<Arc<RuleSet>> = None;
         loop {
             if handover.is_cancelled() {
                 if cursor != checkpointed {
@@ -129,6 +130,12 @@ impl Engine {
                 return Ok(());
             }
             let rules = view.of(self.rules.load_full());
+            if let Some(recorder) =
+                recorder.as_mut().filter(|_| !recorded_rules.as_ref().is_some_and(|r| Arc::ptr_eq(r, &rules)))
+            {
+                recorder.write_rules(&in_force(&rules));
+                recorded_rules = Some(rules.clone());
+            }
             state = self.resume_campaigns(&worker, &rules, state, cursor, &stop_or_handover).await?;
             self.publish_breakers(&state, &owns);
             let events =
@@ -364,6 +371,20 @@ impl Engine {
         metrics::gauge!("drops_engine_viewer_ids").set(state.watch_time.interned() as f64);
         metrics::gauge!("drops_engine_paused_backlog_events").set(state.breakers.backlog(cursor) as f64);
     }
+}
+
+/// The campaigns of `rules` as a recording notes them.
+fn in_force(rules: &RuleSet) -> Vec<super::recording::InForce> {
+    rules
+        .campaigns()
+        .iter()
+        .map(|c| super::recording::InForce {
+            campaign_id: c.def.id.clone(),
+            revision: c.revision.clone(),
+            plugin: c.plugin.name.clone(),
+            plugin_hash: c.plugin.hash.0.clone(),
+        })
+        .collect()
 }
 
 /// Retries a store operation with backoff while the database is away; the

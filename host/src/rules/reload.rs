@@ -275,6 +275,14 @@ pub async fn record_history(store: &Store, rules: &RuleSet, runtime: &PluginRunt
         }
     }
     for c in rules.campaigns() {
+        // The file as it is now, if it is still the revision in force (an
+        // edit since is recorded when it loads).
+        let text = std::fs::read(&c.file).ok().filter(|bytes| PluginHash::of(bytes).0 == c.revision);
+        if let Some(text) = text.and_then(|bytes| String::from_utf8(bytes).ok()) {
+            if let Err(e) = store.record_campaign_revision(&c.def.id, &c.revision, &text).await {
+                tracing::warn!(campaign = %c.def.id, "campaign revision not recorded: {e}");
+            }
+        }
         let entry = RuleHistoryEntry {
             campaign_id: c.def.id.clone(),
             campaign_revision: c.revision.clone(),

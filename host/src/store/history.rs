@@ -92,6 +92,35 @@ impl Store {
             .await?)
     }
 
+    /// Keeps the text of a campaign file revision (once per revision).
+    pub async fn record_campaign_revision(
+        &self,
+        campaign_id: &str,
+        revision: &str,
+        text: &str,
+    ) -> Result<(), StoreError> {
+        let _guard = self.write_lock().await;
+        sqlx::query(
+            "INSERT INTO campaign_revisions (revision, campaign_id, text, first_seen_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (revision) DO NOTHING",
+        )
+        .bind(revision)
+        .bind(campaign_id)
+        .bind(text)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The text of a stored campaign file revision.
+    pub async fn campaign_revision_text(&self, revision: &str) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT text FROM campaign_revisions WHERE revision = $1")
+            .bind(revision)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
     /// A campaign's history, oldest first.
     pub async fn rule_history(&self, campaign_id: &str) -> Result<Vec<RuleHistoryEntry>, StoreError> {
         Ok(sqlx::query_as(
