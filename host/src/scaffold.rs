@@ -38,11 +38,25 @@ wit-bindgen = { version = "0.63.0", default-features = false, features = ["macro
 /// keeps the entries the new crate uses and drops the rest.
 const LOCKFILE: &str = include_str!("../../Cargo.lock");
 
-/// Whether `dir` lies inside a Cargo workspace, which then owns the new crate.
+/// Whether an enclosing Cargo workspace lists `dir` among its members (an
+/// exact path or a `folder/*` glob), so it owns the new crate. A workspace
+/// that does not list it would refuse to build it: the crate then gets a
+/// workspace of its own.
 fn inside_workspace(dir: &Path) -> bool {
-    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-    dir.ancestors().skip(1).any(|a| {
-        std::fs::read_to_string(a.join("Cargo.toml")).is_ok_and(|t| t.lines().any(|l| l.trim() == "[workspace]"))
+    let dir = std::fs::canonicalize(dir.parent().unwrap_or(dir))
+        .map(|parent| parent.join(dir.file_name().unwrap_or_default()))
+        .unwrap_or_else(|_| dir.to_path_buf());
+    dir.ancestors().skip(1).any(|root| {
+        let Ok(text) = std::fs::read_to_string(root.join("Cargo.toml")) else { return false };
+        let Ok(manifest) = text.parse::<toml::Table>() else { return false };
+        let Some(members) = manifest.get("workspace").and_then(|w| w.get("members")).and_then(|m| m.as_array()) else {
+            return false;
+        };
+        let Ok(relative) = dir.strip_prefix(root) else { return false };
+        members.iter().filter_map(|m| m.as_str()).any(|member| match member.strip_suffix("/*") {
+            Some(folder) => relative.parent() == Some(Path::new(folder)),
+            None => relative == Path::new(member),
+        })
     })
 }
 
@@ -242,6 +256,10 @@ mod tests {
         assert!(err.to_string().contains("--sdk /nonexistent"), "{err}");
         new_plugin(dir.path(), "my-rule", None).unwrap();
         let root = dir.path().join("my-rule");
+        // A workspace that lists it owns it; one that does not leaves it a workspace of its own.
+        std::fs::write(dir.path().join("Cargo.toml"), "[workspace]\nmembers = [\"plugins/*\"]\n").unwrap();
+        assert!(inside_workspace(&dir.path().join("plugins/new-rule")));
+        assert!(!inside_workspace(&dir.path().join("play/new-rule")));
         let lib = std::fs::read_to_string(root.join("src/lib.rs")).unwrap();
         assert!(lib.contains("pub struct MyRule;") && lib.contains("export_rule!(MyRule)"));
         let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
