@@ -262,7 +262,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Plugin(PluginCommand::New { name, dir, sdk }) => {
             let root = crate::scaffold::new_plugin(&dir, &name, sdk)?;
             println!("created {}: `cargo test` runs its tests natively;", root.display());
-            println!("`cargo build --release --target wasm32-unknown-unknown` builds the plugin.");
+            println!("{} says how to build, check, run, watch and install it.", root.join("README.md").display());
         }
         Command::Campaign(CampaignCommand::Reset { id, config }) => {
             let settings = Settings::load(config.as_deref())?;
