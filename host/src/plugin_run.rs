@@ -168,16 +168,7 @@ pub fn run(
             .map_err(|e| anyhow::anyhow!("event: entitlement.{}: {}", e.path(), e.inner()))?;
         let account =
             event.get("account").and_then(|a| a.as_str()).context("event: account: the linked game account")?;
-        let wit_e = WitEntitlement {
-            id: e.entitlement_id.clone(),
-            benefit_id: e.benefit_id.clone(),
-            campaign_id: e.campaign_id.clone(),
-            category_id: e.category_id.clone(),
-            user_id: e.user_id.clone(),
-            user_login: e.user_login.clone(),
-            created_at: e.created_at_secs(),
-            account: account.to_string(),
-        };
+        let wit_e = WitEntitlement::of(&e, account);
         match runtime.on_entitlement(&plugin, &wit, &wit_e, &mut state) {
             Ok(WitEntitlementVerdict::Deliver(items)) => {
                 let items = items.into_iter().map(|i| crate::domain::DeliveredItem { id: i.id, quantity: i.quantity });

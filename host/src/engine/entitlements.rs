@@ -177,16 +177,7 @@ fn decide(
         // Kept: decided when a new plugin version or revision closes the breaker.
         return;
     }
-    let wit = WitEntitlement {
-        id: e.entitlement_id.clone(),
-        benefit_id: e.benefit_id.clone(),
-        campaign_id: e.campaign_id.clone(),
-        category_id: e.category_id.clone(),
-        user_id: e.user_id.clone(),
-        user_login: e.user_login.clone(),
-        created_at: e.created_at_secs(),
-        account: account.clone(),
-    };
+    let wit = WitEntitlement::of(e, &account);
     let span = tracing::debug_span!("evaluate", entitlement = %e.entitlement_id, campaign = %campaign_id, plugin = %campaign.plugin.hash);
     let _enter = span.enter();
     let kv = state.campaign_kv(campaign_id);

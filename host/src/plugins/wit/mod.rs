@@ -6,6 +6,22 @@ mod since_v0_4_0;
 
 pub use since_v0_4_0::*;
 
+impl Entitlement {
+    /// An entitlement as a rule is given it, for the viewer's linked `account`.
+    pub fn of(e: &crate::domain::Entitlement, account: &str) -> Entitlement {
+        Entitlement {
+            id: e.entitlement_id.clone(),
+            benefit_id: e.benefit_id.clone(),
+            campaign_id: e.campaign_id.clone(),
+            category_id: e.category_id.clone(),
+            user_id: e.user_id.clone(),
+            user_login: e.user_login.clone(),
+            created_at: e.created_at_secs(),
+            account: account.to_string(),
+        }
+    }
+}
+
 impl Viewers {
     /// Viewers as the interface passes them, from each one's (minutes, counted).
     pub fn from_progress(viewers: impl Iterator<Item = (u32, bool)>) -> Viewers {
