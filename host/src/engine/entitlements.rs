@@ -41,6 +41,9 @@ pub struct Lookups {
     pub links: HashMap<String, String>,
     /// Entitlement id → what is stored of it.
     pub seen: HashMap<String, Seen>,
+    /// Twitch user id → their open entitlements (awaiting a link, or
+    /// failed): (entitlement id, the inbox event that brought it).
+    pub open: HashMap<String, Vec<(String, i64)>>,
 }
 
 impl Lookups {
@@ -106,7 +109,21 @@ pub(super) fn arrived(
         Some(seen) if !seen.awaiting => return,
         Some(_) => lookups.links.get(&e.user_id).cloned(),
     };
+    // A viewer's entitlements are decided in the order they arrived (a
+    // conditional drop depends on the one before): one that an older open
+    // entitlement of theirs is still waiting for waits too, and the link
+    // event that follows decides both, in order.
+    let account = account.filter(|_| !waits_behind(e, seq, lookups, out));
     decide(state, deciders, runtime, (seq, seq), e, account, out);
+}
+
+/// Whether an older entitlement of the same viewer is still open.
+fn waits_behind(e: &Entitlement, seq: i64, lookups: &Lookups, out: &Evaluation) -> bool {
+    let stored = lookups.open.get(&e.user_id).into_iter().flatten();
+    let this_batch = out.open.get(&e.user_id).into_iter().flatten();
+    stored.chain(this_batch).any(|(id, first_seq)| {
+        *first_seq < seq && *id != e.entitlement_id && out.seen.get(id).is_none_or(|s| s.awaiting)
+    })
 }
 
 /// A viewer with entitlements awaiting a link linked a game account.

@@ -24,6 +24,8 @@ pub struct Evaluation {
     pub entitlements: Vec<EntitlementDecision>,
     /// The entitlements decided in this batch, as the store will know them.
     pub seen: HashMap<String, Seen>,
+    /// Per Twitch user, the entitlements left open in this batch: (id, first inbox event).
+    pub(super) open: HashMap<String, Vec<(String, i64)>>,
 }
 
 impl Evaluation {
@@ -35,6 +37,10 @@ impl Evaluation {
             awaiting: decision.decision.is_open(),
             account: decision.account.clone(),
         };
+        if seen.awaiting {
+            let e = &decision.entitlement;
+            self.open.entry(e.user_id.clone()).or_default().push((e.entitlement_id.clone(), decision.first_seq));
+        }
         self.seen.insert(decision.entitlement.entitlement_id.clone(), seen);
         self.entitlements.push(decision);
     }

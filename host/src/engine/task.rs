@@ -207,7 +207,11 @@ impl Engine {
         }
         let links = retry(|| self.store.links_of(&users), stop).await?;
         let seen = retry(|| self.store.entitlements_seen(&ids), stop).await?;
-        Ok(Lookups { links, seen })
+        let mut open: std::collections::HashMap<String, Vec<(String, i64)>> = Default::default();
+        for (user, id, first_seq) in retry(|| self.store.open_of(&users), stop).await? {
+            open.entry(user).or_default().push((id, first_seq));
+        }
+        Ok(Lookups { links, seen, open })
     }
 
     async fn store_grants(&self, evaluation: &Evaluation, stop: &CancellationToken) -> Result<(), EngineError> {

@@ -346,6 +346,25 @@ impl Store {
         Ok(announced)
     }
 
+    /// The open entitlements (awaiting a link, or failed) of each of
+    /// `user_ids`: (user, entitlement id, the inbox event that brought it).
+    pub async fn open_of(&self, user_ids: &[String]) -> Result<Vec<(String, String, i64)>, StoreError> {
+        let mut found = Vec::new();
+        for chunk in user_ids.chunks(IDS_PER_STATEMENT) {
+            let sql = format!(
+                "SELECT user_id, entitlement_id, first_seq FROM entitlements \
+                 WHERE status IN ('awaiting_link', 'failed') AND user_id IN ({})",
+                list_placeholders(1, chunk.len())
+            );
+            let mut query = sqlx::query_as::<_, (String, String, i64)>(&sql);
+            for id in chunk {
+                query = query.bind(id);
+            }
+            found.extend(query.fetch_all(&self.pool).await?);
+        }
+        Ok(found)
+    }
+
     /// Linked viewers with open entitlements (awaiting a link, failed, or
     /// unmatched of a campaign in `reopen`), at most `limit`: what the
     /// periodic sweep announces again.
