@@ -50,6 +50,8 @@ impl RunningHost {
         settings.validate()?;
         let store = Arc::new(Store::connect_with(&settings.database_url(), settings.sqlite_synchronous).await?);
         store.migrate().await?;
+        // Dry runs cut short by a kill left their files; nothing in them is kept.
+        let _ = std::fs::remove_dir_all(crate::replay::dry_runs_dir(&settings.data_dir));
         let runtime =
             Arc::new(PluginRuntime::new(settings.plugins.clone())?.with_cache(&settings.data_dir.join("plugin-cache")));
         let host_id = settings.cluster.host_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
@@ -103,6 +105,11 @@ impl RunningHost {
                 cluster: settings.cluster.enabled,
                 twitch: TwitchClient::new(&settings.twitch)?.map(Arc::new),
                 eventsub_secret: settings.eventsub.secret.clone(),
+                host: Arc::new(settings.clone()),
+                stop: stop.clone(),
+                streams: api::stream_permits(),
+                replays: Arc::new(tokio::sync::Semaphore::new(1)),
+                stream_cache: api::StreamCache::default(),
             }),
             health: Arc::new(Health { store: store.clone(), liveness: liveness.clone(), metrics: metrics.clone() }),
         };

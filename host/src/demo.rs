@@ -44,6 +44,15 @@ pub struct DemoArgs {
     pub keep_serving: Option<std::net::SocketAddr>,
 }
 
+/// The console's address as a browser should open it: a loopback host as
+/// `localhost`, where browsers keep the console's `Secure` cookie over plain HTTP.
+fn console_url(addr: std::net::SocketAddr) -> String {
+    match addr.ip().is_loopback() || addr.ip().is_unspecified() {
+        true => format!("http://localhost:{}/console", addr.port()),
+        false => format!("http://{addr}/console"),
+    }
+}
+
 /// Runs the demo.
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let rules_dir = prepare(&args)?;
@@ -54,6 +63,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         ..Settings::default()
     };
     settings.admin.token = Some(DEMO_ADMIN_TOKEN.into());
+    // A recording to try a candidate plugin on, in the console's Replay panel.
+    settings.record_events = Some(args.data_dir.join("events.jsonl"));
     settings.e2.allowlist = vec![E2Publisher { client_id: DEMO_CLIENT_ID.into(), game_id: DEMO_GAME_ID.into() }];
     settings.e2.tokens = vec![StaticToken {
         token: DEMO_E2_TOKEN.into(),
@@ -92,6 +103,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let host = RunningHost::start(settings.clone(), crate::telemetry::init_metrics()).await?;
     let rules = host.rules.load_full();
     println!("\n== drops-host demo: serving on http://{} with SQLite at {}", host.addr, settings.database_url());
+    println!("   console: {} (admin token {DEMO_ADMIN_TOKEN})", console_url(host.addr));
     println!(
         "   manifests are uploaded to a local stand-in for Twitch, and every grant is POSTed to a stand-in studio webhook, at http://{}",
         stand_in.addr
@@ -164,7 +176,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     // Let the engine catch up, the batcher write the last manifests and the uploader send them.
     wait_for_delivery(&host.store, Duration::from_secs(20)).await;
     if let Some(addr) = args.keep_serving {
-        println!("\n== still serving on http://{addr} (admin token demo-admin-token); Ctrl-C to stop");
+        println!(
+            "\n== still serving on http://{addr}; console: {} (admin token {DEMO_ADMIN_TOKEN}); Ctrl-C to stop",
+            console_url(host.addr)
+        );
+        println!(
+            "   its Replay panel takes the recording {} and a candidate plugin (target/wasm32-unknown-unknown/plugin/*.wasm)",
+            args.data_dir.join("events.jsonl").display()
+        );
         let _ = tokio::signal::ctrl_c().await;
     }
     host.shutdown();

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -64,7 +65,7 @@ pub struct ReplayArgs {
 }
 
 /// A grant as replays compare them: what makes it unique.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GrantKey {
     pub campaign_id: String,
     pub reward_id: String,
@@ -80,6 +81,124 @@ impl std::fmt::Display for GrantKey {
             write!(f, " (key {})", self.grant_key)?;
         }
         Ok(())
+    }
+}
+
+/// Where the host keeps its dry runs' files (`<data_dir>/dry-runs`): a run
+/// killed with the process leaves its folder, and the next start empties it.
+pub fn dry_runs_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("dry-runs")
+}
+
+/// Most gained or lost grants a dry run lists (it counts them all).
+const MAX_LISTED_CHANGES: usize = 200;
+
+/// What a candidate plugin would grant from recorded events, beside what the
+/// plugin version in force grants from the same events (`POST /v1/replay`).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DryRun {
+    /// The candidate replaced this plugin.
+    pub plugin: String,
+    pub events_read: u64,
+    pub duplicates: u64,
+    /// Grants per campaign and reward, with the live version and with the candidate.
+    pub rewards: Vec<RewardComparison>,
+    /// Grants the candidate makes that the live version does not (at most 200 listed).
+    pub gained: Vec<GrantKey>,
+    pub gained_total: usize,
+    /// Grants the live version makes that the candidate does not (at most 200 listed).
+    pub lost: Vec<GrantKey>,
+    pub lost_total: usize,
+    /// Plugin calls that failed, with the live version and with the candidate.
+    pub live_errors: u64,
+    pub candidate_errors: u64,
+}
+
+/// One reward's grants in a [`DryRun`].
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RewardComparison {
+    pub campaign_id: String,
+    pub reward_id: String,
+    pub live: u64,
+    pub candidate: u64,
+}
+
+/// Why a dry run could not be made: the input's fault (a bad recording or
+/// plugin, named) or the host's.
+#[derive(Debug, thiserror::Error)]
+pub enum DryRunError {
+    #[error("{field}: {message}")]
+    Input { field: &'static str, message: String },
+    #[error(transparent)]
+    Host(#[from] anyhow::Error),
+}
+
+/// Replays `events` with the rules in `rules_dir`, then again with
+/// `candidate` (a `.wasm` file) in place of plugin `plugin`, in memory:
+/// nothing is stored or delivered. The rules' copy with the candidate is
+/// made under `scratch`. Blocking: run it off the executor; it stops at the
+/// next event once `cancel` is set.
+pub fn dry_run(
+    settings: &Settings,
+    rules_dir: &Path,
+    events: &Path,
+    (plugin, candidate): (&str, &Path),
+    scratch: &Path,
+    cancel: &AtomicBool,
+) -> Result<DryRun, DryRunError> {
+    let input = |field, e: anyhow::Error| DryRunError::Input { field, message: format!("{e:#}") };
+    let runtime = PluginRuntime::new(settings.plugins.clone()).map_err(anyhow::Error::from)?;
+    let live_rules = load_rules(rules_dir, &runtime)?;
+    if !live_rules.plugins().contains_key(plugin) {
+        return Err(DryRunError::Input { field: "plugin_name", message: format!("no plugin `{plugin}` is in force") });
+    }
+    let live = replay_events(settings, &live_rules, &runtime, events, false, None, Some(cancel))
+        .map_err(|e| input("events", e))?;
+    let (dir, _) = rules_with(rules_dir, plugin, candidate, scratch)?;
+    // The copy goes whatever happens next.
+    let dir = RemovedOnDrop(dir);
+    let candidate_rules = load_rules(&dir.0, &runtime);
+    drop(dir);
+    let candidate_rules = candidate_rules.map_err(|e| input("plugin", e))?;
+    let with_candidate = replay_events(settings, &candidate_rules, &runtime, events, false, None, Some(cancel))
+        .map_err(|e| input("events", e))?;
+    let mut rewards: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
+    for g in &live.grants {
+        rewards.entry((g.campaign_id.clone(), g.reward_id.clone())).or_default().0 += 1;
+    }
+    for g in &with_candidate.grants {
+        rewards.entry((g.campaign_id.clone(), g.reward_id.clone())).or_default().1 += 1;
+    }
+    let gained: Vec<&GrantKey> = with_candidate.grants.difference(&live.grants).collect();
+    let lost: Vec<&GrantKey> = live.grants.difference(&with_candidate.grants).collect();
+    Ok(DryRun {
+        plugin: plugin.to_string(),
+        events_read: live.events_read,
+        duplicates: live.duplicates,
+        rewards: rewards
+            .into_iter()
+            .map(|((campaign_id, reward_id), (live, candidate))| RewardComparison {
+                campaign_id,
+                reward_id,
+                live,
+                candidate,
+            })
+            .collect(),
+        gained_total: gained.len(),
+        lost_total: lost.len(),
+        gained: gained.into_iter().take(MAX_LISTED_CHANGES).cloned().collect(),
+        lost: lost.into_iter().take(MAX_LISTED_CHANGES).cloned().collect(),
+        live_errors: live.errors,
+        candidate_errors: with_candidate.errors,
+    })
+}
+
+/// A folder removed when this goes out of scope, unwinding included.
+struct RemovedOnDrop(PathBuf);
+
+impl Drop for RemovedOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -126,7 +245,7 @@ fn replay(
         move |in_force: &[InForce]| rules_as_recorded(&store, &runtime, in_force)
     });
     let loader = as_recorded.as_ref().map(|f| f as &RulesLoader);
-    let outcome = replay_events(settings, &rules, &runtime, &args.events, !args.json, loader)?;
+    let outcome = replay_events(settings, &rules, &runtime, &args.events, !args.json, loader, None)?;
     if args.json {
         let mut out = std::io::stdout().lock();
         for g in &outcome.grants {
@@ -170,7 +289,7 @@ fn replay(
         let (dir, what) = candidate_rules(&args.rules, candidate)?;
         let result = load_rules(&dir, &runtime).and_then(|rules| {
             println!("candidate {what}:");
-            replay_events(settings, &rules, &runtime, &args.events, false, None)
+            replay_events(settings, &rules, &runtime, &args.events, false, None, None)
         });
         let _ = std::fs::remove_dir_all(&dir);
         let with_candidate = result?;
@@ -201,21 +320,30 @@ fn load_rules(dir: &Path, runtime: &PluginRuntime) -> anyhow::Result<RuleSet> {
     for err in rules.errors() {
         eprintln!("not loaded: {}: {}", err.file.display(), err.error);
     }
+    let first = rules.errors().first().map(|e| format!(" ({}: {})", file_name(&e.file), e.error)).unwrap_or_default();
     anyhow::ensure!(
         rules.errors().is_empty(),
-        "{} rules file(s) in {} failed to load (above): a replay would not decide as the host does",
+        "{} rules file(s) failed to load{first}: a replay would not decide as the host does",
         rules.errors().len(),
-        dir.display()
     );
     anyhow::ensure!(!rules.campaigns().is_empty(), "{}: no campaign (campaigns/*.toml) to replay", dir.display());
     Ok(rules)
+}
+
+/// A file's name without its folder (the folder may be a temporary copy).
+fn file_name(path: &Path) -> String {
+    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
 /// A copy of `rules` with the candidate in place: `NAME=FILE.wasm` or
 /// `NAME=FILE.toml`. Returns the copy's folder and what was replaced.
 fn candidate_rules(rules: &Path, candidate: &str) -> anyhow::Result<(PathBuf, String)> {
     let (name, file) = candidate.split_once('=').context("--candidate: write NAME=FILE.wasm or NAME=FILE.toml")?;
-    let file = Path::new(file);
+    rules_with(rules, name, Path::new(file), &std::env::temp_dir())
+}
+
+/// A copy of `rules` with `file` in place of plugin or campaign `name`, in a new folder under `under`.
+fn rules_with(rules: &Path, name: &str, file: &Path, under: &Path) -> anyhow::Result<(PathBuf, String)> {
     let ok_name = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     anyhow::ensure!(ok_name, "--candidate: `{}` is not a plugin or campaign name", name.escape_debug());
     let (folder, extension) = match file.extension().and_then(|e| e.to_str()) {
@@ -225,7 +353,17 @@ fn candidate_rules(rules: &Path, candidate: &str) -> anyhow::Result<(PathBuf, St
     };
     let target = rules.join(folder).join(format!("{name}.{extension}"));
     anyhow::ensure!(target.exists(), "--candidate: {} does not exist: nothing to compare with", target.display());
-    let dir = std::env::temp_dir().join(format!("drops-replay-{}", uuid::Uuid::new_v4().simple()));
+    let dir = under.join(format!("drops-replay-{}", uuid::Uuid::new_v4().simple()));
+    let copied = copy_with(rules, &dir, folder, name, extension, file);
+    if copied.is_err() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    copied?;
+    Ok((dir, format!("{folder}/{name}.{extension} from {}", file.display())))
+}
+
+/// Copies `rules` into `dir`, with `file` as `folder/name.extension`.
+fn copy_with(rules: &Path, dir: &Path, folder: &str, name: &str, extension: &str, file: &Path) -> anyhow::Result<()> {
     for sub in ["plugins", "campaigns"] {
         std::fs::create_dir_all(dir.join(sub))?;
         let Ok(entries) = std::fs::read_dir(rules.join(sub)) else { continue };
@@ -235,7 +373,7 @@ fn candidate_rules(rules: &Path, candidate: &str) -> anyhow::Result<(PathBuf, St
     }
     std::fs::copy(file, dir.join(folder).join(format!("{name}.{extension}")))
         .with_context(|| format!("--candidate: reading {}", file.display()))?;
-    Ok((dir, format!("{folder}/{name}.{extension} from {}", file.display())))
+    Ok(())
 }
 
 /// The grants of a live host (base URL) or of a file of its grants.
@@ -351,11 +489,13 @@ fn replay_events(
     events: &Path,
     notes: bool,
     as_recorded: Option<&RulesLoader>,
+    cancel: Option<&AtomicBool>,
 ) -> anyhow::Result<Outcome> {
     let mut recorded_rules: Option<RuleSet> = None;
     let file = std::fs::File::open(events).with_context(|| format!("opening {}", events.display()))?;
     let total_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let mut progress = Progress::new(total_bytes);
+    // Only a replay that notes its progress (the command's) draws a bar.
+    let mut progress = Progress::new(if notes { total_bytes } else { 0 });
     let mut state = State::new(&Judgement::from_settings(settings));
     let here = runtime.fingerprint();
     let mut noted: Option<String> = None;
@@ -365,6 +505,9 @@ fn replay_events(
     let mut lookups = Lookups::default();
     for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
         let line = line?;
+        if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            anyhow::bail!("cancelled at line {}", i + 1);
+        }
         progress.advance(line.len() as u64 + 1);
         if line.trim().is_empty() {
             continue;

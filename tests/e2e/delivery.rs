@@ -24,7 +24,7 @@ const CLIENT_SECRET: &str = "drops-e2e-secret-0123456789";
 
 /// What the fake does to the next request of a kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Fault {
+pub(crate) enum Fault {
     /// 500.
     ServerError,
     /// Never answers (the host's timeout must fire).
@@ -45,26 +45,26 @@ enum Fault {
 }
 
 #[derive(Default)]
-struct Fake {
+pub(crate) struct Fake {
     tokens_issued: u32,
     valid_token: Option<String>,
     url_requests: Vec<String>,
     /// (manifest id, body) of every PUT whose body arrived.
     puts: Vec<(String, Vec<u8>)>,
     /// PUTs answered 200.
-    accepted: Vec<String>,
-    url_faults: VecDeque<Fault>,
+    pub(crate) accepted: Vec<String>,
+    pub(crate) url_faults: VecDeque<Fault>,
     put_faults: VecDeque<Fault>,
 }
 
 #[derive(Clone)]
-struct FakeTwitch {
+pub(crate) struct FakeTwitch {
     addr: SocketAddr,
     state: Arc<Mutex<Fake>>,
 }
 
 impl FakeTwitch {
-    async fn start() -> FakeTwitch {
+    pub(crate) async fn start() -> FakeTwitch {
         let state = Arc::new(Mutex::new(Fake::default()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -82,12 +82,12 @@ impl FakeTwitch {
         format!("http://{}", self.addr)
     }
 
-    fn with<T>(&self, f: impl FnOnce(&mut Fake) -> T) -> T {
+    pub(crate) fn with<T>(&self, f: impl FnOnce(&mut Fake) -> T) -> T {
         f(&mut self.state.lock().unwrap())
     }
 
     /// The `[twitch]` table pointing the host here, with short timeouts and backoff.
-    fn config(&self) -> String {
+    pub(crate) fn config(&self) -> String {
         format!(
             "[twitch]\nclient_id = \"{CLIENT_ID}\"\nclient_secret = \"{CLIENT_SECRET}\"\nauth_base_url = \"{0}\"\n\
              api_base_url = \"{0}\"\nrequest_timeout_secs = 1\nupload_timeout_secs = 30\nretry_initial_ms = 50\nretry_max_secs = 2\n",

@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod cluster;
+mod console;
 mod crash;
 mod delivery;
 mod designer;

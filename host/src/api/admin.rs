@@ -6,14 +6,16 @@ use arc_swap::ArcSwap;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path};
 use axum::extract::{Request, State};
-use axum::http::header::AUTHORIZATION;
+use axum::http::header::CACHE_CONTROL;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::{Json, Router};
 use serde::Serialize;
 
+use super::console;
+use super::overview::{self, StreamCache};
 use super::AppState;
-use crate::config::AdminSettings;
+use crate::config::{AdminSettings, Settings};
 use crate::delivery::eventsub::{DropsSubscription, Subscription};
 use crate::delivery::twitch::UploadError;
 use crate::delivery::TwitchClient;
@@ -22,11 +24,12 @@ use crate::engine::PausedCampaigns;
 use crate::http::{ApiError, ApiQuery, ErrorBody};
 use crate::rules::reload::{LoadedCampaignView, Reloader};
 use crate::rules::{LoadError, RuleSet, RulesError};
-use crate::secrets::same_secret;
 use crate::store::{
     manifest_status, EntitlementFilter, EntitlementRow, GrantFilter, GrantRow, HostRow, LeaseRow, ManifestRow,
     PluginVersion, RuleHistoryEntry, Store,
 };
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -47,6 +50,17 @@ pub struct Admin {
     pub twitch: Option<Arc<TwitchClient>>,
     /// The EventSub subscription's secret (`eventsub.secret`).
     pub eventsub_secret: Option<String>,
+    /// The host's whole configuration: dry runs replay under its limits, and
+    /// the overview lists its sinks.
+    pub host: Arc<Settings>,
+    /// Cancelled when the host shuts down: open overview streams end.
+    pub stop: CancellationToken,
+    /// Bounds the overview streams open at once.
+    pub streams: Arc<Semaphore>,
+    /// One dry run at a time: each compiles plugins and replays a recording.
+    pub replays: Arc<Semaphore>,
+    /// The overview the streams share.
+    pub stream_cache: StreamCache,
 }
 
 /// Largest plugin upload.
@@ -75,6 +89,13 @@ fn documented_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(plugin_versions))
         .routes(routes!(rollback_plugin))
         .routes(routes!(cluster))
+        .routes(routes!(overview::overview))
+        .routes(routes!(overview::overview_stream))
+        .merge(
+            OpenApiRouter::new()
+                .routes(routes!(overview::replay))
+                .layer(DefaultBodyLimit::max(overview::MAX_REPLAY_BYTES)),
+        )
         .merge(
             OpenApiRouter::new()
                 .routes(routes!(list_subscriptions, create_subscription))
@@ -104,7 +125,7 @@ async fn openapi_document() {}
 #[derive(OpenApi)]
 #[openapi(
     paths(openapi_document),
-    info(title = "drops-host admin API", description = "Grants, manifests and their delivery, campaigns, plugins and account links. Every route needs `Authorization: Bearer <admin.token>`; every error answers `{\"error\", \"field\"?}`."),
+    info(title = "drops-host admin API", description = "Grants, manifests and their delivery, campaigns, plugins and account links, and the console's overview and dry runs. Every route needs `Authorization: Bearer <admin.token>` (or the console's session cookie, with `X-Drops-Console: 1` on changes); every error answers `{\"error\", \"field\"?}`."),
     modifiers(&BearerToken),
     security(("admin_token" = []))
 )]
@@ -113,9 +134,14 @@ struct AdminApi;
 /// The answer every route behind the token may give; in each route's responses.
 #[derive(utoipa::IntoResponses)]
 #[allow(dead_code)] // Describes `require_token`'s refusal; never built.
-enum TokenRefused {
+pub(super) enum TokenRefused {
     #[response(status = 401, description = "missing or wrong admin token")]
     Unauthorized(ErrorBody),
+    #[response(
+        status = 403,
+        description = "a change asked for with the console's session cookie alone, without `X-Drops-Console: 1`"
+    )]
+    Forbidden(ErrorBody),
 }
 
 struct BearerToken;
@@ -129,20 +155,31 @@ impl utoipa::Modify for BearerToken {
     }
 }
 
-async fn require_token(State(app): State<Arc<Admin>>, request: Request, next: Next) -> Result<Response, ApiError> {
+async fn require_token(State(app): State<Arc<Admin>>, mut request: Request, next: Next) -> Result<Response, ApiError> {
     let Some(expected) = app.settings.token.as_deref() else {
         return Err(ApiError::unauthorized("the admin API is disabled: set admin.token"));
     };
-    let given = request
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if !same_secret(given, expected) {
+    let headers = request.headers();
+    let Some(proof) = console::authorized(headers, expected) else {
         return Err(ApiError::unauthorized("missing or wrong admin bearer token"));
+    };
+    let by_session = matches!(proof, console::Proof::Session { .. });
+    // A change asked for with only the console's cookie must come from the
+    // console's own script, which sets this header; a form elsewhere cannot.
+    if by_session && request.method() != axum::http::Method::GET && !headers.contains_key(console::CONSOLE_HEADER) {
+        return Err(ApiError::forbidden(
+            console::CONSOLE_HEADER,
+            "a change by the console's session needs this header",
+        ));
     }
-    Ok(next.run(request).await)
+    // The overview stream ends when the session does.
+    request.extensions_mut().insert(proof);
+    let mut response = next.run(request).await;
+    if by_session {
+        // What a browser fetched with the session is not kept in its cache.
+        response.headers_mut().insert(CACHE_CONTROL, axum::http::HeaderValue::from_static("no-store"));
+    }
+    Ok(response)
 }
 
 /// The hosts sharing this database and who runs what.
@@ -467,19 +504,7 @@ struct CampaignsView {
     TokenRefused))]
 async fn campaigns(State(app): State<Arc<Admin>>) -> Json<CampaignsView> {
     let rules = app.rules.load();
-    let mut paused = (**app.paused.load()).clone();
-    if app.cluster {
-        // Campaigns of partitions other hosts evaluate: as of their last
-        // checkpoint. This host's own knowledge is newer where it has any.
-        match app.store.paused_campaigns().await {
-            Ok(stored) => {
-                for (id, pause) in stored {
-                    paused.entry(id).or_insert(pause);
-                }
-            }
-            Err(e) => tracing::warn!("paused campaigns of other hosts not shown: {e}"),
-        }
-    }
+    let paused = paused_now(&app).await;
     let campaigns = rules
         .campaigns()
         .iter()
@@ -496,6 +521,24 @@ async fn campaigns(State(app): State<Arc<Admin>>) -> Json<CampaignsView> {
         })
         .collect();
     Json(CampaignsView { campaigns, errors: rules.errors().to_vec() })
+}
+
+/// The campaigns paused by their breakers: this host's engine's, and with
+/// several hosts, the others' as of their last checkpoint.
+pub(super) async fn paused_now(app: &Admin) -> std::collections::BTreeMap<String, Paused> {
+    let mut paused = (**app.paused.load()).clone();
+    if app.cluster {
+        // This host's own knowledge is newer where it has any.
+        match app.store.paused_campaigns().await {
+            Ok(stored) => {
+                for (id, pause) in stored {
+                    paused.entry(id).or_insert(pause);
+                }
+            }
+            Err(e) => tracing::warn!("paused campaigns of other hosts not shown: {e}"),
+        }
+    }
+    paused
 }
 
 /// Which campaign revision ran with which plugin version, from when.
@@ -544,7 +587,7 @@ async fn plugins(State(app): State<Arc<Admin>>) -> Json<Vec<PluginView>> {
 }
 
 /// Plugin names become file names: keep them plain.
-fn check_name(name: &str) -> Result<(), ApiError> {
+pub(super) fn check_name(name: &str) -> Result<(), ApiError> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
@@ -741,11 +784,14 @@ mod tests {
                 "GET /v1/links",
                 "GET /v1/manifests",
                 "GET /v1/openapi.json",
+                "GET /v1/overview",
+                "GET /v1/overview/stream",
                 "GET /v1/plugins",
                 "GET /v1/plugins/{name}/versions",
                 "POST /v1/eventsub/subscriptions",
                 "POST /v1/manifests/{id}/retry",
                 "POST /v1/plugins/{name}/rollback",
+                "POST /v1/replay",
                 "PUT /v1/campaigns/{name}",
                 "PUT /v1/links",
                 "PUT /v1/plugins/{name}",

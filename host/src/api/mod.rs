@@ -3,6 +3,8 @@
 //! needs, through axum's `FromRef`.
 
 mod admin;
+mod console;
+mod overview;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +21,7 @@ use tower_http::trace::TraceLayer;
 use crate::secrets::redact_path;
 
 pub use admin::Admin;
+pub use overview::{stream_permits, StreamCache};
 
 use crate::health::Liveness;
 use crate::ingest::e2::{self, E2Hub};
@@ -69,6 +72,16 @@ pub fn router(state: AppState) -> Router {
         // The document of /v1 is public: it holds no data, and tools read it before they have a token.
         .route("/v1/openapi.json", get(openapi))
         .nest("/v1", admin::router(state.admin.clone()))
+        .route("/console", get(console::page))
+        .route("/console/assets/{file}", get(console::asset))
+        .merge(
+            Router::new()
+                .route("/console/login", post(console::login))
+                .route("/console/logout", post(console::logout))
+                .layer(DefaultBodyLimit::max(console::MAX_LOGIN_BYTES))
+                // A form of 4 KiB arrives at once; a client trickling it is cut off.
+                .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, console::LOGIN_DEADLINE)),
+        )
         // The default span names the whole URI, and with it the VHS path token.
         .layer(TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
             tracing::debug_span!("request", method = %request.method(), path = %redact_path(request.uri().path()))

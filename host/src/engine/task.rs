@@ -21,7 +21,10 @@ use crate::domain::{Decision, Event, InboxEvent, Paused};
 use crate::plugins::PluginRuntime;
 use crate::rules::RuleSet;
 use crate::store::{CheckpointWrite, PartitionKey, Store, StoreError, WatchTimeRows};
+use crate::telemetry::live;
 
+/// How often a partition measures its lag behind the inbox.
+const LAG_EVERY: Duration = Duration::from_secs(1);
 /// How long an idle engine waits after a checkpoint before the next.
 const IDLE_CHECKPOINT_AFTER: Duration = Duration::from_secs(1);
 
@@ -120,6 +123,7 @@ impl Engine {
         };
         let mut commits = self.store.signals().inbox_commits();
         let mut recorded_rules: Option<Arc<RuleSet>> = None;
+        let mut last_lag: Option<Instant> = None;
         loop {
             if handover.is_cancelled() {
                 if cursor != checkpointed {
@@ -127,6 +131,7 @@ impl Engine {
                 }
                 self.unpublish_breakers(&owns);
                 tracing::info!(partition = key.index, inbox_seq = cursor, "engine partition handed over");
+                live::engine_gone(&part);
                 return Ok(());
             }
             let rules = view.of(self.rules.load_full());
@@ -141,6 +146,10 @@ impl Engine {
             let events =
                 retry(|| self.store.inbox_after(cursor, self.options.engine.batch_events.max(1)), &stop_or_handover)
                     .await?;
+            if last_lag.is_none_or(|at| at.elapsed() >= LAG_EVERY) {
+                self.measure_lag(&part, cursor, &events).await;
+                last_lag = Some(Instant::now());
+            }
             if events.is_empty() {
                 // Idle: save progress soon, but not after every event of a
                 // trickle (each checkpoint writes every changed row).
@@ -152,6 +161,7 @@ impl Engine {
                 }
                 if stop.is_cancelled() {
                     tracing::info!(partition = key.index, inbox_seq = cursor, "engine drained and stopped");
+                    live::engine_gone(&part);
                     return Ok(());
                 }
                 // Another host's commit arrives as a notification; polling
@@ -199,6 +209,22 @@ impl Engine {
         }
     }
 
+    /// Records how far this partition is behind the inbox: `next` are the
+    /// events after `cursor` it is about to judge (none: it is caught up).
+    async fn measure_lag(&self, partition: &str, cursor: i64, next: &[InboxEvent]) {
+        let now = crate::domain::now_ms();
+        let mut lag = live::EngineLag { cursor, measured_at: now, ..Default::default() };
+        if let Some(oldest) = next.first() {
+            lag.seconds = (now - oldest.received_at_ms).max(0) as f64 / 1000.0;
+            match self.store.inbox_head().await {
+                Ok(head) => lag.events = (head - cursor).max(next.len() as i64),
+                // A figure for the console is not worth a retry: the next measurement comes in a second.
+                Err(e) => tracing::debug!("engine lag not measured: {e}"),
+            }
+        }
+        live::engine_lag(partition, lag);
+    }
+
     /// What the store knows of the links and entitlements `events` name.
     async fn lookups(&self, events: &[InboxEvent], stop: &CancellationToken) -> Result<Lookups, EngineError> {
         let (users, ids) = Lookups::wanted(events);
@@ -217,7 +243,8 @@ impl Engine {
     async fn store_grants(&self, evaluation: &Evaluation, stop: &CancellationToken) -> Result<(), EngineError> {
         self.store_entitlements(evaluation, stop).await?;
         let stored = retry(|| self.store.insert_grants(&evaluation.grants), stop).await?;
-        metrics::counter!("drops_engine_viewer_minutes_total").increment(evaluation.viewer_minutes);
+        // Prometheus counts time in seconds (promtool holds names to base units).
+        metrics::counter!("drops_engine_watch_time_seconds_total").increment(evaluation.viewer_minutes * 60);
         metrics::counter!("drops_grants_total").increment(stored);
         metrics::counter!("drops_plugin_errors_total").increment(evaluation.plugin_errors);
         if stored > 0 {

@@ -130,6 +130,11 @@ impl ApiError {
         }
     }
 
+    /// 408: the client took too long to send its request.
+    pub fn request_timeout(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::REQUEST_TIMEOUT, message)
+    }
+
     /// 404.
     pub fn not_found(what: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, what)

@@ -24,6 +24,7 @@ use crate::domain::{Entitlement, MAX_ENTITLEMENT_FIELD_BYTES};
 use crate::health::Liveness;
 use crate::http::ApiError;
 use crate::store::Store;
+use crate::telemetry::live::{self, Source};
 
 /// Oldest (and furthest ahead) message timestamp accepted: Twitch's 10 minutes.
 const MAX_SKEW: time::Duration = time::Duration::minutes(10);
@@ -46,13 +47,22 @@ pub struct EventSubIngest {
 
 /// `POST /eventsub`.
 pub async fn post(State(ingest): State<Arc<EventSubIngest>>, headers: HeaderMap, body: Bytes) -> Response {
-    match handle(&ingest, &headers, &body).await {
+    let started = std::time::Instant::now();
+    match handle(&ingest, &headers, &body, started).await {
         Ok(response) => response,
-        Err(e) => e.into_response(),
+        Err(e) => {
+            live::refused(Source::EventSub, e.outcome());
+            e.into_response()
+        }
     }
 }
 
-async fn handle(ingest: &EventSubIngest, headers: &HeaderMap, body: &[u8]) -> Result<Response, ApiError> {
+async fn handle(
+    ingest: &EventSubIngest,
+    headers: &HeaderMap,
+    body: &[u8],
+    started: std::time::Instant,
+) -> Result<Response, ApiError> {
     let Some(secret) = ingest.settings.secret.as_deref() else {
         return Err(ApiError::not_found("EventSub is not configured here (eventsub.secret)"));
     };
@@ -85,6 +95,7 @@ async fn handle(ingest: &EventSubIngest, headers: &HeaderMap, body: &[u8]) -> Re
                 return Err(ApiError::unavailable(reason));
             }
             let outcome = ingest.store.insert_entitlements(&entitlements).await?;
+            live::acknowledged(Source::EventSub, outcome.accepted, outcome.duplicates, started.elapsed());
             metrics::counter!("drops_eventsub_entitlements_total", "outcome" => "accepted").increment(outcome.accepted);
             metrics::counter!("drops_eventsub_entitlements_total", "outcome" => "duplicate")
                 .increment(outcome.duplicates);

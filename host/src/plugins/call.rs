@@ -253,11 +253,12 @@ impl PluginRuntime {
                 answer.check(viewer_count, campaign.rewards.len()).map_err(PluginError::BadOutput)?;
                 Ok(answer)
             });
+        let fuel_budget = self.fuel_budget(viewer_count);
+        let fuel = fuel_budget.saturating_sub(store.get_fuel().unwrap_or(0));
         if let Some(traces) = &self.traces {
-            let fuel_budget = self.fuel_budget(viewer_count);
             let trace = super::runtime::CallTrace {
                 logs: store.data_mut().logs.take().unwrap_or_default(),
-                fuel_used: fuel_budget.saturating_sub(store.get_fuel().unwrap_or(0)),
+                fuel_used: fuel,
                 fuel_budget,
                 micros: started.elapsed().as_micros() as u64,
             };
@@ -268,8 +269,7 @@ impl PluginRuntime {
         if result.is_ok() {
             state.apply(data.overlay);
         }
-        if result.is_ok() { &plugin.metrics.ok } else { &plugin.metrics.failed }.increment(1);
-        plugin.metrics.seconds.record(started.elapsed().as_secs_f64());
+        plugin.metrics.record(result.as_ref().map(|_| ()), started.elapsed(), fuel);
         result
     }
 

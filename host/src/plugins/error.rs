@@ -33,3 +33,24 @@ pub enum PluginError {
     #[error("returned a bad answer: {0}")]
     BadOutput(String),
 }
+
+impl PluginError {
+    /// The kind of failure, as metrics and the console count them.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PluginError::NotWasm => "not_wasm",
+            PluginError::Componentize(_) => "componentize",
+            PluginError::ForbiddenImport(_) => "forbidden_import",
+            PluginError::WrongVersion { .. } => "wrong_version",
+            PluginError::MissingExport => "missing_export",
+            PluginError::Compile(_) => "compile",
+            PluginError::CpuBudget(_) => "cpu_budget",
+            PluginError::Timeout(_) => "timeout",
+            PluginError::HostBudget(_) => "host_budget",
+            PluginError::OutOfMemory(_) => "out_of_memory",
+            PluginError::Trap(_) => "trap",
+            PluginError::Rejected(_) => "rejected",
+            PluginError::BadOutput(_) => "bad_output",
+        }
+    }
+}

@@ -4,9 +4,13 @@
 //! (`wit-component`), so they import nothing but the rules world: no WASI, so
 //! no files, network, environment or clock by construction.
 
+use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 use wasmtime::Engine;
@@ -15,6 +19,7 @@ use super::error::PluginError;
 use super::host::CallState;
 use super::runtime::PluginRuntime;
 use super::wit::{RulesPre, HOST_IMPORT, RULE_EXPORT, VERSION};
+use crate::telemetry::latency::{Latency, LatencyView};
 
 /// SHA-256 of a plugin's bytes, in hex: the identity of a plugin version.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -46,20 +51,81 @@ pub struct Plugin {
     pub(super) metrics: CallMetrics,
 }
 
-/// A plugin's per-call metrics.
+/// A plugin version's per-call metrics, and the same figures for the console.
 pub(super) struct CallMetrics {
-    pub ok: metrics::Counter,
-    pub failed: metrics::Counter,
-    pub seconds: metrics::Histogram,
+    plugin: String,
+    /// The hash's first 12 hex digits: enough to tell versions apart on a dashboard.
+    version: String,
+    ok: metrics::Counter,
+    seconds: metrics::Histogram,
+    fuel: metrics::Histogram,
+    stats: CallStats,
+}
+
+/// What a plugin version's calls did since it was loaded.
+#[derive(Default)]
+struct CallStats {
+    ok: AtomicU64,
+    failed: Mutex<BTreeMap<&'static str, u64>>,
+    latency: Latency,
+    fuel: AtomicU64,
+}
+
+/// A plugin version's calls since it was loaded (in this process).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct CallsView {
+    pub ok: u64,
+    /// Failed calls by kind: `cpu_budget`, `timeout`, `out_of_memory`, `trap`, ...
+    pub failed: BTreeMap<&'static str, u64>,
+    pub latency: LatencyView,
+    /// Fuel burnt over all calls.
+    pub fuel: u64,
 }
 
 impl CallMetrics {
-    fn of(plugin: &str) -> CallMetrics {
-        let name = plugin.to_string();
+    fn of(plugin: &str, hash: &PluginHash) -> CallMetrics {
+        let (name, version) = (plugin.to_string(), hash.0.chars().take(12).collect::<String>());
+        let (n, v) = (name.clone(), version.clone());
         CallMetrics {
-            ok: metrics::counter!("drops_plugin_calls_total", "plugin" => name.clone(), "outcome" => "ok"),
-            failed: metrics::counter!("drops_plugin_calls_total", "plugin" => name.clone(), "outcome" => "error"),
-            seconds: metrics::histogram!("drops_plugin_eval_seconds", "plugin" => name),
+            ok: metrics::counter!("drops_plugin_calls_total", "plugin" => n.clone(), "version" => v.clone(), "outcome" => "ok"),
+            seconds: metrics::histogram!("drops_plugin_eval_seconds", "plugin" => n.clone(), "version" => v.clone()),
+            fuel: metrics::histogram!("drops_plugin_fuel", "plugin" => n, "version" => v),
+            plugin: name,
+            version,
+            stats: CallStats::default(),
+        }
+    }
+
+    /// Counts one call.
+    pub(super) fn record(&self, outcome: Result<(), &PluginError>, took: Duration, fuel: u64) {
+        match outcome {
+            Ok(()) => {
+                self.ok.increment(1);
+                self.stats.ok.fetch_add(1, Relaxed);
+            }
+            Err(e) => {
+                let (plugin, version) = (self.plugin.clone(), self.version.clone());
+                metrics::counter!("drops_plugin_calls_total", "plugin" => plugin, "version" => version, "outcome" => e.kind())
+                    .increment(1);
+                *self.stats.failed.lock().unwrap_or_else(|e| e.into_inner()).entry(e.kind()).or_default() += 1;
+            }
+        }
+        self.seconds.record(took.as_secs_f64());
+        self.fuel.record(fuel as f64);
+        self.stats.latency.record(took);
+        self.stats.fuel.fetch_add(fuel, Relaxed);
+    }
+}
+
+impl Plugin {
+    /// What this version's calls did since it was loaded.
+    pub fn calls(&self) -> CallsView {
+        let stats = &self.metrics.stats;
+        CallsView {
+            ok: stats.ok.load(Relaxed),
+            failed: stats.failed.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            latency: stats.latency.view(),
+            fuel: stats.fuel.load(Relaxed),
         }
     }
 }
@@ -97,7 +163,8 @@ impl PluginRuntime {
             .instantiate_pre(&component)
             .and_then(RulesPre::new)
             .map_err(|e| PluginError::Compile(format!("{e:#}")))?;
-        Ok(Plugin { name: name.to_string(), hash, bytes: Arc::from(bytes), pre, metrics: CallMetrics::of(name) })
+        let metrics = CallMetrics::of(name, &hash);
+        Ok(Plugin { name: name.to_string(), hash, bytes: Arc::from(bytes), pre, metrics })
     }
 }
 

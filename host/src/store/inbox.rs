@@ -357,6 +357,12 @@ impl Store {
         self.inbox.submit(Work::Prune(seq)).await.map(|_| ())
     }
 
+    /// The newest inbox sequence number (0: the inbox is empty).
+    pub async fn inbox_head(&self) -> Result<i64, StoreError> {
+        let head: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM inbox").fetch_one(&self.pool).await?;
+        Ok(head.unwrap_or(0))
+    }
+
     /// Up to `limit` events after `seq`, in order.
     pub async fn inbox_after(&self, seq: i64, limit: u32) -> Result<Vec<InboxEvent>, StoreError> {
         let rows: Vec<InboxRow> = sqlx::query_as(

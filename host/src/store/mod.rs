@@ -20,6 +20,7 @@ mod inbox;
 mod links;
 mod manifests;
 mod notify;
+mod progress;
 mod signals;
 mod sinks;
 #[cfg(test)]
@@ -45,6 +46,7 @@ pub use history::{PluginVersion, RuleHistoryEntry};
 use inbox::InboxWriter;
 pub use inbox::InsertOutcome;
 pub use manifests::{status as manifest_status, ManifestRow, UnbatchedGrant, UploadOutcome};
+pub use progress::{GrantBucket, ViewerMinutes};
 pub use signals::Signals;
 pub use sinks::SinkBacklog;
 

@@ -30,6 +30,7 @@ use tokens::TokenVerifier;
 use crate::config::E2Settings;
 use crate::health::Liveness;
 use crate::store::Store;
+use crate::telemetry::live;
 
 /// What the E2 endpoint shares between connections.
 pub struct E2Hub {
@@ -113,7 +114,7 @@ struct Slot<'a> {
 impl<'a> Slot<'a> {
     fn take(hub: &'a E2Hub) -> Slot<'a> {
         let held = hub.connections.fetch_add(1, Ordering::SeqCst) + 1;
-        metrics::gauge!("drops_e2_connections").set(held as f64);
+        live::e2_connections(held);
         Slot { hub, held }
     }
 }
@@ -121,6 +122,6 @@ impl<'a> Slot<'a> {
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
         let held = self.hub.connections.fetch_sub(1, Ordering::SeqCst) - 1;
-        metrics::gauge!("drops_e2_connections").set(held as f64);
+        live::e2_connections(held);
     }
 }

@@ -13,6 +13,7 @@ use super::protocol::{close, ClientMessage, Kind, ServerMessage, Violation};
 use super::E2Hub;
 use crate::domain::{cut, now_ms, GameStateEvent, Update};
 use crate::http::json_field;
+use crate::telemetry::live::{self, Source};
 
 /// What an accepted message asks of the connection.
 enum Next {
@@ -99,7 +100,8 @@ impl<'a> Connection<'a> {
                     return;
                 }
             };
-            deadline = Instant::now() + idle;
+            let arrived = Instant::now();
+            deadline = arrived + idle;
             if let Err(v) = self.count_against_rate() {
                 self.refuse(socket, v, None).await;
                 return;
@@ -116,6 +118,7 @@ impl<'a> Connection<'a> {
                             if send(socket, &ServerMessage::Ack { seq }).await.is_err() {
                                 return;
                             }
+                            live::acknowledged(Source::E2, 1, 0, arrived.elapsed());
                         }
                     }
                     if matches!(next, Next::Disconnect) {
@@ -239,6 +242,7 @@ impl<'a> Connection<'a> {
 
     async fn refuse(&self, socket: &mut WebSocket, v: Violation, seq: Option<u64>) {
         metrics::counter!("drops_e2_messages_total", "outcome" => v.code).increment(1);
+        live::refused(Source::E2, v.code);
         // Messages quote what the client sent: cut, so a 100 KB value is neither echoed nor logged.
         let message = cut(v.message, MAX_ERROR_MESSAGE_BYTES);
         tracing::info!(connection = %self.id, code = v.code, "e2 message refused: {message}");

@@ -27,6 +27,7 @@ use crate::domain::Heartbeat;
 use crate::health::Liveness;
 use crate::http::ApiError;
 use crate::store::Store;
+use crate::telemetry::live::{self, Source};
 
 /// What the VHS handlers need.
 pub struct VhsIngest {
@@ -82,10 +83,17 @@ async fn ingest(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Accepted>, ApiError> {
+    let started = std::time::Instant::now();
     let result = ingest_inner(vhs, token, &headers, body).await;
     let outcome = match &result {
-        Ok(_) => "accepted",
-        Err(e) => e.outcome(),
+        Ok(Json(accepted)) => {
+            live::acknowledged(Source::Vhs, accepted.accepted, accepted.duplicates, started.elapsed());
+            "accepted"
+        }
+        Err(e) => {
+            live::refused(Source::Vhs, e.outcome());
+            e.outcome()
+        }
     };
     metrics::counter!("drops_vhs_requests_total", "outcome" => outcome).increment(1);
     result
