@@ -441,9 +441,18 @@ async fn plugin_watch_installs_a_changed_plugin_on_a_running_host() {
     std::fs::write(&lib, source.replace("v.minutes >= config.minutes", "v.minutes > config.minutes")).unwrap();
     let second = served(Some(first.clone())).await;
     assert_ne!(first, second);
+    // The host serves the new version before the watcher has read the
+    // answer and printed its line, so wait for the line rather than the hash.
+    let started = Instant::now();
+    let printed = loop {
+        let printed = std::fs::read_to_string(&log).unwrap();
+        if printed.matches("installed on").count() >= 2 || started.elapsed() > Duration::from_secs(60) {
+            break printed;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let _ = watcher.kill();
     let _ = watcher.wait();
-    let printed = std::fs::read_to_string(&log).unwrap();
     assert_eq!(printed.matches("installed on").count(), 2, "{printed}");
     assert!(printed.contains(&format!("sha256 {}", &second[..12])), "{printed}");
 }
