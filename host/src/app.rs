@@ -107,7 +107,7 @@ impl RunningHost {
                 eventsub_secret: settings.eventsub.secret.clone(),
                 host: Arc::new(settings.clone()),
                 stop: stop.clone(),
-                streams: api::stream_permits(),
+                streams: Arc::new(tokio::sync::Semaphore::new(api::MAX_STREAMS)),
                 replays: Arc::new(tokio::sync::Semaphore::new(1)),
                 stream_cache: api::StreamCache::default(),
             }),

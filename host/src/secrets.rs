@@ -1,6 +1,7 @@
 //! Handling secrets: comparing them without leaking their length or
 //! content through timing, and keeping them out of logs and answers.
 
+use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -11,6 +12,17 @@ pub const MIN_SECRET_BYTES: usize = 16;
 /// constant time, so neither the length nor a common prefix shows in timing.
 pub fn same_secret(given: &str, expected: &str) -> bool {
     bool::from(Sha256::digest(given.as_bytes()).ct_eq(&Sha256::digest(expected.as_bytes())))
+}
+
+/// HMAC-SHA256 of `parts` (concatenated) under `key`, in hex: how the host
+/// signs what it sends (webhook deliveries, console sessions).
+pub fn hmac_sha256_hex(key: &str, parts: &[&[u8]]) -> String {
+    // HMAC takes keys of any length: this cannot fail.
+    let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).unwrap_or_else(|_| unreachable!());
+    for part in parts {
+        mac.update(part);
+    }
+    hex::encode(mac.finalize().into_bytes())
 }
 
 /// A URL with its password replaced by `***`, for logs and output.

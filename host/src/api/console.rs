@@ -14,12 +14,10 @@ use axum::http::header::{
 };
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 
 use super::admin::Admin;
 use crate::domain::now_ms;
-use crate::secrets::same_secret;
+use crate::secrets::{hmac_sha256_hex, same_secret};
 
 /// The session cookie's name.
 const COOKIE_NAME: &str = "drops_console";
@@ -155,10 +153,7 @@ pub fn session(headers: &HeaderMap, token: &str) -> Option<i64> {
 /// The cookie's proof: an HMAC of its expiry under the token, so changing
 /// the token ends every session, and the cookie never holds the token.
 fn proof(token: &str, expires: i64) -> String {
-    // HMAC takes keys of any length: this cannot fail.
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(token.as_bytes()).unwrap_or_else(|_| unreachable!());
-    mac.update(format!("drops-console-session\n{expires}").as_bytes());
-    hex::encode(mac.finalize().into_bytes())
+    hmac_sha256_hex(token, &[format!("drops-console-session\n{expires}").as_bytes()])
 }
 
 fn redirect_with_cookie(cookie: &str) -> Response {

@@ -21,7 +21,7 @@ use tower_http::trace::TraceLayer;
 use crate::secrets::redact_path;
 
 pub use admin::Admin;
-pub use overview::{stream_permits, StreamCache};
+pub use overview::{StreamCache, MAX_STREAMS};
 
 use crate::health::Liveness;
 use crate::ingest::e2::{self, E2Hub};

@@ -18,7 +18,7 @@ use axum::Json;
 use futures_util::{Stream, StreamExt};
 use serde::Serialize;
 use time::format_description::well_known::Rfc3339;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 use utoipa::{IntoParams, ToSchema};
 
 use super::admin::{paused_now, Admin, TokenRefused};
@@ -451,14 +451,13 @@ async fn delivery(app: &Admin) -> Result<Delivery, ApiError> {
     let configured = [("webhook", app.host.sink.webhook.is_some()), ("nats", app.host.sink.nats.is_some())];
     for name in configured.into_iter().filter(|(_, on)| *on).map(|(name, _)| name) {
         let backlog = app.store.sink_backlog(name).await?;
-        let (failed_attempts, last_error) = app.store.sink_failing(name).await?;
         sinks.push(SinkStatus {
             name,
             delivered_through: backlog.delivered_through,
             pending: backlog.pending,
             oldest_pending_at: backlog.oldest_pending_at,
-            failed_attempts,
-            last_error,
+            failed_attempts: backlog.failed_attempts,
+            last_error: backlog.last_error,
         });
     }
     Ok(Delivery { manifests: counts.into_iter().collect(), oldest_undelivered_at, failed, sinks })
@@ -610,11 +609,6 @@ impl Drop for CancelOnDrop {
     fn drop(&mut self) {
         self.0.store(true, Ordering::Relaxed);
     }
-}
-
-/// The permits that bound streams and dry runs.
-pub fn stream_permits() -> Arc<Semaphore> {
-    Arc::new(Semaphore::new(MAX_STREAMS))
 }
 
 #[cfg(test)]

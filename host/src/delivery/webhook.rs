@@ -13,13 +13,12 @@
 
 use std::time::Duration;
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 use time::format_description::well_known::Rfc3339;
 
 use super::sink::{GrantBatch, ItemBatch, Sink, SinkError};
 use super::{quote, read_prefix, without_url};
 use crate::config::WebhookSettings;
+use crate::secrets::hmac_sha256_hex;
 
 /// The webhook sink.
 pub struct WebhookSink {
@@ -47,12 +46,7 @@ impl WebhookSink {
 
 /// `sha256=<hex>` of HMAC-SHA256(secret, id + timestamp + body).
 pub fn signature(secret: &str, id: &str, timestamp: &str, body: &[u8]) -> String {
-    // HMAC takes keys of any length.
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap_or_else(|_| unreachable!());
-    mac.update(id.as_bytes());
-    mac.update(timestamp.as_bytes());
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    format!("sha256={}", hmac_sha256_hex(secret, &[id.as_bytes(), timestamp.as_bytes(), body]))
 }
 
 impl Sink for WebhookSink {

@@ -64,14 +64,4 @@ impl Store {
         .await?;
         Ok((viewers, top))
     }
-
-    /// How many tries the sink's current batch has failed, and the last error (none: it is not failing).
-    pub async fn sink_failing(&self, sink: &str) -> Result<(i64, Option<String>), StoreError> {
-        let row: Option<(i64, Option<String>)> =
-            sqlx::query_as("SELECT attempts, last_error FROM sink_cursors WHERE sink = $1")
-                .bind(sink)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(row.unwrap_or((0, None)))
-    }
 }

@@ -15,6 +15,9 @@ pub struct SinkBacklog {
     pub pending: i64,
     /// When the oldest of them was made (ms since the epoch).
     pub oldest_pending_at: Option<i64>,
+    /// Failed tries of the batch it is on (0: not failing), and the last error.
+    pub failed_attempts: i64,
+    pub last_error: Option<String>,
 }
 
 impl Store {
@@ -71,12 +74,17 @@ impl Store {
 
     /// How far behind `sink` is.
     pub async fn sink_backlog(&self, sink: &str) -> Result<SinkBacklog, StoreError> {
-        let delivered_through = self.sink_cursor(sink).await?;
+        let cursor: Option<(i64, i64, Option<String>)> =
+            sqlx::query_as("SELECT delivered_through, attempts, last_error FROM sink_cursors WHERE sink = $1")
+                .bind(sink)
+                .fetch_optional(&self.pool)
+                .await?;
+        let (delivered_through, failed_attempts, last_error) = cursor.unwrap_or((0, 0, None));
         let (pending, oldest): (i64, Option<i64>) =
             sqlx::query_as("SELECT COUNT(*), MIN(created_at) FROM grants WHERE id > $1")
                 .bind(delivered_through)
                 .fetch_one(&self.pool)
                 .await?;
-        Ok(SinkBacklog { delivered_through, pending, oldest_pending_at: oldest })
+        Ok(SinkBacklog { delivered_through, pending, oldest_pending_at: oldest, failed_attempts, last_error })
     }
 }

@@ -2,8 +2,9 @@
 //! what ingest accepted, refused and how fast it acknowledged, and how far
 //! the engine is behind its inbox. Process-wide, like the metrics recorder
 //! they sit beside: every ingest path and engine partition records here
-//! without threading a handle through, and each recording also updates the
-//! matching Prometheus metric, so the two never disagree.
+//! without threading a handle through. Acknowledgements and lags also update
+//! their Prometheus metrics here, so the two never disagree; refusals are
+//! counted by each path's own outcome counter.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
