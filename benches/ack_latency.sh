@@ -16,4 +16,4 @@ write_config "$sync" "${database:+database_url = \"$database\"}"
 start_host
 ${ACK_NICE:+nice -n $ACK_NICE} "$bin" ack-latency --target "$url" --viewers "$viewers" --requests "$requests" --floor-dir "$work/data" --json
 echo "== host side (Prometheus summaries, seconds)"
-curl -s "$url/metrics" | grep -E '^drops_(inbox_commit_seconds|vhs_read_seconds|vhs_store_seconds|engine_viewer_minutes_total|grants_stored_total|plugin_eval_seconds)' | grep -v '_bucket' || true
+curl -s "$url/metrics" | grep -E '^drops_(inbox_commit_seconds|vhs_read_seconds|vhs_store_seconds|engine_watch_time_seconds_total|grants_stored_total|plugin_eval_seconds)' | grep -v '_bucket' || true

@@ -49,3 +49,6 @@ plugin_version() {
   printf '\x00\x0c\x04bench%06d' "$3" >> "$2"
   want=$(sha256sum "$2" | cut -c1-64)
 }
+
+# Viewer-minutes the engine has counted (its watch-time counter is in seconds).
+counted_minutes() { local s; s=$(metric drops_engine_watch_time_seconds_total | cut -d. -f1); echo $(( ${s:-0} / 60 )); }

@@ -19,7 +19,7 @@ echo "== 1. $channels channels x $viewers viewers x $minutes minutes, 4 in fligh
   --minutes "$minutes" --speed 1000000 --concurrency 4 --verbose false
 expected=$((channels * viewers * minutes))
 start=$(date +%s.%N)
-while [ "$(metric drops_engine_viewer_minutes_total | cut -d. -f1)" != "$expected" ]; do sleep 0.05; done
+while [ "$(counted_minutes)" != "$expected" ]; do sleep 0.05; done
 echo "engine: all $expected viewer-minutes counted $(echo "$(date +%s.%N) - $start" | bc) s after the last acknowledgement"
 
 echo "== 2. one heartbeat of 10,000,000 viewers"
@@ -32,10 +32,10 @@ with open(sys.argv[1], "w") as f:
 PY
 ls -l "$work/big.json" | awk '{printf "body: %.0f MB\n", $5/1e6}'
 before=$(awk '/VmHWM/ {print $2}' /proc/$host/status)
-counted=$(metric drops_engine_viewer_minutes_total | cut -d. -f1)
+counted=$(counted_minutes)
 start=$(date +%s.%N)
 curl -s -o /dev/null -w "POST: %{http_code} in %{time_total} s\n" -H 'content-type: application/json' --data-binary @"$work/big.json" "$url/vhs"
-until [ "$(metric drops_engine_viewer_minutes_total | cut -d. -f1)" -ge $((counted + 10000000)) ]; do sleep 0.1; done
+until [ "$(counted_minutes)" -ge $((counted + 10000000)) ]; do sleep 0.1; done
 echo "evaluated (10,000,000 viewer-minutes counted) $(echo "$(date +%s.%N) - $start" | bc) s after the POST began"
 echo "host peak RSS: before $((before / 1024)) MiB, once evaluated $(( $(awk '/VmHWM/ {print $2}' /proc/$host/status) / 1024 )) MiB"
 sleep 12   # the engine's checkpoint (every 10 s) writes the 10 M changed watch-time rows

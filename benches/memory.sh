@@ -18,7 +18,7 @@ idle=$(awk '/VmRSS/ {print $2}' /proc/$host/status)
 "$bin" simulate --target "$url" --channels "$channels" --viewers "$viewers" --multi-viewers 0 \
   --minutes 1 --speed 1000000 --concurrency 8 --verbose false >/dev/null
 expected=$((channels * viewers))
-while [ "$(metric drops_engine_viewer_minutes_total | cut -d. -f1)" != "$expected" ]; do sleep 0.2; done
+while [ "$(counted_minutes)" != "$expected" ]; do sleep 0.2; done
 sleep 6   # a checkpoint (every 2 s here) has written the changed rows
 rss=$(awk '/VmRSS/ {print $2}' /proc/$host/status)
 hwm=$(awk '/VmHWM/ {print $2}' /proc/$host/status)

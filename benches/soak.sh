@@ -65,7 +65,7 @@ acked = set(open(f"{work}/acked").read().split())
 stored = {row[0] for row in db.execute("SELECT dedup_key FROM inbox WHERE source = 'vhs'")}
 lost = acked - stored
 print(f"acknowledged heartbeats: {len(acked)}; stored: {len(stored)}; acknowledged but lost: {len(lost)}")
-minutes = db.execute("SELECT COALESCE(SUM(minutes), 0) FROM watch_time").fetchone()[0]
+minutes = db.execute("SELECT COALESCE(SUM(minutes), 0) FROM campaign_viewers").fetchone()[0]
 grants = dict(((c, r), n) for c, r, n in db.execute("SELECT campaign_id, reward_id, COUNT(*) FROM grants GROUP BY 1, 2"))
 out = subprocess.run(["target/release/drops-host", "replay", "--rules", f"{work}/rules",
                       "--events", f"{work}/events.jsonl", "--config", f"{work}/drops-host.toml"],

@@ -552,10 +552,10 @@ fn replay_events(
         lookups.seen.extend(out.seen.drain());
         outcome.errors += out.plugin_errors;
         outcome.grants.extend(out.grants.into_iter().map(|g| GrantKey {
-            campaign_id: g.campaign_id,
-            reward_id: g.reward_id,
-            user_id: g.user_id,
-            grant_key: g.grant_key,
+            campaign_id: g.origin.campaign_id.clone(),
+            reward_id: g.reward_id.to_string(),
+            user_id: g.user_id.into(),
+            grant_key: g.grant_key.into(),
         }));
     }
     progress.finish();

@@ -129,7 +129,7 @@ async fn settle(database: &str, partitions: i64, manifest_dirs: &[std::path::Pat
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let events = sqlx::query_scalar("SELECT COUNT(*) FROM inbox WHERE source = 'vhs'").fetch_one(&pool).await.unwrap();
-    let minutes = sqlx::query_scalar("SELECT CAST(COALESCE(SUM(minutes), 0) AS BIGINT) FROM watch_time")
+    let minutes = sqlx::query_scalar("SELECT CAST(COALESCE(SUM(minutes), 0) AS BIGINT) FROM campaign_viewers")
         .fetch_one(&pool)
         .await
         .unwrap();

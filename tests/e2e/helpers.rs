@@ -297,7 +297,7 @@ impl TestHost {
         sqlx::any::install_default_drivers();
         let pool = open_database(&self.database_url).await;
         let row = sqlx::query(
-            "SELECT CAST(COALESCE(SUM(minutes), 0) AS BIGINT) AS minutes, (SELECT COUNT(*) FROM inbox) AS events FROM watch_time",
+            "SELECT CAST(COALESCE(SUM(minutes), 0) AS BIGINT) AS minutes, (SELECT COUNT(*) FROM inbox) AS events FROM campaign_viewers",
         )
         .fetch_one(&pool)
         .await

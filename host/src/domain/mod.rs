@@ -23,7 +23,7 @@ pub use entitlement::{
 pub use event::{Event, InboxEvent};
 pub use event_time::{now_ms, EventTime, Minute};
 pub use game_state::{changed_keys, merge_patch, GameStateEvent, Publisher, Update};
-pub use grant::{NewGrant, REASON_WATCHING};
+pub use grant::{GrantOrigin, NewGrant, REASON_WATCHING};
 pub use heartbeat::{Heartbeat, ViewerList};
 pub use ids::{check_id, Id, MAX_ID_LEN};
 pub use link::AccountLink;

@@ -4,20 +4,34 @@
 //! give the same grants, which is what crash recovery and `replay` rely on.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use super::entitlements::{self, Deciders, Lookups};
 use super::state::State;
 use crate::domain::{
-    EntitlementDecision, Event, GameStateEvent, Heartbeat, InboxEvent, NewGrant, ViewerList, REASON_WATCHING,
+    EntitlementDecision, Event, GameStateEvent, GrantOrigin, Heartbeat, InboxEvent, NewGrant, ViewerList,
+    REASON_WATCHING,
 };
 use crate::plugins::{PluginError, PluginRuntime, WitGameState, WitGrant, WitHeartbeat, WitViewers};
 use crate::rules::{LoadedCampaign, RuleSet};
 use crate::store::Seen;
 
+/// Grants this many or more are handed to [`Evaluation::flush`] as they
+/// are made: a heartbeat that grants ten million viewers never holds them all.
+const FLUSH_GRANTS: usize = 1 << 16;
+
+/// Where grants go while a batch is still being evaluated: the engine's
+/// grant writer, which stores them as evaluation goes on (and holds
+/// evaluation back when it falls behind, so memory stays bounded).
+pub type GrantFlush = tokio::sync::mpsc::Sender<Vec<NewGrant>>;
+
 /// What evaluating a batch of events produced.
 #[derive(Debug, Default)]
 pub struct Evaluation {
+    /// Grants made and not yet handed to `flush`.
     pub grants: Vec<NewGrant>,
+    /// Where full pages of grants go as they are made (none: they stay in `grants`).
+    pub flush: Option<GrantFlush>,
     pub viewer_minutes: u64,
     pub plugin_errors: u64,
     /// What became of EventSub entitlements.
@@ -29,6 +43,21 @@ pub struct Evaluation {
 }
 
 impl Evaluation {
+    /// Hands the grants made so far to `flush` once there is a page of them.
+    /// Waits while the grant writer is behind; if it is gone (the engine is
+    /// stopping), the grants stay here.
+    fn flush_full(&mut self) {
+        if self.grants.len() < FLUSH_GRANTS {
+            return;
+        }
+        if let Some(flush) = &self.flush {
+            if let Err(unsent) = flush.blocking_send(std::mem::take(&mut self.grants)) {
+                self.grants = unsent.0;
+                self.flush = None;
+            }
+        }
+    }
+
     /// Adds an entitlement's decision; later events of the batch see it.
     pub(super) fn decided(&mut self, decision: EntitlementDecision) {
         let seen = Seen {
@@ -201,7 +230,29 @@ fn settle(
     match grants {
         Ok(grants) => {
             state.breakers.success(campaign_id);
-            out.grants.extend(grants.into_iter().map(|g| new_grant(campaign, &made, g)));
+            let origin = Arc::new(GrantOrigin {
+                campaign_id: campaign_id.clone(),
+                broadcaster_id: made.broadcaster.to_string(),
+                // Twitch's manifests name the game as VHS reports it.
+                game: campaign.def.game.clone(),
+                client_id: campaign.def.client_id.clone(),
+                reason: REASON_WATCHING,
+                campaign_revision: campaign.revision.clone(),
+                plugin_hash: campaign.plugin.hash.0.clone(),
+                inbox_seq: made.seq,
+                event_minute: made.minute,
+            });
+            let rewards: Vec<Arc<str>> = campaign.wit.rewards.iter().map(|r| Arc::from(r.as_str())).collect();
+            let mut grants = grants.into_iter();
+            loop {
+                let room = FLUSH_GRANTS.saturating_sub(out.grants.len()).max(1);
+                let before = out.grants.len();
+                out.grants.extend(grants.by_ref().take(room).map(|g| new_grant(&origin, &rewards, &made, g)));
+                if out.grants.len() == before {
+                    break;
+                }
+                out.flush_full();
+            }
         }
         Err(err) => fail(state, campaign, made.seq, err, out),
     }
@@ -222,21 +273,12 @@ pub(super) fn fail(state: &mut State, campaign: &LoadedCampaign, seq: i64, err: 
     }
 }
 
-fn new_grant(campaign: &LoadedCampaign, made: &Made<'_>, g: WitGrant) -> NewGrant {
+fn new_grant(origin: &Arc<GrantOrigin>, rewards: &[Arc<str>], made: &Made<'_>, g: WitGrant) -> NewGrant {
     // Both indexes were checked against the call's input by the runtime.
     NewGrant {
-        campaign_id: campaign.def.id.clone(),
-        reward_id: campaign.wit.rewards[g.reward as usize].clone(),
-        user_id: made.viewers.get(g.viewer as usize).unwrap_or_default().to_string(),
-        grant_key: g.key.unwrap_or_default(),
-        broadcaster_id: made.broadcaster.to_string(),
-        // Twitch's manifests name the game as VHS reports it.
-        game: campaign.def.game.clone(),
-        client_id: campaign.def.client_id.clone(),
-        reason: REASON_WATCHING,
-        campaign_revision: campaign.revision.clone(),
-        plugin_hash: campaign.plugin.hash.0.clone(),
-        inbox_seq: made.seq,
-        event_minute: made.minute,
+        origin: origin.clone(),
+        reward_id: rewards.get(g.reward as usize).cloned().unwrap_or_else(|| Arc::from("")),
+        user_id: made.viewers.get(g.viewer as usize).unwrap_or_default().into(),
+        grant_key: g.key.unwrap_or_default().into(),
     }
 }

@@ -12,6 +12,7 @@
 
 pub mod breaker;
 pub mod broadcasters;
+pub mod checkpoint;
 pub mod entitlements;
 pub mod evaluate;
 pub mod link_sweep;

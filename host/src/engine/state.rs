@@ -78,7 +78,7 @@ impl State {
             breakers.restore(campaign, paused);
         }
         State {
-            watch_time: WatchTime::restore(checkpoint.watch_time),
+            watch_time: WatchTime::restore(checkpoint.legacy_watch_time),
             campaign_state,
             breakers,
             broadcasters: Broadcasters::restore(
@@ -109,9 +109,9 @@ impl State {
         out
     }
 
-    /// Forgets what changed, after a checkpoint saved it.
+    /// Forgets what changed besides watch-time (which its snapshot forgets),
+    /// once a checkpoint has taken it.
     pub fn clear_dirty(&mut self) {
-        self.watch_time.clear_dirty();
         self.broadcasters.clear_dirty();
         for kv in self.campaign_state.values_mut() {
             kv.clear_dirty();

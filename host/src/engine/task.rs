@@ -8,19 +8,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::checkpoint::{InFlight, Taken};
 use super::entitlements::Lookups;
-use super::evaluate::{evaluate, evaluate_for, Evaluation};
+use super::evaluate::{evaluate, evaluate_for, Evaluation, GrantFlush};
 use super::partition::{self, RulesView};
 use super::recording::Recorder;
 use super::state::{Judgement, State};
 use super::worker::{EvalFailed, EvalThread};
 use crate::config::{EngineSettings, Settings};
-use crate::domain::{Decision, Event, InboxEvent, Paused};
+use crate::domain::{Decision, Event, InboxEvent, NewGrant, Paused};
 use crate::plugins::PluginRuntime;
 use crate::rules::RuleSet;
-use crate::store::{CheckpointWrite, PartitionKey, Store, StoreError, WatchTimeRows};
+use crate::store::{PartitionKey, Store, StoreError};
 use crate::telemetry::live;
 
 /// How often a partition measures its lag behind the inbox.
@@ -99,17 +101,41 @@ impl Engine {
         let part = key.index.to_string();
         let owned = key.clone();
         let owns = move |campaign: &str| partition::owns(&owned, campaign);
-        let checkpoint = retry(|| self.store.load_checkpoint(key.index, &owns), &stop_or_handover).await?;
+        let restoring = Instant::now();
+        let mut checkpoint = retry(|| self.store.load_checkpoint(key.index, &owns), &stop_or_handover).await?;
         let mut cursor = checkpoint.inbox_seq;
+        let segments = std::mem::take(&mut checkpoint.segments);
         let mut state = State::restore(checkpoint, &self.options.judgement);
         state.partition = (key.index, key.count);
+        let rows: i64 = segments.iter().map(|s| s.row_count).sum();
+        // The next segment is read while the last is applied on the evaluation thread.
+        let mut reading = segments.first().map(|s| self.read_segment(s.id, &stop_or_handover));
+        for (i, segment) in segments.iter().enumerate() {
+            let Some(read) = reading.take() else { break };
+            let columns = read
+                .await
+                .map_err(|e| StoreError::Invariant(format!("reading a watch-time segment failed: {e}")))??;
+            reading = segments.get(i + 1).map(|s| self.read_segment(s.id, &stop_or_handover));
+            let campaign = segment.campaign_id.clone();
+            state = worker
+                .run(move || {
+                    state.watch_time.apply_segment(&campaign, &columns);
+                    state
+                })
+                .await?;
+        }
+        metrics::histogram!("drops_engine_restore_seconds").record(restoring.elapsed().as_secs_f64());
         let mut view = RulesView::new(&key);
         tracing::info!(
             partition = key.index,
             inbox_seq = cursor,
             paused = state.breakers.paused().len(),
+            segments = segments.len(),
+            rows,
+            seconds = restoring.elapsed().as_secs_f64(),
             "engine resumed from checkpoint"
         );
+        let mut writing = InFlight::default();
         let interval = Duration::from_secs(self.options.engine.checkpoint_interval_secs.max(1));
         let mut last_checkpoint = Instant::now();
         let mut checkpointed = cursor;
@@ -127,8 +153,9 @@ impl Engine {
         loop {
             if handover.is_cancelled() {
                 if cursor != checkpointed {
-                    self.checkpoint(&key, &mut state, cursor, &stop_or_handover).await?;
+                    self.checkpoint(&worker, &key, state, cursor, &stop_or_handover, &mut writing).await?;
                 }
+                writing.finish().await?;
                 self.unpublish_breakers(&owns);
                 tracing::info!(partition = key.index, inbox_seq = cursor, "engine partition handed over");
                 live::engine_gone(&part);
@@ -154,12 +181,13 @@ impl Engine {
                 // Idle: save progress soon, but not after every event of a
                 // trickle (each checkpoint writes every changed row).
                 let due = stop.is_cancelled() || last_checkpoint.elapsed() >= interval.min(IDLE_CHECKPOINT_AFTER);
-                if cursor != checkpointed && due {
-                    self.checkpoint(&key, &mut state, cursor, &stop_or_handover).await?;
+                if cursor != checkpointed && due && (writing.idle() || stop.is_cancelled()) {
+                    state = self.checkpoint(&worker, &key, state, cursor, &stop_or_handover, &mut writing).await?;
                     checkpointed = cursor;
                     last_checkpoint = Instant::now();
                 }
                 if stop.is_cancelled() {
+                    writing.finish().await?;
                     tracing::info!(partition = key.index, inbox_seq = cursor, "engine drained and stopped");
                     live::engine_gone(&part);
                     return Ok(());
@@ -179,21 +207,26 @@ impl Engine {
                 events.iter().filter(|e| matches!(e.event, Event::GameState(_))).map(|e| e.received_at_ms).collect();
             let lookups = self.lookups(&events, &stop_or_handover).await?;
             let runtime = self.runtime.clone();
+            let (flush, grant_writer) = self.grant_writer(&stop_or_handover);
             let (returned, evaluation, recorder_back) = worker
                 .run(move || {
-                    let mut out = Evaluation::default();
+                    let mut out = Evaluation { flush: Some(flush), ..Default::default() };
                     for event in &events {
                         evaluate(&mut state, &rules, &runtime, event, &lookups, &mut out);
                     }
                     if let Some(r) = recorder.as_mut() {
                         r.write(&events);
                     }
+                    // The grant writer finishes once the last page is in.
+                    out.flush = None;
                     (state, out, recorder)
                 })
                 .await?;
             state = returned;
             recorder = recorder_back;
-            self.store_grants(&evaluation, &stop_or_handover).await?;
+            let flushed =
+                grant_writer.await.map_err(|e| StoreError::Invariant(format!("the grant writer failed: {e}")))??;
+            self.store_grants(&evaluation, flushed, &stop_or_handover).await?;
             // From a game-state message's arrival to its grants being stored.
             let now = crate::domain::now_ms();
             for arrived in e2_arrivals {
@@ -201,8 +234,10 @@ impl Engine {
             }
             cursor = last;
             metrics::gauge!("drops_engine_inbox_seq", "partition" => part.clone()).set(cursor as f64);
-            if last_checkpoint.elapsed() >= interval {
-                self.checkpoint(&key, &mut state, cursor, &stop_or_handover).await?;
+            // A checkpoint still being written is not waited for: evaluation
+            // goes on, and the next one is taken once it has committed.
+            if last_checkpoint.elapsed() >= interval && writing.idle() {
+                state = self.checkpoint(&worker, &key, state, cursor, &stop_or_handover, &mut writing).await?;
                 checkpointed = cursor;
                 last_checkpoint = Instant::now();
             }
@@ -240,9 +275,32 @@ impl Engine {
         Ok(Lookups { links, seen, open })
     }
 
-    async fn store_grants(&self, evaluation: &Evaluation, stop: &CancellationToken) -> Result<(), EngineError> {
+    /// Stores grants handed over while a batch is evaluated, page by page,
+    /// beside evaluation; returns how many were new. The channel holds two
+    /// pages: a writer behind holds evaluation back.
+    fn grant_writer(&self, stop: &CancellationToken) -> (GrantFlush, JoinHandle<Result<u64, StoreError>>) {
+        let (flush, mut pages) = tokio::sync::mpsc::channel::<Vec<NewGrant>>(2);
+        let (store, stop) = (self.store.clone(), stop.clone());
+        let writer = tokio::spawn(async move {
+            let mut stored = 0;
+            while let Some(page) = pages.recv().await {
+                stored += retry(|| store.insert_grants(&page), &stop).await?;
+            }
+            Ok(stored)
+        });
+        (flush, writer)
+    }
+
+    /// Stores what a batch decided: entitlements, then the grants not yet
+    /// stored by the grant writer (which stored `flushed` new ones).
+    async fn store_grants(
+        &self,
+        evaluation: &Evaluation,
+        flushed: u64,
+        stop: &CancellationToken,
+    ) -> Result<(), EngineError> {
         self.store_entitlements(evaluation, stop).await?;
-        let stored = retry(|| self.store.insert_grants(&evaluation.grants), stop).await?;
+        let stored = flushed + retry(|| self.store.insert_grants(&evaluation.grants), stop).await?;
         // Prometheus counts time in seconds (promtool holds names to base units).
         metrics::counter!("drops_engine_watch_time_seconds_total").increment(evaluation.viewer_minutes * 60);
         metrics::counter!("drops_grants_total").increment(stored);
@@ -321,7 +379,7 @@ impl Engine {
                     })
                     .await?;
                 state = returned;
-                self.store_grants(&evaluation, stop).await?;
+                self.store_grants(&evaluation, 0, stop).await?;
             }
         }
         Ok(state)
@@ -350,36 +408,40 @@ impl Engine {
         });
     }
 
+    /// Reads one watch-time segment in the background.
+    fn read_segment(
+        &self,
+        id: i64,
+        stop: &CancellationToken,
+    ) -> JoinHandle<Result<crate::store::WatchTimeColumns, StoreError>> {
+        let (store, stop) = (self.store.clone(), stop.clone());
+        tokio::spawn(async move { retry(|| store.read_segment(id), &stop).await })
+    }
+
+    /// Takes a checkpoint of `state` as of `cursor` (waiting for the last one
+    /// to be written first) and starts writing it.
     async fn checkpoint(
         &self,
+        worker: &EvalThread,
         key: &PartitionKey,
-        state: &mut State,
+        mut state: State,
         cursor: i64,
         stop: &CancellationToken,
-    ) -> Result<(), EngineError> {
-        self.bound_memory(state, cursor);
-        let rows = state.watch_time.dirty_rows();
-        let kv = state.dirty_campaign_state();
-        let (game_state, watchers) = state.broadcasters.dirty_rows();
-        let breakers: Vec<(String, Paused)> =
-            state.breakers.paused().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        let write = CheckpointWrite {
-            partition: key,
-            inbox_seq: cursor,
-            watch_time: &rows,
-            campaign_state: &kv,
-            breakers: &breakers,
-            keep_from_seq: state.breakers.oldest_needed(),
-            game_state: &game_state,
-            watchers: &watchers,
-            watchers_gone: &state.broadcasters.gone(),
-        };
-        retry(|| self.store.save_checkpoint(&write), stop).await?;
-        let saved = rows.count();
-        drop(rows);
-        state.clear_dirty();
-        tracing::debug!(inbox_seq = cursor, rows = saved, "checkpoint saved");
-        Ok(())
+        writing: &mut InFlight,
+    ) -> Result<State, EngineError> {
+        writing.finish().await?;
+        self.bound_memory(&mut state, cursor);
+        let taking = Instant::now();
+        let (state, taken) = worker
+            .run(move || {
+                let taken = Taken::from(&mut state, cursor);
+                (state, taken)
+            })
+            .await?;
+        let taken = taken?;
+        metrics::histogram!("drops_engine_checkpoint_pause_seconds").record(taking.elapsed().as_secs_f64());
+        writing.start(taken, self.store.clone(), key.clone(), stop.clone()).await?;
+        Ok(state)
     }
 }
 
@@ -421,7 +483,7 @@ fn in_force(rules: &RuleSet) -> Vec<super::recording::InForce> {
 /// Retries a store operation with backoff while the database is away; the
 /// engine must not skip an event, so it waits rather than moves on. Gives up
 /// only when stopping.
-async fn retry<T, F, Fut>(mut op: F, stop: &CancellationToken) -> Result<T, StoreError>
+pub(super) async fn retry<T, F, Fut>(mut op: F, stop: &CancellationToken) -> Result<T, StoreError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, StoreError>>,

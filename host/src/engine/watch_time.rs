@@ -1,9 +1,12 @@
 //! Per-campaign watch-time per viewer, in memory.
 //!
 //! A SQL write per viewer per heartbeat cannot reach a million viewer-minutes
-//! a second, so this state lives in memory and is checkpointed (changed rows
-//! only) together with the inbox position; after a crash the engine loads the
-//! checkpoint and replays the inbox from there.
+//! a second, so this state lives in memory and is checkpointed together with
+//! the inbox position; after a crash the engine loads the checkpoint and
+//! replays the inbox from there. A checkpoint takes a [`WatchTime::snapshot`]:
+//! each changed campaign's changed viewers (or all of them, as a base)
+//! encoded into compressed column segments (`store::WatchTimeColumns`), which
+//! the store then writes while evaluation goes on.
 //!
 //! One minute counts once per viewer and campaign, whichever channels report
 //! it: each viewer keeps its newest counted minute and a 64-bit mask of the 64
@@ -16,7 +19,7 @@ use std::hash::{BuildHasher, RandomState};
 
 use hashbrown::HashTable;
 
-use crate::store::{WatchTimeRow, WatchTimeRows};
+use crate::store::{CampaignViewers, StoreError, WatchTimeColumns, WatchTimeRow, ROWS_PER_SEGMENT, TOP_VIEWERS_KEPT};
 
 /// A viewer's progress in one campaign.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -114,37 +117,17 @@ fn slice<'a>(text: &'a str, ends: &[u64], n: u32) -> &'a str {
     text.get(start..end).unwrap_or_default()
 }
 
-/// The changed rows of a checkpoint: 8 bytes per row until the store asks
-/// for a statement's worth of them.
-pub struct DirtyRows<'a> {
-    watch_time: &'a WatchTime,
-    campaigns: Vec<(&'a str, &'a CampaignProgress)>,
-    /// (index into `campaigns`, viewer).
-    changed: Vec<(u32, u32)>,
-}
-
-impl WatchTimeRows for DirtyRows<'_> {
-    fn count(&self) -> usize {
-        self.changed.len()
-    }
-
-    fn rows(&self, range: std::ops::Range<usize>) -> Vec<WatchTimeRow> {
-        let changed = self.changed.get(range).unwrap_or_default();
-        changed
-            .iter()
-            .filter_map(|&(c, viewer)| {
-                let (campaign, progress) = self.campaigns.get(c as usize)?;
-                let p = progress.viewers.get(&viewer)?;
-                Some(WatchTimeRow {
-                    campaign_id: campaign.to_string(),
-                    viewer_id: self.watch_time.interner.id(viewer).to_string(),
-                    minutes: p.minutes,
-                    last_minute: p.last_minute,
-                    recent_mask: p.recent_mask,
-                })
-            })
-            .collect()
-    }
+/// One campaign's share of a checkpoint, encoded and ready to store.
+#[derive(Debug)]
+pub struct CampaignSnapshot {
+    pub campaign_id: String,
+    /// Whether `segments` hold every viewer (older segments are then dropped)
+    /// or only those changed since the last snapshot.
+    pub base: bool,
+    /// (rows, stored form) of each segment, in order.
+    pub segments: Vec<(usize, Vec<u8>)>,
+    /// What the console shows of the campaign's viewers.
+    pub viewers: CampaignViewers,
 }
 
 /// Each viewer's progress were a minute counted, in the order given.
@@ -164,7 +147,107 @@ impl Tentative {
 struct CampaignProgress {
     viewers: HashMap<u32, Progress>,
     dirty: HashSet<u32>,
+    /// Every viewer's minutes added up.
+    minutes: u64,
+    /// Rows in the stored segments (a restart reads them all).
+    stored_rows: u64,
+    /// Restored from the rows of an older host: the next snapshot writes a base.
+    needs_base: bool,
 }
+
+impl CampaignProgress {
+    /// Sets a viewer's progress, keeping the minutes' total.
+    fn set(&mut self, viewer: u32, p: Progress) {
+        let old = self.viewers.insert(viewer, p).map_or(0, |o| u64::from(o.minutes));
+        self.minutes = (self.minutes + u64::from(p.minutes)).saturating_sub(old);
+    }
+
+    /// Encodes the rows a snapshot takes (all, or the changed ones) into
+    /// segments. Evaluation waits meanwhile, so a campaign of more than one
+    /// segment is a pipeline: this thread fills columns, walking the map
+    /// once, and a thread per core encodes and compresses each full one.
+    fn encode(&self, interner: &Interner, base: bool) -> Result<Vec<(usize, Vec<u8>)>, StoreError> {
+        let total = if base { self.viewers.len() } else { self.dirty.len() };
+        let mut rows: Box<dyn Iterator<Item = (u32, &Progress)> + '_> = if base {
+            Box::new(self.viewers.iter().map(|(&v, p)| (v, p)))
+        } else {
+            Box::new(self.dirty.iter().filter_map(|v| self.viewers.get(v).map(|p| (*v, p))))
+        };
+        let fill = |rows: &mut dyn Iterator<Item = (u32, &Progress)>| {
+            let mut columns = WatchTimeColumns::with_capacity(SEGMENT_ROWS.min(total));
+            for (viewer, p) in rows.take(SEGMENT_ROWS) {
+                columns.push(interner.id(viewer), p.minutes, p.last_minute, p.recent_mask);
+            }
+            columns
+        };
+        if total <= SEGMENT_ROWS {
+            let columns = fill(&mut rows);
+            return Ok(vec![(columns.len(), columns.encode()?)]);
+        }
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
+        let (to_encode, queue) = std::sync::mpsc::sync_channel::<(usize, WatchTimeColumns)>(threads);
+        let queue = std::sync::Mutex::new(queue);
+        let mut done: Vec<(usize, usize, Result<Vec<u8>, StoreError>)> = std::thread::scope(|scope| {
+            let encoders: Vec<_> = (0..threads)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut out = Vec::new();
+                        loop {
+                            // A poisoned lock still hands out work: the producer must not wait on a full queue.
+                            let next = queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).recv();
+                            let Ok((i, columns)) = next else { break };
+                            out.push((i, columns.len(), columns.encode()));
+                        }
+                        out
+                    })
+                })
+                .collect();
+            for i in 0.. {
+                let columns = fill(&mut rows);
+                if columns.is_empty() || to_encode.send((i, columns)).is_err() {
+                    break;
+                }
+            }
+            drop(to_encode);
+            encoders.into_iter().flat_map(|e| e.join().unwrap_or_default()).collect()
+        });
+        done.sort_unstable_by_key(|(i, ..)| *i);
+        let segments: Vec<(usize, Vec<u8>)> =
+            done.into_iter().map(|(_, rows, data)| data.map(|d| (rows, d))).collect::<Result<_, _>>()?;
+        if segments.iter().map(|(rows, _)| rows).sum::<usize>() != total {
+            return Err(StoreError::Encode("a watch-time segment's encoder failed".into()));
+        }
+        Ok(segments)
+    }
+
+    /// The longest watchers, longest first (ties by id), at most [`TOP_VIEWERS_KEPT`].
+    fn top(&self, interner: &Interner) -> Vec<(String, u32)> {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        let mut heap: BinaryHeap<Reverse<(u32, Reverse<&str>)>> = BinaryHeap::with_capacity(TOP_VIEWERS_KEPT + 1);
+        for (&viewer, p) in &self.viewers {
+            let entry = (p.minutes, Reverse(interner.id(viewer)));
+            // Most viewers rank below the hundredth: one comparison, no push and pop.
+            if heap.len() == TOP_VIEWERS_KEPT && heap.peek().is_some_and(|Reverse(least)| entry <= *least) {
+                continue;
+            }
+            heap.push(Reverse(entry));
+            if heap.len() > TOP_VIEWERS_KEPT {
+                heap.pop();
+            }
+        }
+        let mut top: Vec<(String, u32)> =
+            heap.into_iter().map(|Reverse((minutes, Reverse(id)))| (id.to_string(), minutes)).collect();
+        top.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        top
+    }
+}
+
+/// Rows per segment (the store's; smaller in unit tests, so they cover several).
+#[cfg(not(test))]
+const SEGMENT_ROWS: usize = ROWS_PER_SEGMENT;
+#[cfg(test)]
+const SEGMENT_ROWS: usize = ROWS_PER_SEGMENT / 4096;
 
 /// All watch-time the engine keeps.
 #[derive(Debug, Default)]
@@ -174,16 +257,66 @@ pub struct WatchTime {
 }
 
 impl WatchTime {
-    /// Rebuilds the state from checkpoint rows.
+    /// Rebuilds the state from rows an older host stored a row at a time;
+    /// their campaigns' next snapshot writes a base, which replaces them.
     pub fn restore(rows: Vec<WatchTimeRow>) -> WatchTime {
         let mut state = WatchTime::default();
         for row in rows {
             let viewer = state.interner.intern(&row.viewer_id);
             let progress =
                 Progress { minutes: row.minutes, last_minute: row.last_minute, recent_mask: row.recent_mask };
-            state.campaigns.entry(row.campaign_id).or_default().viewers.insert(viewer, progress);
+            let campaign = state.campaigns.entry(row.campaign_id).or_default();
+            campaign.set(viewer, progress);
+            campaign.needs_base = true;
         }
         state
+    }
+
+    /// Applies a stored segment of `campaign`: its rows replace what the
+    /// state held for those viewers (segments are applied oldest first).
+    pub fn apply_segment(&mut self, campaign: &str, segment: &WatchTimeColumns) {
+        let WatchTime { interner, campaigns } = self;
+        let progress = match campaigns.get_mut(campaign) {
+            Some(p) => p,
+            None => campaigns.entry(campaign.to_string()).or_default(),
+        };
+        progress.viewers.reserve(segment.len());
+        for (id, minutes, last_minute, recent_mask) in segment.rows() {
+            progress.set(interner.intern(id), Progress { minutes, last_minute, recent_mask });
+        }
+        progress.stored_rows += segment.len() as u64;
+    }
+
+    /// Encodes what changed since the last snapshot, campaign by campaign, and
+    /// forgets that it changed. A campaign whose stored segments would
+    /// otherwise hold more than twice its viewers is written whole (a base),
+    /// so a restart reads at most that and a change is written about twice.
+    pub fn snapshot(&mut self) -> Result<Vec<CampaignSnapshot>, StoreError> {
+        let WatchTime { interner, campaigns } = self;
+        let mut out = Vec::new();
+        for (campaign_id, progress) in campaigns.iter_mut() {
+            if progress.dirty.is_empty() && !progress.needs_base {
+                continue;
+            }
+            let (viewers, dirty) = (progress.viewers.len() as u64, progress.dirty.len() as u64);
+            let base = progress.needs_base || progress.stored_rows == 0 || progress.stored_rows + dirty > 2 * viewers;
+            let segments = progress.encode(interner, base)?;
+            progress.stored_rows = if base { viewers } else { progress.stored_rows + dirty };
+            progress.needs_base = false;
+            progress.dirty.clear();
+            out.push(CampaignSnapshot {
+                campaign_id: campaign_id.clone(),
+                base,
+                segments,
+                viewers: CampaignViewers {
+                    campaign_id: campaign_id.clone(),
+                    viewers,
+                    minutes: progress.minutes,
+                    top: progress.top(interner),
+                },
+            });
+        }
+        Ok(out)
     }
 
     /// What counting `minute` would make of each viewer's progress, without
@@ -215,7 +348,7 @@ impl WatchTime {
         for &(viewer, p, new) in &tentative.rows {
             // A viewer listed twice in one heartbeat is one minute.
             if new && progress.viewers.get(&viewer) != Some(&p) {
-                progress.viewers.insert(viewer, p);
+                progress.set(viewer, p);
                 progress.dirty.insert(viewer);
                 counted += 1;
             }
@@ -229,22 +362,9 @@ impl WatchTime {
         self.campaigns.get(campaign).and_then(|c| c.viewers.get(&viewer)).copied().unwrap_or_default()
     }
 
-    /// Rows changed since the last [`WatchTime::clear_dirty`], made on demand.
-    pub fn dirty_rows(&self) -> DirtyRows<'_> {
-        let campaigns: Vec<(&str, &CampaignProgress)> = self.campaigns.iter().map(|(c, p)| (c.as_str(), p)).collect();
-        let changed = campaigns
-            .iter()
-            .enumerate()
-            .flat_map(|(c, (_, progress))| progress.dirty.iter().map(move |&viewer| (c as u32, viewer)))
-            .collect();
-        DirtyRows { watch_time: self, campaigns, changed }
-    }
-
-    /// Forgets what changed, after a checkpoint saved it.
-    pub fn clear_dirty(&mut self) {
-        for progress in self.campaigns.values_mut() {
-            progress.dirty.clear();
-        }
+    /// Viewers changed since the last snapshot, over every campaign.
+    pub fn dirty_count(&self) -> usize {
+        self.campaigns.values().map(|c| c.dirty.len()).sum()
     }
 
     /// Ids interned, whether or not any campaign counts a minute of theirs.
@@ -277,7 +397,7 @@ impl WatchTime {
 
     /// Total minutes counted over every campaign and viewer.
     pub fn total_minutes(&self) -> u64 {
-        self.campaigns.values().flat_map(|c| c.viewers.values()).map(|p| p.minutes as u64).sum()
+        self.campaigns.values().map(|c| c.minutes).sum()
     }
 }
 
@@ -297,7 +417,10 @@ mod tests {
         assert_eq!(wt.compact(), 5000);
         assert_eq!(wt.interned(), 1);
         assert_eq!(wt.progress("c", "keep").minutes, 1);
-        assert_eq!(wt.dirty_rows().count(), 1, "dirty rows survive the renumbering");
+        assert_eq!(wt.dirty_count(), 1, "dirty rows survive the renumbering");
+        let snapshot = wt.snapshot().unwrap();
+        let rows = WatchTimeColumns::decode(&snapshot[0].segments[0].1, 0).unwrap();
+        assert_eq!(rows.rows().next(), Some(("keep", 1, 100, 1)), "written under its id, not its old number");
     }
 
     impl WatchTime {
@@ -336,19 +459,87 @@ mod tests {
         assert_eq!(p.minutes, 4);
     }
 
+    /// Restores a state from snapshots' segments, as a restart does.
+    fn restored(snapshots: &[Vec<CampaignSnapshot>]) -> WatchTime {
+        let mut state = WatchTime::default();
+        for snapshot in snapshots {
+            for campaign in snapshot {
+                for (_, data) in &campaign.segments {
+                    state.apply_segment(&campaign.campaign_id, &WatchTimeColumns::decode(data, 0).unwrap());
+                }
+            }
+        }
+        state
+    }
+
     #[test]
-    fn dirty_rows_round_trip_through_restore() {
+    fn snapshots_round_trip_through_restore() {
         let mut state = WatchTime::default();
         state.count("c", "v1", 10);
         state.count("c", "v1", 11);
         state.count("d", "v1", 11);
-        let dirty = state.dirty_rows();
-        assert_eq!(dirty.count(), 2);
-        let restored = WatchTime::restore(dirty.rows(0..2));
+        let first = state.snapshot().unwrap();
+        assert_eq!(first.len(), 2);
+        assert!(first.iter().all(|c| c.base), "a new campaign's first snapshot is whole");
+        assert_eq!(state.dirty_count(), 0);
+        assert!(state.snapshot().unwrap().is_empty(), "nothing changed, nothing written");
+        let restored = restored(&[first]);
         assert_eq!(restored.progress("c", "v1").minutes, 2);
         assert_eq!(restored.progress("d", "v1").minutes, 1);
-        state.clear_dirty();
-        assert_eq!(state.dirty_rows().count(), 0);
+        assert_eq!(restored.total_minutes(), 3);
+    }
+
+    #[test]
+    fn deltas_carry_only_changed_viewers_until_a_base_is_cheaper() {
+        let mut state = WatchTime::default();
+        let ids: Vec<String> = (0..3000).map(|i| format!("v{i}")).collect();
+        for id in &ids {
+            state.count("c", id, 100);
+        }
+        let mut snapshots = vec![state.snapshot().unwrap()];
+        assert_eq!(snapshots[0][0].segments.iter().map(|s| s.0).sum::<usize>(), 3000);
+        assert!(snapshots[0][0].segments.len() > 1, "several segments");
+        // A tenth of the viewers watch on: deltas of 300 rows...
+        for minute in 101..=111 {
+            for id in ids.iter().take(300) {
+                state.count("c", id, minute);
+            }
+            let snapshot = state.snapshot().unwrap();
+            let rows: usize = snapshot[0].segments.iter().map(|s| s.0).sum();
+            if snapshot[0].base {
+                // ...until the log would pass twice the viewers: 3000 + 11 x 300 > 6000.
+                assert_eq!((minute, rows), (111, 3000));
+            } else {
+                assert_eq!(rows, 300, "minute {minute}");
+            }
+            snapshots.push(snapshot);
+        }
+        let everything = restored(&snapshots);
+        let from_base = restored(&snapshots[snapshots.len() - 1..]);
+        for restored in [everything, from_base] {
+            assert_eq!(restored.progress("c", "v0").minutes, 12);
+            assert_eq!(restored.progress("c", "v2999").minutes, 1);
+            assert_eq!(restored.total_minutes(), 300 * 12 + 2700);
+        }
+        let top = &snapshots[snapshots.len() - 1][0].viewers.top;
+        assert_eq!(top.len(), TOP_VIEWERS_KEPT);
+        assert_eq!(top[0], ("v0".to_string(), 12), "longest first, ties by id");
+        assert_eq!(top[1], ("v1".to_string(), 12));
+    }
+
+    #[test]
+    fn rows_of_an_older_host_are_replaced_by_a_base() {
+        let old = vec![WatchTimeRow {
+            campaign_id: "c".into(),
+            viewer_id: "v1".into(),
+            minutes: 5,
+            last_minute: 10,
+            recent_mask: 0b11111,
+        }];
+        let mut state = WatchTime::restore(old);
+        let snapshot = state.snapshot().unwrap();
+        assert!(snapshot[0].base, "the first snapshot after an older host's rows is whole");
+        assert_eq!(restored(&[snapshot]).progress("c", "v1").minutes, 5);
     }
 
     #[test]

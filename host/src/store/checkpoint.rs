@@ -3,10 +3,12 @@
 
 use super::cluster::Fence;
 use super::encoding::decode_heartbeat;
-use super::{values_placeholders, Store, StoreError};
+use super::segments::{CampaignViewers, SegmentRef};
+use super::{list_placeholders, values_placeholders, Store, StoreError};
 use crate::domain::{now_ms, Heartbeat, Paused};
 
-/// One (campaign, viewer) watch-time entry.
+/// One (campaign, viewer) watch-time entry, as the `watch_time` table of
+/// hosts before watch-time segments kept it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WatchTimeRow {
     pub campaign_id: String,
@@ -43,7 +45,12 @@ pub struct WatcherRow {
 #[derive(Debug, Default)]
 pub struct Checkpoint {
     pub inbox_seq: i64,
-    pub watch_time: Vec<WatchTimeRow>,
+    /// Watch-time rows an older host stored a row at a time (read until a
+    /// base segment of their campaign replaces them).
+    pub legacy_watch_time: Vec<WatchTimeRow>,
+    /// Committed watch-time segments, oldest first: applied in order after
+    /// the legacy rows, each row replacing what came before it.
+    pub segments: Vec<SegmentRef>,
     /// Rules' state: (campaign, key, value).
     pub campaign_state: Vec<(String, String, Vec<u8>)>,
     /// Campaigns paused by their circuit breaker.
@@ -51,26 +58,6 @@ pub struct Checkpoint {
     pub game_state: Vec<GameStateRow>,
     /// The latest heartbeat of each broadcaster, viewers included.
     pub watchers: Vec<(WatcherRow, Heartbeat)>,
-}
-
-/// Changed watch-time rows, made a statement's worth at a time: a checkpoint
-/// after a channel of ten million viewers never holds them all as rows.
-pub trait WatchTimeRows: Sync {
-    /// How many rows there are.
-    fn count(&self) -> usize;
-
-    /// The rows in `range` (within `0..count()`).
-    fn rows(&self, range: std::ops::Range<usize>) -> Vec<WatchTimeRow>;
-}
-
-impl WatchTimeRows for Vec<WatchTimeRow> {
-    fn count(&self) -> usize {
-        self.len()
-    }
-
-    fn rows(&self, range: std::ops::Range<usize>) -> Vec<WatchTimeRow> {
-        self[range].to_vec()
-    }
 }
 
 /// Which engine partition a checkpoint is of, and the lease it is written under.
@@ -95,8 +82,13 @@ impl Default for PartitionKey {
 pub struct CheckpointWrite<'a> {
     pub partition: &'a PartitionKey,
     pub inbox_seq: i64,
-    /// Changed watch-time rows.
-    pub watch_time: &'a dyn WatchTimeRows,
+    /// Watch-time segments written for this checkpoint ([`Store::write_segment`]), committed by it.
+    pub segments: &'a [i64],
+    /// Campaigns whose segments here include a base, with the base's first
+    /// segment: their older segments and legacy rows go.
+    pub rebased: &'a [(String, i64)],
+    /// What the console shows of the campaigns whose viewers changed.
+    pub viewers: &'a [CampaignViewers],
     /// Changed rules' state: (campaign, key, value or None to delete).
     pub campaign_state: &'a [(String, String, Option<Vec<u8>>)],
     /// Every paused campaign (the whole set).
@@ -111,7 +103,6 @@ pub struct CheckpointWrite<'a> {
     pub watchers_gone: &'a [String],
 }
 
-static NO_ROWS: Vec<WatchTimeRow> = Vec::new();
 static ONE_PARTITION: PartitionKey = PartitionKey { index: 0, count: 1, fence: None };
 
 impl Default for CheckpointWrite<'_> {
@@ -119,7 +110,9 @@ impl Default for CheckpointWrite<'_> {
         CheckpointWrite {
             partition: &ONE_PARTITION,
             inbox_seq: 0,
-            watch_time: &NO_ROWS,
+            segments: &[],
+            rebased: &[],
+            viewers: &[],
             campaign_state: &[],
             breakers: &[],
             keep_from_seq: None,
@@ -141,7 +134,9 @@ impl Store {
         let _guard = self.write_lock().await;
         let mut tx = self.pool.begin().await?;
         let mut removed = 0;
-        for table in ["grants", "watch_time", "campaign_state", "campaign_breakers"] {
+        for table in
+            ["grants", "watch_time", "watch_time_segments", "campaign_viewers", "campaign_state", "campaign_breakers"]
+        {
             removed += sqlx::query(&format!("DELETE FROM {table} WHERE campaign_id = $1"))
                 .bind(campaign_id)
                 .execute(&mut *tx)
@@ -192,9 +187,11 @@ impl Store {
         .bind(part)
         .fetch_all(&self.pool)
         .await?;
+        let segments = self.owned_segments(owns).await?;
         Ok(Checkpoint {
             inbox_seq: seq.unwrap_or(0),
-            watch_time: watch_time
+            segments,
+            legacy_watch_time: watch_time
                 .into_iter()
                 .filter(|row| owns(&row.campaign_id))
                 .map(StoredWatchTime::into_row)
@@ -216,11 +213,11 @@ impl Store {
         Ok(breakers.into_iter().map(StoredBreaker::into_pause).collect())
     }
 
-    /// Commits changed watch-time rows and the inbox position in one
-    /// transaction, then drops the viewer lists the checkpoint has passed
+    /// Commits the watch-time segments written for it, the rest of the
+    /// changed state and the inbox position in one transaction, then drops the viewer lists the checkpoint has passed
     /// (through the inbox's own writer: the inbox is not written here).
     pub async fn save_checkpoint(&self, write: &CheckpointWrite<'_>) -> Result<(), StoreError> {
-        let (inbox_seq, changed, campaign_state) = (write.inbox_seq, write.watch_time, write.campaign_state);
+        let (inbox_seq, campaign_state) = (write.inbox_seq, write.campaign_state);
         let key = write.partition;
         let part = i64::from(key.index);
         let guard = self.write_lock().await;
@@ -231,24 +228,42 @@ impl Store {
             .await?;
         let pruned = pruned.unwrap_or(0);
         let prune_to = write.keep_from_seq.map_or(inbox_seq, |keep| inbox_seq.min(keep - 1)).max(pruned);
-        for first in (0..changed.count()).step_by(ROWS_PER_STATEMENT) {
-            let chunk = changed.rows(first..(first + ROWS_PER_STATEMENT).min(changed.count()));
+        for chunk in write.segments.chunks(ROWS_PER_STATEMENT) {
             let sql = format!(
-                "INSERT INTO watch_time (campaign_id, viewer_id, minutes, last_minute, recent_mask) VALUES {} \
-                 ON CONFLICT (campaign_id, viewer_id) DO UPDATE SET minutes = excluded.minutes, \
-                 last_minute = excluded.last_minute, recent_mask = excluded.recent_mask",
-                values_placeholders(chunk.len(), 5)
+                "UPDATE watch_time_segments SET committed = 1 WHERE id IN ({})",
+                list_placeholders(1, chunk.len())
             );
             let mut q = sqlx::query(&sql);
-            for row in &chunk {
-                q = q
-                    .bind(&row.campaign_id)
-                    .bind(&row.viewer_id)
-                    .bind(row.minutes as i64)
-                    .bind(row.last_minute as i64)
-                    .bind(row.recent_mask as i64);
+            for id in chunk {
+                q = q.bind(id);
             }
             q.execute(&mut *tx).await?;
+        }
+        for (campaign, first) in write.rebased {
+            sqlx::query("DELETE FROM watch_time_segments WHERE campaign_id = $1 AND id < $2")
+                .bind(campaign)
+                .bind(first)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM watch_time WHERE campaign_id = $1").bind(campaign).execute(&mut *tx).await?;
+        }
+        for v in write.viewers {
+            let top: Vec<serde_json::Value> = v
+                .top
+                .iter()
+                .map(|(viewer_id, minutes)| serde_json::json!({ "viewer_id": viewer_id, "minutes": minutes }))
+                .collect();
+            sqlx::query(
+                "INSERT INTO campaign_viewers (campaign_id, viewers, minutes, top) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (campaign_id) DO UPDATE SET viewers = excluded.viewers, minutes = excluded.minutes, \
+                 top = excluded.top",
+            )
+            .bind(&v.campaign_id)
+            .bind(i64::try_from(v.viewers).unwrap_or(i64::MAX))
+            .bind(i64::try_from(v.minutes).unwrap_or(i64::MAX))
+            .bind(serde_json::Value::Array(top).to_string())
+            .execute(&mut *tx)
+            .await?;
         }
         // Rule state in batches: a rule that writes many keys costs a few statements, not one per key.
         let (sets, deletes): (Vec<_>, Vec<_>) = campaign_state.iter().partition(|(_, _, value)| value.is_some());

@@ -1,8 +1,10 @@
 //! Grants, stored exactly once per (campaign, reward, user, key).
 
+use std::sync::Arc;
+
 use serde::Serialize;
 
-use super::{values_placeholders, Backend, Store, StoreError};
+use super::{values_placeholders_after, Backend, Store, StoreError};
 
 /// The PostgreSQL advisory lock that orders grant commits across hosts ("dropsgrn").
 const GRANTS_ORDER_LOCK: i64 = 0x6472_6f70_7367_726e;
@@ -71,11 +73,28 @@ fn ms(t: Option<time::OffsetDateTime>, default: i64) -> i64 {
     t.map_or(default, |t| i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(default))
 }
 
-const ROWS_PER_STATEMENT: usize = 400;
+/// Grants per statement: three parameters each, well under SQLite's and
+/// PostgreSQL's limits on parameters per statement.
+const ROWS_PER_STATEMENT: usize = 4000;
+
+/// The insert of grants that share an origin: the origin's columns are
+/// bound once per statement, each grant binds only (reward, user, key).
+/// `VALUES` names its columns `column1`.. on SQLite and PostgreSQL alike;
+/// `WHERE true` tells SQLite's parser the `ON CONFLICT` is the upsert's.
+fn insert_sql(rows: usize) -> String {
+    format!(
+        "INSERT INTO grants (campaign_id, broadcaster_id, game, client_id, reason, campaign_revision, plugin_hash, \
+         inbox_seq, event_minute, created_at, reward_id, user_id, grant_key) \
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, column1, column2, column3 FROM (VALUES {}) AS v WHERE true \
+         ON CONFLICT (campaign_id, reward_id, user_id, grant_key) DO NOTHING",
+        values_placeholders_after(10, rows, 3)
+    )
+}
 
 impl Store {
     /// Stores grants, skipping any already made; returns how many were new
-    /// (and wakes the manifest batcher for them).
+    /// (and wakes the manifest batcher for them). One transaction; grants of
+    /// the same call share a statement's origin columns.
     pub async fn insert_grants(&self, grants: &[NewGrant]) -> Result<u64, StoreError> {
         if grants.is_empty() {
             return Ok(0);
@@ -90,29 +109,30 @@ impl Store {
         }
         let now = now_ms();
         let mut inserted = 0;
-        for chunk in grants.chunks(ROWS_PER_STATEMENT) {
-            let sql = format!(
-                "INSERT INTO grants (campaign_id, reward_id, user_id, grant_key, broadcaster_id, game, client_id, \
-                 reason, campaign_revision, plugin_hash, inbox_seq, event_minute, created_at) VALUES {} \
-                 ON CONFLICT (campaign_id, reward_id, user_id, grant_key) DO NOTHING",
-                values_placeholders(chunk.len(), 13)
-            );
-            let mut q = sqlx::query(&sql);
+        let mut rest = grants;
+        while let Some(first) = rest.first() {
+            let same = rest
+                .iter()
+                .take(ROWS_PER_STATEMENT)
+                .take_while(|g| Arc::ptr_eq(&g.origin, &first.origin) || g.origin == first.origin)
+                .count();
+            let (chunk, after) = rest.split_at(same);
+            rest = after;
+            let o = &first.origin;
+            let sql = insert_sql(chunk.len());
+            let mut q = sqlx::query(&sql)
+                .bind(&o.campaign_id)
+                .bind(&o.broadcaster_id)
+                .bind(&o.game)
+                .bind(&o.client_id)
+                .bind(o.reason)
+                .bind(&o.campaign_revision)
+                .bind(&o.plugin_hash)
+                .bind(o.inbox_seq)
+                .bind(i64::from(o.event_minute))
+                .bind(now);
             for g in chunk {
-                q = q
-                    .bind(&g.campaign_id)
-                    .bind(&g.reward_id)
-                    .bind(&g.user_id)
-                    .bind(&g.grant_key)
-                    .bind(&g.broadcaster_id)
-                    .bind(&g.game)
-                    .bind(&g.client_id)
-                    .bind(g.reason)
-                    .bind(&g.campaign_revision)
-                    .bind(&g.plugin_hash)
-                    .bind(g.inbox_seq)
-                    .bind(g.event_minute as i64)
-                    .bind(now);
+                q = q.bind(&*g.reward_id).bind(&*g.user_id).bind(&*g.grant_key);
             }
             inserted += q.execute(&mut *tx).await?.rows_affected();
         }

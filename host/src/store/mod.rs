@@ -21,6 +21,7 @@ mod links;
 mod manifests;
 mod notify;
 mod progress;
+mod segments;
 mod signals;
 mod sinks;
 #[cfg(test)]
@@ -36,9 +37,7 @@ use tokio::sync::{Mutex, MutexGuard};
 
 use crate::config::SqliteSynchronous;
 
-pub use checkpoint::{
-    Checkpoint, CheckpointWrite, GameStateRow, PartitionKey, WatchTimeRow, WatchTimeRows, WatcherRow,
-};
+pub use checkpoint::{Checkpoint, CheckpointWrite, GameStateRow, PartitionKey, WatchTimeRow, WatcherRow};
 pub use cluster::{Fence, HostRow, LeaseRow, RuleFileChange, RuleFileRow};
 pub use entitlements::{EntitlementBacklog, EntitlementFilter, EntitlementRow, Fulfilment, Seen};
 pub use grants::{GrantFilter, GrantRow};
@@ -46,7 +45,8 @@ pub use history::{PluginVersion, RuleHistoryEntry};
 use inbox::InboxWriter;
 pub use inbox::InsertOutcome;
 pub use manifests::{status as manifest_status, ManifestRow, UnbatchedGrant, UploadOutcome};
-pub use progress::{GrantBucket, ViewerMinutes};
+pub use progress::{GrantBucket, ViewerMinutes, TOP_VIEWERS_KEPT};
+pub use segments::{CampaignViewers, SegmentRef, WatchTimeColumns, ROWS_PER_SEGMENT};
 pub use signals::Signals;
 pub use sinks::SinkBacklog;
 
@@ -335,7 +335,12 @@ async fn sqlite_pool(
 
 /// `($1,$2),($3,$4)` for `rows` rows of `cols` columns.
 fn values_placeholders(rows: usize, cols: usize) -> String {
-    let mut s = String::with_capacity(rows * cols * 5);
+    values_placeholders_after(0, rows, cols)
+}
+
+/// [`values_placeholders`] numbered from `$skip+1`, after `skip` parameters of the statement's own.
+fn values_placeholders_after(skip: usize, rows: usize, cols: usize) -> String {
+    let mut s = String::with_capacity(rows * cols * 7);
     for r in 0..rows {
         if r > 0 {
             s.push(',');
@@ -346,7 +351,7 @@ fn values_placeholders(rows: usize, cols: usize) -> String {
                 s.push(',');
             }
             s.push('$');
-            s.push_str(&(r * cols + c + 1).to_string());
+            s.push_str(&(skip + r * cols + c + 1).to_string());
         }
         s.push(')');
     }
@@ -374,6 +379,7 @@ mod unit {
     #[test]
     fn placeholders() {
         assert_eq!(values_placeholders(2, 2), "($1,$2),($3,$4)");
+        assert_eq!(values_placeholders_after(3, 2, 1), "($4),($5)");
         assert_eq!(list_placeholders(2, 3), "$2,$3,$4");
     }
 

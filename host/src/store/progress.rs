@@ -3,6 +3,9 @@
 
 use super::{Store, StoreError};
 
+/// How many of a campaign's longest watchers a checkpoint notes for the console.
+pub const TOP_VIEWERS_KEPT: usize = 100;
+
 /// Grants of one reward in one time bucket.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct GrantBucket {
@@ -14,7 +17,7 @@ pub struct GrantBucket {
 }
 
 /// A viewer's counted watch time in a campaign.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ViewerMinutes {
     pub viewer_id: String,
     pub minutes: i64,
@@ -45,23 +48,24 @@ impl Store {
     }
 
     /// How many viewers have counted watch time in `campaign_id`, and the
-    /// `limit` who watched longest (as of the engine's last checkpoint).
+    /// `limit` who watched longest (as of the engine's last checkpoint, which
+    /// writes both; up to [`TOP_VIEWERS_KEPT`] of them).
     pub async fn viewer_progress(
         &self,
         campaign_id: &str,
         limit: u32,
     ) -> Result<(i64, Vec<ViewerMinutes>), StoreError> {
-        let viewers: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM watch_time WHERE campaign_id = $1")
-            .bind(campaign_id)
-            .fetch_one(&self.pool)
-            .await?;
-        let top = sqlx::query_as(
-            "SELECT viewer_id, minutes FROM watch_time WHERE campaign_id = $1 ORDER BY minutes DESC, viewer_id LIMIT $2",
-        )
-        .bind(campaign_id)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
+        let row: Option<(i64, String)> =
+            sqlx::query_as("SELECT viewers, top FROM campaign_viewers WHERE campaign_id = $1")
+                .bind(campaign_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        let Some((viewers, top)) = row else { return Ok((0, Vec::new())) };
+        let mut top: Vec<ViewerMinutes> = serde_json::from_str(&top).map_err(|e| StoreError::Corrupt {
+            seq: 0,
+            reason: format!("campaign_viewers.top of `{campaign_id}`: {e}"),
+        })?;
+        top.truncate(limit as usize);
         Ok((viewers, top))
     }
 }

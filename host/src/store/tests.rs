@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::domain::{
-    AccountLink, Event, GameStateEvent, Heartbeat, Id, NewGrant, Paused, Publisher, Update, ViewerList,
+    AccountLink, Event, GameStateEvent, GrantOrigin, Heartbeat, Id, NewGrant, Paused, Publisher, Update, ViewerList,
 };
 
 /// A fresh database of each backend, and what keeps it alive.
@@ -96,18 +96,20 @@ async fn manifest_users(store: &Store, manifest_id: &str) -> Vec<String> {
 
 fn grant(user: &str, key: &str) -> NewGrant {
     NewGrant {
-        campaign_id: "c-1".into(),
+        origin: Arc::new(GrantOrigin {
+            campaign_id: "c-1".into(),
+            broadcaster_id: "b-1".into(),
+            game: "G".into(),
+            client_id: "client".into(),
+            reason: "watching",
+            campaign_revision: "rev".into(),
+            plugin_hash: "hash".into(),
+            inbox_seq: 1,
+            event_minute: 30,
+        }),
         reward_id: "r-1".into(),
         user_id: user.into(),
         grant_key: key.into(),
-        broadcaster_id: "b-1".into(),
-        game: "G".into(),
-        client_id: "client".into(),
-        reason: "watching",
-        campaign_revision: "rev".into(),
-        plugin_hash: "hash".into(),
-        inbox_seq: 1,
-        event_minute: 30,
     }
 }
 
@@ -385,14 +387,18 @@ async fn a_checkpoint_round_trips_and_prunes_what_it_passed() {
         store.insert_game_state(&game_state("conn:1")).await.unwrap();
         store.insert_heartbeats(&[heartbeat("h-3", "b-2", &["v-3"])]).await.unwrap();
         let seqs: Vec<i64> = store.inbox_after(0, 10).await.unwrap().iter().map(|e| e.seq).collect();
-        let watch_time = vec![WatchTimeRow {
-            campaign_id: "c-1".into(),
-            viewer_id: "v-1".into(),
-            minutes: 64,
-            last_minute: 29_000_000,
-            // Bit 63 set: stored as a negative i64, read back as the same bits.
-            recent_mask: u64::MAX,
-        }];
+        // An older host's row of c-1, read until c-1's first base commits.
+        sqlx::query("INSERT INTO watch_time (campaign_id, viewer_id, minutes, last_minute, recent_mask) VALUES ('c-1', 'v-0', 3, 9, -1)")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        let mut columns = WatchTimeColumns::default();
+        columns.push("v-1", 64, 29_000_000, u64::MAX);
+        let data = columns.encode().unwrap();
+        let orphan = store.write_segment("c-1", 1, &data).await.unwrap();
+        let base = store.write_segment("c-1", 1, &data).await.unwrap();
+        let viewers =
+            [CampaignViewers { campaign_id: "c-1".into(), viewers: 1, minutes: 64, top: vec![("v-1".into(), 64)] }];
         let kv = [("c-1".to_string(), "k".to_string(), Some(vec![1, 2])), ("c-1".into(), "gone".into(), None)];
         let paused =
             Paused { since_seq: 99, plugin_hash: "h".into(), campaign_revision: "r".into(), reason: "x".into() };
@@ -406,7 +412,9 @@ async fn a_checkpoint_round_trips_and_prunes_what_it_passed() {
         let watchers = [WatcherRow { broadcaster_id: "b-1".into(), inbox_seq: seqs[1], minute: 1, received_at_ms: 0 }];
         let write = CheckpointWrite {
             inbox_seq: seqs[2],
-            watch_time: &watch_time,
+            segments: &[base],
+            rebased: &[("c-1".to_string(), base)],
+            viewers: &viewers,
             campaign_state: &kv,
             breakers: &breakers,
             game_state: &game,
@@ -417,7 +425,18 @@ async fn a_checkpoint_round_trips_and_prunes_what_it_passed() {
 
         let loaded = store.load_checkpoint(0, &|_| true).await.unwrap();
         assert_eq!(loaded.inbox_seq, seqs[2], "{backend}");
-        assert_eq!(loaded.watch_time, watch_time, "{backend}");
+        assert_eq!(loaded.legacy_watch_time, [], "{backend}: the base replaced the older host's rows");
+        assert_eq!(loaded.segments, [SegmentRef { id: base, campaign_id: "c-1".into(), row_count: 1 }], "{backend}");
+        assert_eq!(store.read_segment(base).await.unwrap(), columns, "{backend}");
+        let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM watch_time_segments WHERE id = $1")
+            .bind(orphan)
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(left, 0, "{backend}: the uncommitted segment was deleted by the next load");
+        let top: Vec<ViewerMinutes> = vec![ViewerMinutes { viewer_id: "v-1".into(), minutes: 64 }];
+        assert_eq!(store.viewer_progress("c-1", 10).await.unwrap(), (1, top), "{backend}");
+        assert_eq!(store.viewer_progress("c-1", 0).await.unwrap(), (1, vec![]), "{backend}");
         assert_eq!(loaded.campaign_state, [("c-1".to_string(), "k".to_string(), vec![1, 2])], "{backend}");
         assert_eq!(loaded.breakers, breakers, "{backend}");
         assert_eq!(loaded.game_state, game, "{backend}");
@@ -465,9 +484,22 @@ async fn a_checkpoint_round_trips_and_prunes_what_it_passed() {
             count: 4,
             fence: Some(Fence { name: "engine/1".into(), holder: holder.into(), epoch }),
         };
-        let write = CheckpointWrite { partition: &stale, inbox_seq: seqs[3], ..Default::default() };
+        let late = store.write_segment("c-1", 1, &data).await.unwrap();
+        let write = CheckpointWrite {
+            partition: &stale,
+            inbox_seq: seqs[3],
+            segments: &[late],
+            rebased: &[("c-1".to_string(), late)],
+            ..Default::default()
+        };
         assert!(matches!(store.save_checkpoint(&write).await, Err(StoreError::LeaseLost(_))), "{backend}");
-        assert_eq!(store.load_checkpoint(1, &|_| true).await.unwrap().inbox_seq, seqs[2], "{backend}: nothing written");
+        let after = store.load_checkpoint(1, &|_| true).await.unwrap();
+        assert_eq!(after.inbox_seq, seqs[2], "{backend}: nothing written");
+        assert_eq!(
+            after.segments.iter().map(|s| s.id).collect::<Vec<_>>(),
+            [base],
+            "{backend}: its segment never counts"
+        );
         assert_eq!(store.renew_leases(holder, 60_000).await.unwrap(), [], "{backend}: the old holder holds nothing");
     }
     dbs.drop_postgres().await;

@@ -71,7 +71,7 @@ fn describe_metrics() {
 
 /// A metric's name, unit and help text.
 type Description = (&'static str, Unit, &'static str);
-use Unit::{Count, Seconds};
+use Unit::{Bytes, Count, Seconds};
 
 const COUNTERS: &[Description] = &[
     ("drops_vhs_requests_total", Count, "VHS requests answered, by outcome (accepted or the refusal's reason)"),
@@ -84,6 +84,7 @@ const COUNTERS: &[Description] = &[
     ("drops_eventsub_revocations_total", Count, "EventSub subscription revocations received from Twitch"),
     ("drops_engine_watch_time_seconds_total", Seconds, "Watch time the engine counted for viewers of campaigns"),
     ("drops_engine_stopped_total", Count, "Times the engine stopped on an error it could not retry"),
+    ("drops_engine_checkpoint_bytes_total", Bytes, "Compressed watch-time segment bytes checkpoints wrote"),
     ("drops_grants_total", Count, "Grants stored (each grant once)"),
     ("drops_plugin_errors_total", Count, "Plugin calls that failed, over all plugins"),
     ("drops_plugin_calls_total", Count, "Plugin calls, by plugin, version and outcome (ok or the error's kind)"),
@@ -113,6 +114,11 @@ const COUNTERS: &[Description] = &[
 const GAUGES: &[Description] = &[
     ("drops_e2_connections", Count, "Game-server websocket connections open now"),
     ("drops_engine_inbox_seq", Count, "The last inbox sequence number the engine has judged, by partition"),
+    (
+        "drops_engine_checkpoint_seq",
+        Count,
+        "The inbox sequence number the last committed checkpoint covers, by partition",
+    ),
     ("drops_engine_lag_events", Count, "Inbox sequence numbers stored but not yet judged, by partition"),
     ("drops_engine_lag_seconds", Seconds, "Age of the oldest stored event the engine has not judged, by partition"),
     ("drops_engine_broadcasters_watching", Count, "Broadcasters with viewers in the watching window"),
@@ -143,6 +149,21 @@ const HISTOGRAMS: &[Description] = &[
     ("drops_plugin_fuel", Count, "Fuel (wasm instructions, roughly) one plugin call burnt, by plugin and version"),
     ("drops_plugin_compile_seconds", Seconds, "Compiling a plugin version"),
     ("drops_rules_reload_seconds", Seconds, "Loading and swapping in a changed rules folder"),
+    (
+        "drops_engine_checkpoint_seconds",
+        Seconds,
+        "Writing one checkpoint, from taking it to its commit (evaluation goes on)",
+    ),
+    (
+        "drops_engine_checkpoint_pause_seconds",
+        Seconds,
+        "Evaluation paused while a checkpoint copied and encoded what changed",
+    ),
+    (
+        "drops_engine_restore_seconds",
+        Seconds,
+        "Loading a partition's checkpoint at start or takeover, segments applied",
+    ),
 ];
 
 #[cfg(test)]
