@@ -20,6 +20,7 @@ pub mod partition;
 pub mod recording;
 pub mod state;
 pub mod task;
+pub mod viewer_table;
 pub mod watch_time;
 pub mod worker;
 

@@ -14,11 +14,12 @@
 //! hour are recognised. A report older than that window behind the viewer's
 //! newest minute cannot be told apart and is not counted (never counted twice).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 
 use hashbrown::HashTable;
 
+use super::viewer_table::{ViewerSet, ViewerTable};
 use crate::store::{CampaignViewers, StoreError, WatchTimeColumns, WatchTimeRow, ROWS_PER_SEGMENT, TOP_VIEWERS_KEPT};
 
 /// A viewer's progress in one campaign.
@@ -145,8 +146,8 @@ impl Tentative {
 
 #[derive(Debug, Default)]
 struct CampaignProgress {
-    viewers: HashMap<u32, Progress>,
-    dirty: HashSet<u32>,
+    viewers: ViewerTable<Progress>,
+    dirty: ViewerSet,
     /// Every viewer's minutes added up.
     minutes: u64,
     /// Rows in the stored segments (a restart reads them all).
@@ -169,9 +170,9 @@ impl CampaignProgress {
     fn encode(&self, interner: &Interner, base: bool) -> Result<Vec<(usize, Vec<u8>)>, StoreError> {
         let total = if base { self.viewers.len() } else { self.dirty.len() };
         let mut rows: Box<dyn Iterator<Item = (u32, &Progress)> + '_> = if base {
-            Box::new(self.viewers.iter().map(|(&v, p)| (v, p)))
+            Box::new(self.viewers.iter())
         } else {
-            Box::new(self.dirty.iter().filter_map(|v| self.viewers.get(v).map(|p| (*v, p))))
+            Box::new(self.dirty.iter().filter_map(|v| self.viewers.get(v).map(|p| (v, p))))
         };
         let fill = |rows: &mut dyn Iterator<Item = (u32, &Progress)>| {
             let mut columns = WatchTimeColumns::with_capacity(SEGMENT_ROWS.min(total));
@@ -225,7 +226,7 @@ impl CampaignProgress {
         use std::cmp::Reverse;
         use std::collections::BinaryHeap;
         let mut heap: BinaryHeap<Reverse<(u32, Reverse<&str>)>> = BinaryHeap::with_capacity(TOP_VIEWERS_KEPT + 1);
-        for (&viewer, p) in &self.viewers {
+        for (viewer, p) in self.viewers.iter() {
             let entry = (p.minutes, Reverse(interner.id(viewer)));
             // Most viewers rank below the hundredth: one comparison, no push and pop.
             if heap.len() == TOP_VIEWERS_KEPT && heap.peek().is_some_and(|Reverse(least)| entry <= *least) {
@@ -280,7 +281,6 @@ impl WatchTime {
             Some(p) => p,
             None => campaigns.entry(campaign.to_string()).or_default(),
         };
-        progress.viewers.reserve(segment.len());
         for (id, minutes, last_minute, recent_mask) in segment.rows() {
             progress.set(interner.intern(id), Progress { minutes, last_minute, recent_mask });
         }
@@ -290,7 +290,9 @@ impl WatchTime {
     /// Encodes what changed since the last snapshot, campaign by campaign, and
     /// forgets that it changed. A campaign whose stored segments would
     /// otherwise hold more than twice its viewers is written whole (a base),
-    /// so a restart reads at most that and a change is written about twice.
+    /// so a restart reads at most that and a change is written about twice;
+    /// so is one where half its viewers or more changed, since such a delta
+    /// costs about what a base does and a base lets the restart read half.
     pub fn snapshot(&mut self) -> Result<Vec<CampaignSnapshot>, StoreError> {
         let WatchTime { interner, campaigns } = self;
         let mut out = Vec::new();
@@ -299,7 +301,10 @@ impl WatchTime {
                 continue;
             }
             let (viewers, dirty) = (progress.viewers.len() as u64, progress.dirty.len() as u64);
-            let base = progress.needs_base || progress.stored_rows == 0 || progress.stored_rows + dirty > 2 * viewers;
+            let base = progress.needs_base
+                || progress.stored_rows == 0
+                || progress.stored_rows + dirty > 2 * viewers
+                || 2 * dirty >= viewers;
             let segments = progress.encode(interner, base)?;
             progress.stored_rows = if base { viewers } else { progress.stored_rows + dirty };
             progress.needs_base = false;
@@ -331,7 +336,7 @@ impl WatchTime {
         let mut rows = Vec::with_capacity(viewer_ids.size_hint().0);
         for id in viewer_ids {
             let viewer = self.interner.intern(id);
-            let mut p = progress.and_then(|c| c.viewers.get(&viewer)).copied().unwrap_or_default();
+            let mut p = progress.and_then(|c| c.viewers.get(viewer)).copied().unwrap_or_default();
             let counted = p.count(minute);
             rows.push((viewer, p, counted));
         }
@@ -347,7 +352,7 @@ impl WatchTime {
         let mut counted = 0;
         for &(viewer, p, new) in &tentative.rows {
             // A viewer listed twice in one heartbeat is one minute.
-            if new && progress.viewers.get(&viewer) != Some(&p) {
+            if new && progress.viewers.get(viewer) != Some(&p) {
                 progress.set(viewer, p);
                 progress.dirty.insert(viewer);
                 counted += 1;
@@ -359,7 +364,7 @@ impl WatchTime {
     /// A viewer's progress in a campaign.
     pub fn progress(&self, campaign: &str, viewer_id: &str) -> Progress {
         let Some(viewer) = self.interner.get(viewer_id) else { return Progress::default() };
-        self.campaigns.get(campaign).and_then(|c| c.viewers.get(&viewer)).copied().unwrap_or_default()
+        self.campaigns.get(campaign).and_then(|c| c.viewers.get(viewer)).copied().unwrap_or_default()
     }
 
     /// Viewers changed since the last snapshot, over every campaign.
@@ -377,19 +382,33 @@ impl WatchTime {
     /// they are most of the interner: it would otherwise only grow. Run at
     /// checkpoints, where no [`Tentative`] is alive.
     pub fn compact(&mut self) -> usize {
-        let held: HashSet<u32> = self.campaigns.values().flat_map(|c| c.viewers.keys().copied()).collect();
+        let mut held = ViewerSet::default();
+        for c in self.campaigns.values() {
+            for (v, _) in c.viewers.iter() {
+                held.insert(v);
+            }
+        }
         let unheld = self.interner.len() - held.len();
         if unheld <= held.len().max(1024) {
             return 0;
         }
+        // Renumbered in the old order, so each campaign's viewers stay together.
         let mut fresh = Interner::default();
-        let mut renumber: HashMap<u32, u32> = HashMap::with_capacity(held.len());
-        for &old in &held {
-            renumber.insert(old, fresh.intern(self.interner.id(old)));
+        let mut renumber = vec![u32::MAX; self.interner.len()];
+        for old in held.iter() {
+            renumber[old as usize] = fresh.intern(self.interner.id(old));
         }
         for progress in self.campaigns.values_mut() {
-            progress.viewers = progress.viewers.drain().map(|(v, p)| (renumber[&v], p)).collect();
-            progress.dirty = progress.dirty.drain().map(|v| renumber[&v]).collect();
+            let mut viewers = ViewerTable::default();
+            for (v, p) in progress.viewers.iter() {
+                viewers.insert(renumber[v as usize], *p);
+            }
+            let mut dirty = ViewerSet::default();
+            for v in progress.dirty.iter() {
+                dirty.insert(renumber[v as usize]);
+            }
+            progress.viewers = viewers;
+            progress.dirty = dirty;
         }
         self.interner = fresh;
         unheld
@@ -514,6 +533,11 @@ mod tests {
             }
             snapshots.push(snapshot);
         }
+        // When most viewers watch on, every snapshot is a base.
+        for id in ids.iter().take(1500) {
+            state.count("c", id, 112);
+        }
+        assert!(state.snapshot().unwrap()[0].base, "half the viewers changed: a base");
         let everything = restored(&snapshots);
         let from_base = restored(&snapshots[snapshots.len() - 1..]);
         for restored in [everything, from_base] {

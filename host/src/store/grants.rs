@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::{values_placeholders_after, Backend, Store, StoreError};
+use super::{list_params, values_params, Backend, Store, StoreError};
 
 /// The PostgreSQL advisory lock that orders grant commits across hosts ("dropsgrn").
 const GRANTS_ORDER_LOCK: i64 = 0x6472_6f70_7367_726e;
@@ -81,13 +81,14 @@ const ROWS_PER_STATEMENT: usize = 4000;
 /// bound once per statement, each grant binds only (reward, user, key).
 /// `VALUES` names its columns `column1`.. on SQLite and PostgreSQL alike;
 /// `WHERE true` tells SQLite's parser the `ON CONFLICT` is the upsert's.
-fn insert_sql(rows: usize) -> String {
+fn insert_sql(backend: Backend, rows: usize) -> String {
     format!(
         "INSERT INTO grants (campaign_id, broadcaster_id, game, client_id, reason, campaign_revision, plugin_hash, \
          inbox_seq, event_minute, created_at, reward_id, user_id, grant_key) \
-         SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, column1, column2, column3 FROM (VALUES {}) AS v WHERE true \
+         SELECT {}, column1, column2, column3 FROM (VALUES {}) AS v WHERE true \
          ON CONFLICT (campaign_id, reward_id, user_id, grant_key) DO NOTHING",
-        values_placeholders_after(10, rows, 3)
+        list_params(backend, 1, 10),
+        values_params(backend, 10, rows, 3)
     )
 }
 
@@ -119,7 +120,7 @@ impl Store {
             let (chunk, after) = rest.split_at(same);
             rest = after;
             let o = &first.origin;
-            let sql = insert_sql(chunk.len());
+            let sql = insert_sql(self.backend, chunk.len());
             let mut q = sqlx::query(&sql)
                 .bind(&o.campaign_id)
                 .bind(&o.broadcaster_id)

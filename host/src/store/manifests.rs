@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use super::{list_placeholders, Store, StoreError};
+use super::{list_params, Backend, Store, StoreError};
 use crate::domain::now_ms;
 
 /// A grant not yet in any manifest.
@@ -78,7 +78,8 @@ pub enum UploadOutcome {
     },
 }
 
-const IDS_PER_STATEMENT: usize = 900;
+/// Grant ids per assigning statement (one parameter each, plus the manifest id).
+const IDS_PER_STATEMENT: usize = 8000;
 
 const MANIFEST_COLUMNS: &str = "id, campaign_id, client_id, game, broadcaster_id, item_id, reason, users, status, \
      path, bytes, attempts, last_error, next_attempt_at, created_at, uploaded_at";
@@ -122,7 +123,7 @@ impl Store {
         .bind(now_ms())
         .execute(&mut *tx)
         .await?;
-        assign_grants(&mut tx, &manifest.id, grant_ids).await?;
+        assign_grants(self.backend, &mut tx, &manifest.id, grant_ids).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -132,7 +133,7 @@ impl Store {
     pub async fn add_to_manifest(&self, manifest_id: &str, grant_ids: &[i64]) -> Result<(), StoreError> {
         let _guard = self.write_lock().await;
         let mut tx = self.pool.begin().await?;
-        assign_grants(&mut tx, manifest_id, grant_ids).await?;
+        assign_grants(self.backend, &mut tx, manifest_id, grant_ids).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -342,6 +343,7 @@ impl Store {
 /// Gives the still unassigned `grant_ids` to a pending manifest and counts
 /// them in its `users`: a grant another manifest holds stays there.
 async fn assign_grants(
+    backend: Backend,
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     manifest_id: &str,
     grant_ids: &[i64],
@@ -349,8 +351,9 @@ async fn assign_grants(
     let mut added = 0;
     for chunk in grant_ids.chunks(IDS_PER_STATEMENT) {
         let sql = format!(
-            "UPDATE grants SET manifest_id = $1 WHERE manifest_id IS NULL AND id IN ({})",
-            list_placeholders(2, chunk.len())
+            "UPDATE grants SET manifest_id = {} WHERE manifest_id IS NULL AND id IN ({})",
+            list_params(backend, 1, 1),
+            list_params(backend, 2, chunk.len())
         );
         let mut q = sqlx::query(&sql).bind(manifest_id);
         for id in chunk {
