@@ -15,7 +15,9 @@
 //! newest minute cannot be told apart and is not counted (never counted twice).
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
+
+use foldhash::quality::RandomState;
 
 use hashbrown::HashTable;
 
