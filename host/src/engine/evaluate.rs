@@ -243,14 +243,8 @@ fn settle(
                 event_minute: made.minute,
             });
             let rewards: Vec<Arc<str>> = campaign.wit.rewards.iter().map(|r| Arc::from(r.as_str())).collect();
-            let mut grants = grants.into_iter();
-            loop {
-                let room = FLUSH_GRANTS.saturating_sub(out.grants.len()).max(1);
-                let before = out.grants.len();
-                out.grants.extend(grants.by_ref().take(room).map(|g| new_grant(&origin, &rewards, &made, g)));
-                if out.grants.len() == before {
-                    break;
-                }
+            for g in grants {
+                out.grants.push(new_grant(&origin, &rewards, &made, g));
                 out.flush_full();
             }
         }
