@@ -131,26 +131,59 @@ pub enum CampaignCommand {
     },
 }
 
+/// The languages a rule is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Lang {
+    /// Rust, with drops-plugin-sdk.
+    Rust,
+    /// TypeScript (AssemblyScript), with the TypeScript SDK.
+    #[value(alias = "typescript")]
+    Ts,
+}
+
 /// Plugin tools.
 #[derive(Debug, Subcommand)]
 pub enum PluginCommand {
-    /// Create a plugin crate NAME (a rule, its config type and a native test) that builds.
+    /// Create a plugin NAME that builds: a Rust crate (a rule, its config
+    /// type, a native test) or, with `--lang ts`, a TypeScript package
+    /// (AssemblyScript: `npm install && npm run build`, `npm test`); either
+    /// with a test case for `plugin test`.
     New {
         /// Crate and plugin name: lowercase letters, digits and dashes.
         name: String,
         /// Folder to create it in.
         #[arg(long, default_value = ".")]
         dir: PathBuf,
-        /// Path to drops-plugin-sdk (default: the copy this binary was built from).
+        /// The language of the rule.
+        #[arg(long, value_enum, default_value_t = Lang::Rust)]
+        lang: Lang,
+        /// Path to the SDK (drops-plugin-sdk; plugin-sdk-ts with `--lang ts`);
+        /// default: the copy this binary was built from, written beside the rule.
         #[arg(long)]
         sdk: Option<PathBuf>,
+    },
+    /// Build the plugin in DIR (a Cargo crate or a TypeScript package) and
+    /// run each test case in DIR/tests/cases/*.json through it, in the
+    /// host's sandbox: an event, the viewers' minutes and the rule state
+    /// before it, and the verdict, grants and items expected. Prints a diff
+    /// per failing case; exits non-zero if any fails.
+    Test {
+        /// The plugin's folder.
+        dir: PathBuf,
+        /// Test this build instead of building DIR.
+        #[arg(long)]
+        plugin: Option<PathBuf>,
+        /// The cases' folder (default DIR/tests/cases).
+        #[arg(long)]
+        cases: Option<PathBuf>,
     },
     /// Run one event through a plugin in a fresh sandbox and print the
     /// verdict, the grants (viewer and reward ids), the plugin's log lines,
     /// the fuel it used and its time.
     ///
     /// The event (a file, or - for stdin) is a VHS heartbeat (as Twitch posts
-    /// it, with `viewer_list`), a game-state change
+    /// it, with `viewer_list`, and optionally `state_changed`: the minute
+    /// since the Unix epoch of the broadcaster's last game-state change), a game-state change
     /// (`{"game_state": {"broadcaster", "previous"?, "current", "authoritative"?},
     /// "viewers": [...]}`) or an entitlement (`{"entitlement": {EventSub
     /// data}, "account": "..."}`).
@@ -175,7 +208,7 @@ pub enum PluginCommand {
     /// that use it, and install it: into a rules folder a host watches
     /// (--rules), or on a running host through its admin API (--host).
     Watch {
-        /// The plugin crate's folder.
+        /// The plugin's folder: a Cargo crate or a TypeScript package.
         crate_dir: PathBuf,
         /// Install into this rules folder (plugins/NAME.wasm, checked against campaigns/*.toml).
         #[arg(long, conflicts_with = "host", required_unless_present = "host")]
@@ -259,10 +292,22 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             };
             return crate::plugin_check::run(&file, checked);
         }
-        Command::Plugin(PluginCommand::New { name, dir, sdk }) => {
-            let root = crate::scaffold::new_plugin(&dir, &name, sdk)?;
-            println!("created {}: `cargo test` runs its tests natively;", root.display());
+        Command::Plugin(PluginCommand::New { name, dir, lang, sdk }) => {
+            let root = match lang {
+                Lang::Rust => crate::scaffold::new_plugin(&dir, &name, sdk)?,
+                Lang::Ts => crate::scaffold::typescript::new_plugin(&dir, &name, sdk)?,
+            };
+            match lang {
+                Lang::Rust => println!("created {}: `cargo test` runs its tests natively;", root.display()),
+                Lang::Ts => println!(
+                    "created {}: `npm install && npm run build` builds it, `npm test` runs its cases;",
+                    root.display()
+                ),
+            }
             println!("{} says how to build, check, run, watch and install it.", root.join("README.md").display());
+        }
+        Command::Plugin(PluginCommand::Test { dir, plugin, cases }) => {
+            return crate::plugin_test::run(&dir, plugin.as_deref(), cases.as_deref());
         }
         Command::Campaign(CampaignCommand::Reset { id, config }) => {
             let settings = Settings::load(config.as_deref())?;

@@ -5,7 +5,7 @@
 //!
 //! | layer | modules | what they own |
 //! | --- | --- | --- |
-//! | commands | [`cli`], [`app`], [`demo`], [`simulate`], [`replay`], [`scaffold`], [`plugin_check`], [`plugin_run`], [`plugin_watch`] | starting things |
+//! | commands | [`cli`], [`app`], [`demo`], [`simulate`], [`replay`], [`scaffold`], [`plugin_build`], [`plugin_check`], [`plugin_run`], [`plugin_test`], [`plugin_watch`] | starting things |
 //! | routers | [`api`] | one router: ingest, health, metrics, the admin API |
 //! | edges and tasks | [`ingest`] (VHS, E2), [`engine`], [`manifests`], [`delivery`] | events in, judgement, files out, uploads |
 //! | rules | [`rules`] | campaign files bound to plugins, hot reload |
@@ -34,8 +34,10 @@ pub mod health;
 pub mod http;
 pub mod ingest;
 pub mod manifests;
+pub mod plugin_build;
 pub mod plugin_check;
 pub mod plugin_run;
+pub mod plugin_test;
 pub mod plugin_watch;
 pub mod plugins;
 pub mod replay;

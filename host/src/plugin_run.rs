@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{Entitlement, Heartbeat, ViewerList};
 use crate::plugins::{
-    CallTrace, CampaignKv, PluginRuntime, WitEntitlement, WitEntitlementVerdict, WitGameState, WitGrant, WitHeartbeat,
-    WitViewers,
+    CallTrace, CampaignKv, Plugin, PluginRuntime, WitCampaign, WitEntitlement, WitEntitlementVerdict, WitGameState,
+    WitGrant, WitHeartbeat, WitViewers,
 };
 use crate::rules::LoadedCampaign;
 
@@ -106,24 +106,59 @@ pub fn run(
     let progress = parse_minutes(minutes)?;
     let event = read_event(event)?;
     let mut state = CampaignKv::default();
+    let mut report = decide(&runtime, &plugin, &wit, &event, &progress, &mut state)?;
+    for trace in runtime.take_traces() {
+        let CallTrace { logs, fuel_used, fuel_budget, micros } = trace;
+        report.logs.extend(logs);
+        report.fuel_used += fuel_used;
+        report.fuel_budget += fuel_budget;
+        report.micros += micros;
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report, plugin_file, &plugin.hash.0, &def.id);
+    }
+    Ok(if report.error.is_some() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+/// Runs one event (as `plugin run` reads it) through `plugin`; `progress` is
+/// the viewers' watch-time before it. The report's logs and fuel are the
+/// runtime's traces, which the caller takes.
+pub(crate) fn decide(
+    runtime: &PluginRuntime,
+    plugin: &Plugin,
+    wit: &WitCampaign,
+    event: &serde_json::Value,
+    progress: &HashMap<String, u32>,
+    state: &mut CampaignKv,
+) -> anyhow::Result<RunReport> {
     let mut report = RunReport::default();
     let reward = |g: &WitGrant| wit.rewards.get(g.reward as usize).cloned().unwrap_or_default();
     if event.get("viewer_list").is_some() {
         report.event = "heartbeat";
-        let hb: Heartbeat = serde_path_to_error::deserialize(&event)
+        let hb: Heartbeat = serde_path_to_error::deserialize(event)
             .map_err(|e| anyhow::anyhow!("event: {}: {}", e.path(), e.inner()))?;
         let viewers = WitViewers::from_progress(
             hb.viewer_list.iter().map(|v| (progress.get(v).copied().unwrap_or(0).saturating_add(1), true)),
         );
-        let wit_hb = WitHeartbeat {
-            broadcaster: hb.broadcaster.0.clone(),
-            game: hb.game.0.clone(),
-            minute: hb.minute().0,
-            viewers_reported: hb.viewers.min(u32::MAX as u64) as u32,
-            state_changed: None,
-        };
+        let wit_hb =
+            WitHeartbeat {
+                broadcaster: hb.broadcaster.0.clone(),
+                game: hb.game.0.clone(),
+                minute: hb.minute().0,
+                viewers_reported: hb.viewers.min(u32::MAX as u64) as u32,
+                // Not part of a VHS post: the minute the broadcaster's E2 game
+                // state last changed, as the host would know it.
+                state_changed: match event.get("state_changed") {
+                    None | Some(serde_json::Value::Null) => None,
+                    Some(v) => Some(v.as_u64().and_then(|m| u32::try_from(m).ok()).context(
+                        "event: state_changed: the minute (since the Unix epoch) the game state last changed",
+                    )?),
+                },
+            };
         let ids = hb.viewer_list.clone();
-        match runtime.on_heartbeat(&plugin, &wit, &wit_hb, &viewers, ids.clone(), &mut state) {
+        match runtime.on_heartbeat(plugin, wit, &wit_hb, &viewers, ids.clone(), state) {
             Ok(verdict) => {
                 report.count_minutes = Some(verdict.count_minutes);
                 report.grants = named(&verdict.grants, &ids, reward);
@@ -158,7 +193,7 @@ pub fn run(
         let ids: Arc<ViewerList> = Arc::new(watching.iter().cloned().collect());
         let viewers =
             WitViewers::from_progress(watching.iter().map(|v| (progress.get(v).copied().unwrap_or(0), false)));
-        match runtime.on_game_state(&plugin, &wit, &wit_change, &viewers, ids.clone(), &mut state) {
+        match runtime.on_game_state(plugin, wit, &wit_change, &viewers, ids.clone(), state) {
             Ok(grants) => report.grants = named(&grants, &ids, reward),
             Err(e) => report.error = Some(e.to_string()),
         }
@@ -169,7 +204,7 @@ pub fn run(
         let account =
             event.get("account").and_then(|a| a.as_str()).context("event: account: the linked game account")?;
         let wit_e = WitEntitlement::of(&e, account);
-        match runtime.on_entitlement(&plugin, &wit, &wit_e, &mut state) {
+        match runtime.on_entitlement(plugin, wit, &wit_e, state) {
             Ok(WitEntitlementVerdict::Deliver(items)) => {
                 let items = items.into_iter().map(|i| crate::domain::DeliveredItem { id: i.id, quantity: i.quantity });
                 report.items = Some(items.collect());
@@ -182,19 +217,7 @@ pub fn run(
             "event: not a heartbeat (`viewer_list`), a game-state change (`game_state`) or an entitlement (`entitlement`)"
         );
     }
-    for trace in runtime.take_traces() {
-        let CallTrace { logs, fuel_used, fuel_budget, micros } = trace;
-        report.logs.extend(logs);
-        report.fuel_used += fuel_used;
-        report.fuel_budget += fuel_budget;
-        report.micros += micros;
-    }
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print_report(&report, plugin_file, &plugin.hash.0, &def.id);
-    }
-    Ok(if report.error.is_some() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(report)
 }
 
 fn named(grants: &[WitGrant], ids: &ViewerList, reward: impl Fn(&WitGrant) -> String) -> Vec<RunGrant> {
@@ -209,7 +232,7 @@ fn named(grants: &[WitGrant], ids: &ViewerList, reward: impl Fn(&WitGrant) -> St
 }
 
 /// `viewer=minutes` pairs.
-fn parse_minutes(pairs: &[String]) -> anyhow::Result<HashMap<String, u32>> {
+pub(crate) fn parse_minutes(pairs: &[String]) -> anyhow::Result<HashMap<String, u32>> {
     pairs
         .iter()
         .map(|pair| {
@@ -221,7 +244,7 @@ fn parse_minutes(pairs: &[String]) -> anyhow::Result<HashMap<String, u32>> {
         .collect()
 }
 
-fn read_event(path: &Path) -> anyhow::Result<serde_json::Value> {
+pub(crate) fn read_event(path: &Path) -> anyhow::Result<serde_json::Value> {
     use std::io::Read;
     let mut bytes = Vec::new();
     let limit = MAX_EVENT_BYTES as u64 + 1;

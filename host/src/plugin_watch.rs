@@ -1,15 +1,17 @@
-//! `drops-host plugin watch`: like `spin watch`, rebuilds a plugin crate when
-//! its sources change, checks the new build against every campaign of a
-//! rules folder that uses it, and installs it (an atomic rename into the
-//! folder a host watches), or uploads it to a running host, which checks it
-//! against its own campaigns. Prints what changed.
+//! `drops-host plugin watch`: like `spin watch`, rebuilds a plugin (a Cargo
+//! crate or a TypeScript package) when its sources change, checks the new
+//! build against every campaign of a rules folder that uses it, and installs
+//! it (an atomic rename into the folder a host watches), or uploads it to a
+//! running host, which checks it against its own campaigns. Prints what
+//! changed, or the compiler's errors.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
-use std::time::{Duration, SystemTime};
+use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 
+use crate::plugin_build::PluginPackage;
 use crate::plugins::{PluginHash, PluginRuntime};
 use crate::rules::LoadedCampaign;
 
@@ -24,24 +26,15 @@ pub enum Destination {
     Host { url: String, token: String },
 }
 
-/// The crate being watched.
-struct Crate {
-    dir: PathBuf,
-    /// Its package name: the plugin's name.
-    name: String,
-    /// Where Cargo puts the build.
-    artifact: PathBuf,
-    profile: &'static str,
-}
-
-/// Watches `crate_dir` until interrupted (or once, with `once`).
+/// Watches `crate_dir` (a Cargo crate or a TypeScript package) until
+/// interrupted (or once, with `once`).
 pub async fn run(crate_dir: &Path, destination: Destination, once: bool) -> anyhow::Result<ExitCode> {
-    let krate = describe(crate_dir)?;
+    let krate = PluginPackage::describe(crate_dir)?;
     println!("watching {} (plugin `{}`); Ctrl-C to stop", krate.dir.display(), krate.name);
     let mut seen = None;
     let mut installed: Option<PluginHash> = None;
     loop {
-        let now = fingerprint(&krate.dir);
+        let now = krate.fingerprint();
         if seen.as_ref() != Some(&now) {
             seen = Some(now);
             let outcome = build_and_install(&krate, &destination, &mut installed).await;
@@ -60,70 +53,14 @@ pub async fn run(crate_dir: &Path, destination: Destination, once: bool) -> anyh
     }
 }
 
-/// The crate's name, its build profile and where its build lands.
-fn describe(dir: &Path) -> anyhow::Result<Crate> {
-    let dir = std::fs::canonicalize(dir).with_context(|| format!("{}: no such crate folder", dir.display()))?;
-    let out = Command::new(cargo())
-        .args(["metadata", "--format-version", "1", "--no-deps"])
-        .current_dir(&dir)
-        .output()
-        .context("running cargo metadata")?;
-    anyhow::ensure!(out.status.success(), "cargo metadata: {}", String::from_utf8_lossy(&out.stderr).trim());
-    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).context("cargo metadata's answer")?;
-    let manifest = dir.join("Cargo.toml");
-    let package = meta["packages"]
-        .as_array()
-        .and_then(|ps| ps.iter().find(|p| p["manifest_path"].as_str().map(Path::new) == Some(manifest.as_path())))
-        .with_context(|| format!("{} is not a crate's folder", dir.display()))?;
-    let name = package["name"].as_str().unwrap_or_default().to_string();
-    let target = PathBuf::from(meta["target_directory"].as_str().unwrap_or("target"));
-    let workspace_manifest = meta["workspace_root"].as_str().map(|r| Path::new(r).join("Cargo.toml"));
-    let has_plugin_profile = workspace_manifest
-        .and_then(|m| std::fs::read_to_string(m).ok())
-        .is_some_and(|t| t.lines().any(|l| l.trim() == "[profile.plugin]"));
-    let profile = if has_plugin_profile { "plugin" } else { "release" };
-    let artifact = target.join("wasm32-unknown-unknown").join(profile).join(format!("{}.wasm", name.replace('-', "_")));
-    Ok(Crate { dir, name, artifact, profile })
-}
-
-fn cargo() -> String {
-    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
-}
-
-/// The latest modification time and total size of the crate's sources.
-fn fingerprint(dir: &Path) -> (Option<SystemTime>, u64, usize) {
-    let mut latest = None;
-    let (mut bytes, mut files) = (0u64, 0usize);
-    let mut pending = vec![dir.join("src"), dir.join("Cargo.toml")];
-    while let Some(path) = pending.pop() {
-        let Ok(meta) = std::fs::metadata(&path) else { continue };
-        if meta.is_dir() {
-            if let Ok(entries) = std::fs::read_dir(&path) {
-                pending.extend(entries.flatten().map(|e| e.path()));
-            }
-            continue;
-        }
-        files += 1;
-        bytes += meta.len();
-        latest = latest.max(meta.modified().ok());
-    }
-    (latest, bytes, files)
-}
-
 /// Builds, checks and installs; what happened, for the terminal.
 async fn build_and_install(
-    krate: &Crate,
+    krate: &PluginPackage,
     destination: &Destination,
     installed: &mut Option<PluginHash>,
 ) -> anyhow::Result<String> {
     let started = std::time::Instant::now();
-    let build = Command::new(cargo())
-        .args(["build", "--quiet", "--profile", krate.profile, "--target", "wasm32-unknown-unknown"])
-        .current_dir(&krate.dir)
-        .output()
-        .context("running cargo build")?;
-    anyhow::ensure!(build.status.success(), "the build failed:\n{}", String::from_utf8_lossy(&build.stderr).trim_end());
-    let bytes = std::fs::read(&krate.artifact).with_context(|| format!("reading {}", krate.artifact.display()))?;
+    let bytes = krate.build()?;
     let hash = PluginHash::of(&bytes);
     if installed.as_ref() == Some(&hash) {
         return Ok(format!(

@@ -4,10 +4,11 @@
 //! (`wit-component`), so they import nothing but the rules world: no WASI, so
 //! no files, network, environment or clock by construction.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -18,7 +19,7 @@ use wasmtime::Engine;
 use super::error::PluginError;
 use super::host::CallState;
 use super::runtime::PluginRuntime;
-use super::wit::{RulesPre, HOST_IMPORT, RULE_EXPORT, VERSION};
+use super::wit::{RulesPre, HOST_IMPORT, RULES_WIT, RULE_EXPORT, VERSION};
 use crate::telemetry::latency::{Latency, LatencyView};
 
 /// SHA-256 of a plugin's bytes, in hex: the identity of a plugin version.
@@ -173,8 +174,9 @@ impl PluginRuntime {
     fn compile(&self, bytes: &[u8], core: bool) -> Result<Component, PluginError> {
         let started = std::time::Instant::now();
         let component = if core {
+            let module = with_world_metadata(bytes)?;
             let component_bytes = wit_component::ComponentEncoder::default()
-                .module(bytes)
+                .module(&module)
                 .and_then(|e| e.validate(true).encode())
                 .map_err(|e| PluginError::Componentize(format!("{e:#}")))?;
             Component::new(&self.engine, &component_bytes)
@@ -185,6 +187,40 @@ impl PluginRuntime {
         metrics::histogram!("drops_plugin_compile_seconds").record(started.elapsed().as_secs_f64());
         Ok(component)
     }
+}
+
+/// The rules world, parsed once: what a core module without type information
+/// (a TypeScript rule from AssemblyScript) is componentized against.
+fn rules_world() -> Result<&'static (wit_parser::Resolve, wit_parser::WorldId), PluginError> {
+    static WORLD: OnceLock<Result<(wit_parser::Resolve, wit_parser::WorldId), String>> = OnceLock::new();
+    WORLD
+        .get_or_init(|| {
+            let mut resolve = wit_parser::Resolve::default();
+            let package = resolve.push_str("rules.wit", RULES_WIT).map_err(|e| format!("{e:#}"))?;
+            let world = resolve.select_world(&[package], Some("rules")).map_err(|e| format!("{e:#}"))?;
+            Ok((resolve, world))
+        })
+        .as_ref()
+        .map_err(|e| PluginError::Componentize(format!("the host's rules.wit: {e}")))
+}
+
+/// A core module with the rules world's type information: as it is when it
+/// carries its own (the Rust SDK embeds it), else with the host's embedded,
+/// so that a designer's toolchain needs neither `wit-component` nor `jco`.
+fn with_world_metadata(bytes: &[u8]) -> Result<Cow<'_, [u8]>, PluginError> {
+    for payload in wasmparser::Parser::new(0).parse_all(bytes) {
+        let payload = payload.map_err(|e| PluginError::Compile(e.to_string()))?;
+        if let wasmparser::Payload::CustomSection(section) = payload {
+            if section.name().starts_with("component-type") {
+                return Ok(Cow::Borrowed(bytes));
+            }
+        }
+    }
+    let (resolve, world) = rules_world()?;
+    let mut module = bytes.to_vec();
+    wit_component::embed_component_metadata(&mut module, resolve, *world, wit_component::StringEncoding::UTF8, false)
+        .map_err(|e| PluginError::Componentize(format!("{e:#}")))?;
+    Ok(Cow::Owned(module))
 }
 
 /// Refuses a core module that imports anything outside the rules world (WASI

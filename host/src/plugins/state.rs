@@ -124,6 +124,11 @@ impl CampaignKv {
         }
     }
 
+    /// The value under `key`.
+    pub fn value(&self, key: &str) -> Option<&[u8]> {
+        self.map.get(key).map(Vec::as_slice)
+    }
+
     /// Bytes of keys and values held.
     pub fn bytes(&self) -> usize {
         self.bytes

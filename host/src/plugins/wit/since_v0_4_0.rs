@@ -17,6 +17,9 @@ pub const RULE_EXPORT: &str = concat!("drops:rules/rule@", version!());
 /// The only interface a plugin may import.
 pub const HOST_IMPORT: &str = concat!("drops:rules/host@", version!());
 
+/// The interface's WIT text, as this host was built with it.
+pub const RULES_WIT: &str = include_str!("../../../../plugin-sdk/wit/rules.wit");
+
 wasmtime::component::bindgen!({
     path: "../plugin-sdk/wit",
     world: "rules",

@@ -7,15 +7,63 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
+#[cfg(test)]
+mod ts_glue;
+pub mod typescript;
+
+/// The campaign a new plugin's test cases run against (`plugin test`).
+const TEST_CAMPAIGN: &str = r#"# The campaign NAME's test cases (tests/cases/*.json) run against.
+id = "NAME-test-campaign"
+name = "A campaign for NAME's test cases"
+game = "GameName"
+client_id = "test-client-id"
+starts_at = "2025-01-01T00:00:00Z"
+ends_at = "2035-01-01T00:00:00Z"
+
+[[rewards]]
+id = "reward-id"
+name = "The reward"
+
+[rule]
+plugin = "NAME"
+config = { minutes = 30, reward = "reward-id" }
+"#;
+
+/// A new plugin's first test case: a heartbeat in which one viewer reaches the goal.
+const TEST_CASE: &str = r#"{
+  "description": "v1 reaches 30 minutes in this heartbeat and earns the reward; v2 is not there yet",
+  "campaign": "../../campaign.toml",
+  "minutes": { "v1": 29, "v2": 10 },
+  "event": {
+    "id": "heartbeat-1", "version": 1, "time": "2026-12-01T10:00:00Z", "retries": 0,
+    "broadcaster": "b1", "broadcast_id": 1, "game": "GameName", "viewers": 5,
+    "viewer_list": ["v1", "v2"]
+  },
+  "expect": {
+    "count_minutes": true,
+    "grants": [{ "viewer": "v1", "reward": "reward-id" }]
+  }
+}
+"#;
+
+/// Plugin names become file and package names.
+fn check_name(name: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
+        "plugin names are lowercase letters, digits and dashes (they become file names): `{name}`"
+    );
+    Ok(())
+}
+
 /// The SDK's sources, as this binary was built with them.
 const SDK_FILES: [(&str, &str); 8] = [
-    ("src/lib.rs", include_str!("../../plugin-sdk/src/lib.rs")),
-    ("src/arena.rs", include_str!("../../plugin-sdk/src/arena.rs")),
-    ("src/state.rs", include_str!("../../plugin-sdk/src/state.rs")),
-    ("src/sys.rs", include_str!("../../plugin-sdk/src/sys.rs")),
-    ("src/testing.rs", include_str!("../../plugin-sdk/src/testing.rs")),
-    ("src/tiers.rs", include_str!("../../plugin-sdk/src/tiers.rs")),
-    ("wit/rules.wit", include_str!("../../plugin-sdk/wit/rules.wit")),
+    ("src/lib.rs", include_str!("../../../plugin-sdk/src/lib.rs")),
+    ("src/arena.rs", include_str!("../../../plugin-sdk/src/arena.rs")),
+    ("src/state.rs", include_str!("../../../plugin-sdk/src/state.rs")),
+    ("src/sys.rs", include_str!("../../../plugin-sdk/src/sys.rs")),
+    ("src/testing.rs", include_str!("../../../plugin-sdk/src/testing.rs")),
+    ("src/tiers.rs", include_str!("../../../plugin-sdk/src/tiers.rs")),
+    ("wit/rules.wit", include_str!("../../../plugin-sdk/wit/rules.wit")),
     ("README.md", "The drops-host plugin SDK, written by `drops-host plugin new` from the host binary: the interface version that host speaks.\n"),
 ];
 
@@ -36,7 +84,7 @@ wit-bindgen = { version = "0.63.0", default-features = false, features = ["macro
 
 /// The versions the host's own plugins are built and tested with: Cargo
 /// keeps the entries the new crate uses and drops the rest.
-const LOCKFILE: &str = include_str!("../../Cargo.lock");
+const LOCKFILE: &str = include_str!("../../../Cargo.lock");
 
 /// Whether an enclosing Cargo workspace lists `dir` among its members (an
 /// exact path or a `folder/*` glob), so it owns the new crate. A workspace
@@ -76,10 +124,7 @@ fn check_sdk(sdk: &Path) -> anyhow::Result<()> {
 /// Creates the crate `name` in `dir/name`: with `sdk`, depending on that
 /// SDK; without, on the SDK written into `dir/name/sdk` from this binary.
 pub fn new_plugin(dir: &Path, name: &str, sdk: Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    anyhow::ensure!(
-        !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
-        "plugin names are lowercase letters, digits and dashes (they become file names): `{name}`"
-    );
+    check_name(name)?;
     if let Some(sdk) = &sdk {
         check_sdk(sdk)?;
     }
@@ -146,9 +191,13 @@ serde = {{ version = "1", features = ["derive"] }}
     let out = if standalone { "plugin" } else { "release" };
     std::fs::write(
         root.join("README.md"),
-        README.replace("NAME", name).replace("FILE", &file_name).replace("PROFILE", profile).replace("OUT", out),
+        // PROFILE first: it contains FILE.
+        README.replace("PROFILE", profile).replace("NAME", name).replace("FILE", &file_name).replace("OUT", out),
     )?;
     std::fs::write(root.join("src/lib.rs"), LIB_RS.replace("NAME", name).replace("TypeName", &type_name))?;
+    std::fs::write(root.join("campaign.toml"), TEST_CAMPAIGN.replace("NAME", name))?;
+    std::fs::create_dir_all(root.join("tests/cases"))?;
+    std::fs::write(root.join("tests/cases/reaches-the-goal.json"), TEST_CASE)?;
     Ok(root)
 }
 
@@ -162,7 +211,10 @@ A drops-host reward rule (see the host's docs/plugin-guide.md).
 3. Check it against the campaign file that will use it:
    `drops-host plugin check target/wasm32-unknown-unknown/OUT/FILE.wasm --campaign my-campaign.toml`
 4. Try it on one event: `drops-host plugin run target/wasm32-unknown-unknown/OUT/FILE.wasm --campaign my-campaign.toml --event heartbeat.json`
-5. Install it as `rules/plugins/NAME.wasm` (the host names plugins with dashes; Cargo names the
+5. `drops-host plugin test .`: builds it and runs every case in `tests/cases/` (an event, the
+   viewers' minutes before it, what the rule must grant) in the host's sandbox, against
+   `campaign.toml`; the same runner tests TypeScript rules.
+6. Install it as `rules/plugins/NAME.wasm` (the host names plugins with dashes; Cargo names the
    file with underscores), or upload it: `curl -X PUT --data-binary @target/.../FILE.wasm
    -H "Authorization: Bearer $TOKEN" $HOST/v1/plugins/NAME`.
 
