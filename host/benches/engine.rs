@@ -155,6 +155,10 @@ fn plugin_call(c: &mut Criterion) {
         WitCampaign { id: "c".into(), rewards: REWARDS.iter().map(|r| r.to_string()).collect(), config: CONFIG.into() };
     let native_campaign = drops_plugin_sdk::Campaign::new("c", &REWARDS, CONFIG);
     let native_config = drops_plugin_sdk::parse_config::<watch_time_tiers::WatchTimeTiers>(&native_campaign).unwrap();
+    // The same rule written in TypeScript (plugins-ts/watch-time-tiers, AssemblyScript).
+    let typescript = runtime
+        .load("watch-time-tiers-ts", &wasm_file("watch_time_tiers_ts.wasm", "run scripts/build-plugins.sh"))
+        .unwrap();
     let json_abi = JsonAbi::new();
     #[cfg(feature = "bench-peers")]
     let rhai = RhaiTiers::new();
@@ -210,6 +214,23 @@ fn plugin_call(c: &mut Criterion) {
         .into_iter()
         .map(|g| (g.viewer, g.reward))
         .collect();
+        let mut kv = Default::default();
+        let from_typescript: Grants = runtime
+            .on_heartbeat(&typescript, &campaign, &hb, &viewers, Arc::clone(&ids), &mut kv)
+            .unwrap()
+            .grants
+            .into_iter()
+            .map(|g| (g.viewer, g.reward))
+            .collect();
+        assert_eq!(from_typescript, expected, "TypeScript, {n} viewers");
+        group.bench_with_input(BenchmarkId::new("wasm_typescript", n), &viewers, |b, viewers| {
+            let mut kv = Default::default();
+            b.iter(|| {
+                runtime
+                    .on_heartbeat(&typescript, &campaign, &hb, black_box(viewers), Arc::clone(&ids), &mut kv)
+                    .unwrap()
+            })
+        });
         assert_eq!(json_abi.call(&native_viewers), expected, "JSON ABI, {n} viewers");
         group.bench_with_input(BenchmarkId::new("json_abi", n), &native_viewers, |b, viewers| {
             b.iter(|| json_abi.call(black_box(viewers)))
@@ -310,5 +331,24 @@ fn engine_step(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, plugin_call, entitlement_call, engine_step);
+/// A new plugin version's load (validate, componentize, compile with
+/// cranelift, pre-instantiate): what a hot reload waits for, for the tiers
+/// rule written in Rust and in TypeScript. No compile cache.
+fn plugin_load(c: &mut Criterion) {
+    let runtime = PluginRuntime::new(Default::default()).unwrap();
+    let mut group = c.benchmark_group("plugin_load");
+    group.sample_size(10);
+    let builds = [
+        ("rust", plugin_bytes()),
+        ("typescript", wasm_file("watch_time_tiers_ts.wasm", "run scripts/build-plugins.sh")),
+    ];
+    for (language, bytes) in builds {
+        group.bench_function(BenchmarkId::new(language, bytes.len()), |b| {
+            b.iter(|| runtime.load("watch-time-tiers", black_box(&bytes)).unwrap())
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, plugin_call, entitlement_call, engine_step, plugin_load);
 criterion_main!(benches);

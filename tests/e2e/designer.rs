@@ -86,6 +86,165 @@ fn a_scaffolded_plugin_builds_and_passes_plugin_check() {
     let printed = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && printed.contains("campaigns using it: c"), "{printed}");
     assert!(rules.join("plugins/my-rule.wasm").exists());
+
+    // `plugin test`: the scaffold's case passes against its campaign.toml.
+    let out = Command::new(&alone)
+        .args(["plugin", "test", krate.to_str().unwrap()])
+        .env("CARGO_TARGET_DIR", &target)
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && printed.contains("1 cases: 1 passed, 0 failed (Rust `my-rule`"), "{printed}");
+}
+
+/// The example rules, each in Rust and in TypeScript.
+const EXAMPLES: [&str; 6] =
+    ["watch-time-tiers", "boss-defeated", "streak", "official-channels-only", "active-play-only", "benefit-to-items"];
+
+/// Every example rule has a TypeScript twin that decides what the Rust one
+/// does: both pass the rule's cases (`plugin test`, one runner for both
+/// languages, covering game state and entitlements), and the demo's
+/// recording replays through either to the same grants (`replay --candidate`).
+#[test]
+fn the_typescript_examples_decide_what_the_rust_ones_do() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    for name in EXAMPLES {
+        let cases = repo.join("plugins").join(name).join("tests/cases");
+        let builds = [
+            (repo.join("plugins").join(name), crate::helpers::plugin_path(name), "Rust"),
+            (repo.join("plugins-ts").join(name), crate::helpers::plugin_path(&format!("{name}-ts")), "TypeScript"),
+        ];
+        for (dir, wasm, language) in builds {
+            let (ok, out) = drops_host(&[
+                "plugin",
+                "test",
+                dir.to_str().unwrap(),
+                "--plugin",
+                wasm.to_str().unwrap(),
+                "--cases",
+                cases.to_str().unwrap(),
+            ]);
+            assert!(ok && out.contains(" passed, 0 failed (") && out.contains(language), "{name} ({language}):\n{out}");
+        }
+    }
+
+    // The demo (which serves one campaign with a TypeScript rule), sped up; then its recording.
+    let data = tempfile::tempdir().unwrap();
+    let plugins = crate::helpers::plugin_path("watch-time-tiers").parent().unwrap().to_path_buf();
+    let (ok, out) = drops_host(&[
+        "demo",
+        "--minutes",
+        "35",
+        "--speed",
+        "600",
+        "--data-dir",
+        data.path().to_str().unwrap(),
+        "--campaigns",
+        repo.join("examples/rules/campaigns").to_str().unwrap(),
+        "--plugins",
+        plugins.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+    let rules = data.path().join("rules");
+    let campaign = std::fs::read_to_string(rules.join("campaigns/summer-boss-rush.toml")).unwrap();
+    assert!(campaign.contains("plugin = \"watch-time-tiers-ts\""), "the demo serves a TypeScript rule");
+    let (rules, events) = (rules.to_str().unwrap().to_string(), data.path().join("events.jsonl"));
+    // Each Rust rule replaced by its TypeScript twin, and the demo's TypeScript rule by its Rust twin.
+    let mut swaps: Vec<(String, std::path::PathBuf)> =
+        EXAMPLES.iter().map(|n| (n.to_string(), crate::helpers::plugin_path(&format!("{n}-ts")))).collect();
+    swaps.push(("watch-time-tiers-ts".into(), crate::helpers::plugin_path("watch-time-tiers")));
+    for (name, wasm) in swaps {
+        let candidate = format!("{name}={}", wasm.display());
+        let args = ["replay", "--rules", &rules, "--events", events.to_str().unwrap(), "--candidate", &candidate];
+        let (ok, out) = drops_host(&args);
+        let summary = out.lines().find(|l| l.starts_with("candidate: ")).unwrap_or_default().to_string();
+        assert!(ok && summary.starts_with("candidate: 0 grants gained, 0 lost, "), "{name}:\n{out}");
+        assert!(summary.contains("(0 plugin errors, against 0)"), "{name}: {summary}");
+        let unchanged: u64 =
+            summary.split(" lost, ").nth(1).and_then(|r| r.split(' ').next()).unwrap().parse().unwrap();
+        assert!(unchanged > 100, "the recording earns grants: {summary}");
+    }
+}
+
+/// `plugin new --lang ts` writes a TypeScript package that a designer builds
+/// with npm alone (the host embeds the rules world in the module), tests
+/// with `npm test`, checks, and watches into a rules folder; a compile error
+/// is printed and nothing installed.
+#[test]
+fn a_typescript_plugin_scaffolds_builds_tests_and_watches() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let alone = bin.join("drops-host");
+    std::fs::copy(env!("CARGO_BIN_EXE_drops-host"), &alone).unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let out =
+        Command::new(&alone).args(["plugin", "new", "my-ts-rule", "--lang", "ts"]).current_dir(&work).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let package = work.join("my-ts-rule");
+    for file in ["package.json", "asconfig.json", "assembly/rule.ts", "sdk/assembly/abi.ts", "sdk/transform.mjs"] {
+        assert!(package.join(file).exists(), "{file}");
+    }
+    for file in ["campaign.toml", "tests/cases/reaches-the-goal.json", ".gitignore", "README.md"] {
+        assert!(package.join(file).exists(), "{file}");
+    }
+    let manifest = std::fs::read_to_string(package.join("package.json")).unwrap();
+    assert!(manifest.contains("\"assemblyscript\": \"0.28.20\"") && manifest.contains("file:sdk"), "{manifest}");
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let npm = |args: &[&str]| {
+        let out = Command::new("npm").args(args).current_dir(&package).env("PATH", &path).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, out) = npm(&["install", "--no-audit", "--no-fund"]);
+    assert!(ok, "{out}");
+    let (ok, out) = npm(&["test"]);
+    assert!(ok && out.contains("1 cases: 1 passed, 0 failed (TypeScript `my-ts-rule`"), "{out}");
+    let wasm = package.join("build/my-ts-rule.wasm");
+    let size = std::fs::metadata(&wasm).unwrap().len();
+    assert!(size < 40_000, "an AssemblyScript rule is small: {size} bytes");
+    let wasm = wasm.to_str().unwrap();
+    let (ok, out) =
+        drops_host(&["plugin", "check", wasm, "--config", r#"{"minutes": 30, "reward": "r"}"#, "--rewards", "r"]);
+    assert!(ok && out.contains("implements drops:rules@0.4.0") && out.contains("config: ok"), "{out}");
+    let (ok, out) =
+        drops_host(&["plugin", "check", wasm, "--config", r#"{"minutes": "x", "reward": "r"}"#, "--rewards", "r"]);
+    assert!(!ok && out.contains("config.minutes: expected a whole number"), "{out}");
+    let (ok, out) = drops_host(&[
+        "plugin",
+        "check",
+        wasm,
+        "--config",
+        r#"{"minutes": 3, "reward": "r", "extra": 1}"#,
+        "--rewards",
+        "r",
+    ]);
+    assert!(!ok && out.contains("config.extra: unknown field"), "{out}");
+
+    let rules = work.join("rules");
+    std::fs::create_dir_all(rules.join("campaigns")).unwrap();
+    let watch = || {
+        Command::new(&alone)
+            .args(["plugin", "watch", package.to_str().unwrap(), "--rules", rules.to_str().unwrap(), "--once"])
+            .env("PATH", &path)
+            .output()
+            .unwrap()
+    };
+    let out = watch();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && printed.contains("built `my-ts-rule`"), "{printed}");
+    let installed = std::fs::read(rules.join("plugins/my-ts-rule.wasm")).unwrap();
+    // A compile error: printed with the file it is in; the installed build stays.
+    let rule = package.join("assembly/rule.ts");
+    let text = std::fs::read_to_string(&rule).unwrap();
+    std::fs::write(&rule, text.replace("grants.once(v, reward);", "grants.once(v, reward, 7);")).unwrap();
+    let out = watch();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success() && printed.contains("the build failed") && printed.contains("rule.ts"), "{printed}");
+    assert_eq!(std::fs::read(rules.join("plugins/my-ts-rule.wasm")).unwrap(), installed);
 }
 
 #[tokio::test]

@@ -198,6 +198,25 @@ async fn plugins_are_uploaded_listed_and_rolled_back_through_the_admin_api() {
     let history = host.admin_get("/campaigns/camp-reload/history").await;
     let hashes: Vec<&str> = history.as_array().unwrap().iter().map(|h| h["plugin_hash"].as_str().unwrap()).collect();
     assert_eq!(hashes, vec![sha(&v1), sha(&v2), sha(&v1)]);
+
+    // A core module without the rules world's metadata (as AssemblyScript
+    // builds them) is componentized against the host's own rules.wit: one
+    // whose exports lie about the world is refused naming the export; the
+    // TypeScript build of the same rule serves.
+    let lying = wat::parse_str(
+        r#"(module (memory (export "memory") 1)
+             (func (export "cabi_realloc") (param i32 i32 i32 i32) (result i32) i32.const 0)
+             (func (export "drops:rules/rule@0.4.0#on-heartbeat")))"#,
+    )
+    .unwrap();
+    let (status, answer) = host.admin_send(Method::PUT, "/plugins/watch-time-tiers", lying).await;
+    assert_eq!(status, 422, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("on-heartbeat"), "names the export: {answer}");
+    assert_eq!(serving(&host.admin_get("/campaigns").await), sha(&v1));
+    let typescript = std::fs::read(plugin_path("watch-time-tiers-ts")).unwrap();
+    let (status, answer) = host.admin_send(Method::PUT, "/plugins/watch-time-tiers", typescript.clone()).await;
+    assert_eq!((status, answer["serving"].clone()), (200, json!(true)), "{answer}");
+    assert_eq!(serving(&host.admin_get("/campaigns").await), sha(&typescript));
     host.stop();
 }
 

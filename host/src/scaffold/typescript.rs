@@ -77,8 +77,11 @@ pub fn new_plugin(dir: &Path, name: &str, sdk: Option<PathBuf>) -> anyhow::Resul
         "devDependencies": { "assemblyscript": ASSEMBLYSCRIPT },
     });
     std::fs::write(root.join("package.json"), serde_json::to_string_pretty(&package)? + "\n")?;
+    // asc resolves a bare `extends` as a package name: a relative one starts with `./`.
+    let base =
+        if sdk.is_absolute() { sdk.join("asconfig.json") } else { Path::new(".").join(&sdk).join("asconfig.json") };
     let asconfig = serde_json::json!({
-        "extends": format!("{}/asconfig.json", sdk.display()),
+        "extends": base.display().to_string(),
         "options": { "outFile": format!("build/{name}.wasm") },
     });
     std::fs::write(root.join("asconfig.json"), serde_json::to_string_pretty(&asconfig)? + "\n")?;
