@@ -87,14 +87,18 @@ fn a_scaffolded_plugin_builds_and_passes_plugin_check() {
     assert!(out.status.success() && printed.contains("campaigns using it: c"), "{printed}");
     assert!(rules.join("plugins/my-rule.wasm").exists());
 
-    // `plugin test`: the scaffold's case passes against its campaign.toml.
-    let out = Command::new(&alone)
-        .args(["plugin", "test", krate.to_str().unwrap()])
+    // `cargo test`: the rule's native test, then its case through the wasm
+    // build in the host's sandbox (`plugin test`, against its campaign.toml).
+    let out = Command::new(env!("CARGO"))
+        .args(["test", "--quiet"])
         .env("CARGO_TARGET_DIR", &target)
+        .env("DROPS_HOST", &alone)
+        .current_dir(&krate)
         .output()
         .unwrap();
     let printed = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && printed.contains("1 cases: 1 passed, 0 failed (Rust `my-rule`"), "{printed}");
+    assert!(out.status.success(), "{printed}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(printed.contains("1 cases: 1 passed, 0 failed (Rust `my-rule`"), "{printed}");
 }
 
 /// The example rules, each in Rust and in TypeScript.

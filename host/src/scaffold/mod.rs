@@ -198,6 +198,7 @@ serde = {{ version = "1", features = ["derive"] }}
     std::fs::write(root.join("campaign.toml"), TEST_CAMPAIGN.replace("NAME", name))?;
     std::fs::create_dir_all(root.join("tests/cases"))?;
     std::fs::write(root.join("tests/cases/reaches-the-goal.json"), TEST_CASE)?;
+    std::fs::write(root.join("tests/cases.rs"), CASES_RS)?;
     Ok(root)
 }
 
@@ -205,7 +206,7 @@ const README: &str = r#"# NAME
 
 A drops-host reward rule (see the host's docs/plugin-guide.md).
 
-1. `cargo test`: the rule's tests, natively.
+1. `cargo test`: the rule's tests, natively, and its cases in the host's sandbox (step 5).
 2. `cargo build PROFILE --target wasm32-unknown-unknown`
    (once: `rustup target add wasm32-unknown-unknown`).
 3. Check it against the campaign file that will use it:
@@ -213,13 +214,30 @@ A drops-host reward rule (see the host's docs/plugin-guide.md).
 4. Try it on one event: `drops-host plugin run target/wasm32-unknown-unknown/OUT/FILE.wasm --campaign my-campaign.toml --event heartbeat.json`
 5. `drops-host plugin test .`: builds it and runs every case in `tests/cases/` (an event, the
    viewers' minutes before it, what the rule must grant) in the host's sandbox, against
-   `campaign.toml`; the same runner tests TypeScript rules.
+   `campaign.toml`; the same runner tests TypeScript rules. `cargo test` runs it too
+   (`tests/cases.rs`; drops-host on PATH, or DROPS_HOST set to it).
 6. Install it as `rules/plugins/NAME.wasm` (the host names plugins with dashes; Cargo names the
    file with underscores), or upload it: `curl -X PUT --data-binary @target/.../FILE.wasm
    -H "Authorization: Bearer $TOKEN" $HOST/v1/plugins/NAME`.
 
 `sdk/` is the plugin SDK written by `drops-host plugin new` from the host binary: the
 interface version that host speaks. Regenerate the crate with a newer host to move to a newer one.
+"#;
+
+/// The Rust template's `cargo test` runs the cases through the wasm build, in the host's sandbox.
+const CASES_RS: &str = r#"//! The cases in tests/cases/, run through the plugin's wasm build in
+//! drops-host's own sandbox (`drops-host plugin test`), as part of `cargo test`.
+//! Set DROPS_HOST to the binary when it is not on PATH.
+
+#[test]
+fn cases_pass_in_the_hosts_sandbox() {
+    let host = std::env::var("DROPS_HOST").unwrap_or_else(|_| "drops-host".to_string());
+    let status = std::process::Command::new(&host)
+        .args(["plugin", "test", env!("CARGO_MANIFEST_DIR")])
+        .status()
+        .unwrap_or_else(|e| panic!("running `{host} plugin test`: {e} (put drops-host on PATH or set DROPS_HOST)"));
+    assert!(status.success(), "a case failed: its differences are printed above");
+}
 "#;
 
 const LIB_RS: &str = r##"//! NAME: a drops-host reward rule.
