@@ -300,6 +300,16 @@ fn one_of(field: &'static str, value: Option<&str>, known: &[&str]) -> Result<()
     }
 }
 
+/// A page size within what the document says (1 to `max`), refused naming
+/// `limit` otherwise rather than clamped: a client reading the document
+/// expects to be told.
+fn page_limit(limit: Option<u32>, max: u32) -> Result<Option<u32>, ApiError> {
+    match limit {
+        Some(n) if n == 0 || n > max => Err(ApiError::bad_request("limit", format!("from 1 to {max}"))),
+        other => Ok(other),
+    }
+}
+
 /// EventSub entitlements and what became of them, by entitlement id, filtered and paged.
 #[utoipa::path(get, path = "/entitlements", tag = "entitlements", params(EntitlementFilter), responses(
     (status = 200, description = "entitlements, by id", body = [EntitlementRow]),
@@ -314,6 +324,7 @@ async fn entitlements(
     const FULFILMENTS: [&str; 5] = ["pending", "fulfilled", "invalid_id", "not_found", "unauthorized"];
     one_of("status", filter.status.as_deref(), &STATUSES)?;
     one_of("fulfillment", filter.fulfillment.as_deref(), &FULFILMENTS)?;
+    page_limit(filter.limit, 10_000)?;
     app.store.list_entitlements(&filter).await.map(Json).map_err(ApiError::from)
 }
 
@@ -328,6 +339,7 @@ async fn grants(
     ApiQuery(filter): ApiQuery<GrantFilter>,
 ) -> Result<Json<Vec<GrantRow>>, ApiError> {
     one_of("delivery", filter.delivery.as_deref(), &GrantFilter::DELIVERY)?;
+    page_limit(filter.limit, 100_000)?;
     if let (Some(since), Some(until)) = (filter.since, filter.until) {
         if until <= since {
             return Err(ApiError::bad_request("until", "must be after `since`"));
@@ -398,6 +410,8 @@ fn parse_links(body: &[u8]) -> Result<Vec<AccountLink>, ApiError> {
 struct LinkQuery {
     twitch_user_id: Option<String>,
     game_account_id: Option<String>,
+    /// At most this many (default 1,000).
+    #[param(minimum = 1, maximum = 10000)]
     limit: Option<u32>,
 }
 
@@ -411,7 +425,7 @@ async fn get_links(
     State(app): State<Arc<Admin>>,
     ApiQuery(q): ApiQuery<LinkQuery>,
 ) -> Result<Json<Vec<AccountLink>>, ApiError> {
-    let limit = q.limit.unwrap_or(1000).min(10_000);
+    let limit = page_limit(q.limit, 10_000)?.unwrap_or(1_000);
     app.store
         .links(q.twitch_user_id.as_deref(), q.game_account_id.as_deref(), limit)
         .await
@@ -426,7 +440,8 @@ struct ManifestQuery {
     status: Option<String>,
     /// The last id of the previous page.
     after: Option<String>,
-    /// At most this many (default 1,000, at most 10,000).
+    /// At most this many (default 1,000).
+    #[param(minimum = 1, maximum = 10000)]
     limit: Option<u32>,
 }
 
@@ -446,7 +461,7 @@ async fn manifests(
             return Err(ApiError::bad_request("after", "no manifest has that id"));
         }
     }
-    let limit = q.limit.unwrap_or(1_000).clamp(1, 10_000);
+    let limit = page_limit(q.limit, 10_000)?.unwrap_or(1_000);
     let rows = app.store.list_manifests_page(q.status.as_deref(), q.after.as_deref(), limit).await;
     rows.map(Json).map_err(ApiError::from)
 }

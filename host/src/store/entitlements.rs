@@ -133,7 +133,8 @@ pub struct EntitlementFilter {
     pub fulfillment: Option<String>,
     /// Only entitlement ids after this one: pass the last id of a page to get the next.
     pub after: Option<String>,
-    /// At most this many (default 1,000, at most 10,000).
+    /// At most this many (default 1,000).
+    #[param(minimum = 1, maximum = 10000)]
     pub limit: Option<u32>,
 }
 

@@ -59,7 +59,8 @@ pub struct GrantFilter {
     pub until: Option<time::OffsetDateTime>,
     /// Only grants with an id above this: pass the last id of a page to get the next.
     pub after_id: Option<i64>,
-    /// At most this many (default 10,000, at most 100,000).
+    /// At most this many (default 10,000).
+    #[param(minimum = 1, maximum = 100000)]
     pub limit: Option<u32>,
 }
 
