@@ -25,7 +25,10 @@ const CONFIG: &str =
 const REWARDS: [&str; 3] = ["bronze", "silver", "gold"];
 
 fn wasm_file(name: &str, how: &str) -> Vec<u8> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-unknown-unknown/plugin").join(name);
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let path = target.join("wasm32-unknown-unknown/plugin").join(name);
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}; {how}", path.display()))
 }
 

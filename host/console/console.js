@@ -67,6 +67,22 @@ function renderTraffic(o) {
     table("Engine lag behind the inbox", ["Partition", "Judged through", "Events behind", "Oldest waiting"], lag));
 }
 
+// What a Twitch Drops (EventSub) campaign did with its entitlements, in the order they move.
+const OUTCOMES = [
+  ["awaiting_link", "awaiting a linked account"], ["unmatched", "unmatched"], ["refused", "refused by the rule"],
+  ["failed", "rule call failed (decided again)"], ["to_deliver", "to deliver"], ["delivered", "delivered, FULFILLED pending"],
+  ["fulfilled", "delivered and FULFILLED"], ["fulfil_refused", "Twitch refused FULFILLED (retry in the API)"],
+];
+
+function entitlementOutcomes(c, i) {
+  if (!c.entitlements) return "";
+  const counts = c.entitlements.outcomes;
+  const rows = OUTCOMES.filter(([k]) => counts[k]).map(([k, label]) => [esc(label), `<span id="campaign-${i}-entitlements-${k}">${num(counts[k])}</span>`]);
+  const reasons = c.entitlements.reasons.map((r) => [esc(r.reason), num(r.entitlements)]);
+  return table("Entitlements (Twitch Drops)", ["Outcome", "Entitlements"], rows) +
+    (reasons.length ? table("Why refused", ["Reason", "Entitlements"], reasons) : "");
+}
+
 function renderCampaigns(o) {
   const body = $("campaigns-body");
   // Rebuilt when a campaign or one of its rewards comes or goes (a chart's series are fixed).
@@ -98,7 +114,7 @@ function renderCampaigns(o) {
       `<p>Plugin <code>${esc(c.plugin)}</code> version <code id="campaign-${i}-hash">${short(c.plugin_hash)}</code>; ` +
       `<strong>${num(c.viewers)}</strong> viewers with watch time</p>` +
       table("Grants per reward", ["Reward", "Grants"], c.rewards.map((r) => [esc(r.name || r.id), `<span id="campaign-${i}-grants-${esc(r.id)}">${num(r.grants)}</span>`])) +
-      funnel);
+      funnel + entitlementOutcomes(c, i));
     patch($(`campaign-${i}-viewers`), viewers.length ? table("Longest-watching viewers", viewerHead, viewers) : "");
     chart(i, c);
   });

@@ -62,12 +62,19 @@ async fn build_and_install(
     let started = std::time::Instant::now();
     let bytes = krate.build()?;
     let hash = PluginHash::of(&bytes);
-    if installed.as_ref() == Some(&hash) {
+    // The same build as last time is installed only if the destination no
+    // longer serves it (a rollback, an upload from elsewhere, a hand edit):
+    // compared with what is served, not with this watch's memory.
+    let serving = serving(destination, &krate.name).await;
+    if installed.as_ref() == Some(&hash) && serving.as_ref() == Some(&hash) {
         return Ok(format!(
-            "rebuilt `{}`: the same plugin (sha256 {}…), nothing to install",
+            "rebuilt `{}`: the same plugin (sha256 {}…) is serving, nothing to install",
             krate.name,
             &hash.0[..12]
         ));
+    }
+    if installed.is_none() {
+        *installed = serving;
     }
     let built = format!(
         "built `{}` in {:.1} s: {} bytes, sha256 {}…",
@@ -82,6 +89,34 @@ async fn build_and_install(
     };
     let previous = installed.replace(hash).map_or("none".to_string(), |h| format!("{}…", &h.0[..12]));
     Ok(format!("{built}\n{checked} (was {previous})"))
+}
+
+/// The version the destination serves now: the rules folder's file, or the
+/// host's serving version (`GET /v1/plugins/NAME/versions`); None when there
+/// is none or the host cannot say.
+async fn serving(destination: &Destination, name: &str) -> Option<PluginHash> {
+    match destination {
+        Destination::Rules(rules) => {
+            std::fs::read(rules.join("plugins").join(format!("{name}.wasm"))).ok().map(|b| PluginHash::of(&b))
+        }
+        Destination::Host { url, token } => {
+            let target = format!("{}/v1/plugins/{name}/versions", url.trim_end_matches('/'));
+            let answer = reqwest::Client::new()
+                .get(&target)
+                .bearer_auth(token)
+                .timeout(Duration::from_secs(30))
+                .send()
+                .await
+                .ok()?;
+            let versions: serde_json::Value = answer.error_for_status().ok()?.json().await.ok()?;
+            versions
+                .as_array()?
+                .iter()
+                .find(|v| v["serving"] == true)
+                .and_then(|v| v["hash"].as_str())
+                .map(|h| PluginHash(h.to_string()))
+        }
+    }
 }
 
 /// Checks the build against every campaign in `rules` that uses it, then

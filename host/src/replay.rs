@@ -286,6 +286,9 @@ fn replay(
         }
     }
     if let Some(candidate) = &args.candidate {
+        if let Some(note) = same_as_baseline(&args.rules, candidate) {
+            println!("{note}");
+        }
         let (dir, what) = candidate_rules(&args.rules, candidate)?;
         let result = load_rules(&dir, &runtime).and_then(|rules| {
             println!("candidate {what}:");
@@ -333,6 +336,27 @@ fn load_rules(dir: &Path, runtime: &PluginRuntime) -> anyhow::Result<RuleSet> {
 /// A file's name without its folder (the folder may be a temporary copy).
 fn file_name(path: &Path) -> String {
     path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// A warning when the candidate is byte for byte the file it replaces: the
+/// comparison would be of a version with itself. It happens after `plugin
+/// watch --host` or an upload, which write the new version into the rules
+/// folder the replay reads as its baseline.
+fn same_as_baseline(rules: &Path, candidate: &str) -> Option<String> {
+    let (name, file) = candidate.split_once('=')?;
+    let extension = Path::new(file).extension()?.to_str()?;
+    let folder = if extension == "wasm" { "plugins" } else { "campaigns" };
+    let baseline = std::fs::read(rules.join(folder).join(format!("{name}.{extension}"))).ok()?;
+    let candidate = std::fs::read(file).ok()?;
+    (baseline == candidate).then(|| {
+        format!(
+            "note: the candidate {file} is the very version in {}/{folder}/{name}.{extension} (sha256 {}…): \
+             this compares it with itself. Installed it already? Replay with --as-recorded to compare with \
+             the versions the live host used, or keep the candidate out of the rules folder until it is compared.",
+            rules.display(),
+            &crate::plugins::PluginHash::of(&baseline).0[..12]
+        )
+    })
 }
 
 /// A copy of `rules` with the candidate in place: `NAME=FILE.wasm` or

@@ -32,3 +32,13 @@ pub fn json_value() -> impl Strategy<Value = Value> {
         ]
     })
 }
+
+/// The bytes of an example plugin built by scripts/build-plugins.sh (`file`
+/// as Cargo names it), from `$CARGO_TARGET_DIR` when set, else `target/`.
+pub fn example_plugin(file: &str) -> Vec<u8> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let path = target.join("wasm32-unknown-unknown/plugin").join(file);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}; run scripts/build-plugins.sh", path.display()))
+}

@@ -23,7 +23,9 @@
 //!         let Ok(reward) = campaign.reward_index(&config.reward) else { return Vec::new() };
 //!         viewers
 //!             .iter()
-//!             .filter(|v| v.counted && v.minutes == config.minutes)
+//!             // `>=`: a grant made once is stored once, and a viewer who passed
+//!             // the goal on a minute the rule ignored still gets it.
+//!             .filter(|v| v.minutes >= config.minutes)
 //!             .map(|v| Grant::once(v.handle, reward))
 //!             .collect()
 //!     }
@@ -32,8 +34,10 @@
 //! drops_plugin_sdk::export_rule!(After);
 //! ```
 //!
-//! Build with `cargo build --release --target wasm32-unknown-unknown` and copy
-//! the `.wasm` into the host's `rules/plugins/` directory.
+//! Build with `cargo build --profile plugin --target wasm32-unknown-unknown`
+//! (the size profile `drops-host plugin new` writes), test with `drops-host
+//! plugin test .`, and install with `drops-host plugin watch . --rules DIR`
+//! (docs/plugin-guide.md).
 
 // The generated bindings name this crate by its public path so that the
 // `export_rule!` macro works from plugin crates; this makes that path resolve here too.

@@ -414,6 +414,7 @@ async fn replay_compares_with_the_live_host_and_with_a_candidate() {
     let same = crate::helpers::plugin_path("watch-time-tiers");
     let (ok, out) = run(replay(&["--candidate", &format!("watch-time-tiers={}", same.display())])).await;
     assert!(ok && out.contains("candidate: 0 grants gained, 0 lost, 6 unchanged"), "{out}");
+    assert!(out.contains("note: the candidate") && out.contains("compares it with itself"), "{out}");
     let (ok, out) = run(replay(&["--candidate", &format!("nope={}", same.display())])).await;
     assert!(!ok && out.contains("does not exist"), "{out}");
 
@@ -614,10 +615,23 @@ async fn plugin_watch_installs_a_changed_plugin_on_a_running_host() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let _ = watcher.kill();
-    let _ = watcher.wait();
     assert_eq!(printed.matches("installed on").count(), 2, "{printed}");
     assert!(printed.contains(&format!("sha256 {}", &second[..12])), "{printed}");
+
+    // A rollback on the host, then a save that leaves the build as it was:
+    // the watcher compares with what the host serves, not with its last
+    // build, and installs the build again.
+    let rollback = serde_json::to_vec(&serde_json::json!({"hash": first})).unwrap();
+    let (status, answer) = host.admin_send(reqwest::Method::POST, "/plugins/watched-rule/rollback", rollback).await;
+    assert_eq!(status, 200, "{answer}");
+    let edited = std::fs::read_to_string(&lib).unwrap();
+    std::fs::write(&lib, format!("{edited}\n// saved again\n")).unwrap();
+    let third = served(Some(first.clone())).await;
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+    assert_eq!(third, second, "the watcher's build serves again");
+    let printed = std::fs::read_to_string(&log).unwrap();
+    assert!(!printed.contains("nothing to install"), "{printed}");
 }
 
 /// `campaign reset` empties a development campaign, only when the config

@@ -313,6 +313,32 @@ async fn the_eventsub_path_from_entitlement_to_fulfilled(backend: Backend) {
     assert!(!seen.fulfilled.contains_key("ent-b2") && !seen.delivered.contains_key("ent-b2"), "refused: neither");
     let sent: usize = seen.patches.iter().map(|(_, ids)| ids.len()).sum();
     assert_eq!(sent, delivered.len() + 1, "each id is answered once, the UPDATE_FAILED one twice");
+    drop(seen);
+
+    // The operator fixes what made Twitch refuse (here: Twitch knows the id
+    // now) and sends the refused one again; nothing else is re-sent.
+    fakes.seen.lock().unwrap().not_found.remove("ent-m-130");
+    let retry =
+        |id: &'static str| host.admin_send(reqwest::Method::POST, &format!("/entitlements/{id}/retry"), Vec::new());
+    let (status, answer) = retry("ent-m-130").await;
+    assert_eq!((status, answer["fulfillment"].clone()), (200, Value::Null), "{answer}");
+    wait_until(&host, "fulfilled on retry", |s| is(s, "ent-m-130", "deliver", Some("fulfilled"))).await;
+    assert_eq!(fakes.seen.lock().unwrap().fulfilled.get("ent-m-130"), Some(&1));
+    let (status, answer) = retry("ent-m-130").await;
+    assert_eq!(status, 409, "a fulfilled one is not sent again: {answer}");
+    assert!(answer["error"].as_str().unwrap().contains("fulfilled"), "{answer}");
+    assert_eq!(retry("no-such-entitlement").await.0, 404);
+    let sent: usize = fakes.seen.lock().unwrap().patches.iter().map(|(_, ids)| ids.len()).sum();
+    assert_eq!(sent, delivered.len() + 2, "only the retried id was sent again");
+
+    // The console's overview shows the campaign's entitlements by outcome, and why they were refused.
+    let overview = host.admin_get("/overview").await;
+    let campaign = overview["campaigns"].as_array().unwrap().iter().find(|c| c["id"] == "camp-1").unwrap().clone();
+    let outcomes = &campaign["entitlements"]["outcomes"];
+    assert_eq!(outcomes["fulfilled"].as_u64(), Some(delivered.len() as u64), "{campaign}");
+    assert_eq!(outcomes["refused"], 1, "{campaign}");
+    let reasons = campaign["entitlements"]["reasons"].as_array().unwrap();
+    assert!(reasons.iter().any(|r| r["reason"].as_str().unwrap().contains("iron-sword")), "{campaign}");
 }
 
 #[tokio::test]

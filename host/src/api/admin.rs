@@ -81,6 +81,7 @@ fn documented_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(AdminApi::openapi())
         .routes(routes!(grants))
         .routes(routes!(entitlements))
+        .routes(routes!(retry_entitlement))
         .routes(routes!(manifests))
         .routes(routes!(retry_manifest))
         .routes(routes!(campaigns))
@@ -113,7 +114,62 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     // The routes are nested under /v1 by `api::router`.
     let paths = std::mem::take(&mut doc.paths.paths);
     doc.paths.paths = paths.into_iter().map(|(path, item)| (format!("/v1{path}"), item)).collect();
+    describe_event_stream(&mut doc);
     doc
+}
+
+/// The document as served: [`openapi`] with what utoipa cannot express: the
+/// `contentSchema` of the overview stream's event data (JSON Schema 2020-12,
+/// which OpenAPI 3.1 uses; utoipa only writes `x-` extensions), and links
+/// from the lists to the retry of an item (utoipa 5 writes a link's
+/// `operationId` as `operation_id`).
+pub fn openapi_json() -> serde_json::Value {
+    let mut doc = serde_json::to_value(openapi()).unwrap_or_default();
+    let retries = [
+        ("/v1/manifests", "retry_manifest", "queue this failed manifest for upload again"),
+        ("/v1/entitlements", "retry_entitlement", "ask Twitch again to mark this entitlement FULFILLED"),
+    ];
+    for (list, operation, what) in retries {
+        let pointer = format!("/paths/{}/get/responses/200", list.replace('/', "~1"));
+        if let Some(response) = doc.pointer_mut(&pointer).and_then(|r| r.as_object_mut()) {
+            // The first item's id: a generated client reaches the retry with a real one.
+            let link = serde_json::json!({
+                "operationId": operation, "parameters": {"id": "$response.body#/0/id"}, "description": what,
+            });
+            response.insert("links".into(), serde_json::json!({ "retry": link }));
+        }
+    }
+    let data = doc
+        .pointer_mut("/paths/~1v1~1overview~1stream/get/responses/200/content/text~1event-stream/schema")
+        .and_then(|schema| schema.as_object_mut());
+    if let Some(data) = data {
+        data.insert("contentSchema".into(), serde_json::json!({"$ref": "#/components/schemas/Overview"}));
+    }
+    doc
+}
+
+/// The overview stream as OpenAPI 3.1 describes server-sent events: each
+/// event's `data` is a string whose content is an `Overview` as JSON.
+fn describe_event_stream(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+    use utoipa::openapi::{Content, RefOr};
+    let response = doc
+        .paths
+        .paths
+        .get_mut("/v1/overview/stream")
+        .and_then(|item| item.get.as_mut())
+        .and_then(|get| get.responses.responses.get_mut("200"));
+    if let Some(RefOr::T(response)) = response {
+        let data = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .content_media_type("application/json")
+            .description(Some(
+                "an event's `data`: the JSON text of an `Overview` (`event: overview`), or of an `ErrorBody` \
+                 (`event: error`)",
+            ))
+            .build();
+        response.content.insert("text/event-stream".to_string(), Content::new(Some(Schema::Object(data))));
+    }
 }
 
 /// This document, described in itself: the one `/v1` route without the token.
@@ -326,6 +382,39 @@ async fn entitlements(
     one_of("fulfillment", filter.fulfillment.as_deref(), &FULFILMENTS)?;
     page_limit(filter.limit, 10_000)?;
     app.store.list_entitlements(&filter).await.map(Json).map_err(ApiError::from)
+}
+
+/// Asks Twitch again to mark a delivered entitlement FULFILLED, after Twitch
+/// refused it for good (`invalid_id`, `not_found`, `unauthorized`): for an
+/// operator who fixed the client id or its credentials.
+#[utoipa::path(post, path = "/entitlements/{id}/retry", tag = "entitlements",
+    params(("id" = String, Path, description = "Twitch's entitlement id")),
+    responses(
+        (status = 200, description = "the entitlement, queued to be marked FULFILLED again", body = EntitlementRow),
+        TokenRefused,
+        (status = 404, description = "no entitlement has that id", body = ErrorBody),
+        (status = 409, description = "the entitlement is not one Twitch refused to mark FULFILLED", body = ErrorBody),
+        (status = 503, description = "storage unavailable", body = ErrorBody)))]
+async fn retry_entitlement(
+    State(app): State<Arc<Admin>>,
+    Path(id): Path<String>,
+) -> Result<Json<EntitlementRow>, ApiError> {
+    if app.store.retry_fulfilment(&id).await.map_err(ApiError::from)? {
+        tracing::info!(entitlement = %id, "entitlement queued to be marked FULFILLED again by the admin API");
+    } else {
+        return Err(match app.store.entitlement(&id).await.map_err(ApiError::from)? {
+            None => ApiError::not_found("no entitlement has that id"),
+            Some(e) => ApiError::conflict(format!(
+                "only an entitlement Twitch refused to mark FULFILLED (invalid_id, not_found, unauthorized) is \
+                 retried; this one is {}",
+                e.fulfillment.as_deref().unwrap_or(if e.delivered_at.is_some() { "pending" } else { "not delivered" })
+            )),
+        });
+    }
+    match app.store.entitlement(&id).await.map_err(ApiError::from)? {
+        Some(e) => Ok(Json(e)),
+        None => Err(ApiError::not_found("no entitlement has that id")),
+    }
 }
 
 /// Grants in the order they were made, filtered and paged.
@@ -803,6 +892,7 @@ mod tests {
                 "GET /v1/overview/stream",
                 "GET /v1/plugins",
                 "GET /v1/plugins/{name}/versions",
+                "POST /v1/entitlements/{id}/retry",
                 "POST /v1/eventsub/subscriptions",
                 "POST /v1/manifests/{id}/retry",
                 "POST /v1/plugins/{name}/rollback",
@@ -814,5 +904,22 @@ mod tests {
         );
         assert!(json["components"]["schemas"]["GrantRow"].is_object());
         assert!(json["components"]["schemas"]["ErrorBody"].is_object());
+    }
+
+    #[test]
+    fn lists_link_to_their_retries_and_the_event_stream_is_described_as_sse() {
+        let json = openapi_json();
+        for (list, operation) in [("/v1/manifests", "retry_manifest"), ("/v1/entitlements", "retry_entitlement")] {
+            let link = &json["paths"][list]["get"]["responses"]["200"]["links"]["retry"];
+            assert_eq!(link["operationId"], operation, "{list}: {link}");
+            assert_eq!(link["parameters"]["id"], "$response.body#/0/id");
+            let target = json["paths"].as_object().unwrap().values().filter_map(|item| item["post"].as_object());
+            assert_eq!(target.filter(|op| op["operationId"] == operation).count(), 1, "{operation} exists");
+        }
+        let data =
+            &json["paths"]["/v1/overview/stream"]["get"]["responses"]["200"]["content"]["text/event-stream"]["schema"];
+        assert_eq!(data["type"], "string", "{data}");
+        assert_eq!(data["contentMediaType"], "application/json");
+        assert_eq!(data["contentSchema"]["$ref"], "#/components/schemas/Overview");
     }
 }

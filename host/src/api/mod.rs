@@ -111,8 +111,8 @@ async fn metrics(State(health): State<Arc<Health>>) -> impl IntoResponse {
 }
 
 /// The admin API's OpenAPI 3.1 document, built once.
-async fn openapi() -> axum::Json<&'static utoipa::openapi::OpenApi> {
-    static DOC: std::sync::LazyLock<utoipa::openapi::OpenApi> = std::sync::LazyLock::new(admin::openapi);
+async fn openapi() -> axum::Json<&'static serde_json::Value> {
+    static DOC: std::sync::LazyLock<serde_json::Value> = std::sync::LazyLock::new(admin::openapi_json);
     axum::Json(&DOC)
 }
 

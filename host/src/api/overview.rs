@@ -123,6 +123,30 @@ struct CampaignProgress {
     rewards: Vec<RewardGrants>,
     /// How many viewers reached each tier of a tiers rule (`config.tiers`); empty for other rules.
     funnel: Vec<FunnelStep>,
+    /// Twitch Drops (EventSub) entitlements of the campaign by outcome: what
+    /// such a campaign shows instead of grants; absent when it has none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    entitlements: Option<EntitlementOutcomes>,
+}
+
+/// What became of a campaign's EventSub entitlements.
+#[derive(Debug, Default, Serialize, ToSchema)]
+struct EntitlementOutcomes {
+    /// Counts by outcome: `awaiting_link` (no game account yet), `unmatched`,
+    /// `refused` (by the rule), `failed` (the rule's call; decided again),
+    /// `to_deliver`, `delivered` (the sink confirmed; FULFILLED pending),
+    /// `fulfilled`, `fulfil_refused` (Twitch refused FULFILLED for good: see
+    /// `POST /v1/entitlements/{id}/retry`).
+    outcomes: BTreeMap<String, i64>,
+    /// The most frequent reasons for refusals and failures, most frequent first.
+    reasons: Vec<Reason>,
+}
+
+/// A refusal or failure reason and how many entitlements it stopped.
+#[derive(Debug, Serialize, ToSchema)]
+struct Reason {
+    reason: String,
+    entitlements: i64,
 }
 
 /// A reward's grants: in all, and per bucket of the requested window.
@@ -331,6 +355,13 @@ async fn overview_of(app: &Admin, q: OverviewQuery) -> Result<Overview, ApiError
     for b in app.store.grants_over_time(first_bucket, bucket_ms).await? {
         over_time.entry((b.campaign_id, b.reward_id)).or_default().insert(b.bucket, b.grants);
     }
+    let mut entitlements: BTreeMap<String, EntitlementOutcomes> = BTreeMap::new();
+    for (campaign, outcome, n) in app.store.entitlement_outcomes().await? {
+        entitlements.entry(campaign).or_default().outcomes.insert(outcome, n);
+    }
+    for (campaign, reason, n) in app.store.entitlement_refusals(5).await? {
+        entitlements.entry(campaign).or_default().reasons.push(Reason { reason, entitlements: n });
+    }
     let now_time = time::OffsetDateTime::now_utc();
     let mut campaigns = Vec::new();
     for c in rules.campaigns() {
@@ -380,6 +411,7 @@ async fn overview_of(app: &Admin, q: OverviewQuery) -> Result<Overview, ApiError
             top_viewers,
             rewards,
             funnel,
+            entitlements: entitlements.remove(&def.id),
         });
     }
     let mut plugins = Vec::new();
@@ -467,13 +499,14 @@ async fn delivery(app: &Admin) -> Result<Delivery, ApiError> {
 #[derive(ToSchema)]
 #[allow(dead_code)] // Describes the form; the handler reads it part by part.
 struct ReplayForm {
-    /// The recording (`record_events` or a `drops-host simulate --record` file): one event per line, at most 16 MiB.
-    #[schema(value_type = String, format = Binary)]
+    /// The recording (`record_events` or a `drops-host simulate --record` file): one event per line (JSON), UTF-8, at most 16 MiB.
+    #[schema(value_type = String, format = Binary, content_media_type = "application/x-ndjson", max_length = 16777216)]
     events: Vec<u8>,
-    /// The plugin the candidate replaces (one in force).
+    /// The plugin the candidate replaces (one in force): 1-64 of a-z, 0-9, - and _, starting with a letter or digit.
+    #[schema(pattern = "^[a-z0-9][a-z0-9_-]{0,63}$", min_length = 1, max_length = 64)]
     plugin_name: String,
-    /// The candidate `.wasm`, at most 32 MiB.
-    #[schema(value_type = String, format = Binary)]
+    /// The candidate `.wasm` (a core module or a component), at most 32 MiB.
+    #[schema(value_type = String, format = Binary, content_media_type = "application/wasm", max_length = 33554432)]
     plugin: Vec<u8>,
 }
 

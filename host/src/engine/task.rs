@@ -22,7 +22,7 @@ use crate::config::{EngineSettings, Settings};
 use crate::domain::{Decision, Event, InboxEvent, NewGrant, Paused};
 use crate::plugins::PluginRuntime;
 use crate::rules::RuleSet;
-use crate::store::{PartitionKey, Store, StoreError};
+use crate::store::{Fence, PartitionKey, Store, StoreError};
 use crate::telemetry::live;
 
 /// How often a partition measures its lag behind the inbox.
@@ -168,7 +168,7 @@ impl Engine {
                 recorder.write_rules(&in_force(&rules));
                 recorded_rules = Some(rules.clone());
             }
-            state = self.resume_campaigns(&worker, &rules, state, cursor, &stop_or_handover).await?;
+            state = self.resume_campaigns(&worker, &rules, state, cursor, &key, &stop_or_handover).await?;
             self.publish_breakers(&state, &owns);
             let events =
                 retry(|| self.store.inbox_after(cursor, self.options.engine.batch_events.max(1)), &stop_or_handover)
@@ -207,7 +207,7 @@ impl Engine {
                 events.iter().filter(|e| matches!(e.event, Event::GameState(_))).map(|e| e.received_at_ms).collect();
             let lookups = self.lookups(&events, &stop_or_handover).await?;
             let runtime = self.runtime.clone();
-            let (flush, grant_writer) = self.grant_writer(&stop_or_handover);
+            let (flush, grant_writer) = self.grant_writer(key.fence.clone(), &stop_or_handover);
             let (returned, evaluation, recorder_back) = worker
                 .run(move || {
                     let mut out = Evaluation { flush: Some(flush), ..Default::default() };
@@ -226,7 +226,7 @@ impl Engine {
             recorder = recorder_back;
             let flushed =
                 grant_writer.await.map_err(|e| StoreError::Invariant(format!("the grant writer failed: {e}")))??;
-            self.store_grants(&evaluation, flushed, &stop_or_handover).await?;
+            self.store_grants(&evaluation, flushed, key.fence.as_ref(), &stop_or_handover).await?;
             // From a game-state message's arrival to its grants being stored.
             let now = crate::domain::now_ms();
             for arrived in e2_arrivals {
@@ -278,13 +278,17 @@ impl Engine {
     /// Stores grants handed over while a batch is evaluated, page by page,
     /// beside evaluation; returns how many were new. The channel holds two
     /// pages: a writer behind holds evaluation back.
-    fn grant_writer(&self, stop: &CancellationToken) -> (GrantFlush, JoinHandle<Result<u64, StoreError>>) {
+    fn grant_writer(
+        &self,
+        fence: Option<Fence>,
+        stop: &CancellationToken,
+    ) -> (GrantFlush, JoinHandle<Result<u64, StoreError>>) {
         let (flush, mut pages) = tokio::sync::mpsc::channel::<Vec<NewGrant>>(2);
         let (store, stop) = (self.store.clone(), stop.clone());
         let writer = tokio::spawn(async move {
             let mut stored = 0;
             while let Some(page) = pages.recv().await {
-                stored += retry(|| store.insert_grants(&page), &stop).await?;
+                stored += retry(|| store.insert_grants(&page, fence.as_ref()), &stop).await?;
             }
             Ok(stored)
         });
@@ -297,10 +301,11 @@ impl Engine {
         &self,
         evaluation: &Evaluation,
         flushed: u64,
+        fence: Option<&Fence>,
         stop: &CancellationToken,
     ) -> Result<(), EngineError> {
-        self.store_entitlements(evaluation, stop).await?;
-        let stored = flushed + retry(|| self.store.insert_grants(&evaluation.grants), stop).await?;
+        self.store_entitlements(evaluation, fence, stop).await?;
+        let stored = flushed + retry(|| self.store.insert_grants(&evaluation.grants, fence), stop).await?;
         // Prometheus counts time in seconds (promtool holds names to base units).
         metrics::counter!("drops_engine_watch_time_seconds_total").increment(evaluation.viewer_minutes * 60);
         metrics::counter!("drops_grants_total").increment(stored);
@@ -314,11 +319,16 @@ impl Engine {
     /// Stores what became of entitlements; a viewer left awaiting a link who
     /// was linked meanwhile is announced again, so no entitlement waits for
     /// a link that already exists.
-    async fn store_entitlements(&self, evaluation: &Evaluation, stop: &CancellationToken) -> Result<(), EngineError> {
+    async fn store_entitlements(
+        &self,
+        evaluation: &Evaluation,
+        fence: Option<&Fence>,
+        stop: &CancellationToken,
+    ) -> Result<(), EngineError> {
         if evaluation.entitlements.is_empty() {
             return Ok(());
         }
-        retry(|| self.store.record_entitlement_decisions(&evaluation.entitlements), stop).await?;
+        retry(|| self.store.record_entitlement_decisions(&evaluation.entitlements, fence), stop).await?;
         let mut waiting: Vec<String> = evaluation
             .entitlements
             .iter()
@@ -347,6 +357,7 @@ impl Engine {
         rules: &RuleSet,
         mut state: State,
         cursor: i64,
+        key: &PartitionKey,
         stop: &CancellationToken,
     ) -> Result<State, EngineError> {
         for (id, paused) in state.breakers.resumable(rules) {
@@ -379,7 +390,7 @@ impl Engine {
                     })
                     .await?;
                 state = returned;
-                self.store_grants(&evaluation, 0, stop).await?;
+                self.store_grants(&evaluation, 0, key.fence.as_ref(), stop).await?;
             }
         }
         Ok(state)

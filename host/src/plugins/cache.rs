@@ -115,9 +115,7 @@ mod tests {
     use crate::plugins::PluginRuntime;
 
     fn tiers_wasm() -> Vec<u8> {
-        let path =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-unknown-unknown/plugin/watch_time_tiers.wasm");
-        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}; run scripts/build-plugins.sh", path.display()))
+        crate::test_values::example_plugin("watch_time_tiers.wasm")
     }
 
     #[test]

@@ -7,9 +7,7 @@ use super::*;
 use crate::plugins::PluginError;
 
 fn tiers_wasm() -> Vec<u8> {
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-unknown-unknown/plugin/watch_time_tiers.wasm");
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}; run scripts/build-plugins.sh", path.display()))
+    crate::test_values::example_plugin("watch_time_tiers.wasm")
 }
 
 fn campaign(id: &str, game: &str, extra: &str) -> String {

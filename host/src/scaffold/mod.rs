@@ -46,6 +46,32 @@ const TEST_CASE: &str = r#"{
 }
 "#;
 
+/// Creates `dir/name` with its source folder `first`, and the SDK it builds
+/// with: `sdk` when given (returned, canonical), else `files` written into
+/// `dir/name/sdk` from this binary (None returned).
+fn create_package(
+    dir: &Path,
+    name: &str,
+    first: &str,
+    files: &[(&str, &str)],
+    sdk: Option<PathBuf>,
+) -> anyhow::Result<(PathBuf, Option<PathBuf>)> {
+    let root = dir.join(name);
+    anyhow::ensure!(!root.exists(), "{} already exists", root.display());
+    std::fs::create_dir_all(root.join(first)).with_context(|| format!("creating {}", root.display()))?;
+    if let Some(sdk) = sdk {
+        return Ok((root, Some(std::fs::canonicalize(&sdk).unwrap_or(sdk))));
+    }
+    for (file, text) in files {
+        let path = root.join("sdk").join(file);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok((root, None))
+}
+
 /// Plugin names become file and package names.
 fn check_name(name: &str) -> anyhow::Result<()> {
     anyhow::ensure!(
@@ -128,19 +154,10 @@ pub fn new_plugin(dir: &Path, name: &str, sdk: Option<PathBuf>) -> anyhow::Resul
     if let Some(sdk) = &sdk {
         check_sdk(sdk)?;
     }
-    let root = dir.join(name);
-    anyhow::ensure!(!root.exists(), "{} already exists", root.display());
-    std::fs::create_dir_all(root.join("src")).with_context(|| format!("creating {}", root.display()))?;
-    let sdk = match sdk {
-        Some(sdk) => std::fs::canonicalize(&sdk).unwrap_or(sdk),
+    let (root, given) = create_package(dir, name, "src", &SDK_FILES, sdk)?;
+    let sdk = match given {
+        Some(sdk) => sdk,
         None => {
-            for (file, text) in SDK_FILES {
-                let path = root.join("sdk").join(file);
-                if let Some(parent) = path.parent() {
-                    std::fs::create_dir_all(parent)?;
-                }
-                std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-            }
             std::fs::write(root.join("sdk/Cargo.toml"), SDK_CARGO_TOML)?;
             PathBuf::from("sdk")
         }

@@ -47,22 +47,8 @@ pub fn new_plugin(dir: &Path, name: &str, sdk: Option<PathBuf>) -> anyhow::Resul
     if let Some(sdk) = &sdk {
         check_sdk(sdk)?;
     }
-    let root = dir.join(name);
-    anyhow::ensure!(!root.exists(), "{} already exists", root.display());
-    std::fs::create_dir_all(root.join("assembly")).with_context(|| format!("creating {}", root.display()))?;
-    let sdk = match sdk {
-        Some(sdk) => std::fs::canonicalize(&sdk).unwrap_or(sdk),
-        None => {
-            for (file, text) in SDK_FILES {
-                let path = root.join("sdk").join(file);
-                if let Some(parent) = path.parent() {
-                    std::fs::create_dir_all(parent)?;
-                }
-                std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-            }
-            PathBuf::from("sdk")
-        }
-    };
+    let (root, given) = super::create_package(dir, name, "assembly", &SDK_FILES, sdk)?;
+    let sdk = given.unwrap_or_else(|| PathBuf::from("sdk"));
     let package = serde_json::json!({
         "name": name,
         "version": "0.1.0",
@@ -154,3 +140,41 @@ class MyRule extends Rule {
 
 register(new MyRule());
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_sdk_file_is_embedded() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugin-sdk-ts");
+        let mut on_disk: Vec<String> = std::fs::read_dir(root.join("assembly"))
+            .unwrap()
+            .map(|e| format!("assembly/{}", e.unwrap().file_name().to_string_lossy()))
+            .collect();
+        on_disk.extend(
+            std::fs::read_dir(&root)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|f| f != "assembly" && f != "node_modules"),
+        );
+        on_disk.sort();
+        let mut embedded: Vec<&str> = SDK_FILES.iter().map(|(f, _)| *f).collect();
+        embedded.sort();
+        assert_eq!(on_disk, embedded, "add the SDK's new file to SDK_FILES");
+    }
+
+    #[test]
+    fn refuses_bad_names_existing_folders_and_another_sdk() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(new_plugin(dir.path(), "Bad Name", None).is_err());
+        let err = new_plugin(dir.path(), "my-rule", Some(PathBuf::from("/nonexistent"))).unwrap_err();
+        assert!(err.to_string().contains("--sdk /nonexistent"), "{err}");
+        let root = new_plugin(dir.path(), "my-rule", None).unwrap();
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(root.join("asconfig.json")).unwrap()).unwrap();
+        assert_eq!(config["extends"], "./sdk/asconfig.json", "asc reads a bare path as a package name");
+        assert!(root.join("sdk/assembly/abi.ts").exists() && root.join("tests/cases/reaches-the-goal.json").exists());
+        assert!(new_plugin(dir.path(), "my-rule", None).is_err());
+    }
+}

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 use sha2::Digest;
 
-use super::{list_placeholders, Store, StoreError};
+use super::{list_placeholders, Fence, Store, StoreError};
 use crate::domain::{
     entitlement_status, now_ms, Decision, DeliveredItem, Entitlement, EntitlementDecision, Linked,
     MAX_LINKED_ENTITLEMENTS,
@@ -174,13 +174,22 @@ pub struct EntitlementBacklog {
 impl Store {
     /// Stores the engine's decisions: a new entitlement is inserted; a
     /// decision replaces only a row still awaiting a link (a replayed
-    /// decision changes nothing). Returns how many rows changed.
-    pub async fn record_entitlement_decisions(&self, decisions: &[EntitlementDecision]) -> Result<u64, StoreError> {
+    /// decision changes nothing). Returns how many rows changed. Under
+    /// `fence` they are refused whole when the partition's lease is lost
+    /// ([`StoreError::LeaseLost`]), as grants and checkpoints are.
+    pub async fn record_entitlement_decisions(
+        &self,
+        decisions: &[EntitlementDecision],
+        fence: Option<&Fence>,
+    ) -> Result<u64, StoreError> {
         if decisions.is_empty() {
             return Ok(0);
         }
         let _guard = self.write_lock().await;
         let mut tx = self.pool.begin().await?;
+        if let Some(fence) = fence {
+            Store::check_fence(&mut tx, fence).await?;
+        }
         let now = now_ms();
         let (mut changed, mut deliverable) = (0, 0);
         for d in decisions {
@@ -488,6 +497,71 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.into_iter().map(EntitlementRow::from).collect())
+    }
+
+    /// One entitlement, by Twitch's id.
+    pub async fn entitlement(&self, id: &str) -> Result<Option<EntitlementRow>, StoreError> {
+        let row: Option<StoredRow> =
+            sqlx::query_as(&format!("SELECT {COLUMNS} FROM entitlements WHERE entitlement_id = $1"))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(EntitlementRow::from))
+    }
+
+    /// Marks a delivered entitlement FULFILLED again after Twitch refused it
+    /// for good (`invalid_id`, `not_found`, `unauthorized`: an operator fixed
+    /// the client id or its token), as a failed manifest can be retried.
+    /// False when it is not in such a state (or does not exist).
+    pub async fn retry_fulfilment(&self, id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE entitlements SET fulfillment = NULL, fulfil_error = NULL, fulfil_after = 0 \
+             WHERE entitlement_id = $1 AND delivered_at IS NOT NULL \
+             AND fulfillment IN ('invalid_id', 'not_found', 'unauthorized')",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        let retried = done.rows_affected() > 0;
+        if retried {
+            self.signals.items_delivered();
+        }
+        Ok(retried)
+    }
+
+    /// Each campaign's entitlements by outcome (`awaiting_link`, `unmatched`,
+    /// `refused`, `failed`, `to_deliver`, `delivered`, `fulfilled`,
+    /// `fulfil_refused`): what the console shows where VHS campaigns show grants.
+    pub async fn entitlement_outcomes(&self) -> Result<Vec<(String, String, i64)>, StoreError> {
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT campaign_id, outcome, COUNT(*) FROM (SELECT campaign_id, CASE \
+             WHEN status <> 'deliver' THEN status \
+             WHEN fulfillment = 'fulfilled' THEN 'fulfilled' \
+             WHEN fulfillment IS NOT NULL THEN 'fulfil_refused' \
+             WHEN delivered_at IS NOT NULL THEN 'delivered' \
+             ELSE 'to_deliver' END AS outcome FROM entitlements) AS o \
+             GROUP BY campaign_id, outcome ORDER BY campaign_id, outcome",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
+    }
+
+    /// Each campaign's most frequent reasons for refusing entitlements (at most `per_campaign` each).
+    pub async fn entitlement_refusals(&self, per_campaign: usize) -> Result<Vec<(String, String, i64)>, StoreError> {
+        let rows: Vec<(String, Option<String>, i64)> = sqlx::query_as(
+            "SELECT campaign_id, reason, COUNT(*) AS n FROM entitlements WHERE status IN ('refused', 'failed') \
+             GROUP BY campaign_id, reason ORDER BY campaign_id, n DESC, reason",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out: Vec<(String, String, i64)> = Vec::new();
+        for (campaign, reason, n) in rows {
+            if out.iter().filter(|(c, _, _)| *c == campaign).count() < per_campaign {
+                out.push((campaign, reason.unwrap_or_default(), n));
+            }
+        }
+        Ok(out)
     }
 
     /// How much of the EventSub path is waiting.

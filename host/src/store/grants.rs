@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::{list_params, values_params, Backend, Store, StoreError};
+use super::{list_params, values_params, Backend, Fence, Store, StoreError};
 
 /// The PostgreSQL advisory lock that orders grant commits across hosts ("dropsgrn").
 const GRANTS_ORDER_LOCK: i64 = 0x6472_6f70_7367_726e;
@@ -96,13 +96,19 @@ fn insert_sql(backend: Backend, rows: usize) -> String {
 impl Store {
     /// Stores grants, skipping any already made; returns how many were new
     /// (and wakes the manifest batcher for them). One transaction; grants of
-    /// the same call share a statement's origin columns.
-    pub async fn insert_grants(&self, grants: &[NewGrant]) -> Result<u64, StoreError> {
+    /// the same call share a statement's origin columns. Under `fence` (the
+    /// engine partition's lease) they are refused whole, with
+    /// [`StoreError::LeaseLost`], when the lease no longer names this
+    /// process at its epoch: a host paused past its lease writes nothing.
+    pub async fn insert_grants(&self, grants: &[NewGrant], fence: Option<&Fence>) -> Result<u64, StoreError> {
         if grants.is_empty() {
             return Ok(0);
         }
         let _guard = self.write_lock().await;
         let mut tx = self.pool.begin().await?;
+        if let Some(fence) = fence {
+            Store::check_fence(&mut tx, fence).await?;
+        }
         let shared = self.backend == Backend::Postgres;
         if shared {
             // Sinks walk grants by id and never go back: ids must commit in

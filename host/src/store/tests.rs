@@ -150,8 +150,8 @@ async fn a_commit_raises_its_signal() {
             .await
             .unwrap_or_else(|_| panic!("{backend}: no inbox signal"))
             .unwrap();
-        assert_eq!(store.insert_grants(&[grant("u-1", ""), grant("u-2", "")]).await.unwrap(), 2);
-        assert_eq!(store.insert_grants(&[grant("u-1", "")]).await.unwrap(), 0, "{backend}: a repeat is no grant");
+        assert_eq!(store.insert_grants(&[grant("u-1", ""), grant("u-2", "")], None).await.unwrap(), 2);
+        assert_eq!(store.insert_grants(&[grant("u-1", "")], None).await.unwrap(), 0, "{backend}: a repeat is no grant");
         assert_eq!(store.signals().grants_waiting(), 2, "{backend}");
         assert_eq!(store.signals().take_grants_waiting(), 2, "{backend}");
         assert_eq!(store.signals().grants_waiting(), 0, "{backend}");
@@ -164,8 +164,8 @@ async fn grants_are_unique_by_key_and_listed_by_filter_and_page() {
     let dbs = Databases::new().await;
     for (backend, store) in &dbs.stores {
         let made = [grant("u-1", ""), grant("u-1", "kill-1"), grant("u-1", "kill-2"), grant("u-2", "")];
-        assert_eq!(store.insert_grants(&made).await.unwrap(), 4, "{backend}");
-        assert_eq!(store.insert_grants(&made).await.unwrap(), 0, "{backend}");
+        assert_eq!(store.insert_grants(&made, None).await.unwrap(), 4, "{backend}");
+        assert_eq!(store.insert_grants(&made, None).await.unwrap(), 0, "{backend}");
         let all = store.list_grants(&GrantFilter::default()).await.unwrap();
         assert_eq!(all.len(), 4, "{backend}");
         assert_eq!(all[1].grant_key, "kill-1", "{backend}");
@@ -199,7 +199,7 @@ async fn grants_are_unique_by_key_and_listed_by_filter_and_page() {
 async fn each_grant_lands_in_one_manifest() {
     let dbs = Databases::new().await;
     for (backend, store) in &dbs.stores {
-        store.insert_grants(&[grant("u-1", ""), grant("u-2", ""), grant("u-3", "")]).await.unwrap();
+        store.insert_grants(&[grant("u-1", ""), grant("u-2", ""), grant("u-3", "")], None).await.unwrap();
         let unbatched = store.unbatched_grants(i64::MAX, 10).await.unwrap();
         assert_eq!(unbatched.iter().map(|g| g.user_id.as_str()).collect::<Vec<_>>(), ["u-1", "u-2", "u-3"]);
         let row = ManifestRow {
@@ -242,7 +242,7 @@ async fn upload_attempts_keep_the_manifest_and_count() {
     use crate::store::{manifest_status as status, UploadOutcome};
     let dbs = Databases::new().await;
     for (backend, store) in &dbs.stores {
-        store.insert_grants(&[grant("u-1", "")]).await.unwrap();
+        store.insert_grants(&[grant("u-1", "")], None).await.unwrap();
         let ids: Vec<i64> = store.unbatched_grants(i64::MAX, 10).await.unwrap().iter().map(|g| g.id).collect();
         let row = ManifestRow { id: "m-1".into(), users: 1, status: "pending".into(), ..Default::default() };
         store.create_manifest(&row, &ids).await.unwrap();
@@ -269,7 +269,7 @@ async fn upload_attempts_keep_the_manifest_and_count() {
         assert_eq!((m.status.as_str(), m.attempts, m.last_error), (status::UPLOADED, 1, None), "{backend}");
         assert!(!store.retry_manifest("m-1").await.unwrap(), "{backend}: only a failed one is retried");
         // Written without credentials, queued once they exist.
-        store.insert_grants(&[grant("u-2", "")]).await.unwrap();
+        store.insert_grants(&[grant("u-2", "")], None).await.unwrap();
         let ids: Vec<i64> = store.unbatched_grants(i64::MAX, 10).await.unwrap().iter().map(|g| g.id).collect();
         store.create_manifest(&ManifestRow { id: "m-2".into(), ..row.clone() }, &ids).await.unwrap();
         store.mark_manifest_written("m-2", "/tmp/m-2.json", 10, false).await.unwrap();
@@ -372,7 +372,7 @@ async fn a_value_the_database_refuses_is_a_permanent_error() {
     if let Some((_, store)) = dbs.stores.iter().find(|(b, _)| *b == "postgres") {
         let mut bad = grant("u-1", "");
         bad.grant_key = "nul\0key".into();
-        let err = store.insert_grants(&[bad]).await.unwrap_err();
+        let err = store.insert_grants(&[bad], None).await.unwrap_err();
         assert!(err.is_permanent(), "{err}");
     }
     dbs.drop_postgres().await;
@@ -501,6 +501,22 @@ async fn a_checkpoint_round_trips_and_prunes_what_it_passed() {
             "{backend}: its segment never counts"
         );
         assert_eq!(store.renew_leases(holder, 60_000).await.unwrap(), [], "{backend}: the old holder holds nothing");
+
+        // Grants and entitlement decisions under the lost lease are refused
+        // whole too; under the new holder's they are written.
+        let stale_fence = stale.fence.as_ref();
+        let grants_before = store.list_grants(&GrantFilter::default()).await.unwrap().len();
+        let err = store.insert_grants(&[grant("late-1", ""), grant("late-2", "")], stale_fence).await.unwrap_err();
+        assert!(matches!(err, StoreError::LeaseLost(_)), "{backend}: {err}");
+        let late = decided("e-late", "u-late", 9, crate::domain::Decision::Refused("late".into()));
+        let err = store.record_entitlement_decisions(std::slice::from_ref(&late), stale_fence).await.unwrap_err();
+        assert!(matches!(err, StoreError::LeaseLost(_)), "{backend}: {err}");
+        let grants_after = store.list_grants(&GrantFilter::default()).await.unwrap().len();
+        assert_eq!(grants_after, grants_before, "{backend}: no grant written");
+        assert_eq!(store.entitlement("e-late").await.unwrap(), None, "{backend}: no decision written");
+        let current = Fence { name: "engine/1".into(), holder: "host-b#1".into(), epoch: taken };
+        assert_eq!(store.insert_grants(&[grant("late-1", "")], Some(&current)).await.unwrap(), 1, "{backend}");
+        assert_eq!(store.record_entitlement_decisions(&[late], Some(&current)).await.unwrap(), 1, "{backend}");
     }
     dbs.drop_postgres().await;
 }
@@ -509,7 +525,7 @@ async fn a_checkpoint_round_trips_and_prunes_what_it_passed() {
 async fn a_sink_cursor_only_moves_forward_and_counts_what_waits() {
     let dbs = Databases::new().await;
     for (backend, store) in &dbs.stores {
-        store.insert_grants(&[grant("u-1", ""), grant("u-2", ""), grant("u-3", "")]).await.unwrap();
+        store.insert_grants(&[grant("u-1", ""), grant("u-2", ""), grant("u-3", "")], None).await.unwrap();
         assert_eq!(store.sink_cursor("webhook").await.unwrap(), 0, "{backend}");
         let first = store.grants_for_sink(0, 2).await.unwrap();
         assert_eq!(first.iter().map(|g| g.user_id.as_str()).collect::<Vec<_>>(), ["u-1", "u-2"], "{backend}");
@@ -562,18 +578,21 @@ async fn an_entitlement_is_decided_once_then_delivered_and_answered() {
     for (backend, store) in &dbs.stores {
         let items = vec![DeliveredItem { id: "iron-sword".into(), quantity: 1 }];
         // Awaiting, then failed, then decided: each open row may be replaced; a decided one never.
-        store.record_entitlement_decisions(&[decided("e-1", "u-1", 1, Decision::AwaitingLink)]).await.unwrap();
-        store.record_entitlement_decisions(&[decided("e-1", "u-1", 1, Decision::AwaitingLink)]).await.unwrap();
+        store.record_entitlement_decisions(&[decided("e-1", "u-1", 1, Decision::AwaitingLink)], None).await.unwrap();
+        store.record_entitlement_decisions(&[decided("e-1", "u-1", 1, Decision::AwaitingLink)], None).await.unwrap();
         let users = vec!["u-1".to_string()];
         assert_eq!(store.open_entitlements(&users, &[], 10).await.unwrap().len(), 1, "{backend}");
-        store.record_entitlement_decisions(&[decided("e-1", "u-1", 5, Decision::Failed("trap".into()))]).await.unwrap();
+        store
+            .record_entitlement_decisions(&[decided("e-1", "u-1", 5, Decision::Failed("trap".into()))], None)
+            .await
+            .unwrap();
         assert_eq!(store.open_entitlements(&users, &[], 10).await.unwrap().len(), 1, "{backend}: failed is still open");
         store
-            .record_entitlement_decisions(&[decided("e-1", "u-1", 7, Decision::Deliver(items.clone()))])
+            .record_entitlement_decisions(&[decided("e-1", "u-1", 7, Decision::Deliver(items.clone()))], None)
             .await
             .unwrap();
         let changed = store
-            .record_entitlement_decisions(&[decided("e-1", "u-1", 9, Decision::Refused("again".into()))])
+            .record_entitlement_decisions(&[decided("e-1", "u-1", 9, Decision::Refused("again".into()))], None)
             .await
             .unwrap();
         assert_eq!(changed, 0, "{backend}: a decision is final");
@@ -612,7 +631,7 @@ async fn an_entitlement_is_decided_once_then_delivered_and_answered() {
 
         // Unmatched is open again once its campaign is loaded; the sweep finds linked viewers with open ones.
         store
-            .record_entitlement_decisions(&[decided("e-2", "u-2", 3, Decision::Unmatched("no".into()))])
+            .record_entitlement_decisions(&[decided("e-2", "u-2", 3, Decision::Unmatched("no".into()))], None)
             .await
             .unwrap();
         let users = vec!["u-2".to_string()];
