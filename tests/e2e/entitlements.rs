@@ -287,39 +287,42 @@ async fn the_eventsub_path_from_entitlement_to_fulfilled(backend: Backend) {
     assert_eq!(stored["ent-m-130"]["fulfillment"], "not_found");
     assert_eq!(stored["ent-m-120"]["fulfillment"], "fulfilled", "UPDATE_FAILED is tried again");
     assert!(stored["ent-m-120"]["fulfil_attempts"].as_i64().unwrap() >= 2);
-    let seen = fakes.seen.lock().unwrap();
-    assert!(seen.patches.iter().all(|(_, ids)| ids.len() <= 100), "a PATCH carried more than 100 ids");
-    assert_eq!(
-        seen.patches.iter().filter(|(_, ids)| ids.contains(&"ent-m-130".to_string())).count(),
-        1,
-        "NOT_FOUND is permanent"
-    );
-    let limited_at = seen.limited_at.expect("the 429 was answered");
-    let next = seen.patches.iter().map(|(at, _)| *at).find(|at| *at > limited_at).expect("a PATCH after the 429");
-    assert!(
-        next - limited_at >= Duration::from_millis(900),
-        "the next PATCH came {:?} after the 429",
-        next - limited_at
-    );
-    // Every delivered entitlement FULFILLED exactly once, and its items delivered exactly once.
     let delivered: Vec<&String> = stored.iter().filter(|(_, e)| e["status"] == "deliver").map(|(id, _)| id).collect();
-    assert_eq!(delivered.len(), 4 + 150, "{stored:#?}");
-    for id in &delivered {
-        assert_eq!(seen.delivered.get(*id).map(Vec::len), Some(1), "{id} delivered once");
-        if id.as_str() != "ent-m-130" {
-            assert_eq!(seen.fulfilled.get(*id), Some(&1), "{id} FULFILLED once");
+    {
+        let seen = fakes.seen.lock().unwrap();
+        assert!(seen.patches.iter().all(|(_, ids)| ids.len() <= 100), "a PATCH carried more than 100 ids");
+        assert_eq!(
+            seen.patches.iter().filter(|(_, ids)| ids.contains(&"ent-m-130".to_string())).count(),
+            1,
+            "NOT_FOUND is permanent"
+        );
+        let limited_at = seen.limited_at.expect("the 429 was answered");
+        let next = seen.patches.iter().map(|(at, _)| *at).find(|at| *at > limited_at).expect("a PATCH after the 429");
+        assert!(
+            next - limited_at >= Duration::from_millis(900),
+            "the next PATCH came {:?} after the 429",
+            next - limited_at
+        );
+        // Every delivered entitlement FULFILLED exactly once, and its items delivered exactly once.
+        assert_eq!(delivered.len(), 4 + 150, "{stored:#?}");
+        for id in &delivered {
+            assert_eq!(seen.delivered.get(*id).map(Vec::len), Some(1), "{id} delivered once");
+            if id.as_str() != "ent-m-130" {
+                assert_eq!(seen.fulfilled.get(*id), Some(&1), "{id} FULFILLED once");
+            }
         }
+        assert!(!seen.fulfilled.contains_key("ent-b2") && !seen.delivered.contains_key("ent-b2"), "refused: neither");
+        let sent: usize = seen.patches.iter().map(|(_, ids)| ids.len()).sum();
+        assert_eq!(sent, delivered.len() + 1, "each id is answered once, the UPDATE_FAILED one twice");
     }
-    assert!(!seen.fulfilled.contains_key("ent-b2") && !seen.delivered.contains_key("ent-b2"), "refused: neither");
-    let sent: usize = seen.patches.iter().map(|(_, ids)| ids.len()).sum();
-    assert_eq!(sent, delivered.len() + 1, "each id is answered once, the UPDATE_FAILED one twice");
-    drop(seen);
 
     // The operator fixes what made Twitch refuse (here: Twitch knows the id
     // now) and sends the refused one again; nothing else is re-sent.
     fakes.seen.lock().unwrap().not_found.remove("ent-m-130");
-    let retry =
-        |id: &'static str| host.admin_send(reqwest::Method::POST, &format!("/entitlements/{id}/retry"), Vec::new());
+    let retry = |id: &'static str| {
+        let (host, path) = (&host, format!("/entitlements/{id}/retry"));
+        async move { host.admin_send(reqwest::Method::POST, &path, Vec::new()).await }
+    };
     let (status, answer) = retry("ent-m-130").await;
     assert_eq!((status, answer["fulfillment"].clone()), (200, Value::Null), "{answer}");
     wait_until(&host, "fulfilled on retry", |s| is(s, "ent-m-130", "deliver", Some("fulfilled"))).await;
