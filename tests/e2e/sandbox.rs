@@ -81,6 +81,11 @@ fn plugins_that_reach_outside_the_rules_world_are_refused() {
     assert_eq!(runtime.load("junk", b"not wasm").unwrap_err(), PluginError::NotWasm);
     let bare = wat::parse_str("(module)").unwrap();
     assert_eq!(runtime.load("bare", &bare).unwrap_err(), PluginError::MissingExport);
+    // A module without the world's metadata (as AssemblyScript builds them)
+    // that exports another interface version is named as such too.
+    let newer = wat::parse_str(r#"(module (func (export "drops:rules/rule@0.9.0#on-heartbeat")))"#).unwrap();
+    let err = runtime.load("newer", &newer).unwrap_err();
+    assert_eq!(err.to_string(), "built for interface drops:rules@0.9.0, but this host supports drops:rules@0.4.0");
 }
 
 #[tokio::test]

@@ -208,13 +208,29 @@ fn rules_world() -> Result<&'static (wit_parser::Resolve, wit_parser::WorldId), 
 /// carries its own (the Rust SDK embeds it), else with the host's embedded,
 /// so that a designer's toolchain needs neither `wit-component` nor `jco`.
 fn with_world_metadata(bytes: &[u8]) -> Result<Cow<'_, [u8]>, PluginError> {
+    let mut exports_rule = false;
+    let mut other_version = None;
     for payload in wasmparser::Parser::new(0).parse_all(bytes) {
         let payload = payload.map_err(|e| PluginError::Compile(e.to_string()))?;
-        if let wasmparser::Payload::CustomSection(section) = payload {
-            if section.name().starts_with("component-type") {
+        match payload {
+            wasmparser::Payload::CustomSection(section) if section.name().starts_with("component-type") => {
                 return Ok(Cow::Borrowed(bytes));
             }
+            wasmparser::Payload::ExportSection(reader) => {
+                for export in reader {
+                    let name = export.map_err(|e| PluginError::Compile(e.to_string()))?.name;
+                    let interface = name.split('#').next().unwrap_or_default();
+                    exports_rule |= interface == RULE_EXPORT;
+                    other_version = other_version.or_else(|| check_version(interface));
+                }
+            }
+            _ => {}
         }
+    }
+    // Without the world's metadata, the exports say what the module is: none
+    // of the rule interface is the typed error a component without it gets.
+    if !exports_rule {
+        return Err(other_version.unwrap_or(PluginError::MissingExport));
     }
     let (resolve, world) = rules_world()?;
     let mut module = bytes.to_vec();
