@@ -5,4 +5,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/build-plugins.sh >/dev/null
-cargo run --quiet -p drops-host -- demo "$@"
+cargo run --quiet -p drops-host -- demo --plugins "${CARGO_TARGET_DIR:-target}/wasm32-unknown-unknown/plugin" "$@"
