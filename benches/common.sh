@@ -52,3 +52,16 @@ plugin_version() {
 
 # Viewer-minutes the engine has counted (its watch-time counter is in seconds).
 counted_minutes() { local s; s=$(metric drops_engine_watch_time_seconds_total | cut -d. -f1); echo $(( ${s:-0} / 60 )); }
+
+# Renames $2 new versions of the installed plugin file $1 into place, each
+# timed until GET /v1/campaigns reports its hash (hot reload, end to end).
+time_swaps() {
+  local orig=$1 start
+  for i in $(seq 1 "$2"); do
+    plugin_version "$orig" "$work/next.wasm" "$i"
+    start=$(date +%s%N)
+    mv "$work/next.wasm" "$orig"
+    until curl -s -H 'authorization: Bearer bench-token-0123456' "$url/v1/campaigns" | grep -q "$want"; do sleep 0.002; done
+    echo "swap $i: $(( ($(date +%s%N) - start) / 1000000 )) ms"
+  done
+}

@@ -42,12 +42,5 @@ sleep 12   # the engine's checkpoint (every 10 s) writes the 10 M changed watch-
 echo "host peak RSS after the checkpoint: $(( $(awk '/VmHWM/ {print $2}' /proc/$host/status) / 1024 )) MiB; now $(( $(awk '/VmRSS/ {print $2}' /proc/$host/status) / 1024 )) MiB"
 
 echo "== 3. hot reload latency (5 swaps)"
-orig="$work/rules/plugins/watch-time-tiers.wasm"
-for i in 1 2 3 4 5; do
-  plugin_version "$orig" "$work/next.wasm" "$i"
-  start=$(date +%s%N)
-  mv "$work/next.wasm" "$orig"
-  until curl -s -H 'authorization: Bearer bench-token-0123456' "$url/v1/campaigns" | grep -q "$want"; do sleep 0.002; done
-  echo "swap $i: $(( ($(date +%s%N) - start) / 1000000 )) ms"
-done
+time_swaps "$work/rules/plugins/watch-time-tiers.wasm" 5
 grep -o 'rules reloaded in [0-9.]* ms' "$work/host.log" | tail -5

@@ -19,12 +19,6 @@ start_host
 for plugin in watch-time-tiers watch-time-tiers-ts; do
   orig="$work/rules/plugins/$plugin.wasm"
   echo "== $plugin ($(stat -c %s "$orig") bytes): $swaps swaps"
-  for i in $(seq 1 "$swaps"); do
-    plugin_version "$orig" "$work/next.wasm" "$i"
-    start=$(date +%s%N)
-    mv "$work/next.wasm" "$orig"
-    until curl -s -H 'authorization: Bearer bench-token-0123456' "$url/v1/campaigns" | grep -q "$want"; do sleep 0.002; done
-    echo "swap $i: $(( ($(date +%s%N) - start) / 1000000 )) ms"
-  done
+  time_swaps "$orig" "$swaps"
   grep -o 'rules reloaded in [0-9.]* ms' "$work/host.log" | tail -"$swaps" | tr '\n' ' '; echo
 done
