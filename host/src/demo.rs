@@ -12,6 +12,7 @@ use anyhow::Context;
 use crate::app::RunningHost;
 use crate::config::{E2Publisher, Settings, StaticToken, TokenKind};
 use crate::manifests::ManifestFile;
+use crate::rules::LoadedCampaign;
 use crate::simulate::{self, twitch_upload, SimulateArgs};
 use crate::store::GrantFilter;
 
@@ -245,8 +246,11 @@ fn prepare(args: &DemoArgs) -> anyhow::Result<PathBuf> {
         std::fs::remove_dir_all(&args.data_dir).with_context(|| format!("emptying {}", args.data_dir.display()))?;
     }
     let rules = args.data_dir.join("rules");
-    copy_files(&args.campaigns, &rules.join("campaigns"), "toml")?;
-    let copied = copy_files(&args.plugins, &rules.join("plugins"), "wasm")?;
+    copy_files(&args.campaigns, &rules.join("campaigns"), "toml", |_| true)?;
+    // Only the plugins the campaigns bind: the build folder also holds test
+    // plugins and benchmark peers, which are no rules.
+    let bound = bound_plugins(&rules.join("campaigns"));
+    let copied = copy_files(&args.plugins, &rules.join("plugins"), "wasm", |name| bound.contains(name))?;
     anyhow::ensure!(
         copied > 0,
         "no plugins in {}: run `cargo build --profile plugin --target wasm32-unknown-unknown -p watch-time-tiers` first",
@@ -255,17 +259,27 @@ fn prepare(args: &DemoArgs) -> anyhow::Result<PathBuf> {
     Ok(rules)
 }
 
-fn copy_files(from: &Path, to: &Path, ext: &str) -> anyhow::Result<usize> {
+/// The plugin names the campaign files in `dir` bind (`[rule] plugin`).
+fn bound_plugins(dir: &Path) -> std::collections::BTreeSet<String> {
+    let files = std::fs::read_dir(dir).into_iter().flatten().flatten().map(|e| e.path());
+    files
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .filter_map(|p| LoadedCampaign::parse(&p).ok())
+        .map(|(def, _)| def.rule.plugin)
+        .collect()
+}
+
+/// Copies the `ext` files of `from` whose name (Cargo's underscores as the
+/// host's dashes, without the extension) `keep` accepts into `to`.
+fn copy_files(from: &Path, to: &Path, ext: &str, keep: impl Fn(&str) -> bool) -> anyhow::Result<usize> {
     std::fs::create_dir_all(to)?;
     let mut n = 0;
     for entry in std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
         let path = entry?.path();
-        // tests/plugins/ builds land in the same folder; the demo serves only the examples.
-        let test_plugin = path.file_stem().is_some_and(|s| s == "hostile");
-        if path.extension().is_some_and(|e| e == ext) && !test_plugin {
-            // Cargo names artifacts with underscores; campaigns name plugins with dashes.
-            let name = path.file_name().map(|n| n.to_string_lossy().replace('_', "-")).unwrap_or_default();
-            std::fs::copy(&path, to.join(name))?;
+        // Cargo names artifacts with underscores; campaigns name plugins with dashes.
+        let stem = path.file_stem().map(|s| s.to_string_lossy().replace('_', "-")).unwrap_or_default();
+        if path.extension().is_some_and(|e| e == ext) && keep(&stem) {
+            std::fs::copy(&path, to.join(format!("{stem}.{ext}")))?;
             n += 1;
         }
     }
