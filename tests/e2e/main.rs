@@ -3,6 +3,7 @@
 mod bad_input;
 mod cluster;
 mod console;
+mod contract;
 mod crash;
 mod delivery;
 mod designer;

@@ -114,13 +114,12 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     // The routes are nested under /v1 by `api::router`.
     let paths = std::mem::take(&mut doc.paths.paths);
     doc.paths.paths = paths.into_iter().map(|(path, item)| (format!("/v1{path}"), item)).collect();
-    describe_event_stream(&mut doc);
     doc
 }
 
 /// The document as served: [`openapi`] with what utoipa cannot express: the
-/// `contentSchema` of the overview stream's event data (JSON Schema 2020-12,
-/// which OpenAPI 3.1 uses; utoipa only writes `x-` extensions), and links
+/// overview stream's events, whose `data` has a `contentSchema` (JSON Schema
+/// 2020-12, which OpenAPI 3.1 uses; utoipa only writes `x-` extensions), and links
 /// from the lists to the retry of an item (utoipa 5 writes a link's
 /// `operationId` as `operation_id`).
 pub fn openapi_json() -> serde_json::Value {
@@ -139,37 +138,33 @@ pub fn openapi_json() -> serde_json::Value {
             response.insert("links".into(), serde_json::json!({ "retry": link }));
         }
     }
-    let data = doc
-        .pointer_mut("/paths/~1v1~1overview~1stream/get/responses/200/content/text~1event-stream/schema")
-        .and_then(|schema| schema.as_object_mut());
-    if let Some(data) = data {
-        data.insert("contentSchema".into(), serde_json::json!({"$ref": "#/components/schemas/Overview"}));
+    // Each server-sent event as an object (`event`, `data`, `id`, `retry`, as
+    // OpenAPI 3.2's `itemSchema` describes events and SSE-aware clients parse
+    // them): `data` is a string whose content is an `Overview`, or an
+    // `ErrorBody` for `event: error`.
+    let stream = "/paths/~1v1~1overview~1stream/get/responses/200/content/text~1event-stream";
+    if let Some(content) = doc.pointer_mut(stream).and_then(|c| c.as_object_mut()) {
+        let event = serde_json::json!({
+            "type": "object",
+            "description": "one server-sent event: `event: overview` every second, `event: error` when storage is away",
+            "required": ["data"],
+            "properties": {
+                "event": {"type": "string", "enum": ["overview", "error"]},
+                "data": {
+                    "type": "string",
+                    "contentMediaType": "application/json",
+                    "contentSchema": {"oneOf": [
+                        {"$ref": "#/components/schemas/Overview"},
+                        {"$ref": "#/components/schemas/ErrorBody"},
+                    ]},
+                },
+                "id": {"type": "string"},
+                "retry": {"type": "integer", "minimum": 0},
+            },
+        });
+        content.insert("schema".into(), event);
     }
     doc
-}
-
-/// The overview stream as OpenAPI 3.1 describes server-sent events: each
-/// event's `data` is a string whose content is an `Overview` as JSON.
-fn describe_event_stream(doc: &mut utoipa::openapi::OpenApi) {
-    use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
-    use utoipa::openapi::{Content, RefOr};
-    let response = doc
-        .paths
-        .paths
-        .get_mut("/v1/overview/stream")
-        .and_then(|item| item.get.as_mut())
-        .and_then(|get| get.responses.responses.get_mut("200"));
-    if let Some(RefOr::T(response)) = response {
-        let data = ObjectBuilder::new()
-            .schema_type(Type::String)
-            .content_media_type("application/json")
-            .description(Some(
-                "an event's `data`: the JSON text of an `Overview` (`event: overview`), or of an `ErrorBody` \
-                 (`event: error`)",
-            ))
-            .build();
-        response.content.insert("text/event-stream".to_string(), Content::new(Some(Schema::Object(data))));
-    }
 }
 
 /// This document, described in itself: the one `/v1` route without the token.
@@ -916,10 +911,11 @@ mod tests {
             let target = json["paths"].as_object().unwrap().values().filter_map(|item| item["post"].as_object());
             assert_eq!(target.filter(|op| op["operationId"] == operation).count(), 1, "{operation} exists");
         }
-        let data =
+        let event =
             &json["paths"]["/v1/overview/stream"]["get"]["responses"]["200"]["content"]["text/event-stream"]["schema"];
-        assert_eq!(data["type"], "string", "{data}");
-        assert_eq!(data["contentMediaType"], "application/json");
-        assert_eq!(data["contentSchema"]["$ref"], "#/components/schemas/Overview");
+        assert_eq!(event["type"], "object", "{event}");
+        let data = &event["properties"]["data"];
+        assert_eq!((&data["type"], &data["contentMediaType"]), (&"string".into(), &"application/json".into()));
+        assert_eq!(data["contentSchema"]["oneOf"][0]["$ref"], "#/components/schemas/Overview");
     }
 }
