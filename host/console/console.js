@@ -8,6 +8,13 @@ const $ = (id) => document.getElementById(id);
 const esc = (v) => String(v ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
 const short = (hash) => esc(String(hash ?? "").slice(0, 12));
 const num = (n) => Number(n ?? 0).toLocaleString("en");
+// A size in bytes, in the largest binary unit under it.
+const bytes = (n) => {
+  const units = ["bytes", "KiB", "MiB", "GiB"];
+  let v = Number(n ?? 0), u = 0;
+  while (v >= 1024 && u < units.length - 1) { v /= 1024; u++; }
+  return `${u ? v.toFixed(1) : v} ${units[u]}`;
+};
 const ms = (micros) => (micros / 1000).toLocaleString("en", { maximumFractionDigits: 1 }) + " ms";
 const when = (t) => (t ? new Date(t).toISOString().replace("T", " ").replace(/\.\d+Z$/, "Z") : "–");
 const age = (t, now) => (t ? Math.max(0, Math.round((now - t) / 1000)) + " s" : "–");
@@ -112,7 +119,8 @@ function renderCampaigns(o) {
       `<p><span class="status status-${esc(c.status)}" id="campaign-${i}-status">${esc(c.status)}</span> ` +
       `${when(Date.parse(c.starts_at))} → ${when(Date.parse(c.ends_at))}</p>${paused}` +
       `<p>Plugin <code>${esc(c.plugin)}</code> version <code id="campaign-${i}-hash">${short(c.plugin_hash)}</code>; ` +
-      `<strong>${num(c.viewers)}</strong> viewers with watch time</p>` +
+      `<strong>${num(c.viewers)}</strong> viewers with watch time; rule state ` +
+      `<span id="campaign-${i}-state">${num(c.rule_state.keys)} keys, ${bytes(c.rule_state.bytes)} of ${bytes(c.rule_state.limit_bytes)}</span></p>` +
       table("Grants per reward", ["Reward", "Grants"], c.rewards.map((r) => [esc(r.name || r.id), `<span id="campaign-${i}-grants-${esc(r.id)}">${num(r.grants)}</span>`])) +
       funnel + entitlementOutcomes(c, i));
     patch($(`campaign-${i}-viewers`), viewers.length ? table("Longest-watching viewers", viewerHead, viewers) : "");

@@ -342,6 +342,21 @@ async fn the_eventsub_path_from_entitlement_to_fulfilled(backend: Backend) {
     assert_eq!(outcomes["refused"], 1, "{campaign}");
     let reasons = campaign["entitlements"]["reasons"].as_array().unwrap();
     assert!(reasons.iter().any(|r| r["reason"].as_str().unwrap().contains("iron-sword")), "{campaign}");
+    // And how much state the rule keeps (what each account got, its day's count), against the limit;
+    // checkpoints come every second here.
+    let started = Instant::now();
+    loop {
+        let overview = host.admin_get("/overview").await;
+        let campaign = overview["campaigns"].as_array().unwrap().iter().find(|c| c["id"] == "camp-1").unwrap().clone();
+        let state = &campaign["rule_state"];
+        assert_eq!(state["limit_bytes"], 64 << 20, "{state}");
+        if state["keys"].as_i64().unwrap() >= 150 {
+            assert!(state["bytes"].as_i64().unwrap() > state["keys"].as_i64().unwrap() * 64, "{state}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "the rule's state never showed: {state}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test]

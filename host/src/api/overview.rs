@@ -127,6 +127,18 @@ struct CampaignProgress {
     /// such a campaign shows instead of grants; absent when it has none.
     #[serde(skip_serializing_if = "Option::is_none")]
     entitlements: Option<EntitlementOutcomes>,
+    /// The rule's state for this campaign (as of the engine's last checkpoint).
+    rule_state: RuleStateSize,
+}
+
+/// How much state a campaign's rule keeps, against its limit.
+#[derive(Debug, Default, Serialize, ToSchema)]
+struct RuleStateSize {
+    keys: i64,
+    /// Bytes of keys and values, with the per-key overhead the limit counts.
+    bytes: i64,
+    /// `plugins.max_campaign_state_bytes`: past it, every state write of the rule fails.
+    limit_bytes: u64,
 }
 
 /// What became of a campaign's EventSub entitlements.
@@ -362,6 +374,10 @@ async fn overview_of(app: &Admin, q: OverviewQuery) -> Result<Overview, ApiError
     for (campaign, reason, n) in app.store.entitlement_refusals(5).await? {
         entitlements.entry(campaign).or_default().reasons.push(Reason { reason, entitlements: n });
     }
+    let mut state_sizes: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+    for (campaign, keys, bytes) in app.store.rule_state_sizes().await? {
+        state_sizes.insert(campaign, (keys, bytes + keys * crate::plugins::ENTRY_OVERHEAD_BYTES as i64));
+    }
     let now_time = time::OffsetDateTime::now_utc();
     let mut campaigns = Vec::new();
     for c in rules.campaigns() {
@@ -412,6 +428,10 @@ async fn overview_of(app: &Admin, q: OverviewQuery) -> Result<Overview, ApiError
             rewards,
             funnel,
             entitlements: entitlements.remove(&def.id),
+            rule_state: {
+                let (keys, bytes) = state_sizes.get(&def.id).copied().unwrap_or_default();
+                RuleStateSize { keys, bytes, limit_bytes: app.host.plugins.max_campaign_state_bytes }
+            },
         });
     }
     let mut plugins = Vec::new();

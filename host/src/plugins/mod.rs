@@ -19,7 +19,7 @@ pub mod wit;
 pub use error::PluginError;
 pub use load::{Plugin, PluginHash};
 pub use runtime::{CallTrace, PluginRuntime};
-pub use state::CampaignKv;
+pub use state::{CampaignKv, ENTRY_OVERHEAD_BYTES};
 pub use wit::{
     Campaign as WitCampaign, Entitlement as WitEntitlement, EntitlementVerdict as WitEntitlementVerdict,
     GameState as WitGameState, Grant as WitGrant, Heartbeat as WitHeartbeat, Item as WitItem, Viewers as WitViewers,

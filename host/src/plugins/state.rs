@@ -35,7 +35,7 @@ pub struct Overlay {
 
 /// What an entry costs in memory: its bytes plus the map's own overhead, so a
 /// flood of tiny keys is counted as what it costs.
-const ENTRY_OVERHEAD_BYTES: usize = 64;
+pub const ENTRY_OVERHEAD_BYTES: usize = 64;
 
 fn entry_bytes(key: &str, value: &[u8]) -> usize {
     key.len() + value.len() + ENTRY_OVERHEAD_BYTES

@@ -47,6 +47,18 @@ impl Store {
         .await?)
     }
 
+    /// Each campaign's rule state as of the engine's last checkpoint: keys,
+    /// and the bytes of keys and values (the plugin limit adds an overhead per key).
+    pub async fn rule_state_sizes(&self) -> Result<Vec<(String, i64, i64)>, StoreError> {
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT campaign_id, COUNT(*), COALESCE(SUM(LENGTH(key) + LENGTH(value)), 0) FROM campaign_state \
+             GROUP BY campaign_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
+    }
+
     /// How many viewers have counted watch time in `campaign_id`, and the
     /// `limit` who watched longest (as of the engine's last checkpoint, which
     /// writes both; up to [`TOP_VIEWERS_KEPT`] of them).
