@@ -20,8 +20,12 @@ async fn schemathesis_finds_the_host_and_its_document_agree() {
     }
     let Some(host) = TestHost::spawn(Backend::Sqlite, HostConfig::default()).await else { return };
     let document = format!("{}/v1/openapi.json", host.base);
+    // Its cache of found crashes goes into the working directory: a scratch one.
+    let scratch = tempfile::tempdir().unwrap();
+    let cwd = scratch.path().to_path_buf();
     let out = tokio::task::spawn_blocking(move || {
         Command::new("schemathesis")
+            .current_dir(cwd)
             .args(["run", &document, "-H", &format!("Authorization: Bearer {ADMIN_TOKEN}")])
             .args(["--phases", "examples,coverage,fuzzing", "--checks", "all"])
             .args(["--exclude-checks", "positive_data_acceptance", "--max-examples", "10", "--seed", "1"])
