@@ -483,3 +483,91 @@ async fn drop_database(url: &str) {
     let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&admin).await;
     admin.close().await;
 }
+
+/// A host whose partition lease passes to another holder while its grants
+/// are on their way to the database writes none of them. The test holds
+/// the lease row (as the database does for a host paused mid-write while
+/// another takes over), sees the host's fenced grant write wait on it, gives
+/// the lease to another holder, and finds the write refused whole:
+/// holder and epoch are checked inside the write's own transaction.
+#[tokio::test]
+async fn a_host_that_lost_its_lease_writes_no_grant() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(database) = database_url(Backend::Postgres, dir.path()).await else { return };
+    let window = ("2026-11-07T00:00:00Z", "2026-11-08T00:00:00Z");
+    let campaign = crate::helpers::tiers_campaign("camp-fence", "GameName", window, &[], &[(1, "bronze")]);
+    let config = HostConfig {
+        campaigns: vec![("fence".into(), campaign)],
+        database_url: Some(database.clone()),
+        extra_toml: "[cluster]\nenabled = true\nhost_id = \"host-a\"\nengine_partitions = 1\nlease_ttl_ms = 6000\n\
+                     publish_rules = true\n"
+            .into(),
+        // No checkpoint in the test's window: the one fenced write in flight is the grants'.
+        env: vec![("DROPS_HOST_ENGINE__CHECKPOINT_INTERVAL_SECS".into(), "3600".into())],
+        ..Default::default()
+    };
+    let Some(mut host) = TestHost::spawn(Backend::Postgres, config).await else { return };
+    let pool = open_database(&database).await;
+    let started = Instant::now();
+    while sqlx::query("SELECT 1 FROM leases WHERE name = 'engine/0' AND holder IS NOT NULL")
+        .fetch_optional(&pool)
+        .await
+        .unwrap()
+        .is_none()
+    {
+        assert!(started.elapsed() < Duration::from_secs(30), "the host never took its partition");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let grants =
+        || async { sqlx::query("SELECT COUNT(*) AS n FROM grants").fetch_one(&pool).await.unwrap().get::<i64, _>("n") };
+
+    // The lease row held: the host's fenced write waits for it.
+    // On a connection of its own (the test's pool has one).
+    let holder = open_database(&database).await;
+    let mut held = holder.begin().await.unwrap();
+    sqlx::query("SELECT holder FROM leases WHERE name = 'engine/0' FOR UPDATE").fetch_all(&mut *held).await.unwrap();
+    let hb = crate::helpers::heartbeat("fence-1", "b", "GameName", "2026-11-07T10:00:00Z", &["v1", "v2"]);
+    assert_eq!(host.post_vhs(None, &hb).await.0, 200, "acknowledging needs no lease");
+    let started = Instant::now();
+    loop {
+        let waiting = sqlx::query(
+            "SELECT COUNT(*) AS n FROM pg_stat_activity WHERE datname = current_database() \
+             AND wait_event_type = 'Lock' AND query LIKE 'UPDATE leases SET epoch = epoch%'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        .get::<i64, _>("n");
+        if waiting > 0 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no fenced write came to wait on the lease");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(grants().await, 0);
+
+    // Another holder takes the lease, as after a pause past its time; the waiting write then finds it gone.
+    sqlx::query(
+        "UPDATE leases SET holder = 'host-b#taken-over', epoch = epoch + 1, expires_at = expires_at + 3600000 \
+         WHERE name = 'engine/0'",
+    )
+    .execute(&mut *held)
+    .await
+    .unwrap();
+    held.commit().await.unwrap();
+    let started = Instant::now();
+    // The refused write ends the partition on this host, or the next lease renewal notices first.
+    let stopped = |log: &str| log.contains("its lease is held by another host") || log.contains("lease taken over");
+    while !stopped(&host.log()) {
+        let log = host.log();
+        let tail = &log[log.len().saturating_sub(4000)..];
+        assert!(started.elapsed() < Duration::from_secs(30), "the host went on as if it held the lease:\n{tail}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(grants().await, 0, "the host that lost its lease wrote no grant");
+    host.stop();
+    pool.close().await;
+    holder.close().await;
+    drop_database(&database).await;
+}
