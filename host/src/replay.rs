@@ -352,7 +352,8 @@ fn same_as_baseline(rules: &Path, candidate: &str) -> Option<String> {
         format!(
             "note: the candidate {file} is the very version in {}/{folder}/{name}.{extension} (sha256 {}…): \
              this compares it with itself. Installed it already? Replay with --as-recorded to compare with \
-             the versions the live host used, or keep the candidate out of the rules folder until it is compared.",
+             the versions the live host used, or put the version before back in the rules folder \
+             (GET /v1/plugins/{name}/versions/HASH gives its bytes).",
             rules.display(),
             &crate::plugins::PluginHash::of(&baseline).0[..12]
         )

@@ -191,6 +191,19 @@ async fn plugins_are_uploaded_listed_and_rolled_back_through_the_admin_api() {
     assert_eq!((status, answer["hash"].clone()), (200, json!(sha(&v1))));
     assert_eq!(serving(&host.admin_get("/campaigns").await), sha(&v1));
     assert_eq!(std::fs::read(host.dir.path().join("rules/plugins/watch-time-tiers.wasm")).unwrap(), v1);
+    // Each version's bytes, for a replay against an older one.
+    let bytes = host
+        .client
+        .get(format!("{}/v1/plugins/watch-time-tiers/versions/{}", host.base, sha(&v2)))
+        .bearer_auth(crate::helpers::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bytes.headers()["content-type"], "application/wasm");
+    assert_eq!(bytes.bytes().await.unwrap().to_vec(), v2);
+    let path = |hash: &str| format!("/plugins/watch-time-tiers/versions/{hash}");
+    assert_eq!(host.admin_send(Method::GET, &path(&"0".repeat(64)), Vec::new()).await.0, 404);
+    assert_eq!(host.admin_send(Method::GET, &path("not-a-hash"), Vec::new()).await.0, 400);
     let unknown = serde_json::to_vec(&json!({"hash": "0".repeat(64)})).unwrap();
     assert_eq!(host.admin_send(Method::POST, "/plugins/watch-time-tiers/rollback", unknown).await.0, 404);
 

@@ -8,7 +8,7 @@ use axum::extract::{DefaultBodyLimit, Path};
 use axum::extract::{Request, State};
 use axum::http::header::CACHE_CONTROL;
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use serde::Serialize;
 
@@ -88,6 +88,7 @@ fn documented_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(campaign_history))
         .routes(routes!(plugins))
         .routes(routes!(plugin_versions))
+        .routes(routes!(plugin_version_bytes))
         .routes(routes!(rollback_plugin))
         .routes(routes!(cluster))
         .routes(routes!(overview::overview))
@@ -117,6 +118,25 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     doc
 }
 
+/// Every `application/wasm` body or answer in `doc` described as a binary string.
+fn binary_bodies(doc: &mut serde_json::Value) {
+    match doc {
+        serde_json::Value::Object(map) => {
+            for (key, value) in map.iter_mut() {
+                if key == "application/wasm" {
+                    if let Some(media) = value.as_object_mut() {
+                        media.insert("schema".into(), serde_json::json!({"type": "string", "format": "binary"}));
+                    }
+                } else {
+                    binary_bodies(value);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(binary_bodies),
+        _ => {}
+    }
+}
+
 /// The document as served: [`openapi`] with what utoipa cannot express: the
 /// overview stream's events, whose `data` has a `contentSchema` (JSON Schema
 /// 2020-12, which OpenAPI 3.1 uses; utoipa only writes `x-` extensions), and links
@@ -138,6 +158,8 @@ pub fn openapi_json() -> serde_json::Value {
             response.insert("links".into(), serde_json::json!({ "retry": link }));
         }
     }
+    // Raw bytes are a binary string (utoipa writes `Vec<u8>` as an array of integers).
+    binary_bodies(&mut doc);
     // Each server-sent event as an object (`event`, `data`, `id`, `retry`, as
     // OpenAPI 3.2's `itemSchema` describes events and SSE-aware clients parse
     // them): `data` is a string whose content is an `Overview`, or an
@@ -804,6 +826,32 @@ async fn plugin_versions(
     ))
 }
 
+/// The bytes of one version of a plugin (the `.wasm` as uploaded or
+/// installed): to replay a candidate against an older version after the
+/// rules folder took the new one, or to keep a copy.
+#[utoipa::path(get, path = "/plugins/{name}/versions/{hash}", tag = "plugins",
+    params(("name" = String, Path, description = "the plugin name"),
+           ("hash" = String, Path, description = "the version's SHA-256, 64 lowercase hex digits")),
+    responses(
+        (status = 200, description = "the plugin's bytes", content_type = "application/wasm", body = Vec<u8>),
+        (status = 400, description = "a bad name or hash", body = ErrorBody),
+        TokenRefused,
+        (status = 404, description = "no such version of that plugin was loaded here", body = ErrorBody),
+        (status = 503, description = "storage unavailable", body = ErrorBody)))]
+async fn plugin_version_bytes(
+    State(app): State<Arc<Admin>>,
+    Path((name, hash)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    check_name(&name)?;
+    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return Err(ApiError::bad_request("hash", "a SHA-256: 64 lowercase hex digits"));
+    }
+    match app.store.plugin_bytes(&name, &hash).await? {
+        Some(bytes) => Ok(([(axum::http::header::CONTENT_TYPE, "application/wasm")], bytes).into_response()),
+        None => Err(ApiError::not_found(format!("no version {hash} of plugin `{name}` has been loaded on this host"))),
+    }
+}
+
 #[derive(serde::Deserialize, ToSchema)]
 struct RollbackRequest {
     hash: String,
@@ -887,6 +935,7 @@ mod tests {
                 "GET /v1/overview/stream",
                 "GET /v1/plugins",
                 "GET /v1/plugins/{name}/versions",
+                "GET /v1/plugins/{name}/versions/{hash}",
                 "POST /v1/entitlements/{id}/retry",
                 "POST /v1/eventsub/subscriptions",
                 "POST /v1/manifests/{id}/retry",
@@ -917,5 +966,11 @@ mod tests {
         let data = &event["properties"]["data"];
         assert_eq!((&data["type"], &data["contentMediaType"]), (&"string".into(), &"application/json".into()));
         assert_eq!(data["contentSchema"]["oneOf"][0]["$ref"], "#/components/schemas/Overview");
+        let wasm = &json["paths"]["/v1/plugins/{name}/versions/{hash}"]["get"]["responses"]["200"]["content"]
+            ["application/wasm"]["schema"];
+        assert_eq!(wasm, &serde_json::json!({"type": "string", "format": "binary"}));
+        let upload =
+            &json["paths"]["/v1/plugins/{name}"]["put"]["requestBody"]["content"]["application/wasm"]["schema"];
+        assert_eq!(upload, wasm);
     }
 }
