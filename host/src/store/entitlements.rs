@@ -555,9 +555,13 @@ impl Store {
         )
         .fetch_all(&self.pool)
         .await?;
+        // Rows come campaign by campaign, most frequent first: keep the head of each run.
         let mut out: Vec<(String, String, i64)> = Vec::new();
+        let mut seen_in_campaign = 0;
         for (campaign, reason, n) in rows {
-            if out.iter().filter(|(c, _, _)| *c == campaign).count() < per_campaign {
+            let same = out.last().is_some_and(|(c, _, _)| *c == campaign);
+            seen_in_campaign = if same { seen_in_campaign + 1 } else { 0 };
+            if seen_in_campaign < per_campaign {
                 out.push((campaign, reason.unwrap_or_default(), n));
             }
         }
